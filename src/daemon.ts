@@ -1,0 +1,150 @@
+/**
+ * The daemon: configuration, state, signals and the listening socket wired together. Everything
+ * it needs from the process comes in through `DaemonIo`, so it runs the same under test.
+ */
+import { createAgent } from "./agent.js";
+import { describeListenError, parseConfig } from "./config.js";
+import { guardInspector } from "./inspector-guard.js";
+import { createLogger } from "./log.js";
+import { reply } from "./reply.js";
+import { createAgentServer } from "./server.js";
+import { formatState } from "./state.js";
+import { createStateStore } from "./store.js";
+import { VERSION } from "./version.js";
+
+export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
+
+export interface DaemonIo {
+  readonly args: readonly string[];
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly cwd: string;
+  readonly nodeVersion: string;
+  /** True when stderr goes to the systemd journal. */
+  readonly journal: boolean;
+  /** Writes to stderr, synchronously. */
+  readonly write: (text: string) => void;
+  /** Writes to stdout (--help, --version). */
+  readonly out: (text: string) => void;
+  readonly inspector: {
+    readonly url: () => string | undefined;
+    readonly close: () => void;
+    /** The operator opened the debugger on purpose (an --inspect flag): leave it alone. */
+    readonly requested: boolean;
+  };
+  /** Hands signals to `handler`, first those that arrived before, in their order. */
+  readonly onSignal: (handler: (signal: DaemonSignal) => void) => void;
+  readonly exit: (code: number) => void;
+}
+
+/** Exit codes of the daemon. */
+export const EXIT = Object.freeze({ OK: 0, CANNOT_LISTEN: 1, USAGE: 2 });
+
+/** TERM must end the process within a second; a pending save gets most of it. */
+const SHUTDOWN_SAVE_WAIT_MS = 800;
+
+const USAGE = `Usage: hapgent
+
+Answers HAProxy agent checks from a JSON state file. Configured by the environment:
+  HAPGENT_IP          address to listen on (default 0.0.0.0)
+  HAPGENT_PORT        port to listen on, 1-65535 (default 9777)
+  HAPGENT_STATE_FILE  state file (default /etc/hapgent/state.json)
+Signals: USR1 sets UP, USR2 sets DOWN (both saved to the file), HUP re-reads the file,
+TERM/INT stop.
+`;
+
+export async function runDaemon(io: DaemonIo): Promise<void> {
+  const log = createLogger({ write: io.write, journal: io.journal });
+
+  const [first] = io.args;
+  if (first === "--version" || first === "-V") {
+    io.out(`hapgent ${VERSION}\n`);
+    return io.exit(EXIT.OK);
+  }
+  if (first === "--help" || first === "-h") {
+    io.out(USAGE);
+    return io.exit(EXIT.OK);
+  }
+  if (first !== undefined) {
+    log.error(
+      `unexpected argument ${JSON.stringify(first)}; hapgent takes no arguments (see hapgent --help)`,
+    );
+    return io.exit(EXIT.USAGE);
+  }
+
+  const configured = parseConfig(io.env, io.cwd);
+  if (!configured.ok) {
+    log.error(configured.reason);
+    return io.exit(EXIT.USAGE);
+  }
+  const config = configured.config;
+  const store = createStateStore(config.stateFile, log);
+  const agent = createAgent({ store, log });
+  const server = createAgentServer({
+    reply: () => reply(agent.state),
+    onServerError: (err) => log.warning(`accepting a connection failed: ${err.message}`),
+  });
+
+  let stopping = false;
+  const stop = async (signal: DaemonSignal): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.notice(`${signal}: stopping`);
+    const timeout = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_SAVE_WAIT_MS).unref());
+    await Promise.race([Promise.all([server.close(), agent.settled()]), timeout]);
+    log.notice(`stopped with state ${formatState(agent.state)}`);
+    io.exit(EXIT.OK);
+  };
+
+  const handle = (signal: DaemonSignal): void => {
+    switch (signal) {
+      case "SIGUSR1":
+        void agent.command("up", signal);
+        break;
+      case "SIGUSR2":
+        void agent.command("down", signal);
+        break;
+      case "SIGHUP":
+        void agent.command("reload", signal);
+        break;
+      case "SIGTERM":
+      case "SIGINT":
+        void stop(signal);
+        break;
+    }
+  };
+
+  if (!io.inspector.requested) {
+    guardInspector({
+      url: io.inspector.url,
+      close: io.inspector.close,
+      onClosed: (url) => {
+        log.warning(
+          `closed the Node debugger (${url}) that a SIGUSR1 sent during start-up opened; applying that SIGUSR1`,
+        );
+        handle("SIGUSR1");
+      },
+    });
+  }
+
+  await store.removeStaleTemporaries();
+  // Queued before the signals that came early, so they apply on top of the file, in order.
+  const loaded = agent.command("reload", "start-up");
+  io.onSignal(handle);
+  await loaded;
+  if (stopping) return;
+
+  let address: string;
+  try {
+    const bound = await server.listen(config.host, config.port);
+    address =
+      bound.family === "IPv6"
+        ? `[${bound.address}]:${bound.port}`
+        : `${bound.address}:${bound.port}`;
+  } catch (err) {
+    log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
+    return io.exit(EXIT.CANNOT_LISTEN);
+  }
+  log.notice(
+    `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}, state file ${config.stateFile}, state ${formatState(agent.state)}`,
+  );
+}

@@ -1,0 +1,35 @@
+/**
+ * The agent's answer to one HAProxy probe.
+ *
+ * HAProxy treats each reply as commands, not as a declaration: whatever a reply leaves out stays
+ * as an earlier reply left it (a `maint` is not undone by `up`, a `50%` not by silence). So every
+ * reply states everything the state file decides: a health word, an admin word and the weight.
+ */
+import type { State, Status } from "./state.js";
+
+/**
+ * Health and admin words per status. `up` alone never clears MAINT or DRAIN, and `ready` alone
+ * never clears an agent `down`, so UP and READY both send `up ready`. The down statuses send
+ * `ready` too, so HAProxy shows DOWN rather than an old MAINT. MAINT sends no health word: HAProxy
+ * applies maint whatever the health, and leaving health alone keeps its own check's view.
+ */
+const WORDS: Readonly<Record<Status, string>> = {
+  UP: "up ready",
+  READY: "up ready",
+  DRAIN: "up drain",
+  MAINT: "maint",
+  DOWN: "down ready",
+  FAIL: "fail ready",
+  STOPPED: "stopped ready",
+};
+
+/** Without a weight the configured weight is restored, undoing an earlier one. */
+const DEFAULT_WEIGHT_PERCENT = 100;
+
+/** One line, ending in `\n` (HAProxy ignores a reply without a line end). */
+export function reply(state: State): string {
+  const words = [WORDS[state.status], `${state.weight ?? DEFAULT_WEIGHT_PERCENT}%`];
+  // The configured maxconn is unknown to the agent, so an absent maxconn is not mentioned.
+  if (state.maxconn !== undefined) words.push(`maxconn:${state.maxconn}`);
+  return `${words.join(" ")}\n`;
+}

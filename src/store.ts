@@ -1,0 +1,193 @@
+/**
+ * The state file on disk: reading it strictly and saving it so that a crash at any moment
+ * leaves either the old or the new complete file.
+ */
+import { randomBytes } from "node:crypto";
+import { constants } from "node:fs";
+import { type FileHandle, lstat, open, readdir, readlink, rename, unlink } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
+import type { Logger } from "./log.js";
+import {
+  MAX_STATE_FILE_BYTES,
+  parseState,
+  type State,
+  type StateResult,
+  serialiseState,
+} from "./state.js";
+
+export interface StateStore {
+  readonly path: string;
+  /** Reads and validates the file. Never throws: every failure is a reason. */
+  load(): Promise<StateResult>;
+  /** Writes the state crash-safely. Throws Node's fs error when it cannot. */
+  save(state: State): Promise<void>;
+  /** Removes temporary files that a crash in the middle of a save left behind. */
+  removeStaleTemporaries(): Promise<void>;
+}
+
+/** Mode of a state file the agent creates; an existing file keeps its own. */
+const NEW_FILE_MODE = 0o644;
+/** Linux's own limit on symlinks followed in one path lookup. */
+const MAX_SYMLINKS = 40;
+
+export function createStateStore(path: string, log: Logger): StateStore {
+  let warnedInPlace = false;
+
+  return {
+    path,
+
+    async load() {
+      let handle: FileHandle | undefined;
+      try {
+        // O_NONBLOCK: opening a FIFO by mistake must not hang the agent.
+        handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+        const stats = await handle.stat();
+        if (stats.isDirectory()) return { ok: false, reason: "is a directory, expected a file" };
+        if (!stats.isFile()) return { ok: false, reason: "is not a regular file" };
+        // Read one byte past the cap so a file that grew after stat() is still caught.
+        const buffer = Buffer.alloc(MAX_STATE_FILE_BYTES + 1);
+        let length = 0;
+        while (length < buffer.length) {
+          const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+          if (bytesRead === 0) break;
+          length += bytesRead;
+        }
+        return parseState(buffer.subarray(0, length));
+      } catch (err) {
+        return { ok: false, reason: describeFsError(err) };
+      } finally {
+        await handle?.close().catch(() => {});
+      }
+    },
+
+    async save(state) {
+      const text = serialiseState(state);
+      const target = await resolveSymlinks(path);
+      const previous = await lstat(target).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === "ENOENT") return undefined;
+        throw err;
+      });
+      const directory = dirname(target);
+      const temporary = join(
+        directory,
+        `${temporaryPrefix(target)}${randomBytes(6).toString("hex")}`,
+      );
+
+      let handle: FileHandle;
+      try {
+        handle = await open(temporary, "wx", NEW_FILE_MODE);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        // The original deployment made /etc/hapgent root-owned with a group-writable state.json:
+        // no temporary file can be made there, but the file itself can still be rewritten.
+        if (previous?.isFile() && (code === "EACCES" || code === "EPERM")) {
+          if (!warnedInPlace) {
+            warnedInPlace = true;
+            log.warning(
+              `directory ${directory} is not writable; saving ${target} in place, which a crash during the write can leave incomplete`,
+            );
+          }
+          await saveInPlace(target, text);
+          return;
+        }
+        throw err;
+      }
+
+      try {
+        await handle.writeFile(text, "utf8");
+        if (previous) {
+          // open() applied the umask; the file keeps the mode, and owner where allowed, it had.
+          await handle.chmod(previous.mode & 0o7777);
+          const written = await handle.stat();
+          if (written.uid !== previous.uid || written.gid !== previous.gid) {
+            await handle.chown(previous.uid, previous.gid).catch((err: NodeJS.ErrnoException) => {
+              // Only root may give a file away; anyone else saves it as their own.
+              if (err.code !== "EPERM") throw err;
+            });
+          }
+        }
+        await handle.sync();
+        await handle.close();
+        await rename(temporary, target);
+      } catch (err) {
+        await handle.close().catch(() => {});
+        await unlink(temporary).catch(() => {});
+        throw err;
+      }
+      await syncDirectory(directory);
+    },
+
+    async removeStaleTemporaries() {
+      const target = await resolveSymlinks(path).catch(() => path);
+      const prefix = temporaryPrefix(target);
+      const names = await readdir(dirname(target)).catch(() => [] as string[]);
+      for (const name of names) {
+        if (name.startsWith(prefix) && /^[0-9a-f]{12}$/.test(name.slice(prefix.length))) {
+          await unlink(join(dirname(target), name)).catch(() => {});
+        }
+      }
+    },
+  };
+}
+
+/** Explains a failed read in words an operator can act on. */
+export function describeFsError(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  switch (code) {
+    case "ENOENT":
+      return "does not exist";
+    case "EACCES":
+    case "EPERM":
+      return "cannot be read: permission denied";
+    case "EISDIR":
+      return "is a directory, expected a file";
+    case "ENOTDIR":
+      return "has a path component that is not a directory";
+    case "ELOOP":
+      return "is a symlink loop";
+    default:
+      return `cannot be read: ${(err as Error).message}`;
+  }
+}
+
+function temporaryPrefix(target: string): string {
+  return `.${basename(target)}.tmp-`;
+}
+
+/** Follows symlinks to the file that a save must replace, even when the final target is missing. */
+async function resolveSymlinks(path: string): Promise<string> {
+  let current = path;
+  for (let hops = 0; hops < MAX_SYMLINKS; hops++) {
+    const stats = await lstat(current).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return undefined;
+      throw err;
+    });
+    if (!stats?.isSymbolicLink()) return current;
+    current = resolve(dirname(current), await readlink(current));
+  }
+  throw Object.assign(new Error(`too many symlinks from ${path}`), { code: "ELOOP" });
+}
+
+async function saveInPlace(target: string, text: string): Promise<void> {
+  const handle = await open(target, "r+");
+  try {
+    const bytes = Buffer.from(text, "utf8");
+    await handle.write(bytes, 0, bytes.length, 0);
+    await handle.truncate(bytes.length);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Makes the rename itself durable; some file systems cannot sync a directory, which is fine. */
+async function syncDirectory(directory: string): Promise<void> {
+  const handle = await open(directory, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync().catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== "EINVAL" && err.code !== "ENOTSUP") throw err;
+    });
+  } finally {
+    await handle.close();
+  }
+}
