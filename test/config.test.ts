@@ -1,0 +1,83 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { describeListenError, parseConfig } from "../src/config.js";
+
+describe("parseConfig", () => {
+  test("defaults", () => {
+    assert.deepEqual(parseConfig({}, "/"), {
+      ok: true,
+      config: { host: "0.0.0.0", port: 9777, stateFile: "/etc/hapgent/state.json" },
+    });
+  });
+  test("empty variables take the defaults", () => {
+    const result = parseConfig({ HAPGENT_IP: "", HAPGENT_PORT: "", HAPGENT_STATE_FILE: "" }, "/");
+    assert.deepEqual(result, parseConfig({}, "/"));
+  });
+  const hosts = ["127.0.0.1", "0.0.0.0", "::", "::1", "fe80::1", "2001:db8::7", "10.1.2.3"];
+  for (const host of hosts) {
+    test(`HAPGENT_IP=${host}`, () => {
+      const result = parseConfig({ HAPGENT_IP: host }, "/");
+      assert.ok(result.ok);
+      assert.equal(result.config.host, host);
+    });
+  }
+  for (const port of ["1", "80", "9777", "65535"]) {
+    test(`HAPGENT_PORT=${port}`, () => {
+      const result = parseConfig({ HAPGENT_PORT: port }, "/");
+      assert.ok(result.ok);
+      assert.equal(result.config.port, Number(port));
+    });
+  }
+  test("a relative state file is made absolute", () => {
+    const result = parseConfig({ HAPGENT_STATE_FILE: "run/state.json" }, "/srv/app");
+    assert.ok(result.ok);
+    assert.equal(result.config.stateFile, "/srv/app/run/state.json");
+  });
+
+  const bad: [Record<string, string>, string][] = [
+    [{ HAPGENT_PORT: "abc" }, 'HAPGENT_PORT="abc" is invalid; expected an integer 1-65535'],
+    [{ HAPGENT_PORT: "70000" }, 'HAPGENT_PORT="70000" is invalid; expected an integer 1-65535'],
+    [{ HAPGENT_PORT: "65536" }, 'HAPGENT_PORT="65536" is invalid'],
+    [{ HAPGENT_PORT: "-1" }, 'HAPGENT_PORT="-1" is invalid'],
+    [{ HAPGENT_PORT: "0" }, 'HAPGENT_PORT="0" is invalid'],
+    [{ HAPGENT_PORT: "1.5" }, 'HAPGENT_PORT="1.5" is invalid'],
+    [{ HAPGENT_PORT: " 80" }, 'HAPGENT_PORT=" 80" is invalid'],
+    [{ HAPGENT_PORT: "0x50" }, 'HAPGENT_PORT="0x50" is invalid'],
+    [{ HAPGENT_PORT: "080" }, 'HAPGENT_PORT="080" is invalid'],
+    [
+      { HAPGENT_IP: "999.1.1.1" },
+      'HAPGENT_IP="999.1.1.1" is invalid; expected an IPv4 or IPv6 address such as 0.0.0.0, 127.0.0.1, :: or ::1',
+    ],
+    [{ HAPGENT_IP: "localhost" }, 'HAPGENT_IP="localhost" is invalid'],
+    [{ HAPGENT_IP: "[::1]" }, 'HAPGENT_IP="[::1]" is invalid'],
+    [{ HAPGENT_IP: "1.2.3" }, 'HAPGENT_IP="1.2.3" is invalid'],
+    [{ HAPGENT_STATE_FILE: "a\0b" }, 'HAPGENT_STATE_FILE="a\\u0000b" is invalid'],
+  ];
+  for (const [env, reason] of bad) {
+    test(JSON.stringify(env), () => {
+      const result = parseConfig(env, "/");
+      assert.equal(result.ok, false);
+      assert.ok(!result.ok && result.reason.startsWith(reason), !result.ok ? result.reason : "");
+    });
+  }
+});
+
+describe("describeListenError", () => {
+  const config = { host: "10.9.9.9", port: 80, stateFile: "/x" };
+  const cases: [string | undefined, string][] = [
+    ["EADDRINUSE", 'HAPGENT_PORT="80" is already in use on 10.9.9.9; expected a free port'],
+    [
+      "EADDRNOTAVAIL",
+      'HAPGENT_IP="10.9.9.9" is not an address of this host; expected a local address',
+    ],
+    ["EACCES", 'HAPGENT_PORT="80" needs privileges to bind; expected a port above 1023'],
+    ["EAFNOSUPPORT", 'HAPGENT_IP="10.9.9.9" is of an address family this host does not support'],
+    ["EWHAT", 'cannot listen on HAPGENT_IP="10.9.9.9" HAPGENT_PORT="80": EWHAT'],
+    [undefined, "cannot listen on"],
+  ];
+  for (const [code, message] of cases) {
+    test(String(code), () => {
+      assert.ok(describeListenError(config, code).startsWith(message));
+    });
+  }
+});

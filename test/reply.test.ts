@@ -1,0 +1,58 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { reply } from "../src/reply.js";
+import { STATUSES, type State, type Status } from "../src/state.js";
+import { readAgentReply } from "./haproxy-reply.js";
+
+// What HAProxy must be told, per status, to show it whatever it showed before.
+const EXPECTED: Record<Status, { health?: string; admin: string }> = {
+  UP: { health: "up", admin: "ready" },
+  READY: { health: "up", admin: "ready" },
+  DRAIN: { health: "up", admin: "drain" },
+  MAINT: { admin: "maint" },
+  DOWN: { health: "down", admin: "ready" },
+  FAIL: { health: "fail", admin: "ready" },
+  STOPPED: { health: "stopped", admin: "ready" },
+};
+
+describe("reply", () => {
+  const exact: [State, string][] = [
+    [{ status: "UP" }, "up ready 100%\n"],
+    [{ status: "READY", weight: 100 }, "up ready 100%\n"],
+    [{ status: "DOWN", maxconn: 10 }, "down ready 100% maxconn:10\n"],
+    [{ status: "UP", maxconn: 300, weight: 77 }, "up ready 77% maxconn:300\n"],
+    [{ status: "DRAIN", weight: 0 }, "up drain 0%\n"],
+    [{ status: "MAINT" }, "maint 100%\n"],
+    [{ status: "FAIL", weight: 255, maxconn: 0 }, "fail ready 255% maxconn:0\n"],
+    [{ status: "STOPPED" }, "stopped ready 100%\n"],
+  ];
+  for (const [state, line] of exact) {
+    test(`${JSON.stringify(state)} -> ${JSON.stringify(line)}`, () => {
+      assert.equal(reply(state), line);
+    });
+  }
+
+  for (const status of STATUSES) {
+    for (const weight of [undefined, 0, 1, 50, 255]) {
+      for (const maxconn of [undefined, 0, 300, 65535]) {
+        const state: State = {
+          status,
+          ...(weight === undefined ? {} : { weight }),
+          ...(maxconn === undefined ? {} : { maxconn }),
+        };
+        test(`HAProxy reads ${JSON.stringify(state)} as meant`, () => {
+          const text = reply(state);
+          assert.match(text, /^[^\r\n]+\n$/, "exactly one line ending in \\n");
+          const read = readAgentReply(text);
+          assert.notEqual(read, "incomplete");
+          if (read === "incomplete") return;
+          assert.deepEqual(read.unknown, [], "no word HAProxy reports as an error");
+          assert.equal(read.health, EXPECTED[status].health);
+          assert.equal(read.admin, EXPECTED[status].admin);
+          assert.equal(read.weightPercent, weight ?? 100, "no weight restores the configured one");
+          assert.equal(read.maxconn, maxconn, "maxconn only when the state has one");
+        });
+      }
+    }
+  }
+});

@@ -1,0 +1,172 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import {
+  FALLBACK_STATE,
+  MAX_STATE_FILE_BYTES,
+  parseState,
+  STATUSES,
+  serialiseState,
+  validateState,
+  withStatus,
+} from "../src/state.js";
+
+const STATUS_REASON = "status must be one of UP, DOWN, READY, DRAIN, FAIL, MAINT, STOPPED,";
+const bytes = (text: string) => new TextEncoder().encode(text);
+
+describe("parseState accepts", () => {
+  for (const status of STATUSES) {
+    test(`status ${status}`, () => {
+      assert.deepEqual(parseState(bytes(`{"status":"${status}"}`)), {
+        ok: true,
+        state: { status },
+      });
+    });
+  }
+  const good: [string, object][] = [
+    ['{"status":"UP","weight":0}', { status: "UP", weight: 0 }],
+    ['{"status":"UP","weight":255}', { status: "UP", weight: 255 }],
+    ['{"status":"DOWN","maxconn":0}', { status: "DOWN", maxconn: 0 }],
+    ['{"status":"DOWN","maxconn":65535}', { status: "DOWN", maxconn: 65535 }],
+    ['{"maxconn":300,"weight":77,"status":"UP"}', { status: "UP", weight: 77, maxconn: 300 }],
+    ['  {"status" : "READY", "weight": 100}\n\n', { status: "READY", weight: 100 }],
+    ['{"status":"UP","weight":50.0}', { status: "UP", weight: 50 }],
+    ['{"status":"UP","weight":1e2}', { status: "UP", weight: 100 }],
+    ['\uFEFF{"status":"UP"}', { status: "UP" }],
+  ];
+  for (const [text, state] of good) {
+    test(JSON.stringify(text), () => {
+      assert.deepEqual(parseState(bytes(text)), { ok: true, state });
+    });
+  }
+  test("-0 as 0", () => {
+    const result = parseState(bytes('{"status":"UP","weight":-0}'));
+    assert.ok(result.ok);
+    assert.ok(Object.is(result.state.weight, 0));
+  });
+});
+
+describe("parseState rejects with a precise reason", () => {
+  const bad: [string, string][] = [
+    ["", "file is empty"],
+    [" \n\t", "file is empty"],
+    ["{", "file is not valid JSON ("],
+    ["UP", "file is not valid JSON ("],
+    ["[]", "state must be a JSON object, got an array"],
+    ['"UP"', 'state must be a JSON object, got "UP"'],
+    ["null", "state must be a JSON object, got null"],
+    ["42", "state must be a JSON object, got 42"],
+    ["{}", "status is required"],
+    ['{"weight":5}', "status is required"],
+    [
+      '{"status":null}',
+      "status must be one of UP, DOWN, READY, DRAIN, FAIL, MAINT, STOPPED, got null",
+    ],
+    [
+      '{"status":"up"}',
+      'status must be one of UP, DOWN, READY, DRAIN, FAIL, MAINT, STOPPED, got "up"',
+    ],
+    ['{"status":"FAILED"}', `${STATUS_REASON} got "FAILED"`],
+    ['{"status":" UP"}', `${STATUS_REASON} got " UP"`],
+    ['{"status":1}', `${STATUS_REASON} got 1`],
+    ['{"status":["UP"]}', `${STATUS_REASON} got an array`],
+    ['{"status":"UP","weight":1.5}', "weight must be an integer 0-255, got 1.5"],
+    ['{"status":"UP","weight":256}', "weight must be an integer 0-255, got 256"],
+    ['{"status":"UP","weight":-1}', "weight must be an integer 0-255, got -1"],
+    ['{"status":"UP","weight":"50"}', 'weight must be an integer 0-255, got "50"'],
+    ['{"status":"UP","weight":null}', "weight must be an integer 0-255, got null"],
+    ['{"status":"UP","weight":true}', "weight must be an integer 0-255, got true"],
+    ['{"status":"UP","weight":{}}', "weight must be an integer 0-255, got an object"],
+    ['{"status":"UP","maxconn":65536}', "maxconn must be an integer 0-65535, got 65536"],
+    ['{"status":"UP","maxconn":-1}', "maxconn must be an integer 0-65535, got -1"],
+    ['{"status":"UP","maxconn":0.5}', "maxconn must be an integer 0-65535, got 0.5"],
+    ['{"status":"UP","maxconn":"10"}', 'maxconn must be an integer 0-65535, got "10"'],
+    [
+      '{"status":"UP","wieght":50}',
+      'unknown field "wieght"; expected only status, weight, maxconn',
+    ],
+    ['{"status":"UP","Status":"UP"}', 'unknown field "Status"'],
+    ['{"status":"UP","__proto__":{}}', 'unknown field "__proto__"'],
+    ['{"status":"UP"} {"status":"DOWN"}', "file is not valid JSON ("],
+  ];
+  for (const [text, reason] of bad) {
+    test(JSON.stringify(text), () => {
+      const result = parseState(bytes(text));
+      assert.equal(result.ok, false);
+      assert.ok(
+        !result.ok && result.reason.startsWith(reason),
+        `reason: ${!result.ok && result.reason}`,
+      );
+    });
+  }
+  test("invalid UTF-8", () => {
+    assert.deepEqual(parseState(Uint8Array.from([0x7b, 0xff, 0x7d])), {
+      ok: false,
+      reason: "file is not valid UTF-8",
+    });
+  });
+  test("a file over the cap, even when valid JSON", () => {
+    const padded = `{"status":"UP"}${" ".repeat(MAX_STATE_FILE_BYTES)}`;
+    assert.deepEqual(parseState(bytes(padded)), {
+      ok: false,
+      reason: `file is larger than ${MAX_STATE_FILE_BYTES} bytes`,
+    });
+  });
+  test("a file at the cap is read", () => {
+    const text = `{"status":"UP"}`;
+    const padded = text + " ".repeat(MAX_STATE_FILE_BYTES - text.length);
+    assert.equal(parseState(bytes(padded)).ok, true);
+  });
+});
+
+describe("validateState", () => {
+  test("undefined", () => {
+    assert.deepEqual(validateState(undefined), {
+      ok: false,
+      reason: "state must be a JSON object, got nothing",
+    });
+  });
+});
+
+describe("serialiseState", () => {
+  const cases: [object, string][] = [
+    [{ status: "UP" }, '{"status":"UP"}\n'],
+    [{ maxconn: 3, weight: 2, status: "DOWN" }, '{"status":"DOWN","weight":2,"maxconn":3}\n'],
+    [{ status: "MAINT", maxconn: 0 }, '{"status":"MAINT","maxconn":0}\n'],
+  ];
+  for (const [state, text] of cases) {
+    test(text.trim(), () => {
+      assert.equal(serialiseState(validOrThrow(state)), text);
+    });
+  }
+  test("round trip: what it writes, it reads back", () => {
+    for (const status of STATUSES) {
+      for (const weight of [undefined, 0, 1, 255]) {
+        for (const maxconn of [undefined, 0, 65535]) {
+          const state = validOrThrow({ status, weight, maxconn });
+          assert.deepEqual(parseState(bytes(serialiseState(state))), { ok: true, state });
+        }
+      }
+    }
+  });
+});
+
+describe("withStatus", () => {
+  test("keeps weight and maxconn", () => {
+    assert.deepEqual(withStatus(validOrThrow({ status: "DOWN", weight: 5, maxconn: 9 }), "UP"), {
+      status: "UP",
+      weight: 5,
+      maxconn: 9,
+    });
+  });
+  test("from the fallback gives exactly UP", () => {
+    assert.deepEqual(withStatus(FALLBACK_STATE, "UP"), { status: "UP" });
+    assert.equal(serialiseState(withStatus(FALLBACK_STATE, "UP")), '{"status":"UP"}\n');
+  });
+});
+
+function validOrThrow(value: object) {
+  const clean = Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined));
+  const result = validateState(clean);
+  if (!result.ok) throw new Error(result.reason);
+  return result.state;
+}
