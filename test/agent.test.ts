@@ -1,0 +1,163 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { createAgent } from "../src/agent.js";
+import { createLogger } from "../src/log.js";
+import { type State, type StateResult, serialiseState } from "../src/state.js";
+
+/** A store in memory whose saves take a while, so commands can pile up behind them. */
+function fakeStore(initial: StateResult, saveMs = 5) {
+  const saves: string[] = [];
+  let file: StateResult = initial;
+  let saving = 0;
+  let overlapped = false;
+  let failSaves = false;
+  return {
+    path: "/fake/state.json",
+    saves,
+    get overlapped() {
+      return overlapped;
+    },
+    setFile(result: StateResult) {
+      file = result;
+    },
+    failSaves(on: boolean) {
+      failSaves = on;
+    },
+    async load(): Promise<StateResult> {
+      await sleep(1);
+      return file;
+    },
+    async save(state: State): Promise<void> {
+      if (++saving > 1) overlapped = true;
+      await sleep(saveMs);
+      saving--;
+      if (failSaves) throw new Error("EROFS: read-only file system");
+      saves.push(serialiseState(state).trim());
+      file = { ok: true, state };
+    },
+  };
+}
+
+function capture() {
+  const lines: string[] = [];
+  return { lines, log: createLogger({ write: (l) => lines.push(l.trim()), journal: true }) };
+}
+
+describe("agent", () => {
+  test("starts in MAINT until the file is loaded", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP", weight: 3 } });
+    const agent = createAgent({ store, log: capture().log });
+    assert.deepEqual(agent.state, { status: "MAINT" });
+    await agent.command("reload", "start-up");
+    assert.deepEqual(agent.state, { status: "UP", weight: 3 });
+    assert.deepEqual(store.saves, [], "loading never writes");
+  });
+
+  test("up and down apply before the call returns, keeping weight and maxconn", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP", weight: 3, maxconn: 4 } });
+    const agent = createAgent({ store, log: capture().log });
+    await agent.command("reload", "start-up");
+    void agent.command("down", "SIGUSR2");
+    assert.deepEqual(agent.state, { status: "DOWN", weight: 3, maxconn: 4 });
+    void agent.command("up", "SIGUSR1");
+    assert.deepEqual(agent.state, { status: "UP", weight: 3, maxconn: 4 });
+    await agent.settled();
+    assert.equal(store.saves.at(-1), '{"status":"UP","weight":3,"maxconn":4}');
+  });
+
+  test("a burst ends with the last command in memory and in the file; saves never overlap", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP" } }, 3);
+    const agent = createAgent({ store, log: capture().log });
+    await agent.command("reload", "start-up");
+    let last: "up" | "down" = "up";
+    for (let i = 0; i < 200; i++) {
+      last = i % 3 === 0 ? "up" : "down";
+      void agent.command(last, "test");
+      if (i % 17 === 0) await sleep(1);
+    }
+    await agent.settled();
+    const want = last === "up" ? '{"status":"UP"}' : '{"status":"DOWN"}';
+    assert.equal(serialiseState(agent.state).trim(), want);
+    assert.equal(store.saves.at(-1), want);
+    assert.equal(store.overlapped, false);
+    assert.ok(store.saves.length < 200, `saves coalesce: ${store.saves.length}`);
+  });
+
+  test("a reload waits for pending saves, so it reads what came before it", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP", weight: 9 } }, 20);
+    const agent = createAgent({ store, log: capture().log });
+    await agent.command("reload", "start-up");
+    void agent.command("down", "SIGUSR2");
+    await agent.command("reload", "SIGHUP");
+    assert.deepEqual(agent.state, { status: "DOWN", weight: 9 });
+  });
+
+  test("commands behind a reload wait for it and apply after it, in order", async () => {
+    const store = fakeStore({ ok: true, state: { status: "DRAIN" } }, 5);
+    const agent = createAgent({ store, log: capture().log });
+    await agent.command("reload", "start-up");
+    void agent.command("reload", "SIGHUP");
+    void agent.command("up", "SIGUSR1");
+    assert.deepEqual(agent.state, { status: "DRAIN" }, "up waits behind the reload");
+    await agent.settled();
+    assert.deepEqual(agent.state, { status: "UP" });
+    assert.equal(store.saves.at(-1), '{"status":"UP"}');
+  });
+
+  test("a bad file gives exactly MAINT, and a later up gives exactly UP", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP", weight: 5, maxconn: 6 } });
+    const { log, lines } = capture();
+    const agent = createAgent({ store, log });
+    await agent.command("reload", "start-up");
+    store.setFile({ ok: false, reason: "weight must be an integer 0-255, got 1.5" });
+    await agent.command("reload", "SIGHUP");
+    assert.deepEqual(agent.state, { status: "MAINT" });
+    assert.ok(
+      lines.includes(
+        '<4>SIGHUP: state file /fake/state.json: weight must be an integer 0-255, got 1.5; state {"status":"UP","weight":5,"maxconn":6} -> {"status":"MAINT"}',
+      ),
+      lines.join("\n"),
+    );
+    await agent.command("up", "SIGUSR1");
+    await agent.settled();
+    assert.deepEqual(agent.state, { status: "UP" });
+    assert.equal(store.saves.at(-1), '{"status":"UP"}');
+  });
+
+  test("a failed save is logged and the new state is still answered", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP" } });
+    const { log, lines } = capture();
+    const agent = createAgent({ store, log });
+    await agent.command("reload", "start-up");
+    store.failSaves(true);
+    await agent.command("down", "SIGUSR2");
+    await agent.settled();
+    assert.deepEqual(agent.state, { status: "DOWN" });
+    assert.ok(
+      lines.includes(
+        '<3>cannot save state file /fake/state.json: EROFS: read-only file system; still answering {"status":"DOWN"}',
+      ),
+      lines.join("\n"),
+    );
+    store.failSaves(false);
+    await agent.command("up", "SIGUSR1");
+    await agent.settled();
+    assert.equal(store.saves.at(-1), '{"status":"UP"}');
+  });
+
+  test("every change is logged with its cause, old and new", async () => {
+    const store = fakeStore({ ok: true, state: { status: "READY" } });
+    const { log, lines } = capture();
+    const agent = createAgent({ store, log });
+    await agent.command("reload", "start-up");
+    await agent.command("down", "SIGUSR2");
+    await agent.command("down", "SIGUSR2");
+    await agent.settled();
+    assert.deepEqual(lines, [
+      '<5>start-up: loaded state file /fake/state.json: {"status":"READY"}',
+      '<5>SIGUSR2: state {"status":"READY"} -> {"status":"DOWN"}',
+      '<5>SIGUSR2: state {"status":"DOWN"} (unchanged)',
+    ]);
+  });
+});
