@@ -1,0 +1,137 @@
+import assert from "node:assert/strict";
+import { connect, type Socket } from "node:net";
+import { describe, test } from "node:test";
+import { type AgentServerOptions, createAgentServer } from "../src/server.js";
+import { probe, waitFor } from "./helpers.js";
+
+async function start(
+  t: { after: (fn: () => Promise<void>) => void },
+  options: Partial<AgentServerOptions> = {},
+) {
+  const agent = createAgentServer({ reply: () => "up ready 100%\n", ...options });
+  const { port } = await agent.listen("127.0.0.1", 0);
+  t.after(() => agent.close());
+  return { agent, port };
+}
+
+function openSocket(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: "127.0.0.1", port }, () => resolve(socket));
+    socket.on("error", reject);
+  });
+}
+
+describe("agent server", () => {
+  test("answers at once, with no payload sent, and closes", async (t) => {
+    const { port } = await start(t);
+    assert.equal(await probe(port), "up ready 100%\n");
+  });
+
+  test("answers with HAProxy's agent-send payload, without resetting the connection", async (t) => {
+    const { port } = await start(t);
+    for (let i = 0; i < 50; i++) {
+      assert.equal(await probe(port, { payload: "be_web/srv1\n" }), "up ready 100%\n");
+    }
+  });
+
+  test("each connection gets the reply of that moment", async (t) => {
+    let n = 0;
+    const { port } = await start(t, { reply: () => `up ready ${++n}%\n` });
+    assert.equal(await probe(port), "up ready 1%\n");
+    assert.equal(await probe(port), "up ready 2%\n");
+  });
+
+  test("listens on IPv6 loopback", async (t) => {
+    const agent = createAgentServer({ reply: () => "maint 100%\n" });
+    const { port, family } = await agent.listen("::1", 0);
+    t.after(() => agent.close());
+    assert.equal(family, "IPv6");
+    assert.equal(await probe(port, { host: "::1" }), "maint 100%\n");
+  });
+
+  test("a busy port is Node's EADDRINUSE", async (t) => {
+    const { port } = await start(t);
+    const second = createAgentServer({ reply: () => "x\n" });
+    await assert.rejects(second.listen("127.0.0.1", port), { code: "EADDRINUSE" });
+  });
+
+  test("a client flooding junk is cut off; good probes keep their answers", async (t) => {
+    const { agent, port } = await start(t, { maxPayloadBytes: 1024 });
+    const flooder = await openSocket(port);
+    const closed = new Promise((resolve) => flooder.on("close", resolve));
+    flooder.on("error", () => {});
+    // Reading is how the flooder notices the agent's reset.
+    flooder.resume();
+    const junk = Buffer.alloc(64 * 1024, 0xff);
+    for (let i = 0; i < 16 && !flooder.destroyed; i++) flooder.write(junk);
+    assert.equal(await probe(port), "up ready 100%\n");
+    await closed;
+    await waitFor("connections to drain", () => (agent.connections === 0 ? true : undefined));
+  });
+
+  test("idle clients linger only until the timeout", async (t) => {
+    const { agent, port } = await start(t, { lingerMs: 100 });
+    const idle = await Promise.all(Array.from({ length: 20 }, () => openSocket(port)));
+    t.after(() => {
+      for (const socket of idle) socket.destroy();
+    });
+    for (const socket of idle) socket.on("error", () => {});
+    await waitFor("all connections open", () => (agent.connections === 20 ? true : undefined));
+    await waitFor(
+      "idle connections closed",
+      () => (agent.connections === 0 ? true : undefined),
+      2000,
+    );
+  });
+
+  test("past the connection cap the oldest is closed and new probes are answered", async (t) => {
+    const { agent, port } = await start(t, { maxConnections: 10, lingerMs: 60_000 });
+    const idle: Socket[] = [];
+    t.after(() => {
+      for (const socket of idle) socket.destroy();
+    });
+    for (let i = 0; i < 30; i++) {
+      const socket = await openSocket(port);
+      socket.on("error", () => {});
+      idle.push(socket);
+    }
+    await waitFor("cap reached", () => (agent.connections === 10 ? true : undefined));
+    assert.equal(await probe(port), "up ready 100%\n");
+    assert.ok(agent.connections <= 10);
+    // The 20 oldest were answered and then closed by the agent: reading shows reply and end.
+    const ends = idle.slice(0, 20).map(
+      (socket) =>
+        new Promise<string>((resolve) => {
+          let text = "";
+          socket.on("data", (d) => {
+            text += d;
+          });
+          socket.on("close", () => resolve(text));
+          socket.resume();
+        }),
+    );
+    assert.deepEqual(await Promise.all(ends), Array(20).fill("up ready 100%\n"));
+  });
+
+  test("a client that resets at once does not disturb others", async (t) => {
+    const { port } = await start(t);
+    for (let i = 0; i < 50; i++) {
+      const socket = connect({ host: "127.0.0.1", port });
+      socket.on("error", () => {});
+      socket.on("connect", () => socket.resetAndDestroy());
+    }
+    assert.equal(await probe(port), "up ready 100%\n");
+  });
+
+  test("close ends idle connections and stops listening", async () => {
+    const agent = createAgentServer({ reply: () => "up ready 100%\n", lingerMs: 60_000 });
+    const { port } = await agent.listen("127.0.0.1", 0);
+    const idle = await openSocket(port);
+    const closed = new Promise((resolve) => idle.on("close", resolve));
+    idle.on("error", () => {});
+    idle.resume();
+    await agent.close();
+    await closed;
+    await assert.rejects(probe(port), { code: "ECONNREFUSED" });
+  });
+});
