@@ -113,6 +113,10 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     }
   };
 
+  // Before any save can start: a save's own temporary file must never be taken for stale.
+  await store.removeStaleTemporaries();
+  // Queued before any signal, so the signals that came early apply on top of the file, in order.
+  const loaded = agent.command("reload", "start-up");
   if (!io.inspector.requested) {
     guardInspector({
       url: io.inspector.url,
@@ -126,9 +130,6 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     });
   }
 
-  await store.removeStaleTemporaries();
-  // Queued before the signals that came early, so they apply on top of the file, in order.
-  const loaded = agent.command("reload", "start-up");
   io.onSignal(handle);
   await loaded;
   if (stopping) return;

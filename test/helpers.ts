@@ -1,6 +1,6 @@
 /** Shared test helpers: temp dirs, probes, free ports, unprivileged runs. */
-import { execFile, spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -93,4 +93,118 @@ export function run(file: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     execFile(file, args, (err, stdout) => (err ? reject(err) : resolve(stdout)));
   });
+}
+
+export interface Daemon {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  readonly port: number;
+  readonly dir: string;
+  readonly stateFile: string;
+  /** Everything the daemon wrote to stderr so far. */
+  stderr(): string;
+  waitForLog(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  probe(options?: { host?: string; payload?: string }): Promise<string>;
+  /** Waits until a probe answers `line`. */
+  waitForReply(line: string, timeoutMs?: number): Promise<void>;
+  readState(): Promise<string>;
+  /** Waits until the state file holds exactly `content`. */
+  waitForFile(content: string, timeoutMs?: number): Promise<void>;
+  signal(name: NodeJS.Signals): void;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export interface DaemonOptions {
+  /** State file content; null leaves the file missing. */
+  state?: string | null;
+  env?: Record<string, string>;
+  dir?: string;
+  /** Wait for the "listening" line (default true). */
+  ready?: boolean;
+  node?: string;
+}
+
+/** Starts the real daemon as a child process on a free loopback port. */
+export async function startDaemon(
+  t: { after: (fn: () => Promise<void> | void) => void },
+  {
+    state = '{"status":"UP"}',
+    env = {},
+    dir,
+    ready = true,
+    node = process.execPath,
+  }: DaemonOptions = {},
+): Promise<Daemon> {
+  const home = dir ?? (await tempDir(t));
+  const stateFile = join(home, "state.json");
+  if (state !== null) await writeFile(stateFile, state);
+  const port = await freePort();
+  const child = spawn(node, [MAIN], {
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HAPGENT_IP: "127.0.0.1",
+      HAPGENT_PORT: String(port),
+      HAPGENT_STATE_FILE: stateFile,
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk;
+  });
+  child.stdout?.resume();
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on("exit", (code, signal) => resolve({ code, signal })),
+  );
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGKILL");
+      await exited;
+    }
+  });
+  const daemon: Daemon = {
+    child,
+    pid: child.pid ?? 0,
+    port,
+    dir: home,
+    stateFile,
+    exited,
+    stderr: () => stderr,
+    waitForLog: (pattern, timeoutMs = 5000) =>
+      waitFor(`log ${pattern}`, () => stderr.match(pattern)?.[0], timeoutMs),
+    probe: (options) => probe(port, options),
+    async waitForReply(line, timeoutMs = 5000) {
+      let last = "";
+      await waitFor(
+        `reply ${JSON.stringify(line)}`,
+        async () => {
+          last = await probe(port).catch((err: Error) => `(${err.message})`);
+          return last === line ? true : undefined;
+        },
+        timeoutMs,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}; last reply ${JSON.stringify(last)}; stderr:\n${stderr}`);
+      });
+    },
+    readState: () => readFile(stateFile, "utf8"),
+    async waitForFile(content, timeoutMs = 5000) {
+      let last = "";
+      await waitFor(
+        `state file ${JSON.stringify(content)}`,
+        async () => {
+          last = await readFile(stateFile, "utf8").catch((err: Error) => `(${err.message})`);
+          return last === content ? true : undefined;
+        },
+        timeoutMs,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}; file holds ${JSON.stringify(last)}; stderr:\n${stderr}`);
+      });
+    },
+    signal: (name) => {
+      process.kill(child.pid ?? 0, name);
+    },
+  };
+  if (ready) await daemon.waitForLog(/listening on/);
+  return daemon;
 }

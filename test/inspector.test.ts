@@ -1,0 +1,67 @@
+/**
+ * SIGUSR1 at every moment of start-up: the Node debugger must never stay open, and the signal
+ * must still mean UP. NODE_OPTIONS=--inspect-port=0 makes a debugger opened by the signal take a
+ * random port, so runs can overlap; it does not open the debugger by itself.
+ */
+import assert from "node:assert/strict";
+import { connect } from "node:net";
+import { test } from "node:test";
+import { startDaemon } from "./helpers.js";
+
+const RUNS = 48;
+const PARALLEL = 4;
+const MAX_DELAY_MS = 60;
+
+function refused(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: "127.0.0.1", port });
+    socket.on("connect", () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.on("error", () => resolve(true));
+  });
+}
+
+test("SIGUSR1 during start-up never leaves the debugger open and still sets UP", async (t) => {
+  const outcomes = { handler: 0, guard: 0, killed: 0 };
+  const one = async (run: number) => {
+    const d = await startDaemon(t, {
+      state: '{"status":"DOWN","weight":7}',
+      env: { NODE_OPTIONS: "--inspect-port=0" },
+      ready: false,
+    });
+    await new Promise((r) => setTimeout(r, (run * MAX_DELAY_MS) / RUNS));
+    d.signal("SIGUSR1");
+    const settled = await Promise.race([
+      d.waitForReply("up ready 7%\n", 10_000).then(() => "up" as const),
+      d.exited.then(() => "exited" as const),
+    ]);
+    if (settled === "exited") {
+      // Before Node's own SIGUSR1 handler exists the default action ends the process: nothing is
+      // left listening, and the operator sees the command fail.
+      assert.equal((await d.exited).signal, "SIGUSR1", d.stderr());
+      outcomes.killed++;
+      return;
+    }
+    const opened = d.stderr().match(/Debugger listening on ws:\/\/127\.0\.0\.1:(\d+)\//);
+    if (opened) {
+      assert.match(d.stderr(), /closed the Node debugger .* applying that SIGUSR1/);
+      assert.ok(await refused(Number(opened[1])), `debugger port ${opened[1]} still open`);
+      outcomes.guard++;
+    } else {
+      outcomes.handler++;
+    }
+    await d.waitForFile('{"status":"UP","weight":7}\n');
+    d.signal("SIGTERM");
+    assert.equal((await d.exited).code, 0);
+  };
+  for (let run = 0; run < RUNS; run += PARALLEL) {
+    await Promise.all(Array.from({ length: PARALLEL }, (_, i) => one(run + i)));
+  }
+  t.diagnostic(
+    `USR1 taken by the handler ${outcomes.handler}, debugger closed by the guard ${outcomes.guard}, killed before Node's handler ${outcomes.killed}`,
+  );
+  assert.ok(outcomes.guard > 0, "some signals arrived before the handler: the guard was exercised");
+  assert.ok(outcomes.handler > 0, "some signals reached the handler");
+});
