@@ -122,6 +122,8 @@ export interface DaemonOptions {
   /** Wait for the "listening" line (default true). */
   ready?: boolean;
   node?: string;
+  /** A fixed port, e.g. to restart an agent where HAProxy expects it. */
+  port?: number;
 }
 
 /** Starts the real daemon as a child process on a free loopback port. */
@@ -133,12 +135,13 @@ export async function startDaemon(
     dir,
     ready = true,
     node = process.execPath,
+    port: fixedPort,
   }: DaemonOptions = {},
 ): Promise<Daemon> {
   const home = dir ?? (await tempDir(t));
   const stateFile = join(home, "state.json");
   if (state !== null) await writeFile(stateFile, state);
-  const port = await freePort();
+  const port = fixedPort ?? (await freePort());
   const child = spawn(node, [MAIN], {
     env: {
       PATH: process.env.PATH ?? "/usr/bin:/bin",

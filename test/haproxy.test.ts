@@ -1,0 +1,242 @@
+/**
+ * The real judge: Debian's HAProxy, started per test against the real hapgent, read through its
+ * runtime API. Every promise of the reply table is checked here as HAProxy shows it.
+ */
+import assert from "node:assert/strict";
+import { writeFile } from "node:fs/promises";
+import { describe, test } from "node:test";
+import { STATUSES, type Status } from "../src/state.js";
+import {
+  type BackendSpec,
+  type ServerView,
+  SKIP_HAPROXY,
+  startHaproxy,
+  type View,
+} from "./haproxy.js";
+import { type Daemon, startDaemon } from "./helpers.js";
+
+/** Configured weights 1, 100 and 200; with and without HAProxy's own check and agent-send. */
+const BACKENDS: readonly BackendSpec[] = [
+  {
+    name: "be_a",
+    servers: [
+      { name: "w1", weight: 1 },
+      { name: "w100", weight: 100, check: true },
+      { name: "w200", weight: 200, send: "be_a/w200" },
+    ],
+  },
+  {
+    name: "be_b",
+    servers: [
+      { name: "s100", weight: 100, check: true, send: "be_b/s100" },
+      { name: "s1", weight: 1, check: true, send: "payload, with spaces" },
+    ],
+  },
+];
+
+const CONFIGURED = new Map(
+  BACKENDS.flatMap((b) =>
+    b.servers.map((s): [string, (typeof b.servers)[number]] => [`${b.name}/${s.name}`, s]),
+  ),
+);
+
+/** HAProxy's effective weight for `percent` of a configured weight: rounded down, capped at 256. */
+function effectiveWeight(configured: number, percent: number): number {
+  return Math.min(256, Math.floor((configured * percent) / 100));
+}
+
+/** Why `server` does not show `status` with `percent`, or undefined when it does. */
+function mismatch(
+  key: string,
+  server: ServerView | undefined,
+  status: Status,
+  percent: number,
+): string | undefined {
+  const spec = CONFIGURED.get(key);
+  if (!server || !spec) return `${key} missing`;
+  const weight = effectiveWeight(spec.weight, percent);
+  if (server.userWeight !== weight) return `${key} weight ${server.userWeight}, expected ${weight}`;
+  const up = spec.check ? "UP" : "no check";
+  const expected: Record<Status, [string, number, number | undefined]> = {
+    UP: [up, 0, 2],
+    READY: [up, 0, 2],
+    DRAIN: ["DRAIN (agent)", 8, 2],
+    MAINT: ["MAINT", 1, undefined],
+    DOWN: ["DOWN (agent)", 0, 0],
+    FAIL: ["DOWN (agent)", 0, 0],
+    STOPPED: ["DOWN (agent)", 0, 0],
+  };
+  const [statText, admin, op] = expected[status];
+  // A server at weight 0 that is up is shown as DRAIN in the stats of some HAProxy versions.
+  const statOk =
+    server.status === statText || (weight === 0 && statText === up && server.status === "DRAIN");
+  if (!statOk) return `${key} status ${server.status}, expected ${statText}`;
+  if (server.adminState !== admin) return `${key} admin ${server.adminState}, expected ${admin}`;
+  if (op !== undefined && server.opState !== op)
+    return `${key} op ${server.opState}, expected ${op}`;
+  return undefined;
+}
+
+function allShow(status: Status, percent = 100) {
+  return (view: View) =>
+    [...CONFIGURED.keys()].every((key) => mismatch(key, view[key], status, percent) === undefined);
+}
+
+async function setFile(d: Daemon, content: string) {
+  await writeFile(d.stateFile, content);
+  d.signal("SIGHUP");
+}
+
+/** An Eulerian circuit of the complete directed graph with loops: every ordered pair once. */
+function everyTransition(n: number): number[] {
+  const remaining = Array.from({ length: n }, () => Array.from({ length: n }, (_, i) => i));
+  const stack = [0];
+  const circuit: number[] = [];
+  while (stack.length > 0) {
+    const at = stack.at(-1) ?? 0;
+    const next = remaining[at]?.pop();
+    if (next === undefined) circuit.push(stack.pop() ?? 0);
+    else stack.push(next);
+  }
+  return circuit.reverse();
+}
+
+describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
+  test("every status from every status (7 x 7, by HUP)", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"UP"}' });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });
+    const path = everyTransition(STATUSES.length);
+    const seen = new Set<string>();
+    for (let i = 0; i < path.length; i++) {
+      const status = STATUSES[path[i] ?? 0] ?? "UP";
+      if (i > 0) seen.add(`${STATUSES[path[i - 1] ?? 0]}->${status}`);
+      // Alternating weights prove that each step was a new reply, even between UP and READY.
+      const percent = i % 2 === 0 ? 100 : 200;
+      await setFile(d, JSON.stringify({ status, ...(percent === 100 ? {} : { weight: percent }) }));
+      await h.waitUntil(`step ${i}: ${status} at ${percent}%`, allShow(status, percent));
+    }
+    assert.equal(seen.size, STATUSES.length * STATUSES.length);
+  });
+
+  test("weights 0, 1, 50, 100, 255 on configured weights 1, 100, 200; removing weight restores", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"UP"}' });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });
+    // Ordered so that every server's effective weight changes at every step.
+    for (const percent of [0, 255, 1, 100, 50]) {
+      await setFile(d, JSON.stringify({ status: "UP", weight: percent }));
+      await h.waitUntil(`weight ${percent}%`, allShow("UP", percent));
+    }
+    const view = await h.view();
+    assert.equal(view["be_a/w200"]?.userWeight, 100);
+    await setFile(d, '{"status":"UP"}');
+    await h.waitUntil("configured weights restored", allShow("UP", 100));
+    await setFile(d, '{"status":"UP","weight":255}');
+    const capped = await h.waitUntil("cap", allShow("UP", 255));
+    assert.equal(capped["be_a/w200"]?.userWeight, 256, "HAProxy caps 200 x 255% at 256");
+    assert.equal(capped["be_a/w1"]?.userWeight, 2);
+  });
+
+  test("maxconn is set, changed, and left alone when absent", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"UP"}' });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });
+    const maxconnIs = (value: string) => (view: View) =>
+      [...CONFIGURED.keys()].every((key) => view[key]?.maxconn === value);
+    assert.ok(maxconnIs("")(await h.view()), "no maxconn configured at first");
+    await setFile(d, '{"status":"UP","maxconn":10}');
+    await h.waitUntil("maxconn 10", maxconnIs("10"));
+    await setFile(d, '{"status":"UP","maxconn":20}');
+    await h.waitUntil("maxconn 20", maxconnIs("20"));
+    // Without maxconn the reply does not mention it; a weight change proves new replies arrived.
+    await setFile(d, '{"status":"UP","weight":50}');
+    const view = await h.waitUntil("weight 50% applied", allShow("UP", 50));
+    assert.ok(maxconnIs("20")(view), JSON.stringify(view));
+  });
+
+  test("the spec's deploy flow: missing file, USR1 in, USR2 out within two intervals, USR1 back", async (t) => {
+    const agentInterMs = 300;
+    const d = await startDaemon(t, { state: null });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS, agentInterMs });
+    await h.waitUntil("MAINT from the missing file", allShow("MAINT"));
+    d.signal("SIGUSR1");
+    await h.waitUntil("in rotation", allShow("UP"));
+    await d.waitForFile('{"status":"UP"}\n');
+    const sent = Date.now();
+    d.signal("SIGUSR2");
+    await h.waitUntil("out of rotation", allShow("DOWN"), 2 * agentInterMs + 2000);
+    const took = Date.now() - sent;
+    assert.ok(took <= 2 * agentInterMs, `HAProxy showed DOWN after ${took} ms`);
+    await d.waitForFile('{"status":"DOWN"}\n');
+    d.signal("SIGUSR1");
+    await h.waitUntil("back in rotation", allShow("UP"));
+    await d.waitForFile('{"status":"UP"}\n');
+  });
+
+  test("bad file + HUP gives MAINT; fixed file + HUP brings it back", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"UP","weight":50}' });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });
+    await h.waitUntil("up at 50%", allShow("UP", 50));
+    await setFile(d, '{"status":"UP","wieght":50}');
+    await h.waitUntil("MAINT, previous weight discarded", allShow("MAINT", 100));
+    await setFile(d, '{"status":"DRAIN","weight":50}');
+    await h.waitUntil("DRAIN at 50%", allShow("DRAIN", 50));
+  });
+
+  test("agent-send payloads: the same answers and never a check error over hundreds of probes", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"DRAIN","weight":50,"maxconn":30}' });
+    const servers = Array.from({ length: 10 }, (_, i) => ({
+      name: `p${i}`,
+      weight: 100,
+      ...(i % 5 === 0 ? {} : { send: i % 2 ? `be_p/p${i}` : "x".repeat(1000) }),
+    }));
+    const h = await startHaproxy(t, { agentPort: d.port, backends: [{ name: "be_p", servers }] });
+    await h.waitUntil("first replies", (view) =>
+      Object.values(view).every((s) => s.status === "DRAIN (agent)"),
+    );
+    const statuses = new Set<string>();
+    let views = 0;
+    const until = Date.now() + 3000;
+    while (Date.now() < until) {
+      const view = await h.view();
+      views++;
+      for (const server of Object.values(view)) {
+        statuses.add(server.agentStatus.replace(/^\* /, ""));
+        assert.equal(server.status, "DRAIN (agent)");
+        assert.equal(server.userWeight, 50);
+        assert.equal(server.maxconn, "30");
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    // 10 servers probed every 100 ms for 3 s: about 300 probes.
+    t.diagnostic(`agent_status seen: ${[...statuses].join(", ")} over ${views} views`);
+    for (const status of statuses) assert.ok(["L7OK", "L7STS", "CHECKED"].includes(status), status);
+    assert.doesNotMatch(h.log(), /Socket error|Layer4|connection problem/);
+    assert.equal(d.child.exitCode, null);
+  });
+
+  test("agent restarted: HAProxy keeps the last state meanwhile and takes the file's state after", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"DRAIN","weight":50}' });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });
+    await h.waitUntil("DRAIN at 50%", allShow("DRAIN", 50));
+    d.signal("SIGTERM");
+    await d.exited;
+    const gone = await h.waitUntil("agent checks failing", (view) =>
+      Object.values(view).every((s) => s.agentStatus.replace(/^\* /, "") === "L4CON"),
+    );
+    assert.ok(
+      allShow("DRAIN", 50)(gone),
+      `state kept while the agent is gone: ${JSON.stringify(gone)}`,
+    );
+    await writeFile(d.stateFile, '{"status":"UP","weight":200}');
+    await startDaemon(t, { dir: d.dir, state: null, port: d.port });
+    await h.waitUntil("the file's state after the restart", allShow("UP", 200));
+  });
+
+  test("HAProxy reloaded: the agent's next reply restores the state", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"MAINT","weight":50,"maxconn":7}' });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });
+    await h.waitUntil("MAINT at 50%", allShow("MAINT", 50));
+    await h.restart();
+    const view = await h.waitUntil("restored after the reload", allShow("MAINT", 50));
+    assert.ok(Object.values(view).every((s) => s.maxconn === "7"));
+  });
+});
