@@ -1,9 +1,10 @@
 /** Shared test helpers: temp dirs, probes, free ports, unprivileged runs. */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { rmSync } from "node:fs";
+import { chmod, copyFile, cp, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export const DIST_SRC = fileURLToPath(new URL("../src/", import.meta.url));
@@ -67,12 +68,44 @@ export async function waitFor<T>(
   }
 }
 
-/** Runs a Node script as the unprivileged user `nobody` (or as ourselves when not root). */
-export function runUnprivileged(
-  script: string,
+/**
+ * Where `nobody` can run node and import the compiled sources: a checkout or a Node under /root is
+ * out of its reach, so both are copied to a world-readable temporary directory when needed.
+ */
+const unprivilegedSetup = (async () => {
+  if (!IS_ROOT) return { node: process.execPath, src: DIST_SRC };
+  const dir = await mkdtemp(join(tmpdir(), "hapgent-nobody-"));
+  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+  await chmod(dir, 0o755);
+  const src = join(dir, "src");
+  await cp(DIST_SRC, src, { recursive: true });
+  let node = process.execPath;
+  if (!(await reachableByOthers(node))) {
+    node = join(dir, "node");
+    await copyFile(process.execPath, node);
+    await chmod(node, 0o755);
+  }
+  return { node, src };
+})();
+
+async function reachableByOthers(path: string): Promise<boolean> {
+  for (let at = path; ; at = dirname(at)) {
+    const mode = (await stat(at)).mode;
+    if ((mode & 0o001) === 0) return false;
+    if (at === dirname(at)) return true;
+  }
+}
+
+/**
+ * Runs a Node script as the unprivileged user `nobody` (or as ourselves when not root).
+ * `script` receives the directory holding the compiled sources.
+ */
+export async function runUnprivileged(
+  script: (src: string) => string,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const { node, src } = await unprivilegedSetup;
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
+    const child = spawn(node, ["--input-type=module", "-e", script(src)], {
       ...(IS_ROOT ? { uid: NOBODY, gid: NOBODY } : {}),
       stdio: ["ignore", "pipe", "pipe"],
       cwd: "/",

@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { createLogger, silentLogger } from "../src/log.js";
 import { createStateStore } from "../src/store.js";
-import { DIST_SRC, IS_ROOT, NOBODY, run, runUnprivileged, tempDir } from "./helpers.js";
+import { IS_ROOT, NOBODY, run, runUnprivileged, tempDir } from "./helpers.js";
 
 describe("store load", () => {
   test("a valid file", async (t) => {
@@ -60,10 +60,12 @@ describe("store load", () => {
     await chmod(dir, 0o755);
     const file = join(dir, "s.json");
     await writeFile(file, '{"status":"UP"}', { mode: 0o600 });
-    const result = await runUnprivileged(`
-      import { createStateStore } from ${JSON.stringify(join(DIST_SRC, "store.js"))};
-      import { silentLogger } from ${JSON.stringify(join(DIST_SRC, "log.js"))};
-      console.log(JSON.stringify(await createStateStore(${JSON.stringify(file)}, silentLogger).load()));`);
+    const result = await runUnprivileged(
+      (src) => `
+      import { createStateStore } from ${JSON.stringify(join(src, "store.js"))};
+      import { silentLogger } from ${JSON.stringify(join(src, "log.js"))};
+      console.log(JSON.stringify(await createStateStore(${JSON.stringify(file)}, silentLogger).load()));`,
+    );
     assert.equal(result.stderr, "");
     assert.deepEqual(JSON.parse(result.stdout), {
       ok: false,
@@ -147,14 +149,16 @@ describe("store save", () => {
     const file = join(dir, "s.json");
     await writeFile(file, `{"status":"UP","weight":100,"maxconn":65535}`, { mode: 0o666 });
     await chmod(file, 0o666);
-    const result = await runUnprivileged(`
-      import { createStateStore } from ${JSON.stringify(join(DIST_SRC, "store.js"))};
-      import { createLogger } from ${JSON.stringify(join(DIST_SRC, "log.js"))};
+    const result = await runUnprivileged(
+      (src) => `
+      import { createStateStore } from ${JSON.stringify(join(src, "store.js"))};
+      import { createLogger } from ${JSON.stringify(join(src, "log.js"))};
       const log = createLogger({ write: (l) => process.stdout.write(l), journal: true });
       const store = createStateStore(${JSON.stringify(file)}, log);
       await store.save({ status: "DOWN" });
       await store.save({ status: "DRAIN", weight: 5 });
-      console.log(JSON.stringify(await store.load()));`);
+      console.log(JSON.stringify(await store.load()));`,
+    );
     assert.equal(result.stderr, "");
     const lines = result.stdout.trim().split("\n");
     assert.equal(lines.length, 2, result.stdout);
@@ -176,11 +180,13 @@ describe("store save", () => {
     const file = join(dir, "s.json");
     await writeFile(file, '{"status":"UP"}');
     await chmod(file, 0o644);
-    const result = await runUnprivileged(`
-      import { createStateStore } from ${JSON.stringify(join(DIST_SRC, "store.js"))};
-      import { silentLogger } from ${JSON.stringify(join(DIST_SRC, "log.js"))};
+    const result = await runUnprivileged(
+      (src) => `
+      import { createStateStore } from ${JSON.stringify(join(src, "store.js"))};
+      import { silentLogger } from ${JSON.stringify(join(src, "log.js"))};
       try { await createStateStore(${JSON.stringify(file)}, silentLogger).save({ status: "DOWN" }); }
-      catch (err) { console.log(err.code); }`);
+      catch (err) { console.log(err.code); }`,
+    );
     assert.equal(result.stdout.trim(), "EACCES");
     assert.equal(await readFile(file, "utf8"), '{"status":"UP"}');
   });
