@@ -1,6 +1,6 @@
 /** Shared test helpers: temp dirs, probes, free ports, unprivileged runs. */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { chmod, copyFile, cp, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -15,7 +15,7 @@ export const NOBODY = 65534;
 /** A fresh directory, removed when the test ends. */
 export async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "hapgent-test-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  t.after(() => rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 }));
   return dir;
 }
 
@@ -41,16 +41,37 @@ export function probe(
   });
 }
 
-/** A port free right now on 127.0.0.1 (the daemon takes no port 0). */
-export function freePort(host = "127.0.0.1"): Promise<number> {
-  return new Promise((resolve, reject) => {
+/** Below the kernel's ephemeral range, so no outgoing connection or port-0 listener takes it. */
+const EPHEMERAL_LOW = (() => {
+  try {
+    return Number(
+      readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0],
+    );
+  } catch {
+    return 32768;
+  }
+})();
+
+function bindable(port: number, host: string): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer();
-    server.on("error", reject);
-    server.listen(0, host, () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === "object" && address ? address.port : 0));
-    });
+    server.on("error", () => resolve(false));
+    server.listen({ port, host, exclusive: true }, () => server.close(() => resolve(true)));
   });
+}
+
+/**
+ * A port free right now on `host` (the daemon takes no port 0). Chosen at random below the
+ * ephemeral range: tests run in parallel, and a debugger on --inspect-port=0 or an outgoing
+ * connection would otherwise take the same port between this check and the daemon's bind.
+ */
+export async function freePort(host = "127.0.0.1"): Promise<number> {
+  const low = 10_000;
+  const high = Math.max(low + 1000, EPHEMERAL_LOW - 1);
+  for (;;) {
+    const port = low + Math.floor(Math.random() * (high - low));
+    if (await bindable(port, host)) return port;
+  }
 }
 
 /** Polls until `check` returns a value other than undefined, or fails after `timeoutMs`. */
@@ -171,7 +192,9 @@ export async function startDaemon(
     port: fixedPort,
   }: DaemonOptions = {},
 ): Promise<Daemon> {
-  const home = dir ?? (await tempDir(t));
+  // Not tempDir(): the daemon must be gone before its directory is removed, and after-hooks run
+  // in the order they were added.
+  const home = dir ?? (await mkdtemp(join(tmpdir(), "hapgent-test-")));
   const stateFile = join(home, "state.json");
   if (state !== null) await writeFile(stateFile, state);
   const port = fixedPort ?? (await freePort());
@@ -191,13 +214,15 @@ export async function startDaemon(
   });
   child.stdout?.resume();
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on("exit", (code, signal) => resolve({ code, signal })),
+    // "close" comes after "exit" and after stderr has been read to its end.
+    child.on("close", (code, signal) => resolve({ code, signal })),
   );
   t.after(async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill("SIGKILL");
       await exited;
     }
+    if (dir === undefined) await rm(home, { recursive: true, force: true });
   });
   const daemon: Daemon = {
     child,

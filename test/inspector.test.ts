@@ -44,10 +44,11 @@ test("SIGUSR1 during start-up never leaves the debugger open and still sets UP",
       outcomes.killed++;
       return;
     }
-    const opened = d.stderr().match(/Debugger listening on ws:\/\/127\.0\.0\.1:(\d+)\//);
-    if (opened) {
-      assert.match(d.stderr(), /closed the Node debugger .* applying that SIGUSR1/);
-      assert.ok(await refused(Number(opened[1])), `debugger port ${opened[1]} still open`);
+    // Logged when the USR1 is applied, after the guard's own line when the guard closed a debugger.
+    await d.waitForLog(/SIGUSR1: state/);
+    const closed = d.stderr().match(/closed the Node debugger \(ws:\/\/127\.0\.0\.1:(\d+)\//)?.[1];
+    if (closed) {
+      assert.ok(await refused(Number(closed)), `debugger port ${closed} still open`);
       outcomes.guard++;
     } else {
       outcomes.handler++;
@@ -55,6 +56,12 @@ test("SIGUSR1 during start-up never leaves the debugger open and still sets UP",
     await d.waitForFile('{"status":"UP","weight":7}\n');
     d.signal("SIGTERM");
     assert.equal((await d.exited).code, 0);
+    // With stderr read to its end: every debugger Node opened is one the guard closed.
+    for (const [, port] of d
+      .stderr()
+      .matchAll(/Debugger listening on ws:\/\/127\.0\.0\.1:(\d+)\//g)) {
+      assert.equal(port, closed, d.stderr());
+    }
   };
   for (let run = 0; run < RUNS; run += PARALLEL) {
     await Promise.all(Array.from({ length: PARALLEL }, (_, i) => one(run + i)));
