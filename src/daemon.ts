@@ -41,6 +41,12 @@ export const EXIT = Object.freeze({ OK: 0, CANNOT_LISTEN: 1, USAGE: 2 });
 
 /** TERM must end the process within a second; a pending save gets most of it. */
 const SHUTDOWN_SAVE_WAIT_MS = 800;
+/**
+ * Signals sent just before TERM can reach Node after it: the kernel hands each signal to any of
+ * Node's threads, so `kill -USR2; kill -TERM` may be seen the other way round. Commands that land
+ * in this moment are still applied and saved.
+ */
+const SHUTDOWN_GRACE_MS = 50;
 
 const USAGE = `Usage: hapgent
 
@@ -89,8 +95,14 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.notice(`${signal}: stopping`);
-    const timeout = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_SAVE_WAIT_MS).unref());
-    await Promise.race([Promise.all([server.close(), agent.settled()]), timeout]);
+    // Not unref()'d: with the socket closed they are what keeps the process until it exits here.
+    const timeout = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_SAVE_WAIT_MS));
+    const grace = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS));
+    const finish = async () => {
+      await Promise.all([server.close(), grace]);
+      await agent.settled();
+    };
+    await Promise.race([finish(), timeout]);
     log.notice(`stopped with state ${formatState(agent.state)}`);
     io.exit(EXIT.OK);
   };

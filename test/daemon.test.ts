@@ -3,8 +3,9 @@ import { spawn } from "node:child_process";
 import { mkdir, open, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { VERSION } from "../src/version.js";
-import { freePort, MAIN, probe, run, startDaemon, tempDir } from "./helpers.js";
+import { freePort, MAIN, probe, run, startDaemon, tempDir, waitFor } from "./helpers.js";
 
 /** Runs the daemon to its exit; for start-up failures and flags. */
 function runToExit(args: string[], env: Record<string, string>) {
@@ -270,18 +271,23 @@ describe("daemon signals", () => {
     const names = ["SIGUSR1", "SIGUSR2", "SIGHUP"] as const;
     for (let i = 0; i < 500; i++)
       d.signal(names[i % 3 === 2 ? 2 : Math.floor(Math.random() * 2)] ?? "SIGHUP");
-    // Settled: two probes 200 ms apart agree.
+    // Once the last save has landed, the reply and the file show the same state, and stay so.
+    // The file the test wrote has no line end: the agent's own saves have one.
+    const expected = (file: string) =>
+      file.includes('"UP"') ? "up ready 9% maxconn:1\n" : "down ready 9% maxconn:1\n";
+    let file = "";
     let reply = "";
-    for (;;) {
+    const agree = async () => {
+      file = await d.readState();
       reply = await d.probe();
-      await new Promise((r) => setTimeout(r, 200));
-      if ((await d.probe()) === reply) break;
-    }
-    const file = await d.readState();
-    const expected = file.includes('"UP"')
-      ? "up ready 9% maxconn:1\n"
-      : "down ready 9% maxconn:1\n";
-    assert.equal(reply, expected, `file ${file}`);
+      return file.endsWith("\n") && reply === expected(file) && file === (await d.readState());
+    };
+    await waitFor(
+      "reply and file to agree",
+      async () =>
+        (await agree()) && (await sleep(300)) === undefined && (await agree()) ? true : undefined,
+      10_000,
+    ).catch(() => assert.fail(`reply ${reply} and file ${file} disagree`));
     assert.match(file, /^\{"status":"(UP|DOWN)","weight":9,"maxconn":1\}\n$/);
     assert.equal(d.child.exitCode, null, "still running");
   });
