@@ -5,30 +5,16 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { VERSION } from "../src/version.js";
-import { freePort, MAIN, probe, run, startDaemon, tempDir, waitFor } from "./helpers.js";
-
-/** Runs the daemon to its exit; for start-up failures and flags. */
-function runToExit(args: string[], env: Record<string, string>) {
-  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [MAIN, ...args], {
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d) => {
-      stderr += d;
-    });
-    const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+import {
+  freePort,
+  MAIN,
+  probe,
+  run,
+  runHapgent,
+  startDaemon,
+  tempDir,
+  waitFor,
+} from "./helpers.js";
 
 /** One line, with the expected text, and nothing that looks like a stack trace. */
 function assertOneLine(stderr: string, expected: string) {
@@ -115,32 +101,32 @@ describe("daemon start-up", () => {
   ];
   for (const [env, message] of badEnv) {
     test(`exits 2 on ${JSON.stringify(env)}`, async () => {
-      const result = await runToExit([], { HAPGENT_STATE_FILE: "/nonexistent/s.json", ...env });
+      const result = await runHapgent([], { HAPGENT_STATE_FILE: "/nonexistent/s.json", ...env });
       assert.equal(result.code, 2);
       assertOneLine(result.stderr, message);
     });
   }
 
   test("exits 2 on an unexpected argument", async () => {
-    const result = await runToExit(["--frobnicate"], {});
+    const result = await runHapgent(["--frobnicate"], {});
     assert.equal(result.code, 2);
     assertOneLine(result.stderr, 'unexpected argument "--frobnicate"');
   });
 
   test("--version and --help", async () => {
-    const version = await runToExit(["--version"], {});
+    const version = await runHapgent(["--version"], {});
     assert.deepEqual(
       [version.code, version.stdout, version.stderr],
       [0, `hapgent ${VERSION}\n`, ""],
     );
-    const help = await runToExit(["--help"], {});
+    const help = await runHapgent(["--help"], {});
     assert.equal(help.code, 0);
     assert.match(help.stdout, /HAPGENT_STATE_FILE/);
   });
 
   test("exits 1 with one line when the port is in use", async (t) => {
     const d = await startDaemon(t);
-    const result = await runToExit([], {
+    const result = await runHapgent([], {
       HAPGENT_IP: "127.0.0.1",
       HAPGENT_PORT: String(d.port),
       HAPGENT_STATE_FILE: d.stateFile,
@@ -156,7 +142,7 @@ describe("daemon start-up", () => {
 
   test("exits 1 with one line when the address is not local", async (t) => {
     const dir = await tempDir(t);
-    const result = await runToExit([], {
+    const result = await runHapgent([], {
       // TEST-NET-1: never an address of this host.
       HAPGENT_IP: "192.0.2.1",
       HAPGENT_PORT: String(await freePort()),

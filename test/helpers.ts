@@ -121,26 +121,51 @@ async function reachableByOthers(path: string): Promise<boolean> {
  * Runs a Node script as the unprivileged user `nobody` (or as ourselves when not root).
  * `script` receives the directory holding the compiled sources.
  */
-export async function runUnprivileged(
-  script: (src: string) => string,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export async function runUnprivileged(script: (src: string) => string): Promise<Finished> {
   const { node, src } = await unprivilegedSetup;
+  const child = spawn(node, ["--input-type=module", "-e", script(src)], {
+    ...(IS_ROOT ? { uid: NOBODY, gid: NOBODY } : {}),
+    stdio: ["ignore", "pipe", "pipe"],
+    cwd: "/",
+  });
+  return collect(child);
+}
+
+export interface Finished {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Everything a child writes, and its exit code; killed after `timeoutMs`. */
+export function collect(child: ChildProcess, timeoutMs = 10_000): Promise<Finished> {
   return new Promise((resolve) => {
-    const child = spawn(node, ["--input-type=module", "-e", script(src)], {
-      ...(IS_ROOT ? { uid: NOBODY, gid: NOBODY } : {}),
-      stdio: ["ignore", "pipe", "pipe"],
-      cwd: "/",
-    });
     let stdout = "";
     let stderr = "";
-    child.stdout.on("data", (d) => {
+    child.stdout?.on("data", (d) => {
       stdout += d;
     });
-    child.stderr.on("data", (d) => {
+    child.stderr?.on("data", (d) => {
       stderr += d;
     });
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
   });
+}
+
+/** Runs hapgent with `args` and only `env` (plus PATH) to its exit. */
+export function runHapgent(
+  args: readonly string[],
+  env: Record<string, string>,
+): Promise<Finished> {
+  const child = spawn(process.execPath, [MAIN, ...args], {
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  return collect(child);
 }
 
 export function run(file: string, args: string[]): Promise<string> {
