@@ -31,5 +31,7 @@ export function reply(state: State): string {
   const words = [WORDS[state.status], `${state.weight ?? DEFAULT_WEIGHT_PERCENT}%`];
   // The configured maxconn is unknown to the agent, so an absent maxconn is not mentioned.
   if (state.maxconn !== undefined) words.push(`maxconn:${state.maxconn}`);
+  // Everything after `#` is HAProxy's description; it shows it only with a health word (not MAINT).
+  if (state.description !== undefined) words.push(`# ${state.description}`);
   return `${words.join(" ")}\n`;
 }

@@ -13,6 +13,8 @@ export interface State {
   /** Percent of the weight configured in haproxy.cfg, 0-255. */
   readonly weight?: number;
   readonly maxconn?: number;
+  /** Shown by HAProxy in its stats, e.g. "via agent : down (deploy 1.4.2)". */
+  readonly description?: string;
 }
 
 export type StateResult = { ok: true; state: State } | { ok: false; reason: string };
@@ -25,7 +27,11 @@ export const MAX_STATE_FILE_BYTES = 64 * 1024;
 
 const WEIGHT_MAX = 255;
 const MAXCONN_MAX = 65535;
-const FIELDS = ["status", "weight", "maxconn"] as const;
+/** Long enough for a deploy note, short enough for HAProxy's stats line. */
+export const MAX_DESCRIPTION_CHARS = 200;
+const FIELDS = ["status", "weight", "maxconn", "description"] as const;
+/** One line of printable text: no control characters, no Unicode line or paragraph separators. */
+const PRINTABLE_LINE = /^[^\p{Cc}\p{Zl}\p{Zp}]+$/u;
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
 
@@ -67,7 +73,7 @@ export function validateState(value: unknown): StateResult {
     }
   }
   if (!("status" in record)) return fail("status is required");
-  const { status, weight, maxconn } = record;
+  const { status, weight, maxconn, description } = record;
   if (!isStatus(status)) {
     return fail(`status must be one of ${STATUSES.join(", ")}, got ${describe(status)}`);
   }
@@ -77,20 +83,30 @@ export function validateState(value: unknown): StateResult {
   if ("maxconn" in record && !isIntegerIn(maxconn, 0, MAXCONN_MAX)) {
     return fail(`maxconn must be an integer 0-${MAXCONN_MAX}, got ${describe(maxconn)}`);
   }
+  if ("description" in record && !isDescription(description)) {
+    return fail(
+      `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, got ${describe(description)}`,
+    );
+  }
   return {
     ok: true,
-    state: makeState(status, weight as number | undefined, maxconn as number | undefined),
+    state: makeState(
+      status,
+      weight as number | undefined,
+      maxconn as number | undefined,
+      description as string | undefined,
+    ),
   };
 }
 
 /** The file content for a state: one line of JSON, fields in a fixed order. */
 export function serialiseState(state: State): string {
-  return `${JSON.stringify(makeState(state.status, state.weight, state.maxconn))}\n`;
+  return `${JSON.stringify(makeState(state.status, state.weight, state.maxconn, state.description))}\n`;
 }
 
-/** The same state with another status; weight and maxconn are kept (USR1, USR2). */
+/** The same state with another status; weight, maxconn and description are kept (USR1, USR2). */
 export function withStatus(state: State, status: Status): State {
-  return makeState(status, state.weight, state.maxconn);
+  return makeState(status, state.weight, state.maxconn, state.description);
 }
 
 /** Compact, stable text for logs. */
@@ -99,16 +115,37 @@ export function formatState(state: State): string {
 }
 
 export function sameState(a: State, b: State): boolean {
-  return a.status === b.status && a.weight === b.weight && a.maxconn === b.maxconn;
+  return (
+    a.status === b.status &&
+    a.weight === b.weight &&
+    a.maxconn === b.maxconn &&
+    a.description === b.description
+  );
 }
 
-function makeState(status: Status, weight: number | undefined, maxconn: number | undefined): State {
+function makeState(
+  status: Status,
+  weight: number | undefined,
+  maxconn: number | undefined,
+  description: string | undefined,
+): State {
   // Built field by field so the key order, and so the file, never depends on the input's order.
-  const state: { status: Status; weight?: number; maxconn?: number } = { status };
+  const state: { status: Status; weight?: number; maxconn?: number; description?: string } = {
+    status,
+  };
   // `+ 0` turns a JSON -0 into 0.
   if (weight !== undefined) state.weight = weight + 0;
   if (maxconn !== undefined) state.maxconn = maxconn + 0;
+  if (description !== undefined) state.description = description;
   return Object.freeze(state);
+}
+
+function isDescription(value: unknown): value is string {
+  return (
+    typeof value === "string" &&
+    [...value].length <= MAX_DESCRIPTION_CHARS &&
+    PRINTABLE_LINE.test(value)
+  );
 }
 
 function isIntegerIn(value: unknown, min: number, max: number): value is number {
@@ -117,6 +154,9 @@ function isIntegerIn(value: unknown, min: number, max: number): value is number 
 
 function describe(value: unknown): string {
   if (value === undefined) return "nothing";
+  if (typeof value === "string" && value.length > 40) {
+    return `${JSON.stringify(value.slice(0, 40))}... (${[...value].length} characters)`;
+  }
   if (Array.isArray(value)) return "an array";
   if (value !== null && typeof value === "object") return "an object";
   return JSON.stringify(value);

@@ -25,6 +25,11 @@ describe("reply", () => {
     [{ status: "MAINT" }, "maint 100%\n"],
     [{ status: "FAIL", weight: 255, maxconn: 0 }, "fail ready 255% maxconn:0\n"],
     [{ status: "STOPPED" }, "stopped ready 100%\n"],
+    [{ status: "DOWN", description: "deploy 1.4.2" }, "down ready 100% # deploy 1.4.2\n"],
+    [
+      { status: "UP", weight: 5, maxconn: 6, description: "# a, b" },
+      "up ready 5% maxconn:6 # # a, b\n",
+    ],
   ];
   for (const [state, line] of exact) {
     test(`${JSON.stringify(state)} -> ${JSON.stringify(line)}`, () => {
@@ -35,10 +40,12 @@ describe("reply", () => {
   for (const status of STATUSES) {
     for (const weight of [undefined, 0, 1, 50, 255]) {
       for (const maxconn of [undefined, 0, 300, 65535]) {
+        const description = maxconn === 300 ? "maint, down 50% maxconn:1 # x" : undefined;
         const state: State = {
           status,
           ...(weight === undefined ? {} : { weight }),
           ...(maxconn === undefined ? {} : { maxconn }),
+          ...(description === undefined ? {} : { description }),
         };
         test(`HAProxy reads ${JSON.stringify(state)} as meant`, () => {
           const text = reply(state);
@@ -51,6 +58,7 @@ describe("reply", () => {
           assert.equal(read.admin, EXPECTED[status].admin);
           assert.equal(read.weightPercent, weight ?? 100, "no weight restores the configured one");
           assert.equal(read.maxconn, maxconn, "maxconn only when the state has one");
+          assert.equal(read.description, description, "words in a description are not commands");
         });
       }
     }

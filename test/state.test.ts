@@ -32,6 +32,18 @@ describe("parseState accepts", () => {
     ['{"status":"UP","weight":50.0}', { status: "UP", weight: 50 }],
     ['{"status":"UP","weight":1e2}', { status: "UP", weight: 100 }],
     ['\uFEFF{"status":"UP"}', { status: "UP" }],
+    [
+      '{"status":"DOWN","description":"deploy 1.4.2"}',
+      { status: "DOWN", description: "deploy 1.4.2" },
+    ],
+    [
+      '{"status":"UP","description":"# ünïcode, 100% ok"}',
+      { status: "UP", description: "# ünïcode, 100% ok" },
+    ],
+    [
+      `{"status":"UP","description":"${"é".repeat(200)}"}`,
+      { status: "UP", description: "é".repeat(200) },
+    ],
   ];
   for (const [text, state] of good) {
     test(JSON.stringify(text), () => {
@@ -87,6 +99,26 @@ describe("parseState rejects with a precise reason", () => {
     ['{"status":"UP","Status":"UP"}', 'unknown field "Status"'],
     ['{"status":"UP","__proto__":{}}', 'unknown field "__proto__"'],
     ['{"status":"UP"} {"status":"DOWN"}', "file is not valid JSON ("],
+    [
+      '{"status":"UP","description":""}',
+      'description must be 1-200 characters of printable text on one line, got ""',
+    ],
+    [
+      '{"status":"UP","description":"a\\nb"}',
+      'description must be 1-200 characters of printable text on one line, got "a\\nb"',
+    ],
+    ['{"status":"UP","description":"a\\rb"}', "description must be 1-200 characters"],
+    ['{"status":"UP","description":"a\\u0000b"}', "description must be 1-200 characters"],
+    ['{"status":"UP","description":"a\\u2028b"}', "description must be 1-200 characters"],
+    ['{"status":"UP","description":"tab\\there"}', "description must be 1-200 characters"],
+    [
+      '{"status":"UP","description":5}',
+      "description must be 1-200 characters of printable text on one line, got 5",
+    ],
+    [
+      `{"status":"UP","description":"${"x".repeat(201)}"}`,
+      `description must be 1-200 characters of printable text on one line, got "${"x".repeat(40)}"... (201 characters)`,
+    ],
   ];
   for (const [text, reason] of bad) {
     test(JSON.stringify(text), () => {
@@ -132,6 +164,10 @@ describe("serialiseState", () => {
     [{ status: "UP" }, '{"status":"UP"}\n'],
     [{ maxconn: 3, weight: 2, status: "DOWN" }, '{"status":"DOWN","weight":2,"maxconn":3}\n'],
     [{ status: "MAINT", maxconn: 0 }, '{"status":"MAINT","maxconn":0}\n'],
+    [
+      { description: "d", maxconn: 3, status: "UP", weight: 1 },
+      '{"status":"UP","weight":1,"maxconn":3,"description":"d"}\n',
+    ],
   ];
   for (const [state, text] of cases) {
     test(text.trim(), () => {
@@ -142,8 +178,10 @@ describe("serialiseState", () => {
     for (const status of STATUSES) {
       for (const weight of [undefined, 0, 1, 255]) {
         for (const maxconn of [undefined, 0, 65535]) {
-          const state = validOrThrow({ status, weight, maxconn });
-          assert.deepEqual(parseState(bytes(serialiseState(state))), { ok: true, state });
+          for (const description of [undefined, "x", 'quote " and \\ and # ok']) {
+            const state = validOrThrow({ status, weight, maxconn, description });
+            assert.deepEqual(parseState(bytes(serialiseState(state))), { ok: true, state });
+          }
         }
       }
     }
@@ -151,11 +189,13 @@ describe("serialiseState", () => {
 });
 
 describe("withStatus", () => {
-  test("keeps weight and maxconn", () => {
-    assert.deepEqual(withStatus(validOrThrow({ status: "DOWN", weight: 5, maxconn: 9 }), "UP"), {
+  test("keeps weight, maxconn and description", () => {
+    const state = validOrThrow({ status: "DOWN", weight: 5, maxconn: 9, description: "d" });
+    assert.deepEqual(withStatus(state, "UP"), {
       status: "UP",
       weight: 5,
       maxconn: 9,
+      description: "d",
     });
   });
   test("from the fallback gives exactly UP", () => {
