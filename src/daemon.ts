@@ -15,7 +15,6 @@ import { VERSION } from "./version.js";
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
 
 export interface DaemonIo {
-  readonly args: readonly string[];
   readonly env: Readonly<Record<string, string | undefined>>;
   readonly cwd: string;
   readonly nodeVersion: string;
@@ -23,8 +22,6 @@ export interface DaemonIo {
   readonly journal: boolean;
   /** Writes to stderr, synchronously. */
   readonly write: (text: string) => void;
-  /** Writes to stdout (--help, --version). */
-  readonly out: (text: string) => void;
   readonly inspector: {
     readonly url: () => string | undefined;
     readonly close: () => void;
@@ -37,7 +34,7 @@ export interface DaemonIo {
 }
 
 /** Exit codes of the daemon. */
-export const EXIT = Object.freeze({ OK: 0, CANNOT_LISTEN: 1, USAGE: 2 });
+export const EXIT = Object.freeze({ OK: 0, CANNOT_LISTEN: 1, INVALID_CONFIG: 2 });
 
 /** TERM must end the process within a second; a pending save gets most of it. */
 const SHUTDOWN_SAVE_WAIT_MS = 800;
@@ -48,39 +45,13 @@ const SHUTDOWN_SAVE_WAIT_MS = 800;
  */
 const SHUTDOWN_GRACE_MS = 50;
 
-const USAGE = `Usage: hapgent
-
-Answers HAProxy agent checks from a JSON state file. Configured by the environment:
-  HAPGENT_IP          address to listen on (default 0.0.0.0)
-  HAPGENT_PORT        port to listen on, 1-65535 (default 9777)
-  HAPGENT_STATE_FILE  state file (default /etc/hapgent/state.json)
-Signals: USR1 sets UP, USR2 sets DOWN (both saved to the file), HUP re-reads the file,
-TERM/INT stop.
-`;
-
 export async function runDaemon(io: DaemonIo): Promise<void> {
   const log = createLogger({ write: io.write, journal: io.journal });
-
-  const [first] = io.args;
-  if (first === "--version" || first === "-V") {
-    io.out(`hapgent ${VERSION}\n`);
-    return io.exit(EXIT.OK);
-  }
-  if (first === "--help" || first === "-h") {
-    io.out(USAGE);
-    return io.exit(EXIT.OK);
-  }
-  if (first !== undefined) {
-    log.error(
-      `unexpected argument ${JSON.stringify(first)}; hapgent takes no arguments (see hapgent --help)`,
-    );
-    return io.exit(EXIT.USAGE);
-  }
 
   const configured = parseConfig(io.env, io.cwd);
   if (!configured.ok) {
     log.error(configured.reason);
-    return io.exit(EXIT.USAGE);
+    return io.exit(EXIT.INVALID_CONFIG);
   }
   const config = configured.config;
   const store = createStateStore(config.stateFile, log);

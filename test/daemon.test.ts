@@ -107,10 +107,10 @@ describe("daemon start-up", () => {
     });
   }
 
-  test("exits 2 on an unexpected argument", async () => {
+  test("exits 2 on an unknown command", async () => {
     const result = await runHapgent(["--frobnicate"], {});
     assert.equal(result.code, 2);
-    assertOneLine(result.stderr, 'unexpected argument "--frobnicate"');
+    assertOneLine(result.stderr, 'unknown command "--frobnicate" (see hapgent --help)');
   });
 
   test("--version and --help", async () => {

@@ -13,7 +13,7 @@ import {
   startHaproxy,
   type View,
 } from "./haproxy.js";
-import { type Daemon, startDaemon } from "./helpers.js";
+import { type Daemon, runHapgent, startDaemon } from "./helpers.js";
 
 /** Configured weights 1, 100 and 200; with and without HAProxy's own check and agent-send. */
 const BACKENDS: readonly BackendSpec[] = [
@@ -179,6 +179,33 @@ describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
     await h.waitUntil("MAINT, previous weight discarded", allShow("MAINT", 100));
     await setFile(d, '{"status":"DRAIN","weight":50}');
     await h.waitUntil("DRAIN at 50%", allShow("DRAIN", 50));
+  });
+
+  test("the description set with the CLI shows in HAProxy's stats", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"UP"}' });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });
+    await h.waitUntil("up", allShow("UP"));
+    const result = await runHapgent(["down", "--description", "deploy 1.4.2"], {
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_IP: "127.0.0.1",
+      HAPGENT_PORT: String(d.port),
+    });
+    assert.equal(result.code, 0, result.stderr);
+    const view = await h.waitUntil(
+      "DOWN with the description",
+      (v) =>
+        allShow("DOWN")(v) &&
+        Object.values(v).every((s) => s.lastAgent === "via agent : down (deploy 1.4.2)"),
+    );
+    assert.ok(view);
+    assert.equal(
+      (await runHapgent(["up", "--no-description"], { HAPGENT_STATE_FILE: d.stateFile })).code,
+      0,
+    );
+    await h.waitUntil(
+      "UP without it",
+      (v) => allShow("UP")(v) && Object.values(v).every((s) => s.lastAgent === "via agent : up"),
+    );
   });
 
   test("agent-send payloads: the same answers and never a check error over hundreds of probes", async (t) => {

@@ -32,6 +32,8 @@ export interface ServerView {
   readonly maxconn: string;
   readonly agentStatus: string;
   readonly agentDesc: string;
+  /** `show stat` last_agt: "via agent : down (text)" when the reply had a description. */
+  readonly lastAgent: string;
   /** `show servers state`: 0 stopped, 2 running. */
   readonly opState: number;
   /** `show servers state` admin bits: 0x01 forced maint, 0x08 forced drain. */
@@ -183,6 +185,7 @@ export async function startHaproxy(
         maxconn: row.slim ?? "",
         agentStatus: row.agent_status ?? "",
         agentDesc: row.agent_desc ?? "",
+        lastAgent: row.last_agt ?? "",
       };
     }
     const state = (await command("show servers state"))
