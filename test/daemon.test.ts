@@ -239,13 +239,18 @@ describe("daemon signals", () => {
     assert.equal(await d.readState(), '{"status":"DOWN","weight":4}\n');
   });
 
-  test("signals sent one after another, as pkill sends them, apply in order", async (t) => {
+  test("signals sent by separate commands, each after the last was taken, apply in order", async (t) => {
     const d = await startDaemon(t, { state: '{"status":"UP","weight":50}' });
+    const applied = () => d.stderr().match(/SIGUSR[12]: state/g)?.length ?? 0;
     for (let round = 0; round < 10; round++) {
       const sequence = Array.from({ length: 2 + (round % 4) }, () =>
         Math.random() < 0.5 ? "USR1" : "USR2",
       );
-      for (const name of sequence) await run("kill", [`-${name}`, String(d.pid)]);
+      for (const name of sequence) {
+        const before = applied();
+        await run("kill", [`-${name}`, String(d.pid)]);
+        await waitFor(`${name} to be applied`, () => (applied() > before ? true : undefined));
+      }
       const last = sequence.at(-1) === "USR1" ? "UP" : "DOWN";
       await d.waitForReply(last === "UP" ? "up ready 50%\n" : "down ready 50%\n", 2000);
       await d.waitForFile(`{"status":"${last}","weight":50}\n`);
