@@ -21,80 +21,86 @@ const args = process.argv.slice(2);
 // matches can no longer die of the signal.
 if (args.length === 0) process.title = "hapgent";
 
-const inspector = await import("node:inspector");
-const { guardInspector, inspectorRequested } = await import("./inspector-guard.js");
-const inspectorWanted = inspectorRequested(process.execArgv, process.env.NODE_OPTIONS);
+/** The rest loads after the handlers exist. A function, not top-level await: the standalone
+ * binary runs this file as CommonJS. */
+async function main(): Promise<void> {
+  const inspector = await import("node:inspector");
+  const { guardInspector, inspectorRequested } = await import("./inspector-guard.js");
+  const inspectorWanted = inspectorRequested(process.execArgv, process.env.NODE_OPTIONS);
 
-process.on("uncaughtException", (err) => {
-  // A bug, not bad input: say so once and exit, so the service manager restarts the agent.
-  process.stderr.write(`hapgent: internal error, exiting: ${err.stack ?? String(err)}\n`);
-  process.exit(70);
-});
+  process.on("uncaughtException", (err) => {
+    // A bug, not bad input: say so once and exit, so the service manager restarts the agent.
+    process.stderr.write(`hapgent: internal error, exiting: ${err.stack ?? String(err)}\n`);
+    process.exit(70);
+  });
 
-if (args.length > 0) {
-  const stopOn = (signal: DaemonSignal) => {
-    if (signal === "SIGINT") process.exit(130);
-    if (signal === "SIGTERM") process.exit(143);
-  };
-  deliver = stopOn;
-  for (const signal of early.splice(0)) stopOn(signal);
-  if (!inspectorWanted) {
-    guardInspector({
-      url: () => inspector.url(),
-      close: () => inspector.close(),
-      onClosed: () => {},
+  if (args.length > 0) {
+    const stopOn = (signal: DaemonSignal) => {
+      if (signal === "SIGINT") process.exit(130);
+      if (signal === "SIGTERM") process.exit(143);
+    };
+    deliver = stopOn;
+    for (const signal of early.splice(0)) stopOn(signal);
+    if (!inspectorWanted) {
+      guardInspector({
+        url: () => inspector.url(),
+        close: () => inspector.close(),
+        onClosed: () => {},
+      });
+    }
+    const { runCli } = await import("./cli.js");
+    process.exitCode = await runCli({
+      args,
+      env: process.env,
+      cwd: process.cwd(),
+      pid: process.pid,
+      procRoot: "/proc",
+      out: (text) => {
+        process.stdout.write(text);
+      },
+      err: (text) => {
+        process.stderr.write(text);
+      },
+      reload: (pid) => {
+        process.kill(pid, "SIGHUP");
+      },
+    });
+  } else {
+    const { fstatSync } = await import("node:fs");
+    const { runDaemon } = await import("./daemon.js");
+
+    /** True when stderr is the systemd journal's stream (systemd sets JOURNAL_STREAM to dev:ino). */
+    const stderrIsJournal = (): boolean => {
+      const expected = process.env.JOURNAL_STREAM;
+      if (!expected) return false;
+      try {
+        const stats = fstatSync(2);
+        return expected === `${stats.dev}:${stats.ino}`;
+      } catch {
+        return false;
+      }
+    };
+
+    await runDaemon({
+      env: process.env,
+      cwd: process.cwd(),
+      nodeVersion: process.version,
+      journal: stderrIsJournal(),
+      write: (text) => {
+        process.stderr.write(text);
+      },
+      inspector: {
+        url: () => inspector.url(),
+        close: () => inspector.close(),
+        requested: inspectorWanted,
+      },
+      onSignal: (handler) => {
+        deliver = handler;
+        for (const signal of early.splice(0)) handler(signal);
+      },
+      exit: (code) => process.exit(code),
     });
   }
-  const { runCli } = await import("./cli.js");
-  process.exitCode = await runCli({
-    args,
-    env: process.env,
-    cwd: process.cwd(),
-    pid: process.pid,
-    procRoot: "/proc",
-    out: (text) => {
-      process.stdout.write(text);
-    },
-    err: (text) => {
-      process.stderr.write(text);
-    },
-    reload: (pid) => {
-      process.kill(pid, "SIGHUP");
-    },
-  });
-} else {
-  const { fstatSync } = await import("node:fs");
-  const { runDaemon } = await import("./daemon.js");
-
-  /** True when stderr is the systemd journal's stream (systemd sets JOURNAL_STREAM to dev:ino). */
-  const stderrIsJournal = (): boolean => {
-    const expected = process.env.JOURNAL_STREAM;
-    if (!expected) return false;
-    try {
-      const stats = fstatSync(2);
-      return expected === `${stats.dev}:${stats.ino}`;
-    } catch {
-      return false;
-    }
-  };
-
-  await runDaemon({
-    env: process.env,
-    cwd: process.cwd(),
-    nodeVersion: process.version,
-    journal: stderrIsJournal(),
-    write: (text) => {
-      process.stderr.write(text);
-    },
-    inspector: {
-      url: () => inspector.url(),
-      close: () => inspector.close(),
-      requested: inspectorWanted,
-    },
-    onSignal: (handler) => {
-      deliver = handler;
-      for (const signal of early.splice(0)) handler(signal);
-    },
-    exit: (code) => process.exit(code),
-  });
 }
+
+void main();

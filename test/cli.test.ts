@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -9,7 +8,7 @@ import { reply } from "../src/reply.js";
 import { createAgentServer } from "../src/server.js";
 import { parseState, type State } from "../src/state.js";
 import { VERSION } from "../src/version.js";
-import { collect, freePort, MAIN, runHapgent, startDaemon, tempDir } from "./helpers.js";
+import { collect, freePort, runHapgent, spawnHapgent, startDaemon, tempDir } from "./helpers.js";
 
 /** Runs the CLI against the daemon's file and port, as a deploy script would. */
 function cli(d: { stateFile: string; port: number }, ...args: string[]) {
@@ -323,7 +322,7 @@ describe("safety", () => {
       HAPGENT_PORT: String(d.port),
     };
     const start = () =>
-      spawn(process.execPath, [MAIN, "down", "--timeout", "1.5"], {
+      spawnHapgent(["down", "--timeout", "1.5"], {
         env: { PATH: process.env.PATH ?? "/usr/bin", ...env },
         stdio: ["ignore", "pipe", "pipe"],
       });

@@ -1,16 +1,16 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdir, open, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { VERSION } from "../src/version.js";
 import {
   freePort,
-  MAIN,
+  HAPGENT_BINARY,
   probe,
   run,
   runHapgent,
+  spawnHapgent,
   startDaemon,
   tempDir,
   waitFor,
@@ -31,6 +31,8 @@ describe("daemon start-up", () => {
     assert.equal((await readFile(`/proc/${d.pid}/comm`, "utf8")).trim(), "hapgent");
     const found = (await run("pgrep", ["-x", "hapgent"])).split("\n");
     assert.ok(found.includes(String(d.pid)), "pkill hapgent finds it");
+    // The suites also judge the standalone binary: the process must be the one asked for.
+    assert.equal(await readlink(`/proc/${d.pid}/exe`), HAPGENT_BINARY ?? process.execPath);
     assert.match(
       d.stderr(),
       new RegExp(
@@ -159,7 +161,7 @@ describe("daemon start-up", () => {
     const log = await open(logPath, "w");
     const stats = await log.stat();
     const port = await freePort();
-    const child = spawn(process.execPath, [MAIN], {
+    const child = spawnHapgent([], {
       env: {
         HAPGENT_IP: "127.0.0.1",
         HAPGENT_PORT: String(port),

@@ -1,5 +1,5 @@
 /** Shared test helpers: temp dirs, probes, free ports, unprivileged runs. */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, execFile, type SpawnOptions, spawn } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { chmod, copyFile, cp, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer } from "node:net";
@@ -9,6 +9,18 @@ import { fileURLToPath } from "node:url";
 
 export const DIST_SRC = fileURLToPath(new URL("../src/", import.meta.url));
 export const MAIN = join(DIST_SRC, "main.js");
+/**
+ * How the tests start hapgent: the compiled sources on this Node, or, with HAPGENT_TEST_BINARY
+ * set, that standalone executable, so the same suites judge the binary.
+ */
+export const HAPGENT_BINARY = process.env.HAPGENT_TEST_BINARY || undefined;
+
+/** Spawns hapgent (the daemon without arguments, else a command) as the tests configured it. */
+export function spawnHapgent(args: readonly string[], options: SpawnOptions): ChildProcess {
+  return HAPGENT_BINARY === undefined
+    ? spawn(process.execPath, [MAIN, ...args], options)
+    : spawn(HAPGENT_BINARY, [...args], options);
+}
 export const IS_ROOT = process.getuid?.() === 0;
 export const NOBODY = 65534;
 
@@ -161,7 +173,7 @@ export function runHapgent(
   args: readonly string[],
   env: Record<string, string>,
 ): Promise<Finished> {
-  const child = spawn(process.execPath, [MAIN, ...args], {
+  const child = spawnHapgent(args, {
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -200,7 +212,8 @@ export interface DaemonOptions {
   dir?: string;
   /** Wait for the "listening" line (default true). */
   ready?: boolean;
-  node?: string;
+  /** An executable to run as the daemon instead of the hapgent under test (e.g. an installed one). */
+  exec?: string;
   /** A fixed port, e.g. to restart an agent where HAProxy expects it. */
   port?: number;
 }
@@ -213,7 +226,7 @@ export async function startDaemon(
     env = {},
     dir,
     ready = true,
-    node = process.execPath,
+    exec,
     port: fixedPort,
   }: DaemonOptions = {},
 ): Promise<Daemon> {
@@ -223,7 +236,7 @@ export async function startDaemon(
   const stateFile = join(home, "state.json");
   if (state !== null) await writeFile(stateFile, state);
   const port = fixedPort ?? (await freePort());
-  const child = spawn(node, [MAIN], {
+  const options: SpawnOptions = {
     env: {
       PATH: process.env.PATH ?? "/usr/bin:/bin",
       HAPGENT_IP: "127.0.0.1",
@@ -232,7 +245,8 @@ export async function startDaemon(
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
-  });
+  };
+  const child = exec === undefined ? spawnHapgent([], options) : spawn(exec, [], options);
   let stderr = "";
   child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
     stderr += chunk;
