@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Builds OUT/hapgent_VERSION_amd64.deb (OUT is the first argument, default build) with dpkg-deb:
+# the standalone binary, the systemd unit, the default state file and environment file as
+# conffiles, a man page, and maintainer scripts that create the hapgent user and start the service
+# where systemd runs. Needs dpkg-deb and dpkg-shlibdeps (Debian's dpkg-dev).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+for tool in dpkg-deb dpkg-shlibdeps gzip; do
+  command -v "$tool" >/dev/null || {
+    echo "build-deb: $tool is missing; on Debian: apt-get install dpkg-dev" >&2
+    exit 2
+  }
+done
+
+out="${1:-build}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+bash scripts/build-binary.sh "$out"
+
+version="$(node -p 'require("./package.json").version')"
+maintainer="${DEB_MAINTAINER:-hapgent maintainers <hapgent@users.noreply.github.com>}"
+# Reproducible dates: the last commit's, else now.
+export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
+date_rfc2822="$(date -u -R -d "@$SOURCE_DATE_EPOCH")"
+
+stage="$out/deb"
+rm -rf "$stage"
+install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" \
+  "$stage/etc/hapgent" "$stage/etc/default" "$stage/usr/share/man/man8" \
+  "$stage/usr/share/doc/hapgent"
+
+install -m 0755 "$out/hapgent" "$stage/usr/bin/hapgent"
+install -m 0644 packaging/hapgent.service "$stage/lib/systemd/system/hapgent.service"
+install -m 0644 packaging/state.json "$stage/etc/hapgent/state.json"
+install -m 0644 packaging/default "$stage/etc/default/hapgent"
+sed "s/@VERSION@/$version/" packaging/hapgent.8 | gzip -9n >"$stage/usr/share/man/man8/hapgent.8.gz"
+chmod 0644 "$stage/usr/share/man/man8/hapgent.8.gz"
+gzip -9n <README.md >"$stage/usr/share/doc/hapgent/README.md.gz"
+printf 'hapgent (%s) stable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
+  "$version" "$version" "$maintainer" "$date_rfc2822" |
+  gzip -9n >"$stage/usr/share/doc/hapgent/changelog.gz"
+
+# DEP-5 copyright. The binary embeds the Node.js runtime: its license, with those of the
+# components Node.js bundles, is shipped whole beside it, as Node.js publishes it.
+gzip -9n <"$out/LICENSE.node" >"$stage/usr/share/doc/hapgent/LICENSE.node.gz"
+{
+  printf 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n'
+  printf 'Upstream-Name: hapgent\n\n'
+  printf 'Files: *\nCopyright: 2026 the hapgent authors\nLicense: MIT\n\n'
+  printf 'Files: usr/bin/hapgent\nCopyright: 2026 the hapgent authors\n Node.js contributors and other Node.js authors\n'
+  printf 'Comment: The binary embeds the Node.js runtime, MIT-licensed, with the components it\n'
+  printf ' bundles under their own licenses; all of them are in\n'
+  printf ' /usr/share/doc/hapgent/LICENSE.node.gz.\nLicense: MIT\n\n'
+  printf 'License: MIT\n'
+  tail -n +3 LICENSE | sed -e 's/^[[:space:]]*$/./' -e 's/^/ /'
+} >"$stage/usr/share/doc/hapgent/copyright"
+install -d -m 0755 "$stage/usr/share/lintian/overrides"
+cp packaging/lintian-overrides "$stage/usr/share/lintian/overrides/hapgent"
+
+for script in postinst prerm postrm; do
+  install -m 0755 "packaging/$script" "$stage/DEBIAN/$script"
+done
+printf '/etc/default/hapgent\n/etc/hapgent/state.json\n' >"$stage/DEBIAN/conffiles"
+
+# Library dependencies as Debian computes them; dpkg-shlibdeps reads debian/control.
+shlibs="$out/shlibs"
+rm -rf "$shlibs" && mkdir -p "$shlibs/debian"
+printf 'Source: hapgent\n\nPackage: hapgent\nArchitecture: amd64\n' >"$shlibs/debian/control"
+depends="$(cd "$shlibs" && dpkg-shlibdeps -O "$stage/usr/bin/hapgent" 2>/dev/null |
+  sed -n 's/^shlibs:Depends=//p')"
+rm -rf "$shlibs"
+[[ -n "$depends" ]] || {
+  echo "build-deb: dpkg-shlibdeps found no library dependencies" >&2
+  exit 1
+}
+
+(cd "$stage" && find usr lib -type f -print0 | sort -z | xargs -0 md5sum) >"$stage/DEBIAN/md5sums"
+installed_kib="$(du -sk --exclude=DEBIAN "$stage" | cut -f1)"
+cat >"$stage/DEBIAN/control" <<EOF
+Package: hapgent
+Version: $version
+Architecture: amd64
+Maintainer: $maintainer
+Installed-Size: $installed_kib
+Depends: adduser, $depends
+Section: net
+Priority: optional
+Description: HAProxy agent-check daemon driven by a JSON state file
+ hapgent answers HAProxy's agent-check probes with one line, such as
+ "up ready 75% maxconn:300", built from a small JSON state file. Operators
+ change the state by editing the file and reloading, with signals from deploy
+ scripts (USR2 takes the server out of the load balancer, USR1 puts it back),
+ or with the hapgent command, which waits until the agent answers the change.
+ .
+ The binary embeds Node.js and needs no other runtime.
+EOF
+
+deb="$out/hapgent_${version}_amd64.deb"
+dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+rm -rf "$stage"
+echo "built $deb ($(du -m "$deb" | cut -f1) MiB)"

@@ -1,0 +1,526 @@
+/**
+ * The standalone binary and the Debian package, built by their own scripts and judged as an
+ * operator would meet them: the binary against the daemon and command suites, the package by
+ * lintian, the unit by systemd-analyze, and the package installed into a minimal Debian 12 root
+ * that has no Node, once as a plain chroot (no systemd running) and once booted under systemd
+ * with systemd-nspawn. The root shares the host's network, so probes come from outside it.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import {
+  copyFile,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  writeFile,
+} from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { VERSION } from "../../src/version.js";
+import { freePort, probe, startDaemon, waitFor } from "../helpers.js";
+import { exec, execOk, missing, REPO } from "./tools.js";
+
+const SKIP = missing("the binary and Debian package suite", {
+  commands: [
+    "debootstrap",
+    "dpkg-deb",
+    "dpkg-shlibdeps",
+    "lintian",
+    "systemd-analyze",
+    "systemd-nspawn",
+    "nsenter",
+    "unshare",
+    "chroot",
+    "strip",
+    "xz",
+  ],
+  root: true,
+});
+
+/** The bound the issue sets for `systemd-analyze security` (0 is locked down, 10 is UNSAFE). */
+const MAX_EXPOSURE = 2.0;
+const ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/** The numeric uid and gid of `name` in a root's /etc/passwd, or undefined. */
+async function account(root: string, name: string): Promise<[number, number] | undefined> {
+  const passwd = await readFile(join(root, "etc/passwd"), "utf8");
+  const fields = passwd
+    .split("\n")
+    .map((line) => line.split(":"))
+    .find((entry) => entry[0] === name);
+  return fields ? [Number(fields[2]), Number(fields[3])] : undefined;
+}
+
+/** Every path under `dir` whose name contains `text`. */
+async function findNamed(dir: string, text: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true }).catch(() => [] as string[]);
+  return entries.filter((entry) => entry.includes(text));
+}
+
+/** Processes whose root directory is `root`. */
+async function processesIn(root: string): Promise<number[]> {
+  const found: number[] = [];
+  for (const name of await readdir("/proc")) {
+    if (!/^[0-9]+$/.test(name)) continue;
+    const at = await readlink(`/proc/${name}/root`).catch(() => "");
+    if (at === root) found.push(Number(name));
+  }
+  return found;
+}
+
+/** What an uninstalled package must not leave behind in a root. */
+async function assertPurged(root: string): Promise<void> {
+  for (const path of [
+    "usr/bin/hapgent",
+    "lib/systemd/system/hapgent.service",
+    "etc/hapgent",
+    "etc/default/hapgent",
+    "etc/systemd/system/multi-user.target.wants/hapgent.service",
+    "usr/share/doc/hapgent",
+    "usr/share/man/man8/hapgent.8.gz",
+    "usr/share/lintian/overrides/hapgent",
+  ]) {
+    assert.equal(existsSync(join(root, path)), false, `${path} is gone`);
+  }
+  assert.equal(await account(root, "hapgent"), undefined, "the hapgent user is gone");
+  const group = await readFile(join(root, "etc/group"), "utf8");
+  assert.doesNotMatch(group, /^hapgent:/m, "the hapgent group is gone");
+  assert.deepEqual(await findNamed(join(root, "var/lib/systemd"), "hapgent"), []);
+  assert.deepEqual(await findNamed(join(root, "var/lib/dpkg/info"), "hapgent"), []);
+}
+
+describe("standalone binary and Debian package", { skip: SKIP }, () => {
+  let out = "";
+  let binary = "";
+  let deb = "";
+
+  before(async () => {
+    out = await mkdtemp(join(tmpdir(), "hapgent-package-"));
+    // The build runs here exactly as `npm run build:deb` runs it.
+    await execOk("bash", [join(REPO, "scripts/build-deb.sh"), out], {
+      cwd: REPO,
+      timeoutMs: 600_000,
+    });
+    binary = join(out, "hapgent");
+    deb = join(out, `hapgent_${VERSION}_amd64.deb`);
+  });
+  after(() => rm(out, { recursive: true, force: true }));
+
+  test("the binary is an x86_64 Linux executable with Node 24 inside, and its checksum holds", async (t) => {
+    const head = (await readFile(binary)).subarray(0, 20);
+    assert.deepEqual([...head.subarray(0, 4)], [0x7f, 0x45, 0x4c, 0x46], "ELF");
+    assert.equal(head.readUInt16LE(18), 0x3e, "x86_64");
+    await execOk("sha256sum", ["--check", "--strict", "hapgent.sha256"], { cwd: out });
+    // With no Node anywhere on PATH: the binary needs none.
+    const empty = join(out, "empty-path");
+    await mkdir(empty);
+    const d = await startDaemon(t, { exec: binary, env: { PATH: empty } });
+    await d.waitForLog(/\(Node v24\.[0-9.]+\) listening/);
+    assert.equal(await d.probe(), "up ready 100%\n");
+    d.signal("SIGTERM");
+    assert.equal((await d.exited).code, 0);
+    t.diagnostic(`binary ${Math.round((await stat(binary)).size / 2 ** 20)} MiB`);
+  });
+
+  test("the daemon and command suites pass against the binary", async (t) => {
+    const suites = ["daemon", "cli", "inspector"].map((name) =>
+      join(REPO, "dist/test", `${name}.test.js`),
+    );
+    const result = await exec(
+      process.execPath,
+      ["--test", "--test-concurrency=2", "--test-reporter=tap", ...suites],
+      { env: suiteEnv(binary), timeoutMs: 600_000 },
+    );
+    const count = (name: string) =>
+      Number(result.stdout.match(new RegExp(`^# ${name} (\\d+)$`, "m"))?.[1]);
+    assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
+    assert.equal(count("fail"), 0, result.stdout);
+    assert.ok(count("pass") >= 80, `the suites ran: ${count("pass")} passed`);
+    t.diagnostic(`${count("pass")} tests passed against ${binary}`);
+  });
+
+  test("the package passes lintian", async (t) => {
+    const result = await exec("lintian", ["--fail-on", "error,warning", "--info", deb], {
+      timeoutMs: 300_000,
+    });
+    const tags = result.stdout.split("\n").filter((line) => /^[EWIXP]: /.test(line));
+    assert.deepEqual(
+      tags.filter((line) => /^[EW]: /.test(line)),
+      [],
+      result.stdout,
+    );
+    assert.equal(result.code, 0, `${result.stdout}\n${result.stderr}`);
+    t.diagnostic(`lintian: ${tags.length === 0 ? "no tags" : tags.join("; ")}`);
+  });
+
+  test("the shipped unit is hardened: systemd-analyze security at most 2.0, verify clean", async (t) => {
+    const unpacked = join(out, "unpacked");
+    await execOk("dpkg-deb", ["--extract", deb, unpacked]);
+    const unit = join(unpacked, "lib/systemd/system/hapgent.service");
+    const text = await readFile(unit, "utf8");
+    for (const line of [
+      "Type=exec",
+      "ExecStart=/usr/bin/hapgent",
+      'ExecReload=/bin/sh -c "kill -HUP $MAINPID"',
+      "Restart=on-failure",
+      "User=hapgent",
+      "ReadWritePaths=/etc/hapgent",
+      "WantedBy=multi-user.target",
+    ]) {
+      assert.match(text, new RegExp(`^${line.replace(/[$()"]/g, "\\$&")}$`, "m"), line);
+    }
+    const security = await exec("systemd-analyze", [
+      "security",
+      "--offline=true",
+      "--no-pager",
+      unit,
+    ]);
+    const exposure = Number(
+      security.stdout.match(/Overall exposure level for hapgent\.service: ([0-9.]+)/)?.[1],
+    );
+    assert.ok(exposure <= MAX_EXPOSURE, `exposure ${exposure}:\n${security.stdout}`);
+    t.diagnostic(`systemd-analyze security --offline=true: exposure ${exposure}`);
+  });
+
+  test("in a Debian 12 root without Node and without systemd running (a chroot)", async (t) => {
+    const root = join(out, "chroot");
+    await execOk("bash", [join(REPO, "scripts/debian-root.sh"), root], { timeoutMs: 900_000 });
+    t.after(() => rm(root, { recursive: true, force: true }));
+    const inRoot = (args: string[], timeoutMs = 120_000) =>
+      execOk("chroot", [root, ...args], {
+        env: { PATH: ROOT_PATH, DEBIAN_FRONTEND: "noninteractive" },
+        timeoutMs,
+      });
+    const node = await exec("chroot", [root, "sh", "-c", "command -v node || command -v nodejs"], {
+      env: { PATH: ROOT_PATH },
+    });
+    assert.notEqual(node.code, 0, `no Node in the root: ${node.stdout}`);
+    assert.equal(existsSync(join(root, "run/systemd/system")), false, "systemd does not run");
+
+    await copyFile(deb, join(root, "root/hapgent.deb"));
+    await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+    assert.equal((await inRoot(["hapgent", "--version"])).stdout, `hapgent ${VERSION}\n`);
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's format, not JavaScript's
+    const conffiles = (await inRoot(["dpkg-query", "-W", "-f", "${Conffiles}", "hapgent"])).stdout;
+    assert.match(conffiles, /\/etc\/hapgent\/state\.json /);
+    assert.match(conffiles, /\/etc\/default\/hapgent /);
+    const user = await account(root, "hapgent");
+    assert.ok(user, "postinst created the hapgent user");
+    const [uid, gid] = user;
+    for (const path of ["etc/hapgent", "etc/hapgent/state.json"]) {
+      const stats = await stat(join(root, path));
+      assert.deepEqual([stats.uid, stats.gid], [uid, gid], `${path} belongs to hapgent`);
+    }
+    // Enabled, so an image built this way starts it at boot; but nothing was started here.
+    assert.equal(
+      await readlink(join(root, "etc/systemd/system/multi-user.target.wants/hapgent.service")),
+      "/lib/systemd/system/hapgent.service",
+    );
+    assert.deepEqual(await processesIn(root), [], "postinst started nothing in the chroot");
+    await validateUnitIn(root, t);
+
+    // The daemon as its service user, as the unit runs it (without the sandbox).
+    const port = await freePort();
+    const daemon = startInRoot(root, ["/usr/bin/hapgent"], {
+      user: `${uid}:${gid}`,
+      env: { HAPGENT_IP: "127.0.0.1", HAPGENT_PORT: String(port) },
+    });
+    t.after(() => daemon.stop());
+    await waitFor("the daemon in the root to listen", () =>
+      /listening on/.test(daemon.stderr()) ? true : undefined,
+    );
+    const stateFile = join(root, "etc/hapgent/state.json");
+    const expect = async (line: string, file: string) => {
+      await waitFor(`reply ${line}`, async () => ((await probe(port)) === line ? true : undefined));
+      await waitFor(`file ${file}`, async () =>
+        (await readFile(stateFile, "utf8")) === file ? true : undefined,
+      );
+    };
+    await expect("up ready 100%\n", '{"status":"UP"}\n');
+    daemon.child.kill("SIGUSR2");
+    await expect("down ready 100%\n", '{"status":"DOWN"}\n');
+    daemon.child.kill("SIGUSR1");
+    await expect("up ready 100%\n", '{"status":"UP"}\n');
+    // Saved atomically (temporary file and rename): the service user owns the directory.
+    assert.doesNotMatch(daemon.stderr(), /not writable|cannot save/);
+    assert.deepEqual((await readdir(join(root, "etc/hapgent"))).sort(), ["state.json"]);
+    assert.equal((await stat(stateFile)).uid, uid);
+
+    // The command line, as root inside the root, finds the daemon through /proc.
+    const cli = (args: string[]) => startInRoot(root, ["/usr/bin/hapgent", ...args]).done;
+    const status = await cli(["status"]);
+    assert.equal(status.code, 0, status.stdout + status.stderr);
+    assert.match(status.stdout, /agreement {3}yes/);
+    const drain = await cli(["drain", "--weight", "25"]);
+    assert.equal(drain.code, 0, drain.stdout + drain.stderr);
+    assert.match(drain.stdout, /answers: up drain 25%/);
+    await expect("up drain 25%\n", '{"status":"DRAIN","weight":25}\n');
+    assert.equal((await stat(stateFile)).uid, uid, "root's save kept the owner");
+
+    daemon.child.kill("SIGTERM");
+    assert.equal((await daemon.done).code, 0, daemon.stderr());
+
+    await inRoot(["dpkg", "--purge", "hapgent"]);
+    await assertPurged(root);
+    assert.equal((await exec("chroot", [root, "dpkg-query", "-W", "hapgent"])).code, 1);
+  });
+
+  test("under systemd (the root booted with systemd-nspawn)", async (t) => {
+    const root = join(out, "booted");
+    await execOk("bash", [join(REPO, "scripts/debian-root.sh"), root], { timeoutMs: 900_000 });
+    t.after(() => rm(root, { recursive: true, force: true }));
+    // The operator's way to set the port: a drop-in. The container shares the host's network.
+    const port = await freePort();
+    await mkdir(join(root, "etc/systemd/system/hapgent.service.d"), { recursive: true });
+    await writeFile(
+      join(root, "etc/systemd/system/hapgent.service.d/port.conf"),
+      `[Service]\nEnvironment=HAPGENT_IP=127.0.0.1 HAPGENT_PORT=${port}\n`,
+    );
+    await copyFile(deb, join(root, "root/hapgent.deb"));
+
+    const machine = await boot(root);
+    t.after(() => machine.stop());
+    const inside = (args: string[], timeoutMs = 120_000) => machine.run(args, timeoutMs);
+    const insideOk = async (args: string[], timeoutMs = 120_000) => {
+      const result = await inside(args, timeoutMs);
+      assert.equal(result.code, 0, `${args.join(" ")}: ${result.stdout}${result.stderr}`);
+      return result.stdout;
+    };
+    await inside(["systemctl", "is-system-running", "--wait"], 120_000);
+
+    await insideOk(["dpkg", "-i", "/root/hapgent.deb"]);
+    assert.equal((await insideOk(["systemctl", "is-enabled", "hapgent"])).trim(), "enabled");
+    await waitFor("the service to answer", async () =>
+      (await probe(port).catch(() => "")) === "up ready 100%\n" ? true : undefined,
+    );
+    assert.equal((await insideOk(["systemctl", "is-active", "hapgent"])).trim(), "active");
+
+    // The sandbox is really applied: no privileges, a syscall filter, a user namespace.
+    const pid = (
+      await insideOk(["systemctl", "show", "--property=MainPID", "--value", "hapgent"])
+    ).trim();
+    const procStatus = await insideOk(["cat", `/proc/${pid}/status`]);
+    assert.match(procStatus, /^NoNewPrivs:\s+1$/m);
+    assert.match(procStatus, /^Seccomp:\s+2$/m);
+    assert.match(procStatus, /^CapEff:\s+0+$/m);
+    assert.match(procStatus, /^CapBnd:\s+0+$/m);
+    const uidMap = await insideOk(["cat", `/proc/${pid}/uid_map`]);
+    assert.equal(
+      uidMap.trim().split("\n").length,
+      2,
+      `PrivateUsers maps root and hapgent only: ${uidMap}`,
+    );
+    const live = await insideOk(["systemd-analyze", "security", "--no-pager", "hapgent.service"]);
+    const exposure = Number(
+      live.match(/Overall exposure level for hapgent\.service: ([0-9.]+)/)?.[1],
+    );
+    assert.ok(exposure <= MAX_EXPOSURE, live);
+
+    const stateFile = join(root, "etc/hapgent/state.json");
+    const expect = async (line: string, file?: string) => {
+      await waitFor(`reply ${line}`, async () =>
+        (await probe(port).catch(() => "")) === line ? true : undefined,
+      );
+      if (file !== undefined) {
+        await waitFor(`file ${file}`, async () =>
+          (await readFile(stateFile, "utf8")) === file ? true : undefined,
+        );
+      }
+    };
+    await insideOk(["systemctl", "kill", "--signal=SIGUSR2", "hapgent"]);
+    await expect("down ready 100%\n", '{"status":"DOWN"}\n');
+    // An edited file, then `systemctl reload`.
+    await writeFile(stateFile, '{"status":"UP","weight":30}\n');
+    await insideOk(["systemctl", "reload", "hapgent"]);
+    await expect("up ready 30%\n");
+    const set = await insideOk(["hapgent", "down", "--description", "deploy 2.0"]);
+    assert.match(set, /answers: down ready 30% # deploy 2\.0/);
+    await insideOk(["systemctl", "restart", "hapgent"]);
+    await expect(
+      "down ready 30% # deploy 2.0\n",
+      '{"status":"DOWN","weight":30,"description":"deploy 2.0"}\n',
+    );
+    const journal = await insideOk(["journalctl", "--unit=hapgent", "--output=cat", "--no-pager"]);
+    assert.match(journal, new RegExp(`listening on 127\\.0\\.0\\.1:${port}`));
+    const problems = await insideOk([
+      "journalctl",
+      "--unit=hapgent",
+      "--priority=warning",
+      "--output=cat",
+      "--no-pager",
+    ]);
+    assert.doesNotMatch(problems, /hapgent/i, `no warning or error logged:\n${problems}`);
+
+    await insideOk(["dpkg", "--purge", "hapgent"]);
+    await waitFor("the service to stop answering", async () =>
+      (await probe(port).then(
+        () => false,
+        () => true,
+      ))
+        ? true
+        : undefined,
+    );
+    const state = await inside(["systemctl", "is-active", "hapgent"]);
+    assert.notEqual(state.stdout.trim(), "active");
+    await assertPurged(root);
+  });
+});
+
+/** The environment for a nested test run: without this runner's own child-process protocol. */
+function suiteEnv(binary: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, HAPGENT_TEST_BINARY: binary };
+  delete env.NODE_TEST_CONTEXT;
+  return env;
+}
+
+/** Checks the unit as installed in `root`: systemd-analyze verify with no complaint. */
+async function validateUnitIn(root: string, t: { diagnostic: (text: string) => void }) {
+  // --man=no: the minimal root has no man; the page itself is checked where it is built.
+  const verify = await exec("systemd-analyze", [
+    "verify",
+    `--root=${root}`,
+    "--man=no",
+    "hapgent.service",
+  ]);
+  assert.equal(verify.code, 0, verify.stderr);
+  assert.equal(verify.stderr, "", "systemd-analyze verify has no complaint");
+  assert.ok((await lstat(join(root, "usr/share/man/man8/hapgent.8.gz"))).isFile());
+  t.diagnostic("systemd-analyze verify: clean");
+}
+
+interface InRoot {
+  readonly child: ChildProcess;
+  readonly done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+  stderr(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs `command` in `root` (with chroot, as `user` when given) with /proc mounted in a mount
+ * namespace of its own that ends with it. unshare, sh and chroot each exec the next, so the
+ * child's pid is the command's.
+ */
+function startInRoot(
+  root: string,
+  command: string[],
+  { env = {}, user }: { env?: Record<string, string>; user?: string } = {},
+): InRoot {
+  const chroot = [
+    "chroot",
+    ...(user === undefined ? [] : [`--userspec=${user}`]),
+    root,
+    ...command,
+  ];
+  const child = spawn(
+    "unshare",
+    [
+      "--mount",
+      "--propagation",
+      "private",
+      "--",
+      "sh",
+      "-c",
+      'mount -t proc proc "$0/proc" && exec "$@"',
+      root,
+      ...chroot,
+    ],
+    { env: { PATH: ROOT_PATH, ...env }, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+    stdout += chunk;
+  });
+  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk;
+  });
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+    child.on("close", (code) => resolve({ code, stdout, stderr })),
+  );
+  return {
+    child,
+    done,
+    stderr: () => stderr,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await done;
+    },
+  };
+}
+
+interface Machine {
+  run(
+    args: string[],
+    timeoutMs: number,
+  ): Promise<{ code: number | null; stdout: string; stderr: string }>;
+  stop(): Promise<void>;
+}
+
+/** Boots `root` with systemd-nspawn (host network) and runs commands inside with nsenter. */
+async function boot(root: string): Promise<Machine> {
+  const console: string[] = [];
+  const nspawn = spawn(
+    "systemd-nspawn",
+    [
+      "--quiet",
+      "--directory",
+      root,
+      "--boot",
+      "--console=read-only",
+      "--register=no",
+      "--keep-unit",
+    ],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  nspawn.stdout?.setEncoding("utf8").on("data", (chunk: string) => console.push(chunk));
+  nspawn.stderr?.setEncoding("utf8").on("data", (chunk: string) => console.push(chunk));
+  const exited = new Promise<void>((resolve) => nspawn.on("close", () => resolve()));
+  const leader = await waitFor(
+    "systemd to start in the container",
+    async () => {
+      if (nspawn.exitCode !== null) throw new Error(`systemd-nspawn exited:\n${console.join("")}`);
+      const children = await readFile(
+        `/proc/${nspawn.pid}/task/${nspawn.pid}/children`,
+        "utf8",
+      ).catch(() => "");
+      const [first] = children.trim().split(/\s+/).filter(Boolean);
+      return first === undefined ? undefined : Number(first);
+    },
+    30_000,
+  );
+  return {
+    run: (args, timeoutMs) =>
+      exec(
+        "nsenter",
+        [
+          "--target",
+          String(leader),
+          "--mount",
+          "--uts",
+          "--ipc",
+          "--net",
+          "--pid",
+          "--root",
+          "--wd",
+          "--",
+          ...args,
+        ],
+        { env: { PATH: ROOT_PATH, DEBIAN_FRONTEND: "noninteractive" }, timeoutMs },
+      ),
+    async stop() {
+      if (nspawn.exitCode !== null) return;
+      // TERM asks the container's systemd to power off; KILL if it does not within 20 s.
+      nspawn.kill("SIGTERM");
+      const timer = setTimeout(() => nspawn.kill("SIGKILL"), 20_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
