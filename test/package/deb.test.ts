@@ -293,83 +293,106 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       assert.equal(result.code, 0, `${args.join(" ")}: ${result.stdout}${result.stderr}`);
       return result.stdout;
     };
-    await inside(["systemctl", "is-system-running", "--wait"], 120_000);
+    try {
+      await inside(["systemctl", "is-system-running", "--wait"], 120_000);
 
-    await insideOk(["dpkg", "-i", "/root/hapgent.deb"]);
-    assert.equal((await insideOk(["systemctl", "is-enabled", "hapgent"])).trim(), "enabled");
-    await waitFor("the service to answer", async () =>
-      (await probe(port).catch(() => "")) === "up ready 100%\n" ? true : undefined,
-    );
-    assert.equal((await insideOk(["systemctl", "is-active", "hapgent"])).trim(), "active");
-
-    // The sandbox is really applied: no privileges, a syscall filter, a user namespace.
-    const pid = (
-      await insideOk(["systemctl", "show", "--property=MainPID", "--value", "hapgent"])
-    ).trim();
-    const procStatus = await insideOk(["cat", `/proc/${pid}/status`]);
-    assert.match(procStatus, /^NoNewPrivs:\s+1$/m);
-    assert.match(procStatus, /^Seccomp:\s+2$/m);
-    assert.match(procStatus, /^CapEff:\s+0+$/m);
-    assert.match(procStatus, /^CapBnd:\s+0+$/m);
-    const uidMap = await insideOk(["cat", `/proc/${pid}/uid_map`]);
-    assert.equal(
-      uidMap.trim().split("\n").length,
-      2,
-      `PrivateUsers maps root and hapgent only: ${uidMap}`,
-    );
-    const live = await insideOk(["systemd-analyze", "security", "--no-pager", "hapgent.service"]);
-    const exposure = Number(
-      live.match(/Overall exposure level for hapgent\.service: ([0-9.]+)/)?.[1],
-    );
-    assert.ok(exposure <= MAX_EXPOSURE, live);
-
-    const stateFile = join(root, "etc/hapgent/state.json");
-    const expect = async (line: string, file?: string) => {
-      await waitFor(`reply ${line}`, async () =>
-        (await probe(port).catch(() => "")) === line ? true : undefined,
+      await insideOk(["dpkg", "-i", "/root/hapgent.deb"]);
+      assert.equal((await insideOk(["systemctl", "is-enabled", "hapgent"])).trim(), "enabled");
+      await waitFor("the service to answer", async () =>
+        (await probe(port).catch(() => "")) === "up ready 100%\n" ? true : undefined,
       );
-      if (file !== undefined) {
-        await waitFor(`file ${file}`, async () =>
-          (await readFile(stateFile, "utf8")) === file ? true : undefined,
-        );
-      }
-    };
-    await insideOk(["systemctl", "kill", "--signal=SIGUSR2", "hapgent"]);
-    await expect("down ready 100%\n", '{"status":"DOWN"}\n');
-    // An edited file, then `systemctl reload`.
-    await writeFile(stateFile, '{"status":"UP","weight":30}\n');
-    await insideOk(["systemctl", "reload", "hapgent"]);
-    await expect("up ready 30%\n");
-    const set = await insideOk(["hapgent", "down", "--description", "deploy 2.0"]);
-    assert.match(set, /answers: down ready 30% # deploy 2\.0/);
-    await insideOk(["systemctl", "restart", "hapgent"]);
-    await expect(
-      "down ready 30% # deploy 2.0\n",
-      '{"status":"DOWN","weight":30,"description":"deploy 2.0"}\n',
-    );
-    const journal = await insideOk(["journalctl", "--unit=hapgent", "--output=cat", "--no-pager"]);
-    assert.match(journal, new RegExp(`listening on 127\\.0\\.0\\.1:${port}`));
-    const problems = await insideOk([
-      "journalctl",
-      "--unit=hapgent",
-      "--priority=warning",
-      "--output=cat",
-      "--no-pager",
-    ]);
-    assert.doesNotMatch(problems, /hapgent/i, `no warning or error logged:\n${problems}`);
+      assert.equal((await insideOk(["systemctl", "is-active", "hapgent"])).trim(), "active");
 
-    await insideOk(["dpkg", "--purge", "hapgent"]);
-    await waitFor("the service to stop answering", async () =>
-      (await probe(port).then(
-        () => false,
-        () => true,
-      ))
-        ? true
-        : undefined,
-    );
-    const state = await inside(["systemctl", "is-active", "hapgent"]);
-    assert.notEqual(state.stdout.trim(), "active");
-    await assertPurged(root);
+      // The sandbox is really applied: no privileges, a syscall filter, a user namespace.
+      const pid = (
+        await insideOk(["systemctl", "show", "--property=MainPID", "--value", "hapgent"])
+      ).trim();
+      const procStatus = await insideOk(["cat", `/proc/${pid}/status`]);
+      assert.match(procStatus, /^NoNewPrivs:\s+1$/m);
+      assert.match(procStatus, /^Seccomp:\s+2$/m);
+      assert.match(procStatus, /^CapEff:\s+0+$/m);
+      assert.match(procStatus, /^CapBnd:\s+0+$/m);
+      const uidMap = await insideOk(["cat", `/proc/${pid}/uid_map`]);
+      assert.equal(
+        uidMap.trim().split("\n").length,
+        2,
+        `PrivateUsers maps root and hapgent only: ${uidMap}`,
+      );
+      const live = await insideOk(["systemd-analyze", "security", "--no-pager", "hapgent.service"]);
+      const exposure = Number(
+        live.match(/Overall exposure level for hapgent\.service: ([0-9.]+)/)?.[1],
+      );
+      assert.ok(exposure <= MAX_EXPOSURE, live);
+
+      const stateFile = join(root, "etc/hapgent/state.json");
+      const expect = async (line: string, file?: string) => {
+        await waitFor(`reply ${line}`, async () =>
+          (await probe(port).catch(() => "")) === line ? true : undefined,
+        );
+        if (file !== undefined) {
+          await waitFor(`file ${file}`, async () =>
+            (await readFile(stateFile, "utf8")) === file ? true : undefined,
+          );
+        }
+      };
+      await insideOk(["systemctl", "kill", "--signal=SIGUSR2", "hapgent"]);
+      await expect("down ready 100%\n", '{"status":"DOWN"}\n');
+      // An edited file, then `systemctl reload`.
+      await writeFile(stateFile, '{"status":"UP","weight":30}\n');
+      await insideOk(["systemctl", "reload", "hapgent"]);
+      await expect("up ready 30%\n");
+      const set = await insideOk(["hapgent", "down", "--description", "deploy 2.0"]);
+      assert.match(set, /answers: down ready 30% # deploy 2\.0/);
+      const saved = '{"status":"DOWN","weight":30,"description":"deploy 2.0"}\n';
+      await insideOk(["systemctl", "restart", "hapgent"]);
+      await expect("down ready 30% # deploy 2.0\n", saved);
+      // Installing again (an upgrade) restarts the agent on the new binary and keeps its state:
+      // the state file is a conffile the agent changed, which dpkg never overwrites.
+      const mainPid = async () =>
+        (await insideOk(["systemctl", "show", "--property=MainPID", "--value", "hapgent"])).trim();
+      const before = await mainPid();
+      await insideOk(["dpkg", "-i", "/root/hapgent.deb"]);
+      assert.notEqual(await mainPid(), before, "restarted");
+      assert.equal((await insideOk(["systemctl", "is-active", "hapgent"])).trim(), "active");
+      await expect("down ready 30% # deploy 2.0\n", saved);
+      const journal = await insideOk([
+        "journalctl",
+        "--unit=hapgent",
+        "--output=cat",
+        "--no-pager",
+      ]);
+      assert.match(journal, new RegExp(`listening on 127\\.0\\.0\\.1:${port}`));
+      const problems = await insideOk([
+        "journalctl",
+        "--unit=hapgent",
+        "--priority=warning",
+        "--output=cat",
+        "--no-pager",
+      ]);
+      assert.doesNotMatch(problems, /hapgent/i, `no warning or error logged:\n${problems}`);
+
+      await insideOk(["dpkg", "--purge", "hapgent"]);
+      await waitFor("the service to stop answering", async () =>
+        (await probe(port).then(
+          () => false,
+          () => true,
+        ))
+          ? true
+          : undefined,
+      );
+      const state = await inside(["systemctl", "is-active", "hapgent"]);
+      assert.notEqual(state.stdout.trim(), "active");
+      await assertPurged(root);
+    } catch (err) {
+      // What systemd saw is what explains a failure here.
+      const journal = await inside(["journalctl", "--boot", "--no-pager", "--lines=60"], 30_000);
+      throw new Error(
+        `${(err as Error).message}\n--- journal of the container:\n${journal.stdout}`,
+        {
+          cause: err,
+        },
+      );
+    }
   });
 });
 
