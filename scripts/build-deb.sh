@@ -31,6 +31,9 @@ install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" 
   "$stage/usr/share/doc/hapgent"
 
 install -m 0755 "$out/hapgent" "$stage/usr/bin/hapgent"
+# The name the unit starts the daemon by (see packaging/hapgent.service).
+install -d -m 0755 "$stage/usr/libexec/hapgent"
+ln -s ../../bin/hapgent "$stage/usr/libexec/hapgent/daemon"
 install -m 0644 packaging/hapgent.service "$stage/lib/systemd/system/hapgent.service"
 install -m 0644 packaging/state.json "$stage/etc/hapgent/state.json"
 install -m 0644 packaging/default "$stage/etc/default/hapgent"

@@ -79,6 +79,7 @@ async function processesIn(root: string): Promise<number[]> {
 async function assertPurged(root: string): Promise<void> {
   for (const path of [
     "usr/bin/hapgent",
+    "usr/libexec/hapgent",
     "lib/systemd/system/hapgent.service",
     "etc/hapgent",
     "etc/default/hapgent",
@@ -167,7 +168,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     const text = await readFile(unit, "utf8");
     for (const line of [
       "Type=exec",
-      "ExecStart=/usr/bin/hapgent",
+      "ExecStart=/usr/libexec/hapgent/daemon",
       'ExecReload=/bin/sh -c "kill -HUP $MAINPID"',
       "Restart=on-failure",
       "User=hapgent",
@@ -207,6 +208,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     await copyFile(deb, join(root, "root/hapgent.deb"));
     await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
     assert.equal((await inRoot(["hapgent", "--version"])).stdout, `hapgent ${VERSION}\n`);
+    assert.equal(await readlink(join(root, "usr/libexec/hapgent/daemon")), "../../bin/hapgent");
     // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's format, not JavaScript's
     const conffiles = (await inRoot(["dpkg-query", "-W", "-f", "${Conffiles}", "hapgent"])).stdout;
     assert.match(conffiles, /\/etc\/hapgent\/state\.json /);
@@ -335,8 +337,34 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
           );
         }
       };
-      await insideOk(["systemctl", "kill", "--signal=SIGUSR2", "hapgent"]);
+      const mainPid = async () =>
+        (await insideOk(["systemctl", "show", "--property=MainPID", "--value", "hapgent"])).trim();
+      const restarts = async () =>
+        (
+          await insideOk(["systemctl", "show", "--property=NRestarts", "--value", "hapgent"])
+        ).trim();
+
+      // The deploy script's `pkill -USR2 hapgent`, sent without pause from before a restart to
+      // well after it (from the host, to the container's processes only): the daemon is found
+      // only once it can take the signal, so it is never killed, and the state ends DOWN.
+      const first = await mainPid();
+      await insideOk(["systemctl", "restart", "--no-block", "hapgent"]);
+      const stormEnd = Date.now() + 2000;
+      let matched = 0;
+      while (Date.now() < stormEnd) {
+        const pkill = ["--ns", String(machine.leader), "--nslist", "pid", "-USR2", "hapgent"];
+        if ((await exec("pkill", pkill)).code === 0) matched++;
+      }
       await expect("down ready 100%\n", '{"status":"DOWN"}\n');
+      const second = await mainPid();
+      assert.notEqual(second, first, "restarted by systemctl");
+      assert.equal(await restarts(), "0", "never killed by a signal, so never restarted");
+      const byNew = await insideOk(["journalctl", `_PID=${second}`, "--output=cat", "--no-pager"]);
+      assert.match(byNew, /SIGUSR2: state/, "the new daemon took USR2 once it could");
+      t.diagnostic(`pkill -USR2 hapgent matched ${matched} times around a restart`);
+
+      await insideOk(["systemctl", "kill", "--signal=SIGUSR1", "hapgent"]);
+      await expect("up ready 100%\n", '{"status":"UP"}\n');
       // An edited file, then `systemctl reload`.
       await writeFile(stateFile, '{"status":"UP","weight":30}\n');
       await insideOk(["systemctl", "reload", "hapgent"]);
@@ -348,8 +376,6 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       await expect("down ready 30% # deploy 2.0\n", saved);
       // Installing again (an upgrade) restarts the agent on the new binary and keeps its state:
       // the state file is a conffile the agent changed, which dpkg never overwrites.
-      const mainPid = async () =>
-        (await insideOk(["systemctl", "show", "--property=MainPID", "--value", "hapgent"])).trim();
       const before = await mainPid();
       await insideOk(["dpkg", "-i", "/root/hapgent.deb"]);
       assert.notEqual(await mainPid(), before, "restarted");
@@ -479,6 +505,8 @@ function startInRoot(
 }
 
 interface Machine {
+  /** The container's init, as the host sees it. */
+  readonly leader: number;
   run(
     args: string[],
     timeoutMs: number,
@@ -519,6 +547,7 @@ async function boot(root: string): Promise<Machine> {
     30_000,
   );
   return {
+    leader,
     run: (args, timeoutMs) =>
       exec(
         "nsenter",
