@@ -192,8 +192,13 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
 
   test("in a Debian 12 root without Node and without systemd running (a chroot)", async (t) => {
     const root = join(out, "chroot");
+    let daemon: InRoot | undefined;
+    // One hook, in this order: nothing may still run from the root while it is removed.
+    t.after(async () => {
+      await daemon?.stop();
+      await rm(root, { recursive: true, force: true });
+    });
     await execOk("bash", [join(REPO, "scripts/debian-root.sh"), root], { timeoutMs: 900_000 });
-    t.after(() => rm(root, { recursive: true, force: true }));
     const inRoot = (args: string[], timeoutMs = 120_000) =>
       execOk("chroot", [root, ...args], {
         env: { PATH: ROOT_PATH, DEBIAN_FRONTEND: "noninteractive" },
@@ -230,13 +235,13 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
 
     // The daemon as its service user, as the unit runs it (without the sandbox).
     const port = await freePort();
-    const daemon = startInRoot(root, ["/usr/bin/hapgent"], {
+    const agent = startInRoot(root, ["/usr/bin/hapgent"], {
       user: `${uid}:${gid}`,
       env: { HAPGENT_IP: "127.0.0.1", HAPGENT_PORT: String(port) },
     });
-    t.after(() => daemon.stop());
+    daemon = agent;
     await waitFor("the daemon in the root to listen", () =>
-      /listening on/.test(daemon.stderr()) ? true : undefined,
+      /listening on/.test(agent.stderr()) ? true : undefined,
     );
     const stateFile = join(root, "etc/hapgent/state.json");
     const expect = async (line: string, file: string) => {
@@ -246,12 +251,12 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       );
     };
     await expect("up ready 100%\n", '{"status":"UP"}\n');
-    daemon.child.kill("SIGUSR2");
+    agent.child.kill("SIGUSR2");
     await expect("down ready 100%\n", '{"status":"DOWN"}\n');
-    daemon.child.kill("SIGUSR1");
+    agent.child.kill("SIGUSR1");
     await expect("up ready 100%\n", '{"status":"UP"}\n');
     // Saved atomically (temporary file and rename): the service user owns the directory.
-    assert.doesNotMatch(daemon.stderr(), /not writable|cannot save/);
+    assert.doesNotMatch(agent.stderr(), /not writable|cannot save/);
     assert.deepEqual((await readdir(join(root, "etc/hapgent"))).sort(), ["state.json"]);
     assert.equal((await stat(stateFile)).uid, uid);
 
@@ -266,8 +271,8 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     await expect("up drain 25%\n", '{"status":"DRAIN","weight":25}\n');
     assert.equal((await stat(stateFile)).uid, uid, "root's save kept the owner");
 
-    daemon.child.kill("SIGTERM");
-    assert.equal((await daemon.done).code, 0, daemon.stderr());
+    agent.child.kill("SIGTERM");
+    assert.equal((await agent.done).code, 0, agent.stderr());
 
     await inRoot(["dpkg", "--purge", "hapgent"]);
     await assertPurged(root);
@@ -276,8 +281,13 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
 
   test("under systemd (the root booted with systemd-nspawn)", async (t) => {
     const root = join(out, "booted");
+    let machine: Machine | undefined;
+    // One hook, in this order: the container must be gone before its root is removed.
+    t.after(async () => {
+      await machine?.stop();
+      await rm(root, { recursive: true, force: true });
+    });
     await execOk("bash", [join(REPO, "scripts/debian-root.sh"), root], { timeoutMs: 900_000 });
-    t.after(() => rm(root, { recursive: true, force: true }));
     // The operator's way to set the port: a drop-in. The container shares the host's network.
     const port = await freePort();
     await mkdir(join(root, "etc/systemd/system/hapgent.service.d"), { recursive: true });
@@ -287,9 +297,9 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     );
     await copyFile(deb, join(root, "root/hapgent.deb"));
 
-    const machine = await boot(root);
-    t.after(() => machine.stop());
-    const inside = (args: string[], timeoutMs = 120_000) => machine.run(args, timeoutMs);
+    const container = await boot(root);
+    machine = container;
+    const inside = (args: string[], timeoutMs = 120_000) => container.run(args, timeoutMs);
     const insideOk = async (args: string[], timeoutMs = 120_000) => {
       const result = await inside(args, timeoutMs);
       assert.equal(result.code, 0, `${args.join(" ")}: ${result.stdout}${result.stderr}`);
@@ -352,7 +362,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       const stormEnd = Date.now() + 2000;
       let matched = 0;
       while (Date.now() < stormEnd) {
-        const pkill = ["--ns", String(machine.leader), "--nslist", "pid", "-USR2", "hapgent"];
+        const pkill = ["--ns", String(container.leader), "--nslist", "pid", "-USR2", "hapgent"];
         if ((await exec("pkill", pkill)).code === 0) matched++;
       }
       await expect("down ready 100%\n", '{"status":"DOWN"}\n');
@@ -545,7 +555,10 @@ async function boot(root: string): Promise<Machine> {
       return first === undefined ? undefined : Number(first);
     },
     30_000,
-  );
+  ).catch(async (err: Error) => {
+    await stopContainer(nspawn, exited, undefined);
+    throw err;
+  });
   return {
     leader,
     run: (args, timeoutMs) =>
@@ -566,13 +579,32 @@ async function boot(root: string): Promise<Machine> {
         ],
         { env: { PATH: ROOT_PATH, DEBIAN_FRONTEND: "noninteractive" }, timeoutMs },
       ),
-    async stop() {
-      if (nspawn.exitCode !== null) return;
-      // TERM asks the container's systemd to power off; KILL if it does not within 20 s.
-      nspawn.kill("SIGTERM");
-      const timer = setTimeout(() => nspawn.kill("SIGKILL"), 20_000);
-      await exited;
-      clearTimeout(timer);
-    },
+    stop: () => stopContainer(nspawn, exited, leader),
   };
+}
+
+/**
+ * Stops a container: TERM asks its systemd to power off; if it has not within 20 s, KILL its
+ * init, which ends every process of its pid namespace, and systemd-nspawn. Killing only
+ * systemd-nspawn would leave the container running, adopted by the host's init.
+ */
+async function stopContainer(
+  nspawn: ChildProcess,
+  exited: Promise<void>,
+  leader: number | undefined,
+): Promise<void> {
+  if (nspawn.exitCode !== null || nspawn.signalCode !== null) return;
+  nspawn.kill("SIGTERM");
+  const timer = setTimeout(() => {
+    if (leader !== undefined) {
+      try {
+        process.kill(leader, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+    }
+    nspawn.kill("SIGKILL");
+  }, 20_000);
+  await exited;
+  clearTimeout(timer);
 }
