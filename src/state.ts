@@ -85,7 +85,7 @@ export function validateState(value: unknown): StateResult {
   }
   if ("description" in record && !isDescription(description)) {
     return fail(
-      `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, got ${describe(description)}`,
+      `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, not beginning or ending with a space, got ${describe(description)}`,
     );
   }
   return {
@@ -144,7 +144,9 @@ function isDescription(value: unknown): value is string {
   return (
     typeof value === "string" &&
     [...value].length <= MAX_DESCRIPTION_CHARS &&
-    PRINTABLE_LINE.test(value)
+    PRINTABLE_LINE.test(value) &&
+    // HAProxy drops the spaces after `#`: a description it shows differently is refused.
+    value.trim() === value
   );
 }
 
@@ -162,6 +164,17 @@ function describe(value: unknown): string {
   return JSON.stringify(value);
 }
 
+/**
+ * Reasons quote the file (V8's JSON errors, unknown keys, wrong values), which may hold line
+ * breaks or terminal escapes; reasons go to logs and terminals, so those are shown escaped.
+ */
+function printable(text: string): string {
+  return text.replace(
+    /[\p{Cc}\p{Zl}\p{Zp}]/gu,
+    (c) => `\\u${(c.codePointAt(0) ?? 0).toString(16).padStart(4, "0")}`,
+  );
+}
+
 function fail(reason: string): StateResult {
-  return { ok: false, reason };
+  return { ok: false, reason: printable(reason) };
 }

@@ -4,6 +4,8 @@
  * last word of each kind wins; `#` starts the description. Tests use it to check what HAProxy
  * will make of a reply, independently of how the reply was built.
  */
+import type { State, Status } from "../src/state.js";
+
 export interface AgentCommands {
   health?: "up" | "down" | "fail" | "stopped";
   admin?: "ready" | "drain" | "maint";
@@ -36,4 +38,33 @@ export function readAgentReply(received: string): AgentCommands | "incomplete" {
     }
   }
   return result;
+}
+
+/** What HAProxy must be told, per status, to show it whatever it showed before. */
+export const INTENDED: Readonly<
+  Record<Status, { health?: AgentCommands["health"]; admin: NonNullable<AgentCommands["admin"]> }>
+> = {
+  UP: { health: "up", admin: "ready" },
+  READY: { health: "up", admin: "ready" },
+  DRAIN: { health: "up", admin: "drain" },
+  MAINT: { admin: "maint" },
+  DOWN: { health: "down", admin: "ready" },
+  FAIL: { health: "fail", admin: "ready" },
+  STOPPED: { health: "stopped", admin: "ready" },
+};
+
+/**
+ * The commands HAProxy must read for a state: its status's words, its weight (100% without one,
+ * restoring the configured weight), its maxconn when it has one, its description, nothing else.
+ */
+export function intendedCommands(state: State): AgentCommands {
+  const { health, admin } = INTENDED[state.status];
+  return {
+    ...(health === undefined ? {} : { health }),
+    admin,
+    weightPercent: state.weight ?? 100,
+    ...(state.maxconn === undefined ? {} : { maxconn: state.maxconn }),
+    ...(state.description === undefined ? {} : { description: state.description }),
+    unknown: [],
+  };
 }

@@ -1,19 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { reply } from "../src/reply.js";
-import { STATUSES, type State, type Status } from "../src/state.js";
-import { readAgentReply } from "./haproxy-reply.js";
-
-// What HAProxy must be told, per status, to show it whatever it showed before.
-const EXPECTED: Record<Status, { health?: string; admin: string }> = {
-  UP: { health: "up", admin: "ready" },
-  READY: { health: "up", admin: "ready" },
-  DRAIN: { health: "up", admin: "drain" },
-  MAINT: { admin: "maint" },
-  DOWN: { health: "down", admin: "ready" },
-  FAIL: { health: "fail", admin: "ready" },
-  STOPPED: { health: "stopped", admin: "ready" },
-};
+import { STATUSES, type State } from "../src/state.js";
+import { INTENDED as EXPECTED, readAgentReply } from "./haproxy-reply.js";
 
 describe("reply", () => {
   const exact: [State, string][] = [

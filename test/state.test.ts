@@ -101,23 +101,39 @@ describe("parseState rejects with a precise reason", () => {
     ['{"status":"UP"} {"status":"DOWN"}', "file is not valid JSON ("],
     [
       '{"status":"UP","description":""}',
-      'description must be 1-200 characters of printable text on one line, got ""',
+      'description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got ""',
     ],
     [
       '{"status":"UP","description":"a\\nb"}',
-      'description must be 1-200 characters of printable text on one line, got "a\\nb"',
+      'description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got "a\\nb"',
     ],
     ['{"status":"UP","description":"a\\rb"}', "description must be 1-200 characters"],
     ['{"status":"UP","description":"a\\u0000b"}', "description must be 1-200 characters"],
     ['{"status":"UP","description":"a\\u2028b"}', "description must be 1-200 characters"],
     ['{"status":"UP","description":"tab\\there"}', "description must be 1-200 characters"],
     [
+      '{"status":"UP","description":" leading"}',
+      `description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got " leading"`,
+    ],
+    [
+      '{"status":"UP","description":"trailing "}',
+      `description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got "trailing "`,
+    ],
+    [
+      '{"status":"UP","description":"\\u00a0nbsp"}',
+      `description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got "\u00a0nbsp"`,
+    ],
+    // What the file quotes reaches logs and terminals with its control characters escaped.
+    ['{"status":"UP","\\u001b[2J":1}', 'unknown field "\\u001b[2J"'],
+    ['{"status":"UP","x\u007f":1}', 'unknown field "x\\u007f"'],
+    ["{\n\u0000", "file is not valid JSON ("],
+    [
       '{"status":"UP","description":5}',
-      "description must be 1-200 characters of printable text on one line, got 5",
+      "description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got 5",
     ],
     [
       `{"status":"UP","description":"${"x".repeat(201)}"}`,
-      `description must be 1-200 characters of printable text on one line, got "${"x".repeat(40)}"... (201 characters)`,
+      `description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got "${"x".repeat(40)}"... (201 characters)`,
     ],
   ];
   for (const [text, reason] of bad) {
