@@ -4,9 +4,11 @@
  *
  * `up` and `down` change the state at once (the next probe already answers it) and ask for a
  * save. Saves run one at a time; requests made during a save collapse into one more save of the
- * newest state, so after any burst the file holds the last state. A `reload` first waits for
- * pending saves (the file must hold what came before it), then reads the file; commands that
- * arrive meanwhile wait behind it.
+ * newest state, so after any burst the file holds the last state. A save that fails (disk full,
+ * read-only file system) is tried again later, so the file catches up with the state the agent
+ * answers once the fault is gone. A `reload` first waits for pending saves (the file must hold
+ * what came before it), then reads the file, which wins over a save still waiting to be retried;
+ * commands that arrive meanwhile wait behind it.
  */
 import type { Logger } from "./log.js";
 import { FALLBACK_STATE, formatState, type State, sameState, withStatus } from "./state.js";
@@ -22,7 +24,10 @@ export interface Agent {
    * has been applied to the state (not necessarily saved).
    */
   command(command: Command, cause: string): Promise<void>;
-  /** Resolves when no command is waiting and no save is running. */
+  /**
+   * Resolves when no command is waiting and no save is running; a save waiting to be retried is
+   * tried once more first.
+   */
   settled(): Promise<void>;
 }
 
@@ -31,6 +36,14 @@ export interface AgentOptions {
   readonly log: Logger;
   /** The state before the first reload; the file is not read until a reload is commanded. */
   readonly initial?: State;
+  /** How long to wait before retrying after `failures` failed saves in a row. */
+  readonly retryDelayMs?: (failures: number) => number;
+}
+
+/** 1 s, 2 s, 4 s … up to 30 s: quick when the fault is brief, quiet when it lasts. */
+export const SAVE_RETRY_MAX_MS = 30_000;
+export function defaultRetryDelayMs(failures: number): number {
+  return Math.min(SAVE_RETRY_MAX_MS, 1000 * 2 ** Math.max(0, failures - 1));
 }
 
 interface Queued {
@@ -39,7 +52,12 @@ interface Queued {
   readonly applied: () => void;
 }
 
-export function createAgent({ store, log, initial = FALLBACK_STATE }: AgentOptions): Agent {
+export function createAgent({
+  store,
+  log,
+  initial = FALLBACK_STATE,
+  retryDelayMs = defaultRetryDelayMs,
+}: AgentOptions): Agent {
   let state = initial;
   const queue: Queued[] = [];
   let running = false;
@@ -48,6 +66,14 @@ export function createAgent({ store, log, initial = FALLBACK_STATE }: AgentOptio
   let draining: Promise<void> | undefined;
   let saving: Promise<void> | undefined;
   let saveWanted = false;
+  // Failed saves in a row, and the timer that will try again.
+  let failures = 0;
+  let retry: NodeJS.Timeout | undefined;
+
+  const cancelRetry = (): void => {
+    clearTimeout(retry);
+    retry = undefined;
+  };
 
   /** Applies a state; returns the change as log text: `old -> new`, or `new (unchanged)`. */
   const set = (next: State): string => {
@@ -63,6 +89,7 @@ export function createAgent({ store, log, initial = FALLBACK_STATE }: AgentOptio
   };
 
   const requestSave = (): void => {
+    cancelRetry();
     saveWanted = true;
     saving ??= runSaves();
   };
@@ -76,10 +103,24 @@ export function createAgent({ store, log, initial = FALLBACK_STATE }: AgentOptio
         const snapshot = state;
         try {
           await store.save(snapshot);
+          if (failures > 0) {
+            log.notice(
+              `saved state file ${store.path} after ${failures} failed attempt${failures === 1 ? "" : "s"}: ${formatState(snapshot)}`,
+            );
+          }
+          failures = 0;
         } catch (err) {
+          failures++;
+          const delayMs = retryDelayMs(failures);
           log.error(
-            `cannot save state file ${store.path}: ${(err as Error).message}; still answering ${formatState(snapshot)}`,
+            `cannot save state file ${store.path}: ${(err as Error).message}; still answering ${formatState(snapshot)}; trying again in ${delayMs / 1000} s`,
           );
+          // Unless a newer request is already waiting, which saves at once.
+          if (!saveWanted) {
+            retry = setTimeout(requestSave, delayMs);
+            // A retry never keeps the process alive; TERM makes its own last attempt.
+            retry.unref();
+          }
         }
       }
     } finally {
@@ -90,6 +131,14 @@ export function createAgent({ store, log, initial = FALLBACK_STATE }: AgentOptio
 
   const reload = async (cause: string): Promise<void> => {
     while (saving) await saving;
+    // The operator asked for the file: a state that could not be saved gives way to it.
+    if (retry !== undefined) {
+      cancelRetry();
+      log.warning(
+        `${cause}: the state file ${store.path} was never saved with ${formatState(state)}; reading it as it is`,
+      );
+    }
+    failures = 0;
     const result = await store.load();
     if (result.ok) {
       log.notice(`${cause}: loaded state file ${store.path}: ${set(result.state)}`);
@@ -137,6 +186,8 @@ export function createAgent({ store, log, initial = FALLBACK_STATE }: AgentOptio
     },
 
     async settled() {
+      // A save waiting to be retried gets its last chance now (TERM waits for this).
+      if (retry !== undefined) requestSave();
       while (draining || saving) await (draining ?? saving);
     },
   };

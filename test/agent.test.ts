@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createAgent } from "../src/agent.js";
+import { createAgent, defaultRetryDelayMs } from "../src/agent.js";
 import { createLogger } from "../src/log.js";
 import { type State, type StateResult, serialiseState } from "../src/state.js";
 
@@ -37,6 +37,14 @@ function fakeStore(initial: StateResult, saveMs = 5) {
       file = { ok: true, state };
     },
   };
+}
+
+async function waitUntil(condition: () => boolean, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error("timed out");
+    await sleep(2);
+  }
 }
 
 function capture() {
@@ -136,7 +144,7 @@ describe("agent", () => {
     assert.deepEqual(agent.state, { status: "DOWN" });
     assert.ok(
       lines.includes(
-        '<3>cannot save state file /fake/state.json: EROFS: read-only file system; still answering {"status":"DOWN"}',
+        '<3>cannot save state file /fake/state.json: EROFS: read-only file system; still answering {"status":"DOWN"}; trying again in 1 s',
       ),
       lines.join("\n"),
     );
@@ -144,6 +152,87 @@ describe("agent", () => {
     await agent.command("up", "SIGUSR1");
     await agent.settled();
     assert.equal(store.saves.at(-1), '{"status":"UP"}');
+  });
+
+  test("a failed save is tried again, backing off, until the file holds the state", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP" } }, 1);
+    const { log, lines } = capture();
+    const delays: number[] = [];
+    const agent = createAgent({
+      store,
+      log,
+      retryDelayMs: (failures) => {
+        delays.push(failures);
+        return 15;
+      },
+    });
+    await agent.command("reload", "start-up");
+    store.failSaves(true);
+    await agent.command("down", "SIGUSR2");
+    await waitUntil(() => delays.length >= 3);
+    assert.deepEqual(store.saves, []);
+    store.failSaves(false);
+    await waitUntil(() => store.saves.length > 0);
+    assert.deepEqual(store.saves, ['{"status":"DOWN"}'], "saved once, with no new command");
+    assert.deepEqual(delays.slice(0, 3), [1, 2, 3], "each failure counted");
+    assert.ok(
+      lines.some((line) =>
+        /^<5>saved state file \/fake\/state\.json after \d+ failed attempts: \{"status":"DOWN"\}$/.test(
+          line,
+        ),
+      ),
+      lines.join("\n"),
+    );
+    await sleep(50);
+    assert.equal(store.saves.length, 1, "no retry once saved");
+  });
+
+  test("retries wait 1, 2, 4 … seconds, at most 30", () => {
+    assert.deepEqual(
+      [1, 2, 3, 4, 5, 6, 7, 20].map((failures) => defaultRetryDelayMs(failures)),
+      [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000],
+    );
+  });
+
+  test("a reload gives the file precedence over a save still to be retried", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP", weight: 5 } }, 1);
+    const { log, lines } = capture();
+    const agent = createAgent({ store, log, retryDelayMs: () => 30 });
+    await agent.command("reload", "start-up");
+    store.failSaves(true);
+    await agent.command("down", "SIGUSR2");
+    await agent.settled();
+    store.failSaves(false);
+    await agent.command("reload", "SIGHUP");
+    assert.deepEqual(agent.state, { status: "UP", weight: 5 });
+    await sleep(80);
+    assert.deepEqual(store.saves, [], "the abandoned state is not written later");
+    assert.ok(
+      lines.includes(
+        '<4>SIGHUP: the state file /fake/state.json was never saved with {"status":"DOWN","weight":5}; reading it as it is',
+      ),
+      lines.join("\n"),
+    );
+  });
+
+  test("a new command saves at once, and settled() gives a waiting retry its last chance", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP" } }, 1);
+    const agent = createAgent({ store, log: capture().log, retryDelayMs: () => 60_000 });
+    await agent.command("reload", "start-up");
+    store.failSaves(true);
+    await agent.command("down", "SIGUSR2");
+    await agent.settled();
+    store.failSaves(false);
+    await agent.command("up", "SIGUSR1");
+    await agent.settled();
+    assert.deepEqual(store.saves, ['{"status":"UP"}']);
+    store.failSaves(true);
+    await agent.command("down", "SIGUSR2");
+    await agent.settled();
+    store.failSaves(false);
+    // TERM's path: the retry is a minute away, but settled() tries now.
+    await agent.settled();
+    assert.deepEqual(store.saves, ['{"status":"UP"}', '{"status":"DOWN"}']);
   });
 
   test("every change is logged with its cause, old and new", async () => {
