@@ -25,15 +25,23 @@ rm -rf "$work" "$out/hapgent" "$out/hapgent.sha256" && mkdir -p "$work"
 npx --no-install esbuild dist/src/main.js --bundle --platform=node --format=cjs --target=node24 \
   --legal-comments=none --log-level=warning --outfile="$work/hapgent.cjs"
 sed -i '1{/^#!/d}' "$work/hapgent.cjs"
+# The Node flags of main.js's `#!/usr/bin/env -S node …` line, baked into the binary, and one
+# for the Node inside only: without Maglev, V8's mid-tier compiler, it keeps ~7 MiB less under
+# load at no measurable cost in throughput (a V8 flag, safe here since the Node version is fixed).
+flags="$(head -n 1 dist/src/main.js | sed -n 's|^#!/usr/bin/env -S node||p') --no-maglev"
+exec_argv="$(node -e 'console.log(JSON.stringify(process.argv.slice(1)))' -- $flags)"
 cat > "$work/sea-config.json" <<JSON
 {
   "main": "$work/hapgent.cjs",
   "output": "$work/hapgent.blob",
   "disableExperimentalSEAWarning": true,
-  "useCodeCache": true
+  "useCodeCache": true,
+  "execArgv": $exec_argv
 }
 JSON
-"$node24" --experimental-sea-config "$work/sea-config.json" >&2
+# Under the same flags as the binary runs with: V8 rejects a code cache made under others.
+# shellcheck disable=SC2086
+"$node24" $flags --experimental-sea-config "$work/sea-config.json" >&2
 # Node's debug symbols are 18 MB the agent never needs; the blob goes in after stripping.
 strip --strip-all --remove-section=.comment -o "$out/hapgent" "$node24"
 chmod 0755 "$out/hapgent"
@@ -43,10 +51,12 @@ if ! npx --no-install postject "$out/hapgent" NODE_SEA_BLOB "$work/hapgent.blob"
   exit 1
 fi
 rm -rf "$work"
-# A Node without the blob would answer `v24...`: only the agent answers its own name.
+# A Node without the blob would answer `v24...`: only the agent answers its own name, and says
+# nothing else (a rejected code cache, for one, would warn on every start).
 version="$(node -p 'require("./package.json").version')"
-if [[ "$("$out/hapgent" --version)" != "hapgent $version" ]]; then
-  echo "build-binary: $out/hapgent does not answer --version with hapgent $version" >&2
+answer="$("$out/hapgent" --version 2>&1)"
+if [[ "$answer" != "hapgent $version" ]]; then
+  echo "build-binary: $out/hapgent --version answers: $answer; expected hapgent $version" >&2
   exit 1
 fi
 cp "$(dirname "$node24")/../LICENSE" "$out/LICENSE.node"

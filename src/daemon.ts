@@ -8,7 +8,7 @@ import { guardInspector } from "./inspector-guard.js";
 import { createLogger } from "./log.js";
 import { reply } from "./reply.js";
 import { createAgentServer } from "./server.js";
-import { formatState } from "./state.js";
+import { formatState, type State } from "./state.js";
 import { createStateStore } from "./store.js";
 import { VERSION } from "./version.js";
 
@@ -56,8 +56,17 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const config = configured.config;
   const store = createStateStore(config.stateFile, log);
   const agent = createAgent({ store, log });
+  // A state is a frozen value replaced on every change: its line is built once, not per probe.
+  let answered: State | undefined;
+  let line = "";
   const server = createAgentServer({
-    reply: () => reply(agent.state),
+    reply: () => {
+      if (agent.state !== answered) {
+        answered = agent.state;
+        line = reply(answered);
+      }
+      return line;
+    },
     onServerError: (err) => log.warning(`accepting a connection failed: ${err.message}`),
   });
 

@@ -41,32 +41,72 @@ export function createAgentServer({
   maxConnections = MAX_CONNECTIONS,
   onServerError = () => {},
 }: AgentServerOptions): AgentServer {
-  // Insertion order is age order: the first entry is the oldest connection.
-  const open = new Set<Socket>();
+  // Open connections and when each must be gone. Insertion order is age order: the first entry
+  // is the oldest, so both the sweep and the cap look at the front only.
+  const open = new Map<Socket, number>();
+
+  // The same line goes to every probe until the state changes: encoded once, not per probe.
+  let lastText = "";
+  let lastBytes = Buffer.alloc(0);
+  const replyBytes = (): Buffer => {
+    const text = reply();
+    if (text !== lastText) {
+      lastText = text;
+      lastBytes = Buffer.from(text, "utf8");
+    }
+    return lastBytes;
+  };
+
+  // Listeners shared by every socket (`this` is the socket): nothing is allocated per probe.
+  function onError(this: Socket): void {
+    // One socket's error ends that socket only.
+    this.destroy();
+  }
+  function onClose(this: Socket): void {
+    open.delete(this);
+  }
+  function onData(this: Socket): void {
+    if (this.bytesRead > maxPayloadBytes) this.destroy();
+  }
 
   const server = createServer((socket) => {
-    // One socket's error ends that socket only.
-    socket.on("error", () => socket.destroy());
-    socket.on("close", () => open.delete(socket));
+    socket.on("error", onError);
+    socket.on("close", onClose);
 
     if (open.size >= maxConnections) {
       // Closing the oldest, not refusing the newest: a probe is never turned away because idle
-      // clients hold every slot, and the oldest has long had its reply.
-      open.values().next().value?.destroy();
+      // clients hold every slot, and the oldest has long had its reply. Forgotten at once, not
+      // at its 'close', so a burst accepted in one tick evicts one connection each.
+      const oldest = open.keys().next().value;
+      if (oldest) {
+        open.delete(oldest);
+        oldest.destroy();
+      }
     }
-    open.add(socket);
+    open.set(socket, Date.now() + lingerMs);
 
     // The reply goes out before anything is read: HAProxy may send nothing at all. end() sends
     // FIN after it; the read side stays open so the payload is consumed, since closing a socket
-    // with unread data sends RST, and an RST can make HAProxy drop the reply it has not read yet.
-    socket.end(reply());
-    let received = 0;
-    socket.on("data", (chunk: Buffer) => {
-      received += chunk.length;
-      if (received > maxPayloadBytes) socket.destroy();
-    });
-    socket.setTimeout(lingerMs, () => socket.destroy());
+    // with unread data sends RST, and an RST can make HAProxy lose the reply it has not read yet.
+    socket.end(replyBytes());
+    socket.on("data", onData);
   });
+
+  // One timer for all connections, instead of one per socket: a connection still open after
+  // its linger time is closed within a sweep interval of it.
+  const sweepMs = Math.max(10, Math.min(250, Math.floor(lingerMs / 4)));
+  let sweep: NodeJS.Timeout | undefined;
+  const startSweeping = () => {
+    sweep ??= setInterval(() => {
+      const now = Date.now();
+      for (const [socket, deadline] of open) {
+        if (deadline > now) break;
+        socket.destroy();
+        open.delete(socket);
+      }
+    }, sweepMs);
+    sweep.unref();
+  };
 
   return {
     server,
@@ -79,6 +119,7 @@ export function createAgentServer({
         server.once("error", onError);
         server.listen({ host, port, exclusive: true }, () => {
           server.off("error", onError);
+          startSweeping();
           server.on("error", onServerError);
           resolve(server.address() as AddressInfo);
         });
@@ -86,8 +127,10 @@ export function createAgentServer({
     },
     close() {
       return new Promise((resolve) => {
+        clearInterval(sweep);
+        sweep = undefined;
         server.close(() => resolve());
-        for (const socket of open) socket.destroy();
+        for (const socket of open.keys()) socket.destroy();
       });
     },
   };

@@ -286,8 +286,10 @@ describe("daemon signals", () => {
   });
 
   test("kill -9 during signal storms never leaves a torn or lost file", async (t) => {
+    // Each round kills the daemon at a random moment 30-150 ms into a storm of USR1 and USR2.
+    const KILL_ROUNDS = 40;
     const dir = await tempDir(t);
-    for (let round = 0; round < 12; round++) {
+    for (let round = 0; round < KILL_ROUNDS; round++) {
       const d = await startDaemon(t, {
         dir,
         state: round === 0 ? '{"status":"UP","weight":200}' : null,

@@ -1,5 +1,11 @@
 /** Shared test helpers: temp dirs, probes, free ports, unprivileged runs. */
-import { type ChildProcess, execFile, type SpawnOptions, spawn } from "node:child_process";
+import {
+  type ChildProcess,
+  execFile,
+  execFileSync,
+  type SpawnOptions,
+  spawn,
+} from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { chmod, copyFile, cp, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer } from "node:net";
@@ -15,11 +21,25 @@ export const MAIN = join(DIST_SRC, "main.js");
  */
 export const HAPGENT_BINARY = process.env.HAPGENT_TEST_BINARY || undefined;
 
+/** The Node flags main.js's `#!/usr/bin/env -S node …` line gives the installed command. */
+export const NODE_FLAGS: readonly string[] = (() => {
+  const first = readFileSync(MAIN, "utf8").split("\n", 1)[0] ?? "";
+  const match = /^#!\/usr\/bin\/env -S node((?: --[a-z0-9-]+(?:=\S+)?)*)$/.exec(first);
+  if (!match) throw new Error(`unexpected first line of ${MAIN}: ${first}`);
+  return (match[1] ?? "").split(" ").filter(Boolean);
+})();
+
+/** The command line that runs hapgent with `args`, as the tests configured it. */
+export function hapgentArgv(args: readonly string[] = []): [string, ...string[]] {
+  return HAPGENT_BINARY === undefined
+    ? [process.execPath, ...NODE_FLAGS, MAIN, ...args]
+    : [HAPGENT_BINARY, ...args];
+}
+
 /** Spawns hapgent (the daemon without arguments, else a command) as the tests configured it. */
 export function spawnHapgent(args: readonly string[], options: SpawnOptions): ChildProcess {
-  return HAPGENT_BINARY === undefined
-    ? spawn(process.execPath, [MAIN, ...args], options)
-    : spawn(HAPGENT_BINARY, [...args], options);
+  const [file, ...rest] = hapgentArgv(args);
+  return spawn(file, rest, options);
 }
 export const IS_ROOT = process.getuid?.() === 0;
 export const NOBODY = 65534;
@@ -307,4 +327,61 @@ export async function startDaemon(
   };
   if (ready) await daemon.waitForLog(/listening on/);
   return daemon;
+}
+
+/** The repository: the compiled tests live in dist/test. */
+export const REPO = fileURLToPath(new URL("../../", import.meta.url));
+
+/** Runs a command to its end; killed after `timeoutMs`. */
+export function exec(
+  file: string,
+  args: readonly string[],
+  { timeoutMs = 60_000, ...options }: SpawnOptions & { timeoutMs?: number } = {},
+): Promise<Finished> {
+  const child = spawn(file, [...args], { stdio: ["ignore", "pipe", "pipe"], ...options });
+  return collect(child, timeoutMs);
+}
+
+/** Like exec, but fails with everything the command wrote unless it exits 0. */
+export async function execOk(
+  file: string,
+  args: readonly string[],
+  options: SpawnOptions & { timeoutMs?: number } = {},
+): Promise<Finished> {
+  const result = await exec(file, args, options);
+  if (result.code !== 0) {
+    throw new Error(
+      `${file} ${args.join(" ")} exited ${result.code}\nstdout:\n${result.stdout}\nstderr:\n${result.stderr}`,
+    );
+  }
+  return result;
+}
+
+function has(command: string): boolean {
+  try {
+    execFileSync("sh", ["-c", `command -v ${command}`], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Why a suite cannot run here, or false when it can. Outside CI a missing tool skips the suite,
+ * loudly; under CI (CI=true) it fails, since CI must prove the packages.
+ */
+export function missing(
+  suite: string,
+  { commands, root = false }: { commands: readonly string[]; root?: boolean },
+): string | false {
+  const absent = commands.filter((command) => !has(command));
+  const reasons = [
+    ...(absent.length > 0 ? [`missing ${absent.join(", ")}`] : []),
+    ...(root && process.getuid?.() !== 0 ? ["needs root"] : []),
+  ];
+  if (reasons.length === 0) return false;
+  const reason = `${suite}: ${reasons.join("; ")}`;
+  if (process.env.CI === "true") throw new Error(`${reason}, and CI must run it (see .ci/run)`);
+  process.stderr.write(`\n*** ${reason}: SKIPPED ***\n\n`);
+  return reason;
 }

@@ -113,6 +113,22 @@ describe("agent server", () => {
     assert.deepEqual(await Promise.all(ends), Array(20).fill("up ready 100%\n"));
   });
 
+  test("a burst of connections never holds more than the cap, even within one tick", async (t) => {
+    const { agent, port } = await start(t, { maxConnections: 10, lingerMs: 60_000 });
+    let most = 0;
+    // Runs after the agent's own connection handler, for every connection accepted.
+    agent.server.on("connection", () => {
+      most = Math.max(most, agent.connections);
+    });
+    const sockets = await Promise.all(Array.from({ length: 60 }, () => openSocket(port)));
+    t.after(() => {
+      for (const socket of sockets) socket.destroy();
+    });
+    for (const socket of sockets) socket.on("error", () => {});
+    await waitFor("all accepted", () => (most > 0 && agent.connections === 10 ? true : undefined));
+    assert.ok(most <= 10, `at most 10 open, saw ${most}`);
+  });
+
   test("a client that resets at once does not disturb others", async (t) => {
     const { port } = await start(t);
     for (let i = 0; i < 50; i++) {

@@ -24,8 +24,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { VERSION } from "../../src/version.js";
-import { freePort, probe, startDaemon, waitFor } from "../helpers.js";
-import { exec, execOk, missing, REPO } from "./tools.js";
+import { exec, execOk, freePort, missing, probe, REPO, startDaemon, waitFor } from "../helpers.js";
 
 const SKIP = missing("the binary and Debian package suite", {
   commands: [
@@ -119,6 +118,11 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     assert.deepEqual([...head.subarray(0, 4)], [0x7f, 0x45, 0x4c, 0x46], "ELF");
     assert.equal(head.readUInt16LE(18), 0x3e, "x86_64");
     await execOk("sha256sum", ["--check", "--strict", "hapgent.sha256"], { cwd: out });
+    // The Node flags of main.js's first line are baked in (the SEA's execArgv).
+    const flags = (await readFile(join(REPO, "dist/src/main.js"), "utf8")).split("\n", 1)[0];
+    const flag = flags?.match(/--max-semi-space-size=\d+/)?.[0];
+    assert.ok(flag, flags);
+    assert.ok((await readFile(binary)).includes(flag), `${flag} is in the binary`);
     // With no Node anywhere on PATH: the binary needs none.
     const empty = join(out, "empty-path");
     await mkdir(empty);
@@ -131,7 +135,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
   });
 
   test("the daemon and command suites pass against the binary", async (t) => {
-    const suites = ["daemon", "cli", "inspector"].map((name) =>
+    const suites = ["daemon", "cli", "inspector", "faults", "abuse"].map((name) =>
       join(REPO, "dist/test", `${name}.test.js`),
     );
     const result = await exec(

@@ -8,8 +8,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { VERSION } from "../../src/version.js";
-import { startDaemon } from "../helpers.js";
-import { execOk, REPO } from "./tools.js";
+import { execOk, REPO, startDaemon } from "../helpers.js";
 
 interface Packed {
   filename: string;

@@ -1,0 +1,157 @@
+/**
+ * Hostile clients against the real daemon while a well-behaved prober keeps asking: hundreds of
+ * idle connections, floods of junk, connections reset at once, half-closed sockets and clients
+ * that never read. Every good probe must get the right answer, the daemon must stay up, and its
+ * open descriptors and memory must come back to where they were.
+ */
+import assert from "node:assert/strict";
+import { readdir, readFile } from "node:fs/promises";
+import { connect, type Socket } from "node:net";
+import { test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { startDaemon, waitFor } from "./helpers.js";
+
+const STORM_MS = 4000;
+const IDLE_CLIENTS = 300;
+const JUNK_CHUNK = Buffer.alloc(256 * 1024, "junk\n");
+
+async function openFds(pid: number): Promise<number> {
+  return (await readdir(`/proc/${pid}/fd`)).length;
+}
+
+async function rssMiB(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  return Number(status.match(/^VmRSS:\s+(\d+) kB$/m)?.[1]) / 1024;
+}
+
+/** Opens a connection; resolves once connected (or failed: hostile clients do not care). */
+function open(port: number, options: { allowHalfOpen?: boolean } = {}): Promise<Socket> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: "127.0.0.1", port, ...options });
+    socket.on("error", () => {});
+    socket.once("connect", () => resolve(socket));
+    socket.once("close", () => resolve(socket));
+  });
+}
+
+/** One good probe: connect, send HAProxy's payload, read to the end. */
+function goodProbe(port: number, payload: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: "127.0.0.1", port });
+    let received = "";
+    socket.setEncoding("utf8");
+    socket.setTimeout(3000, () => socket.destroy(new Error("no answer in 3 s")));
+    socket.on("connect", () => socket.write(payload));
+    socket.on("data", (chunk: string) => {
+      received += chunk;
+    });
+    socket.on("end", () => socket.end());
+    socket.on("close", () => resolve(received));
+    socket.on("error", reject);
+  });
+}
+
+/** Runs every hostile kind at once for STORM_MS; returns how many connections each made. */
+async function storm(port: number): Promise<Record<string, number>> {
+  const counts = { idle: 0, junk: 0, reset: 0, halfClosed: 0, neverRead: 0 };
+  const held: Socket[] = [];
+  const until = Date.now() + STORM_MS;
+  const loop = async (body: () => Promise<void>) => {
+    while (Date.now() < until) await body();
+  };
+  // Idle: connect and say nothing, ever.
+  for (let i = 0; i < IDLE_CLIENTS; i++) {
+    held.push(await open(port));
+    counts.idle++;
+  }
+  await Promise.all([
+    // Junk: megabytes each, as fast as the agent takes them, until it cuts the client off.
+    ...Array.from({ length: 4 }, () =>
+      loop(async () => {
+        const socket = await open(port);
+        counts.junk++;
+        await new Promise<void>((resolve) => {
+          const pump = () => {
+            while (!socket.destroyed && socket.write(JUNK_CHUNK));
+          };
+          socket.on("drain", pump);
+          socket.on("close", () => resolve());
+          pump();
+        });
+      }),
+    ),
+    // Reset: connect, then RST at once.
+    loop(async () => {
+      const socket = await open(port);
+      counts.reset++;
+      if (!socket.destroyed) socket.resetAndDestroy();
+      await sleep(1);
+    }),
+    // Half-closed: send a little, close the sending side, keep the receiving side open.
+    loop(async () => {
+      const socket = await open(port, { allowHalfOpen: true });
+      counts.halfClosed++;
+      socket.end("be_web/srv1");
+      held.push(socket);
+      await sleep(5);
+    }),
+    // Never reading: the reply waits in a buffer nobody drains.
+    loop(async () => {
+      const socket = await open(port);
+      counts.neverRead++;
+      socket.pause();
+      held.push(socket);
+      await sleep(5);
+    }),
+  ]);
+  for (const socket of held) socket.destroy();
+  return counts;
+}
+
+test("hostile clients never disturb good probes, and leave no descriptor or memory behind", async (t) => {
+  const d = await startDaemon(t, { state: '{"status":"UP","weight":60,"maxconn":300}' });
+  const expected = "up ready 60% maxconn:300\n";
+  // Warm the daemon up, so its first allocations are not counted as growth.
+  for (let i = 0; i < 200; i++) assert.equal(await goodProbe(d.port, ""), expected);
+  const fdsBefore = await openFds(d.pid);
+  const rssBefore = await rssMiB(d.pid);
+
+  const rounds: { probes: number; rss: number; counts: Record<string, number> }[] = [];
+  for (let round = 0; round < 2; round++) {
+    let stop = false;
+    const results = { ok: 0, wrong: [] as string[] };
+    const prober = (async () => {
+      for (let i = 0; !stop; i++) {
+        const answer = await goodProbe(d.port, i % 2 === 0 ? "" : "be_web/srv1\n").catch(
+          (err: Error) => `(${err.message})`,
+        );
+        if (answer === expected) results.ok++;
+        else results.wrong.push(answer);
+        await sleep(2);
+      }
+    })();
+    const counts = await storm(d.port);
+    stop = true;
+    await prober;
+
+    assert.deepEqual(results.wrong, [], "every good probe got the right answer");
+    assert.ok(results.ok >= 100, `good probes kept running: ${results.ok}`);
+    assert.equal(d.child.exitCode, null, "the daemon is still up");
+    // Lingering connections close within LINGER_MS (2 s) of their reply.
+    await waitFor(
+      "open descriptors back to where they were",
+      async () => ((await openFds(d.pid)) <= fdsBefore ? true : undefined),
+      10_000,
+    ).catch(async () => assert.fail(`fds ${await openFds(d.pid)}, before ${fdsBefore}`));
+    rounds.push({ probes: results.ok, rss: await rssMiB(d.pid), counts });
+  }
+  const [first, second] = rounds;
+  assert.ok(first && second);
+  t.diagnostic(
+    `round 1: ${JSON.stringify(first.counts)}, ${first.probes} good probes; RSS ${rssBefore.toFixed(1)} MiB before, ${first.rss.toFixed(1)} after round 1, ${second.rss.toFixed(1)} after round 2`,
+  );
+  // A leak grows with every round; a heap that found its size does not.
+  assert.ok(second.rss <= first.rss + 6, `RSS grew from ${first.rss} to ${second.rss} MiB`);
+  assert.ok(second.rss <= rssBefore + 32, `RSS ${second.rss} MiB, ${rssBefore} MiB before`);
+  assert.equal(await d.probe(), expected);
+});

@@ -1,0 +1,56 @@
+/**
+ * A short run of the benchmark (`npm run bench -- --smoke`): the real generator against the real
+ * daemon and baseline, a few seconds in all. It proves the benchmark works and that nothing it
+ * measures fails; the figures themselves are judged by a full run, not here.
+ */
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { execOk, missing, REPO, tempDir } from "../helpers.js";
+
+const SKIP = missing("the benchmark's smoke run", { commands: ["cc", "dd"] });
+
+interface Figures {
+  startupMs: number[];
+  idle: { rssMiB: number };
+  throughput: Record<string, { perSecond: number[] }>;
+  latency: Record<string, { probes: number; p99: number }[]>;
+  long: { probes: number };
+  peak: { rssMiB: number };
+  signalMs?: number[];
+  errors: number;
+}
+
+test("npm run bench -- --smoke measures every target without a failed probe", {
+  skip: SKIP,
+}, async (t) => {
+  const dir = await tempDir(t);
+  const json = join(dir, "bench.json");
+  const { stdout } = await execOk(
+    process.execPath,
+    [join(REPO, "dist/bench/bench.js"), "--smoke", "--json", json],
+    { cwd: REPO, timeoutMs: 120_000 },
+  );
+  const report = JSON.parse(await readFile(json, "utf8")) as {
+    results: Record<string, Figures>;
+    checks: { target: string; ok: boolean }[];
+  };
+  for (const name of ["baseline, V8 defaults", "hapgent, V8 defaults", "baseline", "hapgent"]) {
+    const f = report.results[name];
+    assert.ok(f, `${name} measured`);
+    assert.equal(f.errors, 0, `${name}: no probe failed`);
+    assert.ok(f.startupMs.every((ms) => ms > 0));
+    assert.ok(f.idle.rssMiB > 0 && f.peak.rssMiB >= f.idle.rssMiB);
+    for (const kind of ["plain", "payload"]) {
+      assert.ok((f.throughput[kind]?.perSecond[0] ?? 0) > 100, `${name} ${kind} throughput`);
+      assert.ok((f.latency[kind]?.[0]?.probes ?? 0) > 0, `${name} ${kind} latency`);
+    }
+    assert.equal(f.long.probes, 4000);
+    if (name.startsWith("hapgent"))
+      assert.ok((f.signalMs?.length ?? 0) > 0, `${name} signal to reply`);
+  }
+  assert.ok(report.checks.length >= 6, "the targets were checked");
+  assert.match(stdout, /\| start-up to first probe/);
+  assert.match(stdout, /load generator: drove .* at [0-9,]+\/s/);
+});
