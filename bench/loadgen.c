@@ -22,6 +22,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -177,6 +178,13 @@ int main(int argc, char **argv) {
     free_list[free_count++] = &probes[i];
   }
 
+  /* Open loop: a timer wakes the loop at the next probe's due time, to the nanosecond, so the
+   * generator neither spins (it would take a core from the server on a small machine) nor
+   * starts probes late (epoll's millisecond timeout would add up to 1 ms to every latency). */
+  int timer = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  struct epoll_event timer_ev = {.events = EPOLLIN, .data.ptr = NULL};
+  epoll_ctl(epfd, EPOLL_CTL_ADD, timer, &timer_ev);
+
   const int64_t began = now_ns();
   const int64_t until = seconds > 0 ? began + (int64_t)(seconds * 1e9) : INT64_MAX;
   long long launched = 0, finished = 0, recorded = 0, in_flight = 0;
@@ -219,11 +227,18 @@ int main(int argc, char **argv) {
     int timeout_ms = 100;
     if (open_loop && launched < total) {
       int64_t due = began + (int64_t)((double)launched * 1e9 / rate);
-      timeout_ms = due > now ? (int)((due - now) / 1000000) : 0;
+      struct itimerspec at = {.it_value = {.tv_sec = due / 1000000000LL, .tv_nsec = due % 1000000000LL}};
+      timerfd_settime(timer, TFD_TIMER_ABSTIME, &at, NULL);
+      timeout_ms = -1;
     }
     int n = epoll_wait(epfd, events, 256, timeout_ms);
     for (int i = 0; i < n; i++) {
       struct probe *p = events[i].data.ptr;
+      if (p == NULL) {
+        uint64_t expirations;
+        if (read(timer, &expirations, sizeof expirations) < 0 && errno != EAGAIN) return 1;
+        continue;
+      }
       long long before = done_count;
       if (step(p, events[i].events)) {
         if (open_loop && done_count > before) latencies[recorded++] = p->line_ns - p->due_ns;

@@ -295,9 +295,13 @@ describe("daemon signals", () => {
         state: round === 0 ? '{"status":"UP","weight":200}' : null,
       });
       const until = Date.now() + 30 + Math.random() * 120;
+      // The storm stops at the kill: the dead child may be reaped before it is seen to exit.
       const storm = setInterval(() => {
         for (let i = 0; i < 20; i++) d.signal(Math.random() < 0.5 ? "SIGUSR1" : "SIGUSR2");
-        if (Date.now() > until) d.signal("SIGKILL");
+        if (Date.now() > until) {
+          clearInterval(storm);
+          d.signal("SIGKILL");
+        }
       }, 1);
       const { signal } = await d.exited;
       clearInterval(storm);
