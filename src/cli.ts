@@ -11,11 +11,18 @@ import { reply } from "./reply.js";
 import {
   FALLBACK_STATE,
   formatState,
+  hasService,
+  isServiceName,
   isStatus,
+  MAX_SERVICE_NAME_CHARS,
+  MAX_STATE_FILE_BYTES,
+  type ServiceState,
   STATUSES,
-  type State,
   type Status,
+  serialiseState,
+  serviceState,
   validateState,
+  withService,
 } from "./state.js";
 import { createStateStore } from "./store.js";
 import { VERSION } from "./version.js";
@@ -71,6 +78,7 @@ const OPTIONS = {
   "no-maxconn": { type: "boolean" },
   description: { type: "string" },
   "no-description": { type: "boolean" },
+  service: { type: "string" },
   timeout: { type: "string" },
   "no-wait": { type: "boolean" },
   "state-file": { type: "string" },
@@ -84,6 +92,7 @@ type Values = { [K in Option]?: (typeof OPTIONS)[K]["type"] extends "boolean" ? 
 const TARGET: readonly Option[] = ["state-file", "ip", "port", "help"];
 const CHANGE: readonly Option[] = [
   ...TARGET,
+  "service",
   "weight",
   "no-weight",
   "maxconn",
@@ -117,15 +126,17 @@ const HELP: Readonly<Record<string, string>> = {
   main: `Usage: hapgent [COMMAND] [OPTIONS]
 
 Without a command, runs the agent: it answers HAProxy agent checks from the state file.
-  HAPGENT_IP (default 0.0.0.0), HAPGENT_PORT (default 9777) and HAPGENT_STATE_FILE
-  (default /etc/hapgent/state.json) configure it. Signals: USR1 sets UP, USR2 sets DOWN (both
+  HAPGENT_IP (default 0.0.0.0), HAPGENT_PORT (default 9777), HAPGENT_STATE_FILE
+  (default /etc/hapgent/state.json) and HAPGENT_SEND_WAIT_MS (default 100: how long a probe
+  may take to send its agent-send line when the file has services) configure it. Signals: USR1 sets UP, USR2 sets DOWN (both
   saved), HUP re-reads the file, TERM/INT stop.
 
 Commands:
-  status                 the file's state, the agent's live answer, and whether they agree
+  status                 the file's state, the agent's live answers, and whether they agree
   set STATUS [OPTIONS]   validate, save, make the agent reload, confirm its answer
   up | down | ready | drain | maint [OPTIONS]
                          set UP, DOWN, READY, DRAIN or MAINT, keeping the other fields
+  set … --service NAME   the same for one service (the state HAProxy's agent-send NAME gets)
   check [FILE]           validate a state file; changes nothing
 
 Options: --help, --version; hapgent COMMAND --help for a command's options.
@@ -134,8 +145,8 @@ ${EXIT_HELP}
 `,
   status: `Usage: hapgent status [--json] [OPTIONS]
 
-Shows the state in the file, what the live agent answers now (one probe of its port), and
-whether they agree.
+Shows the state in the file, what the live agent answers now (one probe of its port, and one
+per service with the service's name as agent-send), and whether they agree.
   --json              one JSON object for scripts
 ${TARGET_HELP}
 
@@ -147,6 +158,9 @@ ${EXIT_HELP}
 STATUS is one of ${STATUSES.join(", ")}. Fields not named keep their value from the current
 file. Validates first (nothing is written on bad input), saves the file crash-safely, sends the
 running agent SIGHUP, then probes it until it answers the new state.
+  --service NAME                      set the state of service NAME (added if the file has
+                                      none of that name), not the instance's; NAME is what
+                                      HAProxy sends with agent-send, without the line end
   --weight N | --no-weight            weight percent 0-255, or remove it (100%)
   --maxconn N | --no-maxconn          maxconn 0-65535, or remove it
   --description TEXT | --no-description
@@ -330,19 +344,53 @@ async function findTarget(io: CliIo, values: Values): Promise<Target> {
   };
 }
 
-async function status(io: CliIo, values: Values): Promise<number> {
-  const target = await findTarget(io, values);
-  const store = createStateStore(target.config.stateFile, cliLogger(io));
-  const file = await store.load();
-  const expected = reply(file.ok ? file.state : FALLBACK_STATE);
-  const live = await probeAgent(target.probeHost, target.probePort).then(
+/** A probe asks for the instance with an empty line, so an agent with services answers at once. */
+const INSTANCE_PAYLOAD = "\n";
+
+interface ServiceCheck {
+  readonly name: string;
+  readonly state: ServiceState;
+  readonly expected: string;
+  readonly answer: string | undefined;
+  readonly error: string | undefined;
+}
+
+async function ask(
+  target: Target,
+  payload: string,
+): Promise<{ answer: string | undefined; error: string | undefined }> {
+  return probeAgent(target.probeHost, target.probePort, { payload }).then(
     (answer) => ({ answer, error: undefined }),
     (err: Error) => ({
       answer: undefined,
       error: (err as NodeJS.ErrnoException).code ?? err.message,
     }),
   );
-  const agree = live.answer === expected;
+}
+
+async function status(io: CliIo, values: Values): Promise<number> {
+  const target = await findTarget(io, values);
+  const store = createStateStore(target.config.stateFile, cliLogger(io));
+  const file = await store.load();
+  const expected = reply(file.ok ? file.state : FALLBACK_STATE);
+  const live = await ask(target, INSTANCE_PAYLOAD);
+  // Each service is asked as HAProxy asks it; once the agent does not answer, none is asked.
+  const services: ServiceCheck[] = [];
+  for (const name of file.ok ? Object.keys(file.state.services ?? {}) : []) {
+    if (!file.ok) break;
+    const asked =
+      live.answer === undefined
+        ? { answer: undefined, error: live.error }
+        : await ask(target, `${name}\n`);
+    services.push({
+      name,
+      state: file.state.services?.[name] as ServiceState,
+      expected: reply(serviceState(file.state, name)),
+      ...asked,
+    });
+  }
+  const agree =
+    live.answer === expected && services.every((service) => service.answer === service.expected);
   const code = !file.ok
     ? CLI_EXIT.INVALID_FILE
     : live.answer === undefined
@@ -361,17 +409,29 @@ async function status(io: CliIo, values: Values): Promise<number> {
         address,
         reply: live.answer?.trimEnd() ?? null,
         error: live.error ?? null,
+        services: services.map((service) => ({
+          name: service.name,
+          state: service.state,
+          expectedReply: service.expected.trimEnd(),
+          reply: service.answer?.trimEnd() ?? null,
+          error: service.error ?? null,
+          agree: service.answer === service.expected,
+        })),
         agree,
       })}\n`,
     );
     return code;
   }
+  const answered = (answer: string | undefined, error: string | undefined) =>
+    answer === undefined ? `no answer (${error})` : answer.trimEnd();
   const lines = [
     `state file  ${target.config.stateFile}: ${file.ok ? formatState(file.state) : `INVALID: ${file.reason}`}`,
     `expected    ${expected.trimEnd()}${file.ok ? "" : " (the agent falls back to MAINT on HUP or start)"}`,
-    `agent       ${agentsText(target.agents)} at ${address}: ${
-      live.answer === undefined ? `no answer (${live.error})` : live.answer.trimEnd()
-    }`,
+    `agent       ${agentsText(target.agents)} at ${address}: ${answered(live.answer, live.error)}`,
+    ...services.map(
+      (service) =>
+        `service     ${service.name}: expected ${service.expected.trimEnd()}, agent ${answered(service.answer, service.error)}${service.answer === service.expected ? "" : " (DIFFERS)"}`,
+    ),
     ...target.unknown.map((text) => `note        ${text}`),
     agree ? "agreement   yes" : "agreement   NO",
   ];
@@ -395,7 +455,25 @@ async function set(io: CliIo, values: Values, statusValue: Status): Promise<numb
       `hapgent: the current state file ${path} is invalid (${current.reason}); it will be replaced\n`,
     );
   }
-  const base: Partial<State> = current.ok ? current.state : {};
+  const service = values.service;
+  if (service !== undefined && !isServiceName(service)) {
+    throw new UsageError(
+      `--service must be 1-${MAX_SERVICE_NAME_CHARS} printable ASCII characters without spaces, as HAProxy sends it with agent-send (without the line end), got ${JSON.stringify(service)}`,
+    );
+  }
+  if (service !== undefined && !current.ok) {
+    io.err(
+      `hapgent: ${path} has no valid instance state to add service ${service} to; set the instance first (e.g. hapgent up); nothing was written\n`,
+    );
+    return CLI_EXIT.INVALID_FILE;
+  }
+  const base: Partial<ServiceState> = !current.ok
+    ? {}
+    : service === undefined
+      ? current.state
+      : hasService(current.state, service)
+        ? (current.state.services?.[service] ?? {})
+        : {};
   const candidate: Record<string, unknown> = { status: statusValue };
   for (const field of ["weight", "maxconn", "description"] as const) {
     const given = values[field];
@@ -406,10 +484,25 @@ async function set(io: CliIo, values: Values, statusValue: Status): Promise<numb
   }
   const validated = validateState(candidate);
   if (!validated.ok) {
-    io.err(`hapgent: ${validated.reason}; nothing was written\n`);
+    const where = service === undefined ? "" : `services[${JSON.stringify(service)}]: `;
+    io.err(`hapgent: ${where}${validated.reason}; nothing was written\n`);
     return CLI_EXIT.USAGE;
   }
-  const state = validated.state;
+  const state =
+    service !== undefined && current.ok
+      ? withService(current.state, service, validated.state)
+      : current.ok && current.state.services !== undefined
+        ? { ...validated.state, services: current.state.services }
+        : validated.state;
+  // The whole file is checked as the agent will read it (the number of services, the size).
+  const text = serialiseState(state);
+  const reread = validateState(JSON.parse(text));
+  if (!reread.ok || Buffer.byteLength(text) > MAX_STATE_FILE_BYTES) {
+    io.err(
+      `hapgent: the state file would be invalid: ${reread.ok ? `larger than ${MAX_STATE_FILE_BYTES} bytes` : reread.reason}; nothing was written\n`,
+    );
+    return CLI_EXIT.USAGE;
+  }
   if (target.agents.length > 1) {
     io.err(
       `hapgent: several hapgent processes serve ${path} (pids ${target.agents.join(", ")}); nothing was written. Stop all but one.\n`,
@@ -417,12 +510,17 @@ async function set(io: CliIo, values: Values, statusValue: Status): Promise<numb
     return CLI_EXIT.SEVERAL_AGENTS;
   }
   try {
-    await store.save(state);
+    await store.save(reread.state);
   } catch (err) {
     io.err(`hapgent: cannot write ${path}: ${(err as Error).message}\n`);
     return CLI_EXIT.CANNOT_WRITE;
   }
-  io.out(`wrote ${path}: ${formatState(state)}\n`);
+  io.out(`wrote ${path}: ${formatState(reread.state)}\n`);
+  if (service !== undefined && !["UP", "READY"].includes(reread.state.status)) {
+    io.out(
+      `note: the instance is ${reread.state.status}, so every service answers its state until it is UP or READY\n`,
+    );
+  }
   const [pid] = target.agents;
   if (pid === undefined) {
     for (const text of target.unknown) io.err(`hapgent: ${text}\n`);
@@ -443,17 +541,20 @@ async function set(io: CliIo, values: Values, statusValue: Status): Promise<numb
     io.out(`signalled hapgent pid ${pid} to reload\n`);
     return CLI_EXIT.OK;
   }
-  const expected = reply(state);
+  const expected = reply(serviceState(reread.state, service));
+  const payload = service === undefined ? INSTANCE_PAYLOAD : `${service}\n`;
   const deadline = Date.now() + timeoutS * 1000;
   let last = "no answer";
   for (;;) {
     // A probe never outlives the deadline by much: a stopped agent accepts and says nothing.
     const timeoutMs = Math.max(50, Math.min(PROBE_TIMEOUT_MS, deadline - Date.now()));
-    const answer = await probeAgent(target.probeHost, target.probePort, { timeoutMs }).catch(
-      (err: NodeJS.ErrnoException) => ({ failed: err.code ?? err.message }),
-    );
+    const answer = await probeAgent(target.probeHost, target.probePort, {
+      timeoutMs,
+      payload,
+    }).catch((err: NodeJS.ErrnoException) => ({ failed: err.code ?? err.message }));
     if (answer === expected) {
-      io.out(`hapgent pid ${pid} answers: ${expected.trimEnd()}\n`);
+      const whom = service === undefined ? "" : ` ${service}`;
+      io.out(`hapgent pid ${pid} answers${whom}: ${expected.trimEnd()}\n`);
       return CLI_EXIT.OK;
     }
     last =

@@ -9,6 +9,8 @@ export interface Config {
   readonly port: number;
   /** Absolute, so a HUP re-reads the same file whatever the working directory became. */
   readonly stateFile: string;
+  /** How long a probe may take to send its agent-send line when the file names services. */
+  readonly sendWaitMs: number;
 }
 
 export type ConfigResult = { ok: true; config: Config } | { ok: false; reason: string };
@@ -17,12 +19,16 @@ export const DEFAULTS = Object.freeze({
   HAPGENT_IP: "0.0.0.0",
   HAPGENT_PORT: "9777",
   HAPGENT_STATE_FILE: "/etc/hapgent/state.json",
+  HAPGENT_SEND_WAIT_MS: "100",
 });
+
+/** Longer would hold every probe of a server without agent-send past HAProxy's usual timeout. */
+const SEND_WAIT_MAX_MS = 5000;
 
 type Variable = keyof typeof DEFAULTS;
 
 /**
- * Reads HAPGENT_IP, HAPGENT_PORT and HAPGENT_STATE_FILE. An unset or empty variable takes its
+ * Reads HAPGENT_IP, HAPGENT_PORT, HAPGENT_STATE_FILE and HAPGENT_SEND_WAIT_MS. An unset or empty variable takes its
  * default. The reason of a failure names the variable, its value and what was expected.
  */
 export function parseConfig(
@@ -51,7 +57,19 @@ export function parseConfig(
   if (stateFile.includes("\0")) {
     return invalid("HAPGENT_STATE_FILE", stateFile, "a file path without NUL bytes");
   }
-  return { ok: true, config: { host, port, stateFile: resolve(cwd, stateFile) } };
+  const waitText = value("HAPGENT_SEND_WAIT_MS");
+  const sendWaitMs = /^[1-9][0-9]{0,3}$/.test(waitText) ? Number(waitText) : Number.NaN;
+  if (!(sendWaitMs >= 1 && sendWaitMs <= SEND_WAIT_MAX_MS)) {
+    return invalid(
+      "HAPGENT_SEND_WAIT_MS",
+      waitText,
+      `an integer number of milliseconds 1-${SEND_WAIT_MAX_MS}`,
+    );
+  }
+  return {
+    ok: true,
+    config: { host, port, stateFile: resolve(cwd, stateFile), sendWaitMs },
+  };
 }
 
 /**

@@ -8,7 +8,7 @@ import { guardInspector } from "./inspector-guard.js";
 import { createLogger } from "./log.js";
 import { reply } from "./reply.js";
 import { createAgentServer } from "./server.js";
-import { formatState, type State } from "./state.js";
+import { formatState, hasService, type State, serviceState } from "./state.js";
 import { createStateStore } from "./store.js";
 import { VERSION } from "./version.js";
 
@@ -44,6 +44,16 @@ const SHUTDOWN_SAVE_WAIT_MS = 800;
  * in this moment are still applied and saved.
  */
 const SHUTDOWN_GRACE_MS = 50;
+/** Distinct unknown service names logged per state; a client cycling names cannot flood the log. */
+const MAX_UNKNOWN_NAMES_LOGGED = 20;
+
+/** A name as a client sent it, quoted, with anything unprintable escaped. */
+function quote(name: string): string {
+  return JSON.stringify(name).replace(
+    /[\u007f-\u009f]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
+}
 
 export async function runDaemon(io: DaemonIo): Promise<void> {
   const log = createLogger({ write: io.write, journal: io.journal });
@@ -56,17 +66,60 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const config = configured.config;
   const store = createStateStore(config.stateFile, log);
   const agent = createAgent({ store, log });
-  // A state is a frozen value replaced on every change: its line is built once, not per probe.
+  // A state is a frozen value replaced on every change: its lines are built once, not per probe.
   let answered: State | undefined;
   let line = "";
-  const server = createAgentServer({
-    reply: () => {
-      if (agent.state !== answered) {
-        answered = agent.state;
-        line = reply(answered);
+  let named = false;
+  let serviceLines = new Map<string, string>();
+  // What was logged about the names probes sent, once per state and boundedly.
+  const unknownNames = new Set<string>();
+  let waitLogged = false;
+  const current = (): State => {
+    if (agent.state !== answered) {
+      answered = agent.state;
+      line = reply(answered);
+      named = answered.services !== undefined && Object.keys(answered.services).length > 0;
+      serviceLines = new Map();
+      unknownNames.clear();
+      waitLogged = false;
+    }
+    return answered;
+  };
+  const replyFor = (name: string | undefined): string => {
+    const state = current();
+    if (name === undefined) {
+      if (named && !waitLogged) {
+        waitLogged = true;
+        log.warning(
+          `a probe sent no agent-send line within ${config.sendWaitMs} ms (HAPGENT_SEND_WAIT_MS) and was answered the instance state; a server probing without agent-send waits that long for every reply`,
+        );
       }
       return line;
+    }
+    if (name === "") return line;
+    if (!hasService(state, name)) {
+      if (!unknownNames.has(name) && unknownNames.size < MAX_UNKNOWN_NAMES_LOGGED) {
+        unknownNames.add(name);
+        log.warning(
+          `a probe asked for service ${quote(name)}, which the state file does not name; answered the instance state`,
+        );
+      }
+      return line;
+    }
+    let text = serviceLines.get(name);
+    if (text === undefined) {
+      text = reply(serviceState(state, name));
+      serviceLines.set(name, text);
+    }
+    return text;
+  };
+  const server = createAgentServer({
+    reply: replyFor,
+    awaitsName: () => {
+      current();
+      return named;
     },
+    nameWaitMs: config.sendWaitMs,
     onServerError: (err) => log.warning(`accepting a connection failed: ${err.message}`),
   });
 

@@ -5,7 +5,7 @@
  * as an earlier reply left it (a `maint` is not undone by `up`, a `50%` not by silence). So every
  * reply states everything the state file decides: a health word, an admin word and the weight.
  */
-import type { State, Status } from "./state.js";
+import type { ServiceState, Status } from "./state.js";
 
 /**
  * Health and admin words per status. `up` alone never clears MAINT or DRAIN, and `ready` alone
@@ -27,7 +27,7 @@ const WORDS: Readonly<Record<Status, string>> = {
 const DEFAULT_WEIGHT_PERCENT = 100;
 
 /** One line, ending in `\n` (HAProxy ignores a reply without a line end). */
-export function reply(state: State): string {
+export function reply(state: ServiceState): string {
   const words = [WORDS[state.status], `${state.weight ?? DEFAULT_WEIGHT_PERCENT}%`];
   // The configured maxconn is unknown to the agent, so an absent maxconn is not mentioned.
   if (state.maxconn !== undefined) words.push(`maxconn:${state.maxconn}`);

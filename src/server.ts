@@ -1,12 +1,21 @@
 /**
  * The TCP side: every connection gets the current reply at once, then the agent reads and drops
- * what the client sends until the client closes.
+ * what the client sends until the client closes. When the state names services, the reply waits
+ * (briefly, boundedly) for the first line the client sends, HAProxy's agent-send text, and
+ * answers for the service it names.
  */
 import { type AddressInfo, createServer, type Server, type Socket } from "node:net";
 
 export interface AgentServerOptions {
-  /** The line to send; called once per connection. */
-  readonly reply: () => string;
+  /**
+   * The line to send; called once per connection. `name` is the first line the client sent,
+   * without its line end and surrounding blanks; undefined when no line came in time.
+   */
+  readonly reply: (name?: string) => string;
+  /** Whether replies depend on the name: called once per connection; false replies at once. */
+  readonly awaitsName?: () => boolean;
+  /** How long to wait for the first line before replying without a name. */
+  readonly nameWaitMs?: number;
   /** How long a connection may stay open after the reply. */
   readonly lingerMs?: number;
   /** How much a client may send (HAProxy's agent-send payload) before it is cut off. */
@@ -33,9 +42,18 @@ export const LINGER_MS = 2000;
 export const MAX_PAYLOAD_BYTES = 4096;
 /** Bounds the memory and descriptors that idle clients can hold. */
 export const MAX_CONNECTIONS = 512;
+/** HAProxy sends agent-send right after connecting: on loopback or a LAN it is there at once. */
+export const NAME_WAIT_MS = 100;
+/** A first line longer than this names no service (names are at most 100 characters). */
+const MAX_NAME_LINE_BYTES = 256;
+/** Distinct reply lines kept encoded: one per service in use, bounded. */
+const MAX_ENCODED_LINES = 1024;
+const LINE_END = 0x0a;
 
 export function createAgentServer({
   reply,
+  awaitsName = () => false,
+  nameWaitMs = NAME_WAIT_MS,
   lingerMs = LINGER_MS,
   maxPayloadBytes = MAX_PAYLOAD_BYTES,
   maxConnections = MAX_CONNECTIONS,
@@ -45,16 +63,42 @@ export function createAgentServer({
   // is the oldest, so both the sweep and the cap look at the front only.
   const open = new Map<Socket, number>();
 
-  // The same line goes to every probe until the state changes: encoded once, not per probe.
-  let lastText = "";
-  let lastBytes = Buffer.alloc(0);
-  const replyBytes = (): Buffer => {
-    const text = reply();
-    if (text !== lastText) {
-      lastText = text;
-      lastBytes = Buffer.from(text, "utf8");
+  // The same line goes to every probe until the state changes: encoded once, not per probe. With
+  // services there is one line per service, so the encodings are kept by text (boundedly).
+  const encoded = new Map<string, Buffer>();
+  const replyBytes = (name?: string): Buffer => {
+    const text = reply(name);
+    let bytes = encoded.get(text);
+    if (bytes === undefined) {
+      if (encoded.size >= MAX_ENCODED_LINES) encoded.clear();
+      bytes = Buffer.from(text, "utf8");
+      encoded.set(text, bytes);
     }
-    return lastBytes;
+    return bytes;
+  };
+
+  // Connections waiting for their first line: what they sent so far, and when the wait ends.
+  // Insertion order is deadline order (one wait for all), so one timer serves them all.
+  const waiting = new Map<Socket, { text: string; deadline: number }>();
+  let waitTimer: NodeJS.Timeout | undefined;
+  const armWaitTimer = (): void => {
+    if (waitTimer !== undefined) return;
+    const first = waiting.values().next().value;
+    if (first === undefined) return;
+    waitTimer = setTimeout(onWaitTimer, Math.max(0, first.deadline - performance.now()));
+  };
+  function onWaitTimer(): void {
+    waitTimer = undefined;
+    const now = performance.now();
+    for (const [socket, entry] of waiting) {
+      if (entry.deadline > now) break;
+      answer(socket, undefined);
+    }
+    armWaitTimer();
+  }
+  const answer = (socket: Socket, name: string | undefined): void => {
+    waiting.delete(socket);
+    if (!socket.destroyed) socket.end(replyBytes(name?.trim()));
   };
 
   // Listeners shared by every socket (`this` is the socket): nothing is allocated per probe.
@@ -64,12 +108,35 @@ export function createAgentServer({
   }
   function onClose(this: Socket): void {
     open.delete(this);
+    waiting.delete(this);
   }
   function onData(this: Socket): void {
     if (this.bytesRead > maxPayloadBytes) this.destroy();
   }
+  /** Data while the reply waits for the first line: the line names the service. */
+  function onNamedData(this: Socket, chunk: Buffer): void {
+    const entry = waiting.get(this);
+    if (entry === undefined) {
+      if (this.bytesRead > maxPayloadBytes) this.destroy();
+      return;
+    }
+    const end = chunk.indexOf(LINE_END);
+    if (end >= 0) {
+      answer(this, entry.text + chunk.toString("latin1", 0, end));
+    } else {
+      entry.text += chunk.toString("latin1");
+      if (entry.text.length > MAX_NAME_LINE_BYTES) answer(this, undefined);
+    }
+  }
+  /** A client that half-closes before its line end has sent all of its line. */
+  function onNamedEnd(this: Socket): void {
+    const entry = waiting.get(this);
+    if (entry !== undefined) answer(this, entry.text);
+  }
 
-  const server = createServer((socket) => {
+  // Half-open allowed: a client that sends its line and shuts down its side still gets a reply.
+  // Every connection ends its own side right after the reply, so none is left half open.
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
     socket.on("error", onError);
     socket.on("close", onClose);
 
@@ -80,11 +147,21 @@ export function createAgentServer({
       const oldest = open.keys().next().value;
       if (oldest) {
         open.delete(oldest);
+        waiting.delete(oldest);
         oldest.destroy();
       }
     }
     open.set(socket, Date.now() + lingerMs);
 
+    if (awaitsName()) {
+      // Reads the first line (up to MAX_NAME_LINE_BYTES, for nameWaitMs at most), then replies
+      // for it and goes on as for any connection.
+      waiting.set(socket, { text: "", deadline: performance.now() + nameWaitMs });
+      armWaitTimer();
+      socket.on("data", onNamedData);
+      socket.on("end", onNamedEnd);
+      return;
+    }
     // The reply goes out before anything is read: HAProxy may send nothing at all. end() sends
     // FIN after it; the read side stays open so the payload is consumed, since closing a socket
     // with unread data sends RST, and an RST can make HAProxy lose the reply it has not read yet.
@@ -103,6 +180,7 @@ export function createAgentServer({
         if (deadline > now) break;
         socket.destroy();
         open.delete(socket);
+        waiting.delete(socket);
       }
     }, sweepMs);
     sweep.unref();
@@ -129,6 +207,8 @@ export function createAgentServer({
       return new Promise((resolve) => {
         clearInterval(sweep);
         sweep = undefined;
+        clearTimeout(waitTimer);
+        waitTimer = undefined;
         server.close(() => resolve());
         for (const socket of open.keys()) socket.destroy();
       });

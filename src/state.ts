@@ -8,13 +8,20 @@ export const STATUSES = ["UP", "DOWN", "READY", "DRAIN", "FAIL", "MAINT", "STOPP
 
 export type Status = (typeof STATUSES)[number];
 
-export interface State {
+/** One service's state (an entry of `services`), or the instance's own. */
+export interface ServiceState {
   readonly status: Status;
   /** Percent of the weight configured in haproxy.cfg, 0-255. */
   readonly weight?: number;
   readonly maxconn?: number;
   /** Shown by HAProxy in its stats, e.g. "via agent : down (deploy 1.4.2)". */
   readonly description?: string;
+}
+
+/** The whole file: the instance's state and, optionally, one state per agent-send name. */
+export interface State extends ServiceState {
+  /** Own properties only (look names up with `serviceState`); kept in the file's order. */
+  readonly services?: Readonly<Record<string, ServiceState>>;
 }
 
 export type StateResult = { ok: true; state: State } | { ok: false; reason: string };
@@ -29,7 +36,14 @@ const WEIGHT_MAX = 255;
 const MAXCONN_MAX = 65535;
 /** Long enough for a deploy note, short enough for HAProxy's stats line. */
 export const MAX_DESCRIPTION_CHARS = 200;
-const FIELDS = ["status", "weight", "maxconn", "description"] as const;
+const SERVICE_FIELDS = ["status", "weight", "maxconn", "description"] as const;
+const FIELDS = [...SERVICE_FIELDS, "services"] as const;
+/** Service names: what HAProxy sends with agent-send, without the line end. */
+export const MAX_SERVICE_NAME_CHARS = 100;
+export const MAX_SERVICES = 1000;
+const SERVICE_NAME = new RegExp(`^[\\x21-\\x7e]{1,${MAX_SERVICE_NAME_CHARS}}$`);
+/** The statuses that leave each service its own state; any other takes the whole instance out. */
+const IN_SERVICE: readonly Status[] = ["UP", "READY"];
 /** One line of printable text: no control characters, no Unicode line or paragraph separators. */
 const PRINTABLE_LINE = /^[^\p{Cc}\p{Zl}\p{Zp}]+$/u;
 
@@ -63,28 +77,66 @@ export function parseState(bytes: Uint8Array): StateResult {
 
 /** Checks a parsed JSON value against the state file rules. Never throws. */
 export function validateState(value: unknown): StateResult {
+  const top = validateFields(value, FIELDS, "state");
+  if (!top.ok) return fail(top.reason);
+  const record = value as Record<string, unknown>;
+  if (!("services" in record)) return { ok: true, state: top.state };
+  const services = record.services;
+  if (typeof services !== "object" || services === null || Array.isArray(services)) {
+    return fail(
+      `services must be a JSON object of service name to state, got ${describe(services)}`,
+    );
+  }
+  const names = Object.keys(services);
+  if (names.length > MAX_SERVICES) {
+    return fail(`services has ${names.length} entries; expected at most ${MAX_SERVICES}`);
+  }
+  const entries: [string, ServiceState][] = [];
+  for (const name of names) {
+    if (!SERVICE_NAME.test(name)) {
+      return fail(
+        `service name ${describe(name)} is invalid; expected 1-${MAX_SERVICE_NAME_CHARS} printable ASCII characters without spaces, as HAProxy sends it with agent-send (without the line end)`,
+      );
+    }
+    const entry = validateFields(
+      (services as Record<string, unknown>)[name],
+      SERVICE_FIELDS,
+      `services[${JSON.stringify(name)}]`,
+    );
+    if (!entry.ok) return fail(entry.reason);
+    entries.push([name, entry.state]);
+  }
+  return { ok: true, state: withServices(top.state, entries) };
+}
+
+type FieldsResult = { ok: true; state: ServiceState } | { ok: false; reason: string };
+
+/** The fields of one state, the instance's (`where` is "state") or a service's. */
+function validateFields(value: unknown, fields: readonly string[], where: string): FieldsResult {
+  const inside = (text: string) => (where === "state" ? text : `${where}: ${text}`);
+  const invalid = (text: string): FieldsResult => ({ ok: false, reason: inside(text) });
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    return fail(`state must be a JSON object, got ${describe(value)}`);
+    return { ok: false, reason: `${where} must be a JSON object, got ${describe(value)}` };
   }
   const record = value as Record<string, unknown>;
   for (const key of Object.keys(record)) {
-    if (!(FIELDS as readonly string[]).includes(key)) {
-      return fail(`unknown field ${JSON.stringify(key)}; expected only ${FIELDS.join(", ")}`);
+    if (!fields.includes(key)) {
+      return invalid(`unknown field ${JSON.stringify(key)}; expected only ${fields.join(", ")}`);
     }
   }
-  if (!("status" in record)) return fail("status is required");
+  if (!("status" in record)) return invalid("status is required");
   const { status, weight, maxconn, description } = record;
   if (!isStatus(status)) {
-    return fail(`status must be one of ${STATUSES.join(", ")}, got ${describe(status)}`);
+    return invalid(`status must be one of ${STATUSES.join(", ")}, got ${describe(status)}`);
   }
   if ("weight" in record && !isIntegerIn(weight, 0, WEIGHT_MAX)) {
-    return fail(`weight must be an integer 0-${WEIGHT_MAX}, got ${describe(weight)}`);
+    return invalid(`weight must be an integer 0-${WEIGHT_MAX}, got ${describe(weight)}`);
   }
   if ("maxconn" in record && !isIntegerIn(maxconn, 0, MAXCONN_MAX)) {
-    return fail(`maxconn must be an integer 0-${MAXCONN_MAX}, got ${describe(maxconn)}`);
+    return invalid(`maxconn must be an integer 0-${MAXCONN_MAX}, got ${describe(maxconn)}`);
   }
   if ("description" in record && !isDescription(description)) {
-    return fail(
+    return invalid(
       `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, not beginning or ending with a space, got ${describe(description)}`,
     );
   }
@@ -99,22 +151,94 @@ export function validateState(value: unknown): StateResult {
   };
 }
 
+/**
+ * What a probe that sent `name` is answered. While the instance is UP or READY each service
+ * answers its own state; any other instance status takes every service out with it, so USR2
+ * still takes the whole instance out and USR1 gives every service its own state back. No name,
+ * or a name the file does not have, gets the instance's state.
+ */
+export function serviceState(state: State, name: string | undefined): ServiceState {
+  const services = state.services;
+  if (
+    name === undefined ||
+    services === undefined ||
+    !IN_SERVICE.includes(state.status) ||
+    !Object.hasOwn(services, name)
+  ) {
+    return state;
+  }
+  return services[name] as ServiceState;
+}
+
+/** True when the file has a service of that name. */
+export function hasService(state: State, name: string): boolean {
+  return state.services !== undefined && Object.hasOwn(state.services, name);
+}
+
+/** Whether `name` could be a service name (the rule the file's names follow). */
+export function isServiceName(name: string): boolean {
+  return SERVICE_NAME.test(name);
+}
+
+/** The same state with one service set to `service` (added at the end if new). */
+export function withService(state: State, name: string, service: ServiceState): State {
+  const entries = Object.entries(state.services ?? {});
+  const at = entries.findIndex(([existing]) => existing === name);
+  if (at >= 0) entries[at] = [name, service];
+  else entries.push([name, service]);
+  return withServices(state, entries);
+}
+
 /** The file content for a state: one line of JSON, fields in a fixed order. */
 export function serialiseState(state: State): string {
-  return `${JSON.stringify(makeState(state.status, state.weight, state.maxconn, state.description))}\n`;
+  return `${JSON.stringify(
+    withServices(
+      makeState(state.status, state.weight, state.maxconn, state.description),
+      state.services === undefined
+        ? undefined
+        : Object.entries(state.services).map(([name, service]) => [
+            name,
+            makeState(service.status, service.weight, service.maxconn, service.description),
+          ]),
+    ),
+  )}\n`;
 }
 
-/** The same state with another status; weight, maxconn and description are kept (USR1, USR2). */
+/** The same state with another status; the other fields and the services are kept (USR1, USR2). */
 export function withStatus(state: State, status: Status): State {
-  return makeState(status, state.weight, state.maxconn, state.description);
+  return withServices(
+    makeState(status, state.weight, state.maxconn, state.description),
+    state.services === undefined ? undefined : Object.entries(state.services),
+  );
 }
 
-/** Compact, stable text for logs. */
+/** Longer state text is shortened in logs: a file may name up to 1,000 services. */
+const MAX_FORMATTED_CHARS = 1000;
+
+/** Compact, stable text for logs; a long list of services is summed up by its length. */
 export function formatState(state: State): string {
-  return serialiseState(state).trimEnd();
+  const text = serialiseState(state).trimEnd();
+  if (text.length <= MAX_FORMATTED_CHARS || state.services === undefined) return text;
+  const count = Object.keys(state.services).length;
+  return `${serialiseState(withServices(state, undefined)).trimEnd()} with ${count} services`;
 }
 
 export function sameState(a: State, b: State): boolean {
+  if (!sameFields(a, b)) return false;
+  if (a.services === undefined || b.services === undefined) return a.services === b.services;
+  const names = Object.keys(a.services);
+  const other = Object.keys(b.services);
+  return (
+    names.length === other.length &&
+    names.every(
+      (name, i) =>
+        other[i] === name &&
+        sameFields(a.services?.[name] as ServiceState, b.services?.[name] as ServiceState),
+    )
+  );
+}
+
+function sameFields(a: ServiceState, b: ServiceState): boolean {
   return (
     a.status === b.status &&
     a.weight === b.weight &&
@@ -123,21 +247,50 @@ export function sameState(a: State, b: State): boolean {
   );
 }
 
+/** A state with `services` (in the given order) in place of any it had; none when undefined. */
+function withServices(
+  state: ServiceState,
+  entries: readonly (readonly [string, ServiceState])[] | undefined,
+): State {
+  const { status, weight, maxconn, description } = state;
+  const copy = fields(status, weight, maxconn, description);
+  if (entries === undefined) return Object.freeze(copy);
+  const services: Record<string, ServiceState> = {};
+  for (const [name, service] of entries) {
+    // Defined, not assigned: a service called "__proto__" must stay an entry like any other.
+    Object.defineProperty(services, name, {
+      value: service,
+      enumerable: true,
+      writable: false,
+      configurable: false,
+    });
+  }
+  copy.services = Object.freeze(services);
+  return Object.freeze(copy);
+}
+
 function makeState(
   status: Status,
   weight: number | undefined,
   maxconn: number | undefined,
   description: string | undefined,
 ): State {
+  return Object.freeze(fields(status, weight, maxconn, description));
+}
+
+function fields(
+  status: Status,
+  weight: number | undefined,
+  maxconn: number | undefined,
+  description: string | undefined,
+): { -readonly [K in keyof State]: State[K] } {
   // Built field by field so the key order, and so the file, never depends on the input's order.
-  const state: { status: Status; weight?: number; maxconn?: number; description?: string } = {
-    status,
-  };
+  const state: { -readonly [K in keyof State]: State[K] } = { status };
   // `+ 0` turns a JSON -0 into 0.
   if (weight !== undefined) state.weight = weight + 0;
   if (maxconn !== undefined) state.maxconn = maxconn + 0;
   if (description !== undefined) state.description = description;
-  return Object.freeze(state);
+  return state;
 }
 
 function isDescription(value: unknown): value is string {

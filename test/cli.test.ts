@@ -205,6 +205,7 @@ describe("hapgent status", () => {
       address: `127.0.0.1:${d.port}`,
       reply: "up drain 5%",
       error: null,
+      services: [],
       agree: true,
     });
   });

@@ -6,9 +6,21 @@ describe("parseConfig", () => {
   test("defaults", () => {
     assert.deepEqual(parseConfig({}, "/"), {
       ok: true,
-      config: { host: "0.0.0.0", port: 9777, stateFile: "/etc/hapgent/state.json" },
+      config: {
+        host: "0.0.0.0",
+        port: 9777,
+        stateFile: "/etc/hapgent/state.json",
+        sendWaitMs: 100,
+      },
     });
   });
+  for (const wait of ["1", "100", "5000"]) {
+    test(`HAPGENT_SEND_WAIT_MS=${wait}`, () => {
+      const result = parseConfig({ HAPGENT_SEND_WAIT_MS: wait }, "/");
+      assert.ok(result.ok);
+      assert.equal(result.config.sendWaitMs, Number(wait));
+    });
+  }
   test("empty variables take the defaults", () => {
     const result = parseConfig({ HAPGENT_IP: "", HAPGENT_PORT: "", HAPGENT_STATE_FILE: "" }, "/");
     assert.deepEqual(result, parseConfig({}, "/"));
@@ -45,6 +57,14 @@ describe("parseConfig", () => {
     [{ HAPGENT_PORT: "0x50" }, 'HAPGENT_PORT="0x50" is invalid'],
     [{ HAPGENT_PORT: "080" }, 'HAPGENT_PORT="080" is invalid'],
     [
+      { HAPGENT_SEND_WAIT_MS: "0" },
+      'HAPGENT_SEND_WAIT_MS="0" is invalid; expected an integer number of milliseconds 1-5000',
+    ],
+    [{ HAPGENT_SEND_WAIT_MS: "5001" }, 'HAPGENT_SEND_WAIT_MS="5001" is invalid'],
+    [{ HAPGENT_SEND_WAIT_MS: "10000" }, 'HAPGENT_SEND_WAIT_MS="10000" is invalid'],
+    [{ HAPGENT_SEND_WAIT_MS: "0.5" }, 'HAPGENT_SEND_WAIT_MS="0.5" is invalid'],
+    [{ HAPGENT_SEND_WAIT_MS: "100ms" }, 'HAPGENT_SEND_WAIT_MS="100ms" is invalid'],
+    [
       { HAPGENT_IP: "999.1.1.1" },
       'HAPGENT_IP="999.1.1.1" is invalid; expected an IPv4 or IPv6 address such as 0.0.0.0, 127.0.0.1, :: or ::1',
     ],
@@ -63,7 +83,7 @@ describe("parseConfig", () => {
 });
 
 describe("describeListenError", () => {
-  const config = { host: "10.9.9.9", port: 80, stateFile: "/x" };
+  const config = { host: "10.9.9.9", port: 80, stateFile: "/x", sendWaitMs: 100 };
   const cases: [string | undefined, string][] = [
     ["EADDRINUSE", 'HAPGENT_PORT="80" is already in use on 10.9.9.9; expected a free port'],
     [

@@ -51,8 +51,8 @@ function mismatch(
   server: ServerView | undefined,
   status: Status,
   percent: number,
+  spec: { weight: number; check?: boolean } | undefined = CONFIGURED.get(key),
 ): string | undefined {
-  const spec = CONFIGURED.get(key);
   if (!server || !spec) return `${key} missing`;
   const weight = effectiveWeight(spec.weight, percent);
   if (server.userWeight !== weight) return `${key} weight ${server.userWeight}, expected ${weight}`;
@@ -238,6 +238,74 @@ describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
     for (const status of statuses) assert.ok(["L7OK", "L7STS", "CHECKED"].includes(status), status);
     assert.doesNotMatch(h.log(), /Socket error|Layer4|connection problem/);
     assert.equal(d.child.exitCode, null);
+  });
+
+  test("services by agent-send: each server gets its own state; USR2 and USR1 act on all", async (t) => {
+    const backends: BackendSpec[] = [
+      {
+        name: "be_web",
+        servers: [
+          { name: "srv1", weight: 100, send: "be_web/srv1" },
+          { name: "srv2", weight: 100, check: true, send: "be_web/srv2" },
+          { name: "nosend", weight: 100 },
+        ],
+      },
+      {
+        name: "be_api",
+        servers: [
+          { name: "srv1", weight: 200, check: true, send: "be_api/srv1" },
+          { name: "unknown", weight: 100, send: "be_api/unknown" },
+        ],
+      },
+    ];
+    const specs = new Map(
+      backends.flatMap((b) => b.servers.map((s) => [`${b.name}/${s.name}`, s] as const)),
+    );
+    const file = {
+      status: "UP",
+      weight: 80,
+      services: {
+        "be_web/srv1": { status: "DRAIN" },
+        "be_web/srv2": { status: "UP", weight: 50, maxconn: 30 },
+        "be_api/srv1": { status: "MAINT" },
+      },
+    };
+    /** What each server must show; the others get the instance's state. */
+    const own: Record<string, [Status, number]> = {
+      "be_web/srv1": ["DRAIN", 100],
+      "be_web/srv2": ["UP", 50],
+      "be_api/srv1": ["MAINT", 100],
+    };
+    const shows = (each: (key: string) => [Status, number]) => (view: View) =>
+      [...specs.keys()].every((key) => {
+        const [status, percent] = each(key);
+        return mismatch(key, view[key], status, percent, specs.get(key)) === undefined;
+      });
+    const ownStates = shows((key) => own[key] ?? ["UP", 80]);
+
+    const d = await startDaemon(t, { state: JSON.stringify(file) });
+    const h = await startHaproxy(t, { agentPort: d.port, backends });
+    const first = await h.waitUntil("each service its own state", ownStates);
+    assert.equal(first["be_web/srv2"]?.maxconn, "30");
+
+    d.signal("SIGUSR2");
+    await h.waitUntil(
+      "USR2: every server DOWN",
+      shows(() => ["DOWN", 80]),
+    );
+    d.signal("SIGUSR1");
+    await h.waitUntil("USR1: each service its own state again", ownStates);
+
+    // One service changed with the command line: that server alone follows.
+    const result = await runHapgent(["up", "--service", "be_api/srv1", "--weight", "25"], {
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_IP: "127.0.0.1",
+      HAPGENT_PORT: String(d.port),
+    });
+    assert.equal(result.code, 0, result.stderr);
+    own["be_api/srv1"] = ["UP", 25];
+    await h.waitUntil("be_api/srv1 alone at 25%", ownStates);
+    assert.doesNotMatch(h.log(), /Socket error|Layer4|connection problem/);
   });
 
   test("agent restarted: HAProxy keeps the last state meanwhile and takes the file's state after", async (t) => {

@@ -12,12 +12,16 @@ import { reply } from "../src/reply.js";
 import {
   FALLBACK_STATE,
   MAX_DESCRIPTION_CHARS,
+  MAX_SERVICE_NAME_CHARS,
   parseState,
+  type ServiceState,
   STATUSES,
   type State,
   type StateResult,
   serialiseState,
+  serviceState,
   validateState,
+  withStatus,
 } from "../src/state.js";
 import { intendedCommands, readAgentReply } from "./haproxy-reply.js";
 
@@ -36,8 +40,8 @@ const description = fc
     (text) => text.trim() === text && text !== "" && [...text].length <= MAX_DESCRIPTION_CHARS,
   );
 
-/** Every valid state. */
-export const validState: fc.Arbitrary<State> = fc
+/** Every valid state of one service, or of the instance without services. */
+const validServiceState: fc.Arbitrary<ServiceState> = fc
   .record(
     {
       status: fc.constantFrom(...STATUSES),
@@ -48,6 +52,42 @@ export const validState: fc.Arbitrary<State> = fc
     { requiredKeys: ["status"] },
   )
   .map((state) => ({ ...state }));
+
+/** Service names: printable ASCII without spaces, including names that are Object's own. */
+const serviceName = fc.oneof(
+  fc.string({
+    unit: fc.integer({ min: 0x21, max: 0x7e }).map((c) => String.fromCharCode(c)),
+    minLength: 1,
+    maxLength: MAX_SERVICE_NAME_CHARS,
+  }),
+  fc.constantFrom("__proto__", "toString", "constructor", "be_web/srv1", "0", "10"),
+);
+
+/** A plain object whose own entries are exactly these (a "__proto__" entry included). */
+function record<T>(entries: readonly (readonly [string, T])[]): Record<string, T> {
+  const result: Record<string, T> = {};
+  for (const [name, value] of entries) {
+    Object.defineProperty(result, name, { value, enumerable: true, writable: true });
+  }
+  return result;
+}
+
+/** Every valid state, with or without services. */
+export const validState: fc.Arbitrary<State> = fc
+  .tuple(
+    validServiceState,
+    fc.option(
+      fc.uniqueArray(fc.tuple(serviceName, validServiceState), {
+        maxLength: 5,
+        selector: ([name]) => name,
+      }),
+    ),
+  )
+  .map(([state, services]) => {
+    if (services === null) return state;
+    // The order a JavaScript object keeps: integer-like names first, as JSON.parse makes them.
+    return { ...state, services: record(Object.entries(record(services))) };
+  });
 
 /** A state file that is valid except for some bytes changed, dropped or added. */
 const mutatedFile = fc
@@ -78,7 +118,15 @@ const anyFile = fc.oneof(
   fc.jsonValue().map((value) => encoder.encode(JSON.stringify(value))),
   fc
     .dictionary(
-      fc.constantFrom("status", "weight", "maxconn", "description", "wieght", "__proto__"),
+      fc.constantFrom(
+        "status",
+        "weight",
+        "maxconn",
+        "description",
+        "wieght",
+        "__proto__",
+        "services",
+      ),
       fc.oneof(fc.constantFrom(...STATUSES, "up", "FAILED"), fc.jsonValue()),
     )
     .map((value) => encoder.encode(JSON.stringify(value))),
@@ -144,7 +192,7 @@ describe("properties of the state codec", () => {
         const text = serialiseState(state);
         assert.match(
           text,
-          /^\{"status":"[A-Z]+"(,"weight":\d+)?(,"maxconn":\d+)?(,"description":.*)?\}\n$/,
+          /^\{"status":"[A-Z]+"(,"weight":\d+)?(,"maxconn":\d+)?(,"description":.*)?(,"services":\{.*\})?\}\n$/,
         );
         assert.equal(text.indexOf("\n"), text.length - 1);
       }),
@@ -160,6 +208,26 @@ describe("properties of the reply", () => {
         const line = reply(state);
         assert.match(line, /^[^\r\n]+\n$/, "one line ending in \\n");
         assert.deepEqual(readAgentReply(line), intendedCommands(state));
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
+  test("each service is answered its own state while the instance is UP or READY, else the instance's", () => {
+    fc.assert(
+      fc.property(validState, fc.constantFrom(...STATUSES), (state, status) => {
+        const instance = withStatus(state, status);
+        const inService = status === "UP" || status === "READY";
+        for (const [name, service] of Object.entries(state.services ?? {})) {
+          const line = reply(serviceState(instance, name));
+          assert.match(line, /^[^\r\n]+\n$/, "one line ending in \\n");
+          assert.deepEqual(readAgentReply(line), intendedCommands(inService ? service : instance));
+        }
+        // No name, or a name the file does not have, gets the instance's own state.
+        for (const name of [undefined, "", "no such service", "toString"]) {
+          if (name !== undefined && Object.hasOwn(state.services ?? {}, name)) continue;
+          assert.equal(reply(serviceState(instance, name)), reply(instance));
+        }
       }),
       { numRuns: RUNS },
     );

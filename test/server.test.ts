@@ -151,3 +151,108 @@ describe("agent server", () => {
     await assert.rejects(probe(port), { code: "ECONNREFUSED" });
   });
 });
+
+describe("agent server, replies by agent-send name", () => {
+  /** A server whose reply names what it was asked for, and which records every name. */
+  async function named(t: Parameters<typeof start>[0], options: Partial<AgentServerOptions> = {}) {
+    const names: (string | undefined)[] = [];
+    const started = await start(t, {
+      awaitsName: () => true,
+      reply: (name) => {
+        names.push(name);
+        return name === undefined ? "up ready 100%\n" : `up ready 1% # ${name}\n`;
+      },
+      ...options,
+    });
+    return { ...started, names };
+  }
+
+  /** Sends `chunks` one by one, `gapMs` apart; resolves with what came back and when. */
+  function conversation(port: number, chunks: string[], gapMs = 20, halfClose = false) {
+    return new Promise<{ text: string; ms: number }>((resolve, reject) => {
+      const began = performance.now();
+      const socket = connect({ host: "127.0.0.1", port }, async () => {
+        for (const chunk of chunks) {
+          socket.write(chunk);
+          await new Promise((done) => setTimeout(done, gapMs));
+        }
+        if (halfClose) socket.end();
+      });
+      let text = "";
+      socket.setEncoding("utf8").on("data", (chunk: string) => {
+        text += chunk;
+      });
+      socket.on("end", () => socket.end());
+      socket.on("close", () => resolve({ text, ms: performance.now() - began }));
+      socket.on("error", reject);
+    });
+  }
+
+  test("the first line names the service; line end and blanks are not part of it", async (t) => {
+    const { port, names } = await named(t);
+    const cases: [string, string][] = [
+      ["be_web/srv1\n", "be_web/srv1"],
+      ["be_web/srv1\r\n", "be_web/srv1"],
+      ["  be_api/srv2 \t\n", "be_api/srv2"],
+      ["a\nsecond line\n", "a"],
+      ["\n", ""],
+    ];
+    for (const [payload, name] of cases) {
+      assert.equal(await probe(port, { payload }), `up ready 1% # ${name}\n`);
+    }
+    assert.deepEqual(
+      names,
+      cases.map(([, name]) => name),
+    );
+  });
+
+  test("a line sent in pieces is read whole", async (t) => {
+    const { port } = await named(t);
+    const { text } = await conversation(port, ["be_", "web/s", "rv1", "\n"], 5);
+    assert.equal(text, "up ready 1% # be_web/srv1\n");
+  });
+
+  test("no line within the wait: answered without a name, after the wait", async (t) => {
+    const { port, names } = await named(t, { nameWaitMs: 150 });
+    const silent = await conversation(port, []);
+    assert.equal(silent.text, "up ready 100%\n");
+    assert.ok(silent.ms >= 140, `answered after ${silent.ms} ms, before the wait ended`);
+    const partial = await conversation(port, ["be_web/srv1"]);
+    assert.equal(partial.text, "up ready 100%\n");
+    assert.deepEqual(names, [undefined, undefined]);
+  });
+
+  test("a client that half-closes ends its line, and is answered at once", async (t) => {
+    const { port } = await named(t, { nameWaitMs: 5000 });
+    const { text, ms } = await conversation(port, ["be_web/srv1"], 0, true);
+    assert.equal(text, "up ready 1% # be_web/srv1\n");
+    assert.ok(ms < 2500, `answered after ${ms} ms`);
+  });
+
+  test("a first line longer than any name is answered at once, without a name", async (t) => {
+    const { port, names } = await named(t, { nameWaitMs: 5000 });
+    const { text, ms } = await conversation(port, ["x".repeat(300)]);
+    assert.equal(text, "up ready 100%\n");
+    assert.ok(ms < 2500, `answered after ${ms} ms`);
+    assert.deepEqual(names, [undefined]);
+  });
+
+  test("without names the reply does not wait for the payload", async (t) => {
+    const { port } = await start(t, { awaitsName: () => false, nameWaitMs: 5000 });
+    const { text, ms } = await conversation(port, []);
+    assert.equal(text, "up ready 100%\n");
+    assert.ok(ms < 2500, `answered after ${ms} ms`);
+  });
+
+  test("clients waiting for their name are bounded like any other", async (t) => {
+    const { agent, port } = await named(t, { maxConnections: 10, nameWaitMs: 60_000 });
+    const waiting = await Promise.all(Array.from({ length: 30 }, () => openSocket(port)));
+    t.after(() => {
+      for (const socket of waiting) socket.destroy();
+    });
+    for (const socket of waiting) socket.on("error", () => {});
+    await waitFor("cap reached", () => (agent.connections === 10 ? true : undefined));
+    assert.equal(await probe(port, { payload: "a\n" }), "up ready 1% # a\n");
+    assert.ok(agent.connections <= 10);
+  });
+});

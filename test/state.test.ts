@@ -2,11 +2,17 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import {
   FALLBACK_STATE,
+  formatState,
+  hasService,
+  MAX_SERVICES,
   MAX_STATE_FILE_BYTES,
   parseState,
   STATUSES,
+  type State,
   serialiseState,
+  serviceState,
   validateState,
+  withService,
   withStatus,
 } from "../src/state.js";
 
@@ -226,3 +232,191 @@ function validOrThrow(value: object) {
   if (!result.ok) throw new Error(result.reason);
   return result.state;
 }
+
+describe("services", () => {
+  const NAME_RULE =
+    "is invalid; expected 1-100 printable ASCII characters without spaces, as HAProxy sends it with agent-send (without the line end)";
+  const good: [string, object][] = [
+    ['{"status":"UP","services":{}}', { status: "UP", services: {} }],
+    [
+      '{"status":"UP","services":{"be_web/srv1":{"status":"DRAIN"},"be_api/srv1":{"status":"UP","weight":50}}}',
+      {
+        status: "UP",
+        services: {
+          "be_web/srv1": { status: "DRAIN" },
+          "be_api/srv1": { status: "UP", weight: 50 },
+        },
+      },
+    ],
+    [
+      '{"services":{"a":{"description":"d","maxconn":3,"status":"MAINT"}},"status":"DOWN"}',
+      { status: "DOWN", services: { a: { status: "MAINT", maxconn: 3, description: "d" } } },
+    ],
+    [`{"status":"UP","services":{"${"x".repeat(100)}":{"status":"UP"}}}`, {}],
+    ['{"status":"UP","services":{"~!#%&*()[]{}<>?=+\\"":{"status":"UP"}}}', {}],
+  ];
+  for (const [text, state] of good) {
+    test(`accepts ${text.slice(0, 90)}`, () => {
+      const result = parseState(bytes(text));
+      assert.ok(result.ok, !result.ok ? result.reason : "");
+      if (Object.keys(state).length > 0) assert.deepEqual(result.state, state);
+    });
+  }
+
+  const bad: [string, string][] = [
+    [
+      '{"status":"UP","services":[]}',
+      "services must be a JSON object of service name to state, got an array",
+    ],
+    [
+      '{"status":"UP","services":null}',
+      "services must be a JSON object of service name to state, got null",
+    ],
+    [
+      '{"status":"UP","services":"be_web"}',
+      'services must be a JSON object of service name to state, got "be_web"',
+    ],
+    ['{"status":"UP","services":{"":{"status":"UP"}}}', `service name "" ${NAME_RULE}`],
+    ['{"status":"UP","services":{"a b":{"status":"UP"}}}', `service name "a b" ${NAME_RULE}`],
+    ['{"status":"UP","services":{"a\\tb":{"status":"UP"}}}', 'service name "a\\tb"'],
+    ['{"status":"UP","services":{"a\\nb":{"status":"UP"}}}', 'service name "a\\nb"'],
+    ['{"status":"UP","services":{"srv\u00e9":{"status":"UP"}}}', 'service name "srvé"'],
+    ['{"status":"UP","services":{"a\u007f":{"status":"UP"}}}', 'service name "a\\u007f"'],
+    [
+      `{"status":"UP","services":{"${"x".repeat(101)}":{"status":"UP"}}}`,
+      `service name "${"x".repeat(40)}"... (101 characters) ${NAME_RULE}`,
+    ],
+    ['{"status":"UP","services":{"a":"UP"}}', 'services["a"] must be a JSON object, got "UP"'],
+    ['{"status":"UP","services":{"a":{}}}', 'services["a"]: status is required'],
+    [
+      '{"status":"UP","services":{"a":{"status":"up"}}}',
+      `services["a"]: ${STATUS_REASON} got "up"`,
+    ],
+    [
+      '{"status":"UP","services":{"a":{"status":"UP","weight":256}}}',
+      'services["a"]: weight must be an integer 0-255, got 256',
+    ],
+    [
+      '{"status":"UP","services":{"a":{"status":"UP","maxconn":-1}}}',
+      'services["a"]: maxconn must be an integer 0-65535, got -1',
+    ],
+    [
+      '{"status":"UP","services":{"a":{"status":"UP","description":" x"}}}',
+      'services["a"]: description must be 1-200 characters',
+    ],
+    [
+      '{"status":"UP","services":{"a":{"status":"UP","services":{}}}}',
+      'services["a"]: unknown field "services"; expected only status, weight, maxconn, description',
+    ],
+    [
+      '{"status":"UP","services":{"ok":{"status":"UP"},"a":{"status":"UP","wieght":1}}}',
+      'services["a"]: unknown field "wieght"',
+    ],
+    // A bad service fails the whole file, whatever the instance's own state.
+    ['{"status":"bad","services":{"a":{"status":"UP"}}}', `${STATUS_REASON} got "bad"`],
+    ['{"services":{"a":{"status":"UP"}}}', "status is required"],
+  ];
+  for (const [text, reason] of bad) {
+    test(`rejects ${text.slice(0, 90)}`, () => {
+      const result = parseState(bytes(text));
+      assert.ok(
+        !result.ok && result.reason.startsWith(reason),
+        `reason: ${!result.ok && result.reason}`,
+      );
+    });
+  }
+
+  test(`at most ${MAX_SERVICES} services`, () => {
+    const many = (n: number) =>
+      JSON.stringify({
+        status: "UP",
+        services: Object.fromEntries(
+          Array.from({ length: n }, (_, i) => [`s${i}`, { status: "UP" }]),
+        ),
+      });
+    assert.equal(parseState(bytes(many(MAX_SERVICES))).ok, true);
+    assert.deepEqual(parseState(bytes(many(MAX_SERVICES + 1))), {
+      ok: false,
+      reason: `services has ${MAX_SERVICES + 1} entries; expected at most ${MAX_SERVICES}`,
+    });
+  });
+
+  test("names that are Object's own (__proto__, toString) are entries like any other", () => {
+    const result = parseState(
+      bytes(
+        '{"status":"UP","services":{"__proto__":{"status":"DOWN"},"toString":{"status":"FAIL"}}}',
+      ),
+    );
+    assert.ok(result.ok);
+    assert.deepEqual(Object.keys(result.state.services ?? {}), ["__proto__", "toString"]);
+    assert.equal(serviceState(result.state, "__proto__").status, "DOWN");
+    assert.equal(serviceState(result.state, "toString").status, "FAIL");
+    assert.equal(
+      serialiseState(result.state),
+      '{"status":"UP","services":{"__proto__":{"status":"DOWN"},"toString":{"status":"FAIL"}}}\n',
+    );
+    const plain = validOrThrow({ status: "UP", services: {} });
+    assert.equal(hasService(plain, "toString"), false);
+    assert.equal(hasService(plain, "constructor"), false);
+    assert.equal(serviceState(plain, "toString"), plain);
+  });
+
+  test("serialise: the instance's fields, then the services in the file's order", () => {
+    const state = validOrThrow({
+      services: { z: { weight: 1, status: "UP" }, a: { status: "DRAIN", description: "d" } },
+      weight: 7,
+      status: "UP",
+    });
+    const text =
+      '{"status":"UP","weight":7,"services":{"z":{"status":"UP","weight":1},"a":{"status":"DRAIN","description":"d"}}}\n';
+    assert.equal(serialiseState(state), text);
+    assert.deepEqual(parseState(bytes(text)), { ok: true, state });
+  });
+
+  test("withStatus and withService keep the rest; states and services are frozen", () => {
+    const state = validOrThrow({
+      status: "UP",
+      services: { a: { status: "DRAIN" }, b: { status: "UP", weight: 50 } },
+    });
+    const down = withStatus(state, "DOWN");
+    assert.deepEqual(down, { ...state, status: "DOWN" });
+    const changed = withService(down, "a", validOrThrow({ status: "UP", weight: 3 }));
+    assert.deepEqual(Object.keys(changed.services ?? {}), ["a", "b"]);
+    assert.deepEqual(changed.services?.a, { status: "UP", weight: 3 });
+    const added = withService(changed, "c", validOrThrow({ status: "MAINT" }));
+    assert.deepEqual(Object.keys(added.services ?? {}), ["a", "b", "c"]);
+    assert.deepEqual(state.services?.a, { status: "DRAIN" }, "the original is unchanged");
+    assert.ok(Object.isFrozen(added) && Object.isFrozen(added.services));
+  });
+
+  describe("serviceState: the instance's status is the switch", () => {
+    const services = {
+      drain: { status: "DRAIN" },
+      half: { status: "UP", weight: 50, maxconn: 9, description: "half" },
+    };
+    for (const status of STATUSES) {
+      const inService = status === "UP" || status === "READY";
+      test(`instance ${status}: services answer ${inService ? "their own state" : status}`, () => {
+        const state = validOrThrow({ status, weight: 20, services });
+        const instance = { status, weight: 20 };
+        assert.deepEqual(serviceState(state, "drain"), inService ? services.drain : state);
+        assert.deepEqual(serviceState(state, "half"), inService ? services.half : state);
+        for (const name of [undefined, "", "unknown", "toString"]) {
+          const answered = serviceState(state, name);
+          assert.equal(answered, state);
+          assert.deepEqual({ status: answered.status, weight: answered.weight }, instance);
+        }
+      });
+    }
+  });
+
+  test("formatState sums up a long list of services", () => {
+    const services = Object.fromEntries(
+      Array.from({ length: 100 }, (_, i) => [`be_web/srv${i}`, { status: "UP" }]),
+    );
+    const state: State = validOrThrow({ status: "DOWN", weight: 5, services });
+    assert.equal(formatState(state), '{"status":"DOWN","weight":5} with 100 services');
+    const short = validOrThrow({ status: "UP", services: { a: { status: "UP" } } });
+    assert.equal(formatState(short), '{"status":"UP","services":{"a":{"status":"UP"}}}');
+  });
+});
