@@ -518,6 +518,8 @@ function startInRoot(
   };
 }
 
+const HOST_PID_NS = await readlink("/proc/self/ns/pid");
+
 interface Machine {
   /** The container's init, as the host sees it. */
   readonly leader: number;
@@ -555,8 +557,16 @@ async function boot(root: string): Promise<Machine> {
         `/proc/${nspawn.pid}/task/${nspawn.pid}/children`,
         "utf8",
       ).catch(() => "");
-      const [first] = children.trim().split(/\s+/).filter(Boolean);
-      return first === undefined ? undefined : Number(first);
+      // systemd-nspawn first forks a helper that exits once it has forked the container's
+      // init: the leader is the child that runs systemd in a pid namespace of its own.
+      for (const pid of children.trim().split(/\s+/).filter(Boolean)) {
+        const [comm, ns] = await Promise.all([
+          readFile(`/proc/${pid}/comm`, "utf8").catch(() => ""),
+          readlink(`/proc/${pid}/ns/pid`).catch(() => ""),
+        ]);
+        if (comm.trim() === "systemd" && ns !== "" && ns !== HOST_PID_NS) return Number(pid);
+      }
+      return undefined;
     },
     30_000,
   ).catch(async (err: Error) => {
