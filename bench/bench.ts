@@ -234,6 +234,21 @@ function dropFromPageCache(path: string): void {
   spawnSync("dd", [`if=${path}`, "iflag=nocache", "count=0"], { stdio: "ignore" });
 }
 
+/** Every child still running, so that an interrupted run leaves no server or generator behind. */
+const children = new Set<ChildProcess>();
+function track<T extends ChildProcess>(child: T): T {
+  children.add(child);
+  child.on("close", () => children.delete(child));
+  return child;
+}
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.once(signal, () => {
+    for (const child of children) child.kill("SIGKILL");
+    say(`bench: ${signal}: stopped`);
+    process.exit(130);
+  });
+}
+
 let nextPort = 20_000 + (process.pid % 5000) * 2;
 
 function envFor(port: number, stateFile: string): NodeJS.ProcessEnv {
@@ -261,10 +276,12 @@ async function start(spec: TargetSpec, dir: string): Promise<Running> {
   await writeFile(stateFile, PLAIN_FILE);
   const [file = "", ...args] = spec.argv;
   dropFromPageCache(file);
-  const child = spawn(file, args, {
-    env: envFor(port, stateFile),
-    stdio: ["ignore", "ignore", "pipe"],
-  });
+  const child = track(
+    spawn(file, args, {
+      env: envFor(port, stateFile),
+      stdio: ["ignore", "ignore", "pipe"],
+    }),
+  );
   const exited = new Promise<void>((done) => child.on("close", () => done()));
   let stderr = "";
   await new Promise<void>((ready, fail) => {
@@ -314,7 +331,7 @@ interface LoadResult {
 /** Runs the load generator; `onMark` is called when it prints "mark". */
 function loadgen(args: string[], onMark?: () => void): Promise<LoadResult> {
   return new Promise((done, fail) => {
-    const child = spawn(LOADGEN, args, { stdio: ["ignore", "pipe", "inherit"] });
+    const child = track(spawn(LOADGEN, args, { stdio: ["ignore", "pipe", "inherit"] }));
     let out = "";
     child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
       out += chunk;
@@ -366,7 +383,7 @@ async function startOnce(spec: TargetSpec, dir: string): Promise<number> {
   await writeFile(stateFile, '{"status":"UP"}\n');
   const [file = "", ...args] = spec.argv;
   const began = performance.now();
-  const child = spawn(file, args, { env: envFor(port, stateFile), stdio: "ignore" });
+  const child = track(spawn(file, args, { env: envFor(port, stateFile), stdio: "ignore" }));
   const exited = new Promise<void>((done) => child.on("close", () => done()));
   for (;;) {
     const ok = await probeOnce({ host: "127.0.0.1", port, expect: LINE }).then(

@@ -43,7 +43,15 @@ test("SIGUSR1 during start-up never leaves the debugger open and still sets UP",
       ready: false,
     });
     await new Promise((r) => setTimeout(r, (run * maxDelayMs) / RUNS));
-    d.signal("SIGUSR1");
+    try {
+      d.signal("SIGUSR1");
+    } catch (err) {
+      // Only a daemon that ended by itself is gone before the signal: say how it ended.
+      const ended = await d.exited;
+      assert.fail(
+        `run ${run}: the daemon ended before the signal (${(err as Error).message}): ${JSON.stringify(ended)}\n${d.stderr()}`,
+      );
+    }
     const settled = await Promise.race([
       d.waitForReply("up ready 7%\n", 10_000).then(() => "up" as const),
       d.exited.then(() => "exited" as const),
