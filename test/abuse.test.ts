@@ -108,50 +108,77 @@ async function storm(port: number): Promise<Record<string, number>> {
   return counts;
 }
 
-test("hostile clients never disturb good probes, and leave no descriptor or memory behind", async (t) => {
-  const d = await startDaemon(t, { state: '{"status":"UP","weight":60,"maxconn":300}' });
-  const expected = "up ready 60% maxconn:300\n";
-  // Warm the daemon up, so its first allocations are not counted as growth.
-  for (let i = 0; i < 200; i++) assert.equal(await goodProbe(d.port, ""), expected);
-  const fdsBefore = await openFds(d.pid);
-  const rssBefore = await rssMiB(d.pid);
+const CASES: { name: string; state: string; probes: [payload: string, expected: string][] }[] = [
+  {
+    name: "hostile clients never disturb good probes, and leave no descriptor or memory behind",
+    state: '{"status":"UP","weight":60,"maxconn":300}',
+    probes: [
+      ["", "up ready 60% maxconn:300\n"],
+      ["be_web/srv1\n", "up ready 60% maxconn:300\n"],
+    ],
+  },
+  {
+    // The agent now holds each reply until the client's first line: idle, junk and half-closed
+    // clients meet that wait too.
+    name: "the same with services, where every reply waits for the agent-send line",
+    state:
+      '{"status":"UP","weight":60,"maxconn":300,"services":{"be_web/srv1":{"status":"DRAIN","weight":5}}}',
+    probes: [
+      ["\n", "up ready 60% maxconn:300\n"],
+      ["be_web/srv1\n", "up drain 5%\n"],
+    ],
+  },
+];
 
-  const rounds: { probes: number; rss: number; counts: Record<string, number> }[] = [];
-  for (let round = 0; round < 2; round++) {
-    let stop = false;
-    const results = { ok: 0, wrong: [] as string[] };
-    const prober = (async () => {
-      for (let i = 0; !stop; i++) {
-        const answer = await goodProbe(d.port, i % 2 === 0 ? "" : "be_web/srv1\n").catch(
-          (err: Error) => `(${err.message})`,
-        );
-        if (answer === expected) results.ok++;
-        else results.wrong.push(answer);
-        await sleep(2);
-      }
-    })();
-    const counts = await storm(d.port);
-    stop = true;
-    await prober;
+for (const { name, state, probes } of CASES) {
+  test(name, async (t) => {
+    const d = await startDaemon(t, { state });
+    const [instance] = probes;
+    assert.ok(instance);
+    // Warm the daemon up, so its first allocations are not counted as growth.
+    for (let i = 0; i < 200; i++) {
+      const [payload, expected]: [string, string] = probes[i % probes.length] ?? instance;
+      assert.equal(await goodProbe(d.port, payload), expected);
+    }
+    const fdsBefore = await openFds(d.pid);
+    const rssBefore = await rssMiB(d.pid);
 
-    assert.deepEqual(results.wrong, [], "every good probe got the right answer");
-    assert.ok(results.ok >= 100, `good probes kept running: ${results.ok}`);
-    assert.equal(d.child.exitCode, null, "the daemon is still up");
-    // Lingering connections close within LINGER_MS (2 s) of their reply.
-    await waitFor(
-      "open descriptors back to where they were",
-      async () => ((await openFds(d.pid)) <= fdsBefore ? true : undefined),
-      10_000,
-    ).catch(async () => assert.fail(`fds ${await openFds(d.pid)}, before ${fdsBefore}`));
-    rounds.push({ probes: results.ok, rss: await rssMiB(d.pid), counts });
-  }
-  const [first, second] = rounds;
-  assert.ok(first && second);
-  t.diagnostic(
-    `round 1: ${JSON.stringify(first.counts)}, ${first.probes} good probes; RSS ${rssBefore.toFixed(1)} MiB before, ${first.rss.toFixed(1)} after round 1, ${second.rss.toFixed(1)} after round 2`,
-  );
-  // A leak grows with every round; a heap that found its size does not.
-  assert.ok(second.rss <= first.rss + 6, `RSS grew from ${first.rss} to ${second.rss} MiB`);
-  assert.ok(second.rss <= rssBefore + 32, `RSS ${second.rss} MiB, ${rssBefore} MiB before`);
-  assert.equal(await d.probe(), expected);
-});
+    const rounds: { probes: number; rss: number; counts: Record<string, number> }[] = [];
+    for (let round = 0; round < 2; round++) {
+      let stop = false;
+      const results = { ok: 0, wrong: [] as string[] };
+      const prober = (async () => {
+        for (let i = 0; !stop; i++) {
+          const [payload, expected] = probes[i % probes.length] ?? instance;
+          const answer = await goodProbe(d.port, payload).catch((err: Error) => `(${err.message})`);
+          if (answer === expected) results.ok++;
+          else results.wrong.push(answer);
+          await sleep(2);
+        }
+      })();
+      const counts = await storm(d.port);
+      stop = true;
+      await prober;
+
+      assert.deepEqual(results.wrong, [], "every good probe got the right answer");
+      assert.ok(results.ok >= 100, `good probes kept running: ${results.ok}`);
+      assert.equal(d.child.exitCode, null, "the daemon is still up");
+      // Lingering connections close within LINGER_MS (2 s) of their reply.
+      await waitFor(
+        "open descriptors back to where they were",
+        async () => ((await openFds(d.pid)) <= fdsBefore ? true : undefined),
+        10_000,
+      ).catch(async () => assert.fail(`fds ${await openFds(d.pid)}, before ${fdsBefore}`));
+      rounds.push({ probes: results.ok, rss: await rssMiB(d.pid), counts });
+    }
+    const [first, second] = rounds;
+    assert.ok(first && second);
+    t.diagnostic(
+      `round 1: ${JSON.stringify(first.counts)}, ${first.probes} good probes; RSS ${rssBefore.toFixed(1)} MiB before, ${first.rss.toFixed(1)} after round 1, ${second.rss.toFixed(1)} after round 2`,
+    );
+    // A leak grows with every round; a heap that found its size does not.
+    assert.ok(second.rss <= first.rss + 6, `RSS grew from ${first.rss} to ${second.rss} MiB`);
+    assert.ok(second.rss <= rssBefore + 32, `RSS ${second.rss} MiB, ${rssBefore} MiB before`);
+    assert.equal(await goodProbe(d.port, instance[0]), instance[1]);
+  });
+}
