@@ -8,7 +8,7 @@ import { guardInspector } from "./inspector-guard.js";
 import { createLogger } from "./log.js";
 import { reply } from "./reply.js";
 import { createAgentServer } from "./server.js";
-import { formatState, hasService, type State, serviceState } from "./state.js";
+import { formatState, hasService, printable, type State, serviceState } from "./state.js";
 import { createStateStore } from "./store.js";
 import { VERSION } from "./version.js";
 
@@ -47,14 +47,6 @@ const SHUTDOWN_GRACE_MS = 50;
 /** Distinct unknown service names logged per state; a client cycling names cannot flood the log. */
 const MAX_UNKNOWN_NAMES_LOGGED = 20;
 
-/** A name as a client sent it, quoted, with anything unprintable escaped. */
-function quote(name: string): string {
-  return JSON.stringify(name).replace(
-    /[\u007f-\u009f]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
-  );
-}
-
 export async function runDaemon(io: DaemonIo): Promise<void> {
   const log = createLogger({ write: io.write, journal: io.journal });
 
@@ -66,18 +58,19 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const config = configured.config;
   const store = createStateStore(config.stateFile, log);
   const agent = createAgent({ store, log });
-  // A state is a frozen value replaced on every change: its lines are built once, not per probe.
+  // A state is a frozen value replaced on every change: its lines are built and encoded once
+  // per state (and service), not per probe.
   let answered: State | undefined;
-  let line = "";
+  let line = Buffer.alloc(0);
   let named = false;
-  let serviceLines = new Map<string, string>();
+  let serviceLines = new Map<string, Buffer>();
   // What was logged about the names probes sent, once per state and boundedly.
   const unknownNames = new Set<string>();
   let waitLogged = false;
   const current = (): State => {
     if (agent.state !== answered) {
       answered = agent.state;
-      line = reply(answered);
+      line = Buffer.from(reply(answered));
       named = answered.services !== undefined && Object.keys(answered.services).length > 0;
       serviceLines = new Map();
       unknownNames.clear();
@@ -85,7 +78,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     }
     return answered;
   };
-  const replyFor = (name: string | undefined): string => {
+  const replyFor = (name: string | undefined): Buffer => {
     const state = current();
     if (name === undefined) {
       if (named && !waitLogged) {
@@ -101,17 +94,17 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
       if (!unknownNames.has(name) && unknownNames.size < MAX_UNKNOWN_NAMES_LOGGED) {
         unknownNames.add(name);
         log.warning(
-          `a probe asked for service ${quote(name)}, which the state file does not name; answered the instance state`,
+          `a probe asked for service ${printable(JSON.stringify(name))}, which the state file does not name; answered the instance state`,
         );
       }
       return line;
     }
-    let text = serviceLines.get(name);
-    if (text === undefined) {
-      text = reply(serviceState(state, name));
-      serviceLines.set(name, text);
+    let bytes = serviceLines.get(name);
+    if (bytes === undefined) {
+      bytes = Buffer.from(reply(serviceState(state, name)));
+      serviceLines.set(name, bytes);
     }
-    return text;
+    return bytes;
   };
   const server = createAgentServer({
     reply: replyFor,

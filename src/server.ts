@@ -9,9 +9,10 @@ import { type AddressInfo, createServer, type Server, type Socket } from "node:n
 export interface AgentServerOptions {
   /**
    * The line to send; called once per connection. `name` is the first line the client sent,
-   * without its line end and surrounding blanks; undefined when no line came in time.
+   * without its line end and surrounding blanks; undefined when no line came in time. Bytes
+   * the caller keeps from probe to probe are sent as they are, with nothing encoded per probe.
    */
-  readonly reply: (name?: string) => string;
+  readonly reply: (name?: string) => string | Uint8Array;
   /** Whether replies depend on the name: called once per connection; false replies at once. */
   readonly awaitsName?: () => boolean;
   /** How long to wait for the first line before replying without a name. */
@@ -46,8 +47,6 @@ export const MAX_CONNECTIONS = 512;
 export const NAME_WAIT_MS = 100;
 /** A first line longer than this names no service (names are at most 100 characters). */
 const MAX_NAME_LINE_BYTES = 256;
-/** Distinct reply lines kept encoded: one per service in use, bounded. */
-const MAX_ENCODED_LINES = 1024;
 const LINE_END = 0x0a;
 
 export function createAgentServer({
@@ -62,20 +61,6 @@ export function createAgentServer({
   // Open connections and when each must be gone. Insertion order is age order: the first entry
   // is the oldest, so both the sweep and the cap look at the front only.
   const open = new Map<Socket, number>();
-
-  // The same line goes to every probe until the state changes: encoded once, not per probe. With
-  // services there is one line per service, so the encodings are kept by text (boundedly).
-  const encoded = new Map<string, Buffer>();
-  const replyBytes = (name?: string): Buffer => {
-    const text = reply(name);
-    let bytes = encoded.get(text);
-    if (bytes === undefined) {
-      if (encoded.size >= MAX_ENCODED_LINES) encoded.clear();
-      bytes = Buffer.from(text, "utf8");
-      encoded.set(text, bytes);
-    }
-    return bytes;
-  };
 
   // Connections waiting for their first line: what they sent so far, and when the wait ends.
   // Insertion order is deadline order (one wait for all), so one timer serves them all.
@@ -98,7 +83,7 @@ export function createAgentServer({
   }
   const answer = (socket: Socket, name: string | undefined): void => {
     waiting.delete(socket);
-    if (!socket.destroyed) socket.end(replyBytes(name?.trim()));
+    if (!socket.destroyed) socket.end(reply(name?.trim()));
   };
 
   // Listeners shared by every socket (`this` is the socket): nothing is allocated per probe.
@@ -165,7 +150,7 @@ export function createAgentServer({
     // The reply goes out before anything is read: HAProxy may send nothing at all. end() sends
     // FIN after it; the read side stays open so the payload is consumed, since closing a socket
     // with unread data sends RST, and an RST can make HAProxy lose the reply it has not read yet.
-    socket.end(replyBytes());
+    socket.end(reply());
     socket.on("data", onData);
   });
 

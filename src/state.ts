@@ -319,9 +319,10 @@ function describe(value: unknown): string {
 
 /**
  * Reasons quote the file (V8's JSON errors, unknown keys, wrong values), which may hold line
- * breaks or terminal escapes; reasons go to logs and terminals, so those are shown escaped.
+ * breaks or terminal escapes; reasons go to logs and terminals, so those are shown escaped. So do
+ * names a client sends.
  */
-function printable(text: string): string {
+export function printable(text: string): string {
   return text.replace(
     /[\p{Cc}\p{Zl}\p{Zp}]/gu,
     (c) => `\\u${(c.codePointAt(0) ?? 0).toString(16).padStart(4, "0")}`,

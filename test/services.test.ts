@@ -52,6 +52,9 @@ describe("services keyed by agent-send", () => {
     // An unknown name is logged once, not per probe.
     await d.waitForLog(/service "be_nope\/srv9", which the state file does not name/);
     assert.equal(d.stderr().match(/be_nope/g)?.length, 1);
+    // What a client sends reaches the log with control characters escaped.
+    assert.equal(await d.probe({ payload: "x\u001b[2J\u007fy\n" }), "up ready 80%\n");
+    await d.waitForLog(/service "x\\u001b\[2J\\u007fy", which/);
   });
 
   test("USR2 takes every service out; USR1 gives each its own state back, as the file says", async (t) => {
