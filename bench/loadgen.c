@@ -193,32 +193,25 @@ int main(int argc, char **argv) {
 
   for (;;) {
     int64_t now = now_ns();
-    /* Start what is due. */
-    if (open_loop) {
-      while (launched < total && free_count > 0) {
-        int64_t due = began + (int64_t)((double)launched * 1e9 / rate);
+    /* Start what is due: on the schedule (open loop), or as soon as a slot is free (closed). */
+    while (free_count > 0) {
+      int64_t due = now;
+      if (open_loop) {
+        if (launched >= total) break;
+        due = began + (int64_t)((double)launched * 1e9 / rate);
         if (due > now) break;
-        struct probe *p = free_list[--free_count];
-        start(p, due);
-        launched++;
-        if (p->fd < 0) {
-          finished++;
-          free_list[free_count++] = p;
-        } else {
-          in_flight++;
-        }
+      } else if ((count != 0 && launched >= count) || now >= until) {
+        break;
       }
-    } else {
-      while (free_count > 0 && (count == 0 || launched < count) && now < until) {
-        struct probe *p = free_list[--free_count];
-        start(p, now);
-        launched++;
-        if (p->fd < 0) {
-          finished++;
-          free_list[free_count++] = p;
-        } else {
-          in_flight++;
-        }
+      struct probe *p = free_list[--free_count];
+      start(p, due);
+      launched++;
+      if (p->fd < 0) {
+        /* It could not even start: finished, and free again. */
+        finished++;
+        free_list[free_count++] = p;
+      } else {
+        in_flight++;
       }
     }
     int over = open_loop ? launched >= total : ((count != 0 && launched >= count) || now >= until);

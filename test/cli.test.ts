@@ -8,16 +8,17 @@ import { reply } from "../src/reply.js";
 import { createAgentServer } from "../src/server.js";
 import { parseState, type State } from "../src/state.js";
 import { VERSION } from "../src/version.js";
-import { collect, freePort, runHapgent, spawnHapgent, startDaemon, tempDir } from "./helpers.js";
+import {
+  cliFor,
+  collect,
+  freePort,
+  runHapgent,
+  spawnHapgent,
+  startDaemon,
+  tempDir,
+} from "./helpers.js";
 
-/** Runs the CLI against the daemon's file and port, as a deploy script would. */
-function cli(d: { stateFile: string; port: number }, ...args: string[]) {
-  return runHapgent(args, {
-    HAPGENT_STATE_FILE: d.stateFile,
-    HAPGENT_IP: "127.0.0.1",
-    HAPGENT_PORT: String(d.port),
-  });
-}
+const cli = cliFor;
 
 describe("hapgent set and its short forms", () => {
   const moves: [string[], string, string][] = [

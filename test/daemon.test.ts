@@ -319,17 +319,6 @@ describe("daemon signals", () => {
     const { readdir } = await import("node:fs/promises");
     assert.deepEqual(await readdir(dir), ["state.json"]);
   });
-
-  test("a failed save is logged and the new state is still answered", async (t) => {
-    const dir = await tempDir(t);
-    await mkdir(join(dir, "sub"));
-    const d = await startDaemon(t, { dir: join(dir, "sub"), state: '{"status":"UP"}' });
-    await rm(join(dir, "sub"), { recursive: true });
-    d.signal("SIGUSR2");
-    await d.waitForReply("down ready 100%\n");
-    await d.waitForLog(/cannot save state file .*: ENOENT.*; still answering \{"status":"DOWN"\}/);
-    assert.equal(await d.probe(), "down ready 100%\n");
-  });
 });
 
 async function waitForText(path: string, pattern: RegExp) {

@@ -188,6 +188,15 @@ export function collect(child: ChildProcess, timeoutMs = 10_000): Promise<Finish
   });
 }
 
+/** Runs the command line against a daemon's file and port, as a deploy script would. */
+export function cliFor(d: { stateFile: string; port: number }, ...args: string[]) {
+  return runHapgent(args, {
+    HAPGENT_STATE_FILE: d.stateFile,
+    HAPGENT_IP: "127.0.0.1",
+    HAPGENT_PORT: String(d.port),
+  });
+}
+
 /** Runs hapgent with `args` and only `env` (plus PATH) to its exit. */
 export function runHapgent(
   args: readonly string[],

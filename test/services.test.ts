@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli.js";
-import { probe, runHapgent, startDaemon } from "./helpers.js";
+import { cliFor, probe, startDaemon } from "./helpers.js";
 
 const FILE = {
   status: "UP",
@@ -31,13 +31,7 @@ async function answers(port: number): Promise<Record<string, string>> {
   return result;
 }
 
-function cli(d: { stateFile: string; port: number }, ...args: string[]) {
-  return runHapgent(args, {
-    HAPGENT_STATE_FILE: d.stateFile,
-    HAPGENT_IP: "127.0.0.1",
-    HAPGENT_PORT: String(d.port),
-  });
-}
+const cli = cliFor;
 
 describe("services keyed by agent-send", () => {
   test("each agent-send name gets its own state; no name or an unknown one, the instance's", async (t) => {
