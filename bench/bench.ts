@@ -20,6 +20,7 @@ import { cpus, release, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { nodeFlags } from "../scripts/node-flags.js";
 import { probeOnce } from "./load.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
@@ -121,10 +122,7 @@ if (!existsSync(LOADGEN) || statSync(LOADGEN).mtimeMs < statSync(LOADGEN_SOURCE)
 }
 
 /** The Node flags main.js's `#!/usr/bin/env -S node …` line gives the installed command. */
-const NODE_FLAGS = (readFileSync(MAIN, "utf8").split("\n", 1)[0] ?? "")
-  .replace(/^#!\/usr\/bin\/env -S node/, "")
-  .split(" ")
-  .filter(Boolean);
+const NODE_FLAGS = nodeFlags(MAIN);
 
 interface TargetSpec {
   readonly name: string;

@@ -28,7 +28,7 @@ sed -i '1{/^#!/d}' "$work/hapgent.cjs"
 # The Node flags of main.js's `#!/usr/bin/env -S node …` line, baked into the binary, and one
 # for the Node inside only: without Maglev, V8's mid-tier compiler, it keeps ~7 MiB less under
 # load at no measurable cost in throughput (a V8 flag, safe here since the Node version is fixed).
-flags="$(head -n 1 dist/src/main.js | sed -n 's|^#!/usr/bin/env -S node||p') --no-maglev"
+flags="$(node dist/scripts/node-flags.js) --no-maglev"
 exec_argv="$(node -e 'console.log(JSON.stringify(process.argv.slice(1)))' -- $flags)"
 cat > "$work/sea-config.json" <<JSON
 {

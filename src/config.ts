@@ -13,7 +13,16 @@ export interface Config {
   readonly sendWaitMs: number;
 }
 
-export type ConfigResult = { ok: true; config: Config } | { ok: false; reason: string };
+export type ConfigResult =
+  | { readonly ok: true; readonly config: Config }
+  | {
+      readonly ok: false;
+      /** The whole sentence: the variable, its value and what was expected. */
+      readonly reason: string;
+      readonly variable: Variable;
+      readonly value: string;
+      readonly expected: string;
+    };
 
 export const DEFAULTS = Object.freeze({
   HAPGENT_IP: "0.0.0.0",
@@ -25,7 +34,7 @@ export const DEFAULTS = Object.freeze({
 /** Longer would hold every probe of a server without agent-send past HAProxy's usual timeout. */
 const SEND_WAIT_MAX_MS = 5000;
 
-type Variable = keyof typeof DEFAULTS;
+export type Variable = keyof typeof DEFAULTS;
 
 /**
  * Reads HAPGENT_IP, HAPGENT_PORT, HAPGENT_STATE_FILE and HAPGENT_SEND_WAIT_MS. An unset or empty variable takes its
@@ -94,6 +103,12 @@ export function describeListenError(config: Config, code: string | undefined): s
   }
 }
 
-function invalid(name: Variable, value: string, expected: string): ConfigResult {
-  return { ok: false, reason: `${name}=${JSON.stringify(value)} is invalid; expected ${expected}` };
+function invalid(variable: Variable, value: string, expected: string): ConfigResult {
+  return {
+    ok: false,
+    reason: `${variable}=${JSON.stringify(value)} is invalid; expected ${expected}`,
+    variable,
+    value,
+    expected,
+  };
 }

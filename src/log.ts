@@ -14,24 +14,32 @@ export interface Logger {
   info(message: string): void;
 }
 
-export interface LoggerOptions {
-  /** Writes one complete line; must be synchronous so nothing is lost at exit. */
-  readonly write: (line: string) => void;
+export interface LineFormat {
   /** True when stderr is connected to the systemd journal. */
   readonly journal: boolean;
   readonly now?: () => Date;
 }
 
-export function createLogger({ write, journal, now = () => new Date() }: LoggerOptions): Logger {
-  const emit = (level: Level) => (message: string) => {
-    // A message must stay one line, whatever a file name or an error text contains.
-    const text = message.replace(/[\r\n]+/g, " ");
-    write(
-      journal
-        ? `<${PRIORITIES[level]}>${text}\n`
-        : `${now().toISOString()} hapgent ${level}: ${text}\n`,
-    );
-  };
+export interface LoggerOptions extends LineFormat {
+  /** Takes one complete line; never throws (a log that cannot be written is not the agent's end). */
+  readonly write: (line: string) => void;
+}
+
+/** One log line, with its line end. */
+export function formatLine(
+  level: Level,
+  message: string,
+  { journal, now = () => new Date() }: LineFormat,
+): string {
+  // A message must stay one line, whatever a file name or an error text contains.
+  const text = message.replace(/[\r\n]+/g, " ");
+  return journal
+    ? `<${PRIORITIES[level]}>${text}\n`
+    : `${now().toISOString()} hapgent ${level}: ${text}\n`;
+}
+
+export function createLogger({ write, ...format }: LoggerOptions): Logger {
+  const emit = (level: Level) => (message: string) => write(formatLine(level, message, format));
   return {
     error: emit("error"),
     warning: emit("warning"),

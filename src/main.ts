@@ -1,19 +1,24 @@
-#!/usr/bin/env -S node --max-semi-space-size=1 --max-old-space-size=32
+#!/usr/bin/env -S node --max-semi-space-size=1 --max-old-space-size=32 --inspect-port=255.255.255.255:0
 /**
  * hapgent's entry point, and the only module that touches `process`.
  *
- * The first line sizes V8's heap for a small daemon: a 1 MiB young generation (the default
- * grows to 16 MiB per semi-space under load, though a probe's garbage dies young) and an old
- * generation capped at 32 MiB, six times what the agent keeps alive, so the heap does not grow
- * just because it may. Under load this keeps the daemon near 60 MiB where V8's defaults take it
- * past 90 (BENCHMARKS.md). The standalone binary and the tests take the flags from this line.
+ * The first line is the one place the Node flags are set; the standalone binary, `npm start`,
+ * the tests and the benchmark all take them from here (scripts/node-flags.ts):
+ * - a 1 MiB young generation (the default grows to 16 MiB per semi-space under load, though a
+ *   probe's garbage dies young) and an old generation capped at 32 MiB, six times what the agent
+ *   keeps alive, so the heap does not grow just because it may. Under load this keeps the daemon
+ *   near 60 MiB where V8's defaults take it past 90 (BENCHMARKS.md);
+ * - the debugger's address, should a SIGUSR1 open it before the agent's handler exists: the
+ *   limited broadcast address, where the kernel lets a socket listen but no TCP connection can
+ *   ever reach it (connect() fails with ENETUNREACH, from this host or any other). So nobody can
+ *   attach to a debugger opened that way, and the guard's close() never waits for a session.
  *
  * Its first statements install the signal handlers, before any other module is loaded: until they
  * exist, SIGUSR2 and SIGHUP kill Node and SIGUSR1 opens its debugger. In the daemon, signals that
  * arrive before it is ready are queued and applied in order once it is. A command (`hapgent set
  * …`) ignores USR1, USR2 and HUP, so `pkill -USR2 hapgent` never kills it.
  */
-import type { DaemonSignal } from "./daemon.js";
+import type { DaemonSignal } from "./daemon/daemon.js";
 
 const SIGNALS: readonly DaemonSignal[] = ["SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTERM", "SIGINT"];
 const early: DaemonSignal[] = [];
@@ -31,19 +36,35 @@ if (args.length === 0) process.title = "hapgent";
  * binary runs this file as CommonJS. */
 async function main(): Promise<void> {
   const inspector = await import("node:inspector");
+  const { writeSync } = await import("node:fs");
   const { guardInspector, inspectorRequested } = await import("./inspector-guard.js");
   const inspectorWanted = inspectorRequested(process.execArgv, process.env.NODE_OPTIONS);
 
+  /** Writes to stdout or stderr, never failing: output nobody can read is not a reason to stop. */
+  const say = (fd: number, text: string): void => {
+    try {
+      const bytes = Buffer.from(text);
+      for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done);
+    } catch {
+      // EPIPE, ENOSPC, EAGAIN: the reader is gone or stuck; the exit code still tells.
+    }
+  };
+  let flushLog = (): void => {};
+  const exit = (code: number): never => {
+    flushLog();
+    return process.exit(code);
+  };
   process.on("uncaughtException", (err) => {
     // A bug, not bad input: say so once and exit, so the service manager restarts the agent.
-    process.stderr.write(`hapgent: internal error, exiting: ${err.stack ?? String(err)}\n`);
+    flushLog();
+    say(2, `hapgent: internal error, exiting: ${err.stack ?? String(err)}\n`);
     process.exit(70);
   });
 
   if (args.length > 0) {
     const stopOn = (signal: DaemonSignal) => {
-      if (signal === "SIGINT") process.exit(130);
-      if (signal === "SIGTERM") process.exit(143);
+      if (signal === "SIGINT") exit(130);
+      if (signal === "SIGTERM") exit(143);
     };
     deliver = stopOn;
     for (const signal of early.splice(0)) stopOn(signal);
@@ -54,26 +75,38 @@ async function main(): Promise<void> {
         onClosed: () => {},
       });
     }
-    const { runCli } = await import("./cli.js");
+    const { runCli } = await import("./cli/cli.js");
+    const { accountOf } = await import("./cli/accounts.js");
     process.exitCode = await runCli({
       args,
       env: process.env,
       cwd: process.cwd(),
       pid: process.pid,
       procRoot: "/proc",
-      out: (text) => {
-        process.stdout.write(text);
+      uid: process.getuid?.() ?? 0,
+      become: (uid) => {
+        const account = accountOf(uid);
+        if (account === undefined) throw new Error(`uid ${uid} has no account`);
+        if (!process.setgroups || !process.setgid || !process.setuid) {
+          throw new Error("this system cannot switch users");
+        }
+        // Groups first: only root may change them, and root stops being root at setuid.
+        process.setgroups(account.groups);
+        process.setgid(account.gid);
+        process.setuid(uid);
       },
-      err: (text) => {
-        process.stderr.write(text);
-      },
+      userName: (uid) => accountOf(uid)?.name,
+      out: (text) => say(1, text),
+      err: (text) => say(2, text),
       reload: (pid) => {
         process.kill(pid, "SIGHUP");
       },
     });
   } else {
     const { fstatSync } = await import("node:fs");
-    const { runDaemon } = await import("./daemon.js");
+    const { runDaemon } = await import("./daemon/daemon.js");
+    const { createLogSink } = await import("./log-sink.js");
+    const { formatLine } = await import("./log.js");
 
     /** True when stderr is the systemd journal's stream (systemd sets JOURNAL_STREAM to dev:ino). */
     const stderrIsJournal = (): boolean => {
@@ -86,15 +119,25 @@ async function main(): Promise<void> {
         return false;
       }
     };
+    const journal = stderrIsJournal();
+    const sink = createLogSink({
+      fd: 2,
+      dropNote: (count, code) =>
+        formatLine(
+          "warning",
+          `${count} log line${count === 1 ? " was" : "s were"} lost: stderr could not be written (${code})`,
+          { journal },
+        ),
+    });
+    flushLog = () => sink.flushSync();
 
     await runDaemon({
       env: process.env,
       cwd: process.cwd(),
       nodeVersion: process.version,
-      journal: stderrIsJournal(),
-      write: (text) => {
-        process.stderr.write(text);
-      },
+      uid: process.getuid?.() ?? 0,
+      journal,
+      write: (text) => sink.write(text),
       inspector: {
         url: () => inspector.url(),
         close: () => inspector.close(),
@@ -104,7 +147,7 @@ async function main(): Promise<void> {
         deliver = handler;
         for (const signal of early.splice(0)) handler(signal);
       },
-      exit: (code) => process.exit(code),
+      exit,
     });
   }
 }

@@ -6,19 +6,23 @@ import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { type FileHandle, lstat, open, readdir, readlink, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
+import { MAX_STATE_FILE_BYTES, parseState, type State, serialiseState } from "./core/state.js";
 import type { Logger } from "./log.js";
-import {
-  MAX_STATE_FILE_BYTES,
-  parseState,
-  type State,
-  type StateResult,
-  serialiseState,
-} from "./state.js";
+
+/** A state file read and checked: its state, or why it has none. */
+export type LoadResult =
+  | { readonly ok: true; readonly state: State }
+  | {
+      readonly ok: false;
+      readonly reason: string;
+      /** Node's error code when the file could not be read (ENOENT, EACCES …); absent when it was read and is invalid. */
+      readonly code?: string;
+    };
 
 export interface StateStore {
   readonly path: string;
   /** Reads and validates the file. Never throws: every failure is a reason. */
-  load(): Promise<StateResult>;
+  load(): Promise<LoadResult>;
   /** Writes the state crash-safely. Throws Node's fs error when it cannot. */
   save(state: State): Promise<void>;
   /** Removes temporary files that a crash in the middle of a save left behind. */
@@ -42,8 +46,10 @@ export function createStateStore(path: string, log: Logger): StateStore {
         // O_NONBLOCK: opening a FIFO by mistake must not hang the agent.
         handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
         const stats = await handle.stat();
-        if (stats.isDirectory()) return { ok: false, reason: "is a directory, expected a file" };
-        if (!stats.isFile()) return { ok: false, reason: "is not a regular file" };
+        if (stats.isDirectory()) {
+          return { ok: false, reason: "is a directory, expected a file", code: "EISDIR" };
+        }
+        if (!stats.isFile()) return { ok: false, reason: "is not a regular file", code: "EINVAL" };
         // Read one byte past the cap so a file that grew after stat() is still caught.
         const buffer = Buffer.alloc(MAX_STATE_FILE_BYTES + 1);
         let length = 0;
@@ -54,7 +60,11 @@ export function createStateStore(path: string, log: Logger): StateStore {
         }
         return parseState(buffer.subarray(0, length));
       } catch (err) {
-        return { ok: false, reason: describeFsError(err) };
+        return {
+          ok: false,
+          reason: describeFsError(err),
+          code: (err as NodeJS.ErrnoException).code ?? "EIO",
+        };
       } finally {
         await handle?.close().catch(() => {});
       }

@@ -1,17 +1,19 @@
 import assert from "node:assert/strict";
-import { mkdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import { findAgents } from "../src/agents.js";
-import { CLI_EXIT, runCli } from "../src/cli.js";
-import { reply } from "../src/reply.js";
-import { createAgentServer } from "../src/server.js";
-import { parseState, type State } from "../src/state.js";
+import { CLI_EXIT } from "../src/cli/cli.js";
+import { findDaemons } from "../src/cli/daemons.js";
+import { reply } from "../src/core/reply.js";
+import { parseState, type State } from "../src/core/state.js";
+import { createAgentServer } from "../src/daemon/server.js";
 import { VERSION } from "../src/version.js";
 import {
   cliFor,
+  cliInProcess,
   collect,
   freePort,
+  IS_ROOT,
   runHapgent,
   spawnHapgent,
   startDaemon,
@@ -89,22 +91,51 @@ describe("hapgent set and its short forms", () => {
     [["up", "--weight", "5", "--no-weight"], "--weight and --no-weight contradict each other"],
     [["up", "--wieght", "5"], "Unknown option '--wieght'"],
     [["up", "--json"], "--json is not an option of up"],
-    [["up", "--timeout", "0"], "--timeout must be a number of seconds"],
+    [["up", "--timeout", "0"], "--timeout must be a number of seconds above 0 and at most 3600"],
+    [["up", "--timeout", "3601"], 'at most 3600, got "3601"'],
+    [["up", "--state-file", ""], "--state-file needs a value"],
+    [["toString"], 'unknown command "toString"'],
+    [["up", "--service", "x".repeat(101)], "--service must be 1-100 printable ASCII characters"],
     [["up", "--port", "70000"], '--port "70000" is invalid; expected an integer 1-65535'],
     [["frobnicate"], 'unknown command "frobnicate"'],
   ];
   for (const [args, message] of invalid) {
     test(`refuses ${JSON.stringify(args)} with exit 2 and writes nothing`, async (t) => {
-      const d = await startDaemon(t, { state: '{"status":"UP","weight":30}' });
-      const before = await stat(d.stateFile);
-      const result = await cli(d, ...args);
+      const dir = await tempDir(t);
+      const stateFile = join(dir, "state.json");
+      await writeFile(stateFile, '{"status":"UP","weight":30}');
+      const before = await stat(stateFile);
+      const result = await cliInProcess(t, args, { env: { HAPGENT_STATE_FILE: stateFile } });
       assert.equal(result.code, CLI_EXIT.USAGE, result.stderr);
       assert.ok(result.stderr.includes(message), result.stderr);
-      assert.doesNotMatch(result.stderr, /\n\s+at /);
-      assert.equal(await d.readState(), '{"status":"UP","weight":30}');
-      assert.equal((await stat(d.stateFile)).mtimeMs, before.mtimeMs);
+      assert.equal(result.stdout, "");
+      assert.deepEqual(result.reloaded, []);
+      assert.equal(await readFile(stateFile, "utf8"), '{"status":"UP","weight":30}');
+      assert.equal((await stat(stateFile)).mtimeMs, before.mtimeMs);
     });
   }
+
+  test("a bad --service is refused before the file is read", async (t) => {
+    const dir = await tempDir(t);
+    const stateFile = join(dir, "state.json");
+    await writeFile(stateFile, '{"status":"UP","wieght":3}');
+    const result = await cliInProcess(t, ["up", "--service", "two words"], {
+      env: { HAPGENT_STATE_FILE: stateFile },
+    });
+    assert.equal(result.code, CLI_EXIT.USAGE);
+    assert.equal(
+      result.stderr,
+      'hapgent: --service must be 1-100 printable ASCII characters without spaces, as HAProxy sends it with agent-send (without the line end), got "two words"\n',
+    );
+  });
+
+  test("check looks at the state file's variable only", async (t) => {
+    const result = await cliInProcess(t, ["check", "--state-file", "/nonexistent/s.json"], {
+      env: { HAPGENT_PORT: "not a port" },
+    });
+    assert.equal(result.code, CLI_EXIT.INVALID_FILE);
+    assert.equal(result.stderr, "/nonexistent/s.json: does not exist\n");
+  });
 
   test("with no daemon running, writes the file, signals nothing and exits 3", async (t) => {
     const dir = await tempDir(t);
@@ -355,7 +386,7 @@ describe("safety", () => {
 
   test("a command is never taken for a daemon; a daemon is found by its name and environment", async (t) => {
     const d = await startDaemon(t);
-    const agents = await findAgents("/proc", process.pid);
+    const agents = await findDaemons("/proc", process.pid);
     const mine = agents.find((a) => a.pid === d.pid);
     assert.ok(mine?.readable, "the daemon is found");
     assert.equal(mine.config.stateFile, d.stateFile);
@@ -365,25 +396,56 @@ describe("safety", () => {
 });
 
 describe("finding the daemon (fake /proc)", () => {
-  /** A /proc with one hapgent daemon, one hapgent command and one other process. */
-  async function fakeProc(dir: string, port: number, stateFile: string) {
+  const me = process.getuid?.() ?? 0;
+  /**
+   * A /proc with one hapgent daemon (pid 101, running as this test's user), one hapgent command
+   * and one other process; `extra` adds daemons as [pid, uid, environ, cgroup].
+   */
+  async function fakeProc(
+    dir: string,
+    port: number,
+    stateFile: string,
+    extra: [number, number, string, string][] = [],
+  ) {
     const proc = join(dir, "proc");
-    const entries: [number, string, string, string][] = [
+    const entries: [number, string, string, string, number, string][] = [
       [
         101,
         "hapgent",
         "hapgent\0\0\0",
         `HAPGENT_PORT=${port}\0HAPGENT_IP=127.0.0.1\0HAPGENT_STATE_FILE=state.json\0`,
+        me,
+        "0::/user.slice/user-0.slice/session-1.scope\n",
       ],
-      [102, "hapgent", "/usr/bin/hapgent\0set\0down\0", "HAPGENT_STATE_FILE=/elsewhere.json\0"],
-      [103, "node", "node\0server.js\0", ""],
+      [
+        102,
+        "hapgent",
+        "/usr/bin/hapgent\0set\0down\0",
+        "HAPGENT_STATE_FILE=/elsewhere.json\0",
+        me,
+        "",
+      ],
+      [103, "node", "node\0server.js\0", "", me, ""],
+      ...extra.map(
+        ([pid, uid, environ, cgroup]): [number, string, string, string, number, string] => [
+          pid,
+          "hapgent",
+          "hapgent\0",
+          environ,
+          uid,
+          cgroup,
+        ],
+      ),
     ];
-    for (const [pid, comm, cmdline, environ] of entries) {
-      await mkdir(join(proc, String(pid)), { recursive: true });
-      await writeFile(join(proc, String(pid), "comm"), `${comm}\n`);
-      await writeFile(join(proc, String(pid), "cmdline"), cmdline);
-      await writeFile(join(proc, String(pid), "environ"), environ);
-      await symlink(dir, join(proc, String(pid), "cwd"));
+    for (const [pid, comm, cmdline, environ, uid, cgroup] of entries) {
+      const at = join(proc, String(pid));
+      await mkdir(at, { recursive: true });
+      await writeFile(join(at, "comm"), `${comm}\n`);
+      await writeFile(join(at, "cmdline"), cmdline);
+      await writeFile(join(at, "environ"), environ);
+      await writeFile(join(at, "status"), `Name:\t${comm}\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\n`);
+      await writeFile(join(at, "cgroup"), cgroup);
+      await symlink(dir, join(at, "cwd"));
     }
     await writeFile(stateFile, '{"status":"UP"}');
     return proc;
@@ -396,49 +458,71 @@ describe("finding the daemon (fake /proc)", () => {
     const { port } = await server.listen("127.0.0.1", 0);
     t.after(() => server.close());
     const proc = await fakeProc(dir, port, join(dir, "state.json"));
-    const out: string[] = [];
-    const reloaded: number[] = [];
-    const code = await runCli({
-      args: ["drain", "--weight", "40"],
-      env: {},
-      cwd: "/",
-      pid: 1,
+    const result = await cliInProcess(t, ["drain", "--weight", "40"], {
       procRoot: proc,
-      out: (text) => out.push(text),
-      err: (text) => out.push(text),
-      reload: (pid) => {
-        reloaded.push(pid);
-        // What the daemon does on HUP: read the file.
+      // What the daemon does on HUP: read the file.
+      reload: () => {
         void readFile(join(dir, "state.json")).then((bytes) => {
           const parsed = parseState(bytes);
           if (parsed.ok) state = parsed.state;
         });
       },
     });
-    assert.equal(code, CLI_EXIT.OK, out.join(""));
-    assert.deepEqual(reloaded, [101]);
+    assert.equal(result.code, CLI_EXIT.OK, result.stderr);
+    assert.deepEqual(result.reloaded, [101]);
     assert.equal(
       await readFile(join(dir, "state.json"), "utf8"),
       '{"status":"DRAIN","weight":40}\n',
     );
-    assert.ok(out.join("").includes("hapgent pid 101 answers: up drain 40%"));
+    assert.ok(result.stdout.includes("hapgent pid 101 answers: up drain 40%"));
   });
 
   test("a named file that no daemon serves signals nothing", async (t) => {
     const dir = await tempDir(t);
     const proc = await fakeProc(dir, 1, join(dir, "state.json"));
-    const reloaded: number[] = [];
-    const code = await runCli({
-      args: ["up", "--state-file", join(dir, "other.json")],
-      env: {},
-      cwd: "/",
-      pid: 1,
+    const result = await cliInProcess(t, ["up", "--state-file", join(dir, "other.json")], {
       procRoot: proc,
-      out: () => {},
-      err: () => {},
-      reload: (pid) => reloaded.push(pid),
     });
-    assert.equal(code, CLI_EXIT.NO_AGENT);
-    assert.deepEqual(reloaded, []);
+    assert.equal(result.code, CLI_EXIT.NO_AGENT);
+    assert.deepEqual(result.reloaded, []);
+  });
+
+  test("a daemon of another user names no file, and one claiming the file blocks nothing", async (t) => {
+    const dir = await tempDir(t);
+    const other = me + 4242;
+    const decoy = `HAPGENT_PORT=1\0HAPGENT_STATE_FILE=${join(dir, "decoy.json")}\0`;
+    // Without 101, the only other daemon would otherwise have named its file.
+    const proc = await fakeProc(dir, 1, join(dir, "state.json"), [[201, other, decoy, ""]]);
+    await rm(join(proc, "101"), { recursive: true });
+    const named = await cliInProcess(t, ["status", "--json"], { procRoot: proc });
+    assert.equal(JSON.parse(named.stdout).stateFile, "/etc/hapgent/state.json");
+
+    // 101 serves b/state.json; 202, of another user, claims it too.
+    const file = join(dir, "b", "state.json");
+    const claim = `HAPGENT_PORT=1\0HAPGENT_STATE_FILE=${file}\0`;
+    const claimed = await fakeProc(join(dir, "b"), 1, file, [[202, other, claim, ""]]);
+    const result = await cliInProcess(t, ["down", "--no-wait", "--state-file", file], {
+      procRoot: claimed,
+    });
+    assert.equal(result.code, CLI_EXIT.OK, result.stderr);
+    assert.deepEqual(result.reloaded, [101]);
+  });
+
+  test("a daemon in a hapgent system service names the file, used with its user's rights", {
+    skip: !IS_ROOT && "needs root: only root may act as the service's user",
+  }, async (t) => {
+    const dir = await tempDir(t);
+    const other = me + 4242;
+    const environ = `HAPGENT_PORT=1\0HAPGENT_STATE_FILE=${join(dir, "svc.json")}\0`;
+    const proc = await fakeProc(dir, 1, join(dir, "state.json"), [
+      [301, other, environ, "0::/system.slice/hapgent.service\n"],
+    ]);
+    await rm(join(proc, "101"), { recursive: true });
+    const result = await cliInProcess(t, ["status", "--json"], {
+      procRoot: proc,
+      become: "record",
+    });
+    assert.equal(JSON.parse(result.stdout).stateFile, join(dir, "svc.json"));
+    assert.deepEqual(result.became, [other]);
   });
 });

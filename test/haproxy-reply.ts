@@ -4,7 +4,7 @@
  * last word of each kind wins; `#` starts the description. Tests use it to check what HAProxy
  * will make of a reply, independently of how the reply was built.
  */
-import type { State, Status } from "../src/state.js";
+import type { State, Status } from "../src/core/state.js";
 
 export interface AgentCommands {
   health?: "up" | "down" | "fail" | "stopped";

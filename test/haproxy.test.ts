@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
 import { describe, test } from "node:test";
-import { STATUSES, type Status } from "../src/state.js";
+import { STATUSES, type Status } from "../src/core/state.js";
 import {
   type BackendSpec,
   type ServerView,

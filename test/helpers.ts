@@ -12,6 +12,7 @@ import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { nodeFlags } from "../scripts/node-flags.js";
 
 export const DIST_SRC = fileURLToPath(new URL("../src/", import.meta.url));
 export const MAIN = join(DIST_SRC, "main.js");
@@ -22,12 +23,7 @@ export const MAIN = join(DIST_SRC, "main.js");
 export const HAPGENT_BINARY = process.env.HAPGENT_TEST_BINARY || undefined;
 
 /** The Node flags main.js's `#!/usr/bin/env -S node …` line gives the installed command. */
-export const NODE_FLAGS: readonly string[] = (() => {
-  const first = readFileSync(MAIN, "utf8").split("\n", 1)[0] ?? "";
-  const match = /^#!\/usr\/bin\/env -S node((?: --[a-z0-9-]+(?:=\S+)?)*)$/.exec(first);
-  if (!match) throw new Error(`unexpected first line of ${MAIN}: ${first}`);
-  return (match[1] ?? "").split(" ").filter(Boolean);
-})();
+export const NODE_FLAGS: readonly string[] = nodeFlags(MAIN);
 
 /** The command line that runs hapgent with `args`, as the tests configured it. */
 export function hapgentArgv(args: readonly string[] = []): [string, ...string[]] {
@@ -44,10 +40,13 @@ export function spawnHapgent(args: readonly string[], options: SpawnOptions): Ch
 export const IS_ROOT = process.getuid?.() === 0;
 export const NOBODY = 65534;
 
-/** A fresh directory, removed when the test ends. */
+/** A fresh directory, removed when the test ends, even after a test took its write permission. */
 export async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), "hapgent-test-"));
-  t.after(() => rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 }));
+  t.after(async () => {
+    await chmod(dir, 0o700).catch(() => {});
+    await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
+  });
   return dir;
 }
 
@@ -150,8 +149,10 @@ async function reachableByOthers(path: string): Promise<boolean> {
 }
 
 /**
- * Runs a Node script as the unprivileged user `nobody` (or as ourselves when not root).
- * `script` receives the directory holding the compiled sources.
+ * Runs a Node script without privileges: as `nobody` when the tests run as root, else as the
+ * caller, who has none. Tests that use it deny the access they test to every user but root (a
+ * mode of 000 or 0555), so the step is refused whoever runs it. `script` receives the directory
+ * holding the compiled sources.
  */
 export async function runUnprivileged(script: (src: string) => string): Promise<Finished> {
   const { node, src } = await unprivilegedSetup;
@@ -186,6 +187,64 @@ export function collect(child: ChildProcess, timeoutMs = 10_000): Promise<Finish
       resolve({ code, stdout, stderr });
     });
   });
+}
+
+export interface InProcess extends Finished {
+  /** The pids the command sent SIGHUP. */
+  readonly reloaded: number[];
+  /** The users the command asked to become (only with `become: "record"`). */
+  readonly became: number[];
+}
+
+/**
+ * Runs a command in this process (no child, no real /proc unless `procRoot` names it): for the
+ * command line's own logic, usage errors above all. It never switches users: asked to, it fails,
+ * or with `become: "record"` notes the uid and goes on as itself.
+ */
+export async function cliInProcess(
+  t: { after: (fn: () => Promise<void>) => void },
+  args: readonly string[],
+  {
+    env = {},
+    procRoot,
+    reload = () => {},
+    become = "fail",
+  }: {
+    env?: Record<string, string>;
+    procRoot?: string;
+    reload?: (pid: number) => void;
+    become?: "fail" | "record";
+  } = {},
+): Promise<InProcess> {
+  const { runCli } = await import("../src/cli/cli.js");
+  let stdout = "";
+  let stderr = "";
+  const reloaded: number[] = [];
+  const became: number[] = [];
+  const code = await runCli({
+    args,
+    env,
+    cwd: "/",
+    pid: process.pid,
+    procRoot: procRoot ?? (await tempDir(t)),
+    uid: process.getuid?.() ?? 0,
+    become: (uid) => {
+      if (become === "fail") throw new Error(`a test in this process cannot become uid ${uid}`);
+      became.push(uid);
+    },
+    userName: () => undefined,
+    out: (text) => {
+      stdout += text;
+    },
+    err: (text) => {
+      stderr += text;
+    },
+    reload: (pid) => {
+      reloaded.push(pid);
+      reload(pid);
+    },
+  });
+  return { code, stdout, stderr, reloaded, became };
 }
 
 /** Runs the command line against a daemon's file and port, as a deploy script would. */

@@ -6,9 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
-import { createAgent } from "../src/agent.js";
-import { createLogger } from "../src/log.js";
-import { reply } from "../src/reply.js";
+import { reply } from "../src/core/reply.js";
 import {
   FALLBACK_STATE,
   MAX_DESCRIPTION_CHARS,
@@ -22,7 +20,9 @@ import {
   serviceState,
   validateState,
   withStatus,
-} from "../src/state.js";
+} from "../src/core/state.js";
+import { createCommands } from "../src/daemon/commands.js";
+import { createLogger } from "../src/log.js";
 import { intendedCommands, readAgentReply } from "./haproxy-reply.js";
 
 /** Enough runs to find edge cases in well under a second per property. */
@@ -159,7 +159,7 @@ describe("properties of the state codec", () => {
     await fc.assert(
       fc.asyncProperty(anyFile, async (bytes) => {
         const parsed = parseState(bytes);
-        const agent = createAgent({
+        const agent = createCommands({
           store: { path: "/fake/state.json", load: async () => parsed, save: async () => {} },
           log,
           initial: { status: "UP", weight: 7 },

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { reply } from "../src/reply.js";
-import { STATUSES, type State } from "../src/state.js";
+import { reply } from "../src/core/reply.js";
+import { STATUSES, type State } from "../src/core/state.js";
 import { INTENDED as EXPECTED, readAgentReply } from "./haproxy-reply.js";
 
 describe("reply", () => {

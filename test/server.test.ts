@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { connect, type Socket } from "node:net";
 import { describe, test } from "node:test";
-import { type AgentServerOptions, createAgentServer } from "../src/server.js";
+import { type AgentServerOptions, createAgentServer } from "../src/daemon/server.js";
 import { probe, waitFor } from "./helpers.js";
 
 async function start(

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { CLI_EXIT } from "../src/cli.js";
+import { CLI_EXIT } from "../src/cli/cli.js";
 import { cliFor, probe, startDaemon } from "./helpers.js";
 
 const FILE = {

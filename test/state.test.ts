@@ -14,7 +14,7 @@ import {
   validateState,
   withService,
   withStatus,
-} from "../src/state.js";
+} from "../src/core/state.js";
 
 const STATUS_REASON = "status must be one of UP, DOWN, READY, DRAIN, FAIL, MAINT, STOPPED,";
 const bytes = (text: string) => new TextEncoder().encode(text);
@@ -107,11 +107,11 @@ describe("parseState rejects with a precise reason", () => {
     ['{"status":"UP"} {"status":"DOWN"}', "file is not valid JSON ("],
     [
       '{"status":"UP","description":""}',
-      'description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got ""',
+      'description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got ""',
     ],
     [
       '{"status":"UP","description":"a\\nb"}',
-      'description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got "a\\nb"',
+      'description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got "a\\nb"',
     ],
     ['{"status":"UP","description":"a\\rb"}', "description must be 1-200 characters"],
     ['{"status":"UP","description":"a\\u0000b"}', "description must be 1-200 characters"],
@@ -119,27 +119,50 @@ describe("parseState rejects with a precise reason", () => {
     ['{"status":"UP","description":"tab\\there"}', "description must be 1-200 characters"],
     [
       '{"status":"UP","description":" leading"}',
-      `description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got " leading"`,
+      `description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got " leading"`,
     ],
     [
       '{"status":"UP","description":"trailing "}',
-      `description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got "trailing "`,
+      `description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got "trailing "`,
     ],
     [
       '{"status":"UP","description":"\\u00a0nbsp"}',
-      `description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got "\u00a0nbsp"`,
+      `description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got "\u00a0nbsp"`,
     ],
+    // HAProxy must receive exactly what the file says, and show nothing deceptive.
+    ['{"status":"UP","description":"x\\ud800"}', "description must be 1-200 characters"],
+    ['{"status":"UP","description":"\\udc00x"}', "description must be 1-200 characters"],
+    ['{"status":"UP","description":"abc\\u202edef"}', "description must be 1-200 characters"],
+    ['{"status":"UP","description":"a\\u200bb"}', "description must be 1-200 characters"],
+    ['{"status":"UP","description":"a\\u00adb"}', "description must be 1-200 characters"],
+    ['{"status":"UP","description":"a\\ufeffb"}', "description must be 1-200 characters"],
+    ['{"status":"UP","description":"\\u2066x\\u2069"}', "description must be 1-200 characters"],
+    // The same key twice: refused, not last-wins.
+    ['{"status":"UP","status":"DOWN"}', '"status" appears more than once; expected each key once'],
+    [
+      '{"status":"UP","weight":1,"weight":2}',
+      '"weight" appears more than once; expected each key once',
+    ],
+    [
+      '{"status":"UP","services":{"a":{"status":"UP"},"a":{"status":"DOWN"}}}',
+      'services: "a" appears more than once',
+    ],
+    [
+      '{"status":"UP","services":{"a":{"status":"UP","status":"DOWN"}}}',
+      'services["a"]: "status" appears more than once',
+    ],
+    ['{"status":"UP","s\\u0074atus":"DOWN"}', '"status" appears more than once'],
     // What the file quotes reaches logs and terminals with its control characters escaped.
     ['{"status":"UP","\\u001b[2J":1}', 'unknown field "\\u001b[2J"'],
     ['{"status":"UP","x\u007f":1}', 'unknown field "x\\u007f"'],
     ["{\n\u0000", "file is not valid JSON ("],
     [
       '{"status":"UP","description":5}',
-      "description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got 5",
+      "description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got 5",
     ],
     [
       `{"status":"UP","description":"${"x".repeat(201)}"}`,
-      `description must be 1-200 characters of printable text on one line, not beginning or ending with a space, got "${"x".repeat(40)}"... (201 characters)`,
+      `description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got "${"x".repeat(40)}"... (201 characters)`,
     ],
   ];
   for (const [text, reason] of bad) {
@@ -152,6 +175,23 @@ describe("parseState rejects with a precise reason", () => {
       );
     });
   }
+  test("a reason stays short however much of the file it quotes", () => {
+    const key = "k".repeat(60_000);
+    for (const text of [
+      `{"status":"UP","${key}":1}`,
+      `{"status":"UP","services":{"${"s".repeat(60_000)}":{"status":"UP"}}}`,
+      `{"${key}":1,"${key}":2}`,
+    ]) {
+      const result = parseState(bytes(text));
+      assert.ok(!result.ok && result.reason.length <= 300, !result.ok ? result.reason : "");
+    }
+  });
+  test("descriptions in any script, with combining marks and emoji, are shown exactly", () => {
+    for (const description of ["déploiement 1.4", "配備 1.4", "e\u0301", "deploy 🚀", "עברית"]) {
+      const result = parseState(bytes(JSON.stringify({ status: "UP", description })));
+      assert.deepEqual(result, { ok: true, state: { status: "UP", description } });
+    }
+  });
   test("invalid UTF-8", () => {
     assert.deepEqual(parseState(Uint8Array.from([0x7b, 0xff, 0x7d])), {
       ok: false,

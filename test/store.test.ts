@@ -26,10 +26,10 @@ describe("store load", () => {
     assert.deepEqual(result, { ok: true, state: { status: "DRAIN", weight: 20 } });
   });
 
-  const failures: [string, (dir: string, file: string) => Promise<unknown>, string][] = [
-    ["missing", async () => {}, "does not exist"],
-    ["a directory", (_dir, file) => mkdir(file), "is a directory, expected a file"],
-    ["a FIFO", (_dir, file) => run("mkfifo", [file]), "is not a regular file"],
+  const failures: [string, (dir: string, file: string) => Promise<unknown>, string, string?][] = [
+    ["missing", async () => {}, "does not exist", "ENOENT"],
+    ["a directory", (_dir, file) => mkdir(file), "is a directory, expected a file", "EISDIR"],
+    ["a FIFO", (_dir, file) => run("mkfifo", [file]), "is not a regular file", "EINVAL"],
     ["empty", (_dir, file) => writeFile(file, ""), "file is empty"],
     ["not JSON", (_dir, file) => writeFile(file, "status: UP"), "file is not valid JSON ("],
     [
@@ -41,10 +41,11 @@ describe("store load", () => {
       "under a file",
       (dir) => writeFile(join(dir, "f"), "x"),
       "has a path component that is not a directory",
+      "ENOTDIR",
     ],
-    ["a symlink loop", (_dir, file) => symlink(file, file), "is a symlink loop"],
+    ["a symlink loop", (_dir, file) => symlink(file, file), "is a symlink loop", "ELOOP"],
   ];
-  for (const [name, make, reason] of failures) {
+  for (const [name, make, reason, code] of failures) {
     test(name, async (t) => {
       const dir = await tempDir(t);
       const file = name === "under a file" ? join(dir, "f", "s.json") : join(dir, "s.json");
@@ -52,6 +53,8 @@ describe("store load", () => {
       const result = await createStateStore(file, silentLogger).load();
       assert.equal(result.ok, false);
       assert.ok(!result.ok && result.reason.startsWith(reason), !result.ok ? result.reason : "");
+      // A file that could not be read says why with Node's code; a file read but invalid has none.
+      assert.equal(!result.ok && result.code, code);
     });
   }
 
@@ -59,7 +62,8 @@ describe("store load", () => {
     const dir = await tempDir(t);
     await chmod(dir, 0o755);
     const file = join(dir, "s.json");
-    await writeFile(file, '{"status":"UP"}', { mode: 0o600 });
+    await writeFile(file, '{"status":"UP"}');
+    await chmod(file, 0o000);
     const result = await runUnprivileged(
       (src) => `
       import { createStateStore } from ${JSON.stringify(join(src, "store.js"))};
@@ -70,6 +74,7 @@ describe("store load", () => {
     assert.deepEqual(JSON.parse(result.stdout), {
       ok: false,
       reason: "cannot be read: permission denied",
+      code: "EACCES",
     });
   });
 });
@@ -145,10 +150,10 @@ describe("store save", () => {
 
   test("in a directory it cannot write, rewrites a writable file in place and says so once", async (t) => {
     const dir = await tempDir(t);
-    await chmod(dir, 0o755);
     const file = join(dir, "s.json");
     await writeFile(file, `{"status":"UP","weight":100,"maxconn":65535}`, { mode: 0o666 });
     await chmod(file, 0o666);
+    await chmod(dir, 0o555);
     const result = await runUnprivileged(
       (src) => `
       import { createStateStore } from ${JSON.stringify(join(src, "store.js"))};
@@ -176,10 +181,10 @@ describe("store save", () => {
 
   test("fails when neither the directory nor the file is writable", async (t) => {
     const dir = await tempDir(t);
-    await chmod(dir, 0o755);
     const file = join(dir, "s.json");
     await writeFile(file, '{"status":"UP"}');
-    await chmod(file, 0o644);
+    await chmod(file, 0o444);
+    await chmod(dir, 0o555);
     const result = await runUnprivileged(
       (src) => `
       import { createStateStore } from ${JSON.stringify(join(src, "store.js"))};

@@ -10,13 +10,13 @@
  * what came before it), then reads the file, which wins over a save still waiting to be retried;
  * commands that arrive meanwhile wait behind it.
  */
-import type { Logger } from "./log.js";
-import { FALLBACK_STATE, formatState, type State, sameState, withStatus } from "./state.js";
-import type { StateStore } from "./store.js";
+import { FALLBACK_STATE, formatState, type State, sameState, withStatus } from "../core/state.js";
+import type { Logger } from "../log.js";
+import type { StateStore } from "../store.js";
 
 export type Command = "up" | "down" | "reload";
 
-export interface Agent {
+export interface Commands {
   /** The state every probe answers now. */
   readonly state: State;
   /**
@@ -31,7 +31,7 @@ export interface Agent {
   settled(): Promise<void>;
 }
 
-export interface AgentOptions {
+export interface CommandsOptions {
   readonly store: Pick<StateStore, "path" | "load" | "save">;
   readonly log: Logger;
   /** The state before the first reload; the file is not read until a reload is commanded. */
@@ -52,12 +52,12 @@ interface Queued {
   readonly applied: () => void;
 }
 
-export function createAgent({
+export function createCommands({
   store,
   log,
   initial = FALLBACK_STATE,
   retryDelayMs = defaultRetryDelayMs,
-}: AgentOptions): Agent {
+}: CommandsOptions): Commands {
   let state = initial;
   const queue: Queued[] = [];
   let running = false;

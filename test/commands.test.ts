@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createAgent, defaultRetryDelayMs } from "../src/agent.js";
+import { type State, type StateResult, serialiseState } from "../src/core/state.js";
+import { createCommands, defaultRetryDelayMs } from "../src/daemon/commands.js";
 import { createLogger } from "../src/log.js";
-import { type State, type StateResult, serialiseState } from "../src/state.js";
 
 /** A store in memory whose saves take a while, so commands can pile up behind them. */
 function fakeStore(initial: StateResult, saveMs = 5) {
@@ -55,7 +55,7 @@ function capture() {
 describe("agent", () => {
   test("starts in MAINT until the file is loaded", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 3 } });
-    const agent = createAgent({ store, log: capture().log });
+    const agent = createCommands({ store, log: capture().log });
     assert.deepEqual(agent.state, { status: "MAINT" });
     await agent.command("reload", "start-up");
     assert.deepEqual(agent.state, { status: "UP", weight: 3 });
@@ -64,7 +64,7 @@ describe("agent", () => {
 
   test("up and down apply before the call returns, keeping weight and maxconn", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 3, maxconn: 4 } });
-    const agent = createAgent({ store, log: capture().log });
+    const agent = createCommands({ store, log: capture().log });
     await agent.command("reload", "start-up");
     void agent.command("down", "SIGUSR2");
     assert.deepEqual(agent.state, { status: "DOWN", weight: 3, maxconn: 4 });
@@ -76,7 +76,7 @@ describe("agent", () => {
 
   test("a burst ends with the last command in memory and in the file; saves never overlap", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } }, 3);
-    const agent = createAgent({ store, log: capture().log });
+    const agent = createCommands({ store, log: capture().log });
     await agent.command("reload", "start-up");
     let last: "up" | "down" = "up";
     for (let i = 0; i < 200; i++) {
@@ -94,7 +94,7 @@ describe("agent", () => {
 
   test("a reload waits for pending saves, so it reads what came before it", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 9 } }, 20);
-    const agent = createAgent({ store, log: capture().log });
+    const agent = createCommands({ store, log: capture().log });
     await agent.command("reload", "start-up");
     void agent.command("down", "SIGUSR2");
     await agent.command("reload", "SIGHUP");
@@ -103,7 +103,7 @@ describe("agent", () => {
 
   test("commands behind a reload wait for it and apply after it, in order", async () => {
     const store = fakeStore({ ok: true, state: { status: "DRAIN" } }, 5);
-    const agent = createAgent({ store, log: capture().log });
+    const agent = createCommands({ store, log: capture().log });
     await agent.command("reload", "start-up");
     void agent.command("reload", "SIGHUP");
     void agent.command("up", "SIGUSR1");
@@ -116,7 +116,7 @@ describe("agent", () => {
   test("a bad file gives exactly MAINT, and a later up gives exactly UP", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 5, maxconn: 6 } });
     const { log, lines } = capture();
-    const agent = createAgent({ store, log });
+    const agent = createCommands({ store, log });
     await agent.command("reload", "start-up");
     store.setFile({ ok: false, reason: "weight must be an integer 0-255, got 1.5" });
     await agent.command("reload", "SIGHUP");
@@ -136,7 +136,7 @@ describe("agent", () => {
   test("a failed save is logged and the new state is still answered", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } });
     const { log, lines } = capture();
-    const agent = createAgent({ store, log });
+    const agent = createCommands({ store, log });
     await agent.command("reload", "start-up");
     store.failSaves(true);
     await agent.command("down", "SIGUSR2");
@@ -158,7 +158,7 @@ describe("agent", () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } }, 1);
     const { log, lines } = capture();
     const delays: number[] = [];
-    const agent = createAgent({
+    const agent = createCommands({
       store,
       log,
       retryDelayMs: (failures) => {
@@ -197,7 +197,7 @@ describe("agent", () => {
   test("a reload gives the file precedence over a save still to be retried", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 5 } }, 1);
     const { log, lines } = capture();
-    const agent = createAgent({ store, log, retryDelayMs: () => 30 });
+    const agent = createCommands({ store, log, retryDelayMs: () => 30 });
     await agent.command("reload", "start-up");
     store.failSaves(true);
     await agent.command("down", "SIGUSR2");
@@ -217,7 +217,7 @@ describe("agent", () => {
 
   test("a new command saves at once, and settled() gives a waiting retry its last chance", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } }, 1);
-    const agent = createAgent({ store, log: capture().log, retryDelayMs: () => 60_000 });
+    const agent = createCommands({ store, log: capture().log, retryDelayMs: () => 60_000 });
     await agent.command("reload", "start-up");
     store.failSaves(true);
     await agent.command("down", "SIGUSR2");
@@ -238,7 +238,7 @@ describe("agent", () => {
   test("every change is logged with its cause, old and new", async () => {
     const store = fakeStore({ ok: true, state: { status: "READY" } });
     const { log, lines } = capture();
-    const agent = createAgent({ store, log });
+    const agent = createCommands({ store, log });
     await agent.command("reload", "start-up");
     await agent.command("down", "SIGUSR2");
     await agent.command("down", "SIGUSR2");

@@ -2,6 +2,7 @@
  * The state model: what the state file may contain, how it is read and how it is written.
  * Pure: text or values in, values out.
  */
+import { findDuplicateKey } from "./json.js";
 
 /** Every status the state file accepts, spelled exactly so. */
 export const STATUSES = ["UP", "DOWN", "READY", "DRAIN", "FAIL", "MAINT", "STOPPED"] as const;
@@ -43,9 +44,21 @@ export const MAX_SERVICE_NAME_CHARS = 100;
 export const MAX_SERVICES = 1000;
 const SERVICE_NAME = new RegExp(`^[\\x21-\\x7e]{1,${MAX_SERVICE_NAME_CHARS}}$`);
 /** The statuses that leave each service its own state; any other takes the whole instance out. */
-const IN_SERVICE: readonly Status[] = ["UP", "READY"];
-/** One line of printable text: no control characters, no Unicode line or paragraph separators. */
-const PRINTABLE_LINE = /^[^\p{Cc}\p{Zl}\p{Zp}]+$/u;
+export const IN_SERVICE: readonly Status[] = Object.freeze(["UP", "READY"]);
+
+/** Whether a status leaves each service its own state (see `serviceState`). */
+export function isInService(status: Status): boolean {
+  return IN_SERVICE.includes(status);
+}
+/**
+ * Text HAProxy receives exactly as written and shows as it is: no control characters, no line or
+ * paragraph separators, no format characters (bidirectional overrides, zero-width characters,
+ * which make a stats page lie), and no lone surrogates (UTF-8 cannot carry them: HAProxy would
+ * get U+FFFD, and the agent could never confirm what it sends).
+ */
+const SHOWN_EXACTLY = /^[^\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]+$/u;
+/** A reason quotes the file; however large the file, a reason stays one readable log line. */
+const MAX_REASON_CHARS = 300;
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
 
@@ -71,6 +84,14 @@ export function parseState(bytes: Uint8Array): StateResult {
     value = JSON.parse(text);
   } catch (err) {
     return fail(`file is not valid JSON (${(err as Error).message})`);
+  }
+  // Refused rather than last-wins: the file would say two things, and HAProxy would hear one.
+  const duplicate = findDuplicateKey(text);
+  if (duplicate !== undefined) {
+    const where = duplicate.path.length === 0 ? "" : `${jsonPath(duplicate.path)}: `;
+    return fail(
+      `${where}${describe(duplicate.key)} appears more than once; expected each key once`,
+    );
   }
   return validateState(value);
 }
@@ -121,7 +142,7 @@ function validateFields(value: unknown, fields: readonly string[], where: string
   const record = value as Record<string, unknown>;
   for (const key of Object.keys(record)) {
     if (!fields.includes(key)) {
-      return invalid(`unknown field ${JSON.stringify(key)}; expected only ${fields.join(", ")}`);
+      return invalid(`unknown field ${describe(key)}; expected only ${fields.join(", ")}`);
     }
   }
   if (!("status" in record)) return invalid("status is required");
@@ -137,17 +158,17 @@ function validateFields(value: unknown, fields: readonly string[], where: string
   }
   if ("description" in record && !isDescription(description)) {
     return invalid(
-      `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, not beginning or ending with a space, got ${describe(description)}`,
+      `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line (no control or format characters), not beginning or ending with a space, got ${describe(description)}`,
     );
   }
   return {
     ok: true,
-    state: makeState(
+    state: makeState({
       status,
-      weight as number | undefined,
-      maxconn as number | undefined,
-      description as string | undefined,
-    ),
+      weight: weight as number | undefined,
+      maxconn: maxconn as number | undefined,
+      description: description as string | undefined,
+    }),
   };
 }
 
@@ -162,7 +183,7 @@ export function serviceState(state: State, name: string | undefined): ServiceSta
   if (
     name === undefined ||
     services === undefined ||
-    !IN_SERVICE.includes(state.status) ||
+    !isInService(state.status) ||
     !Object.hasOwn(services, name)
   ) {
     return state;
@@ -193,13 +214,10 @@ export function withService(state: State, name: string, service: ServiceState): 
 export function serialiseState(state: State): string {
   return `${JSON.stringify(
     withServices(
-      makeState(state.status, state.weight, state.maxconn, state.description),
+      makeState(state),
       state.services === undefined
         ? undefined
-        : Object.entries(state.services).map(([name, service]) => [
-            name,
-            makeState(service.status, service.weight, service.maxconn, service.description),
-          ]),
+        : Object.entries(state.services).map(([name, service]) => [name, makeState(service)]),
     ),
   )}\n`;
 }
@@ -207,7 +225,7 @@ export function serialiseState(state: State): string {
 /** The same state with another status; the other fields and the services are kept (USR1, USR2). */
 export function withStatus(state: State, status: Status): State {
   return withServices(
-    makeState(status, state.weight, state.maxconn, state.description),
+    makeState({ ...fieldsOf(state), status }),
     state.services === undefined ? undefined : Object.entries(state.services),
   );
 }
@@ -252,8 +270,7 @@ function withServices(
   state: ServiceState,
   entries: readonly (readonly [string, ServiceState])[] | undefined,
 ): State {
-  const { status, weight, maxconn, description } = state;
-  const copy = fields(status, weight, maxconn, description);
+  const copy = fields(state);
   if (entries === undefined) return Object.freeze(copy);
   const services: Record<string, ServiceState> = {};
   for (const [name, service] of entries) {
@@ -269,21 +286,28 @@ function withServices(
   return Object.freeze(copy);
 }
 
-function makeState(
-  status: Status,
-  weight: number | undefined,
-  maxconn: number | undefined,
-  description: string | undefined,
-): State {
-  return Object.freeze(fields(status, weight, maxconn, description));
+/** The fields of one state, each possibly absent; `undefined` means absent. */
+export interface Fields {
+  readonly status: Status;
+  readonly weight?: number | undefined;
+  readonly maxconn?: number | undefined;
+  readonly description?: string | undefined;
 }
 
-function fields(
-  status: Status,
-  weight: number | undefined,
-  maxconn: number | undefined,
-  description: string | undefined,
-): { -readonly [K in keyof State]: State[K] } {
+/** A frozen state with exactly these fields (no services), in the file's order. */
+export function makeState(given: Fields): State {
+  return Object.freeze(fields(given));
+}
+
+/** The instance's own fields of a state, without its services. */
+function fieldsOf(state: ServiceState): Fields {
+  const { status, weight, maxconn, description } = state;
+  return { status, weight, maxconn, description };
+}
+
+function fields({ status, weight, maxconn, description }: Fields): {
+  -readonly [K in keyof State]: State[K];
+} {
   // Built field by field so the key order, and so the file, never depends on the input's order.
   const state: { -readonly [K in keyof State]: State[K] } = { status };
   // `+ 0` turns a JSON -0 into 0.
@@ -297,7 +321,7 @@ function isDescription(value: unknown): value is string {
   return (
     typeof value === "string" &&
     [...value].length <= MAX_DESCRIPTION_CHARS &&
-    PRINTABLE_LINE.test(value) &&
+    SHOWN_EXACTLY.test(value) &&
     // HAProxy drops the spaces after `#`: a description it shows differently is refused.
     value.trim() === value
   );
@@ -319,16 +343,26 @@ function describe(value: unknown): string {
 
 /**
  * Reasons quote the file (V8's JSON errors, unknown keys, wrong values), which may hold line
- * breaks or terminal escapes; reasons go to logs and terminals, so those are shown escaped. So do
- * names a client sends.
+ * breaks, terminal escapes or bidirectional overrides; reasons go to logs and terminals, so those
+ * are shown escaped. So do names a client sends.
  */
 export function printable(text: string): string {
   return text.replace(
-    /[\p{Cc}\p{Zl}\p{Zp}]/gu,
+    /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/gu,
     (c) => `\\u${(c.codePointAt(0) ?? 0).toString(16).padStart(4, "0")}`,
   );
 }
 
+/** `services["web"]` for the path ["services", "web"]. */
+function jsonPath(path: readonly string[]): string {
+  const [first = "", ...rest] = path;
+  return `${first}${rest.map((key) => `[${describe(key)}]`).join("")}`;
+}
+
 function fail(reason: string): StateResult {
-  return { ok: false, reason: printable(reason) };
+  const shown = printable(reason);
+  return {
+    ok: false,
+    reason: shown.length <= MAX_REASON_CHARS ? shown : `${shown.slice(0, MAX_REASON_CHARS - 3)}...`,
+  };
 }

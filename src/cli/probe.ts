@@ -1,11 +1,15 @@
 /** The client side of a probe: what an agent answers, as HAProxy would read it. */
 import { connect } from "node:net";
 
+/** A probe asks for the instance with an empty line, so an agent with services answers at once. */
+export const INSTANCE_PAYLOAD = "\n";
+const PROBE_TIMEOUT_MS = 2000;
+
 /** Connects, optionally sends `payload`, and resolves with the first line (with its `\n`). */
 export function probeAgent(
   host: string,
   port: number,
-  { timeoutMs = 2000, payload }: { timeoutMs?: number; payload?: string } = {},
+  { timeoutMs = PROBE_TIMEOUT_MS, payload }: { timeoutMs?: number; payload?: string } = {},
 ): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host, port });
@@ -31,4 +35,27 @@ export function probeAgent(
     });
     socket.on("error", reject);
   });
+}
+
+export type Asked = { answer: string; error?: undefined } | { answer?: undefined; error: string };
+
+/** One probe; a failure is its error code, as a result. */
+export function ask(
+  host: string,
+  port: number,
+  payload: string,
+  timeoutMs?: number,
+): Promise<Asked> {
+  return probeAgent(host, port, {
+    payload,
+    ...(timeoutMs === undefined ? {} : { timeoutMs }),
+  }).then(
+    (answer) => ({ answer }),
+    (err: NodeJS.ErrnoException) => ({ error: err.code ?? err.message }),
+  );
+}
+
+/** `127.0.0.1:9777`, `[::1]:9777`. */
+export function formatAddress(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }

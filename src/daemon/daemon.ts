@@ -2,15 +2,16 @@
  * The daemon: configuration, state, signals and the listening socket wired together. Everything
  * it needs from the process comes in through `DaemonIo`, so it runs the same under test.
  */
-import { createAgent } from "./agent.js";
-import { describeListenError, parseConfig } from "./config.js";
-import { guardInspector } from "./inspector-guard.js";
-import { createLogger } from "./log.js";
-import { reply } from "./reply.js";
+import { describeListenError, parseConfig } from "../config.js";
+import { formatState } from "../core/state.js";
+import { guardInspector } from "../inspector-guard.js";
+import { createLogger } from "../log.js";
+import { controllerOf, walkPath } from "../path-control.js";
+import { createStateStore } from "../store.js";
+import { VERSION } from "../version.js";
+import { createCommands } from "./commands.js";
+import { createReplies } from "./replies.js";
 import { createAgentServer } from "./server.js";
-import { formatState, hasService, printable, type State, serviceState } from "./state.js";
-import { createStateStore } from "./store.js";
-import { VERSION } from "./version.js";
 
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
 
@@ -18,9 +19,11 @@ export interface DaemonIo {
   readonly env: Readonly<Record<string, string | undefined>>;
   readonly cwd: string;
   readonly nodeVersion: string;
+  /** The uid the daemon runs as. */
+  readonly uid: number;
   /** True when stderr goes to the systemd journal. */
   readonly journal: boolean;
-  /** Writes to stderr, synchronously. */
+  /** Writes one log line to stderr; never throws. */
   readonly write: (text: string) => void;
   readonly inspector: {
     readonly url: () => string | undefined;
@@ -44,8 +47,6 @@ const SHUTDOWN_SAVE_WAIT_MS = 800;
  * in this moment are still applied and saved.
  */
 const SHUTDOWN_GRACE_MS = 50;
-/** Distinct unknown service names logged per state; a client cycling names cannot flood the log. */
-const MAX_UNKNOWN_NAMES_LOGGED = 20;
 
 export async function runDaemon(io: DaemonIo): Promise<void> {
   const log = createLogger({ write: io.write, journal: io.journal });
@@ -56,62 +57,23 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     return io.exit(EXIT.INVALID_CONFIG);
   }
   const config = configured.config;
+  if (io.uid === 0) {
+    const refused = await refuseForeignPath(config.stateFile);
+    if (refused !== undefined) {
+      log.error(refused);
+      return io.exit(EXIT.INVALID_CONFIG);
+    }
+  }
   const store = createStateStore(config.stateFile, log);
-  const agent = createAgent({ store, log });
-  // A state is a frozen value replaced on every change: its lines are built and encoded once
-  // per state (and service), not per probe.
-  let answered: State | undefined;
-  let line = Buffer.alloc(0);
-  let named = false;
-  let serviceLines = new Map<string, Buffer>();
-  // What was logged about the names probes sent, once per state and boundedly.
-  const unknownNames = new Set<string>();
-  let waitLogged = false;
-  const current = (): State => {
-    if (agent.state !== answered) {
-      answered = agent.state;
-      line = Buffer.from(reply(answered));
-      named = answered.services !== undefined && Object.keys(answered.services).length > 0;
-      serviceLines = new Map();
-      unknownNames.clear();
-      waitLogged = false;
-    }
-    return answered;
-  };
-  const replyFor = (name: string | undefined): Buffer => {
-    const state = current();
-    if (name === undefined) {
-      if (named && !waitLogged) {
-        waitLogged = true;
-        log.warning(
-          `a probe sent no agent-send line within ${config.sendWaitMs} ms (HAPGENT_SEND_WAIT_MS) and was answered the instance state; a server probing without agent-send waits that long for every reply`,
-        );
-      }
-      return line;
-    }
-    if (name === "") return line;
-    if (!hasService(state, name)) {
-      if (!unknownNames.has(name) && unknownNames.size < MAX_UNKNOWN_NAMES_LOGGED) {
-        unknownNames.add(name);
-        log.warning(
-          `a probe asked for service ${printable(JSON.stringify(name))}, which the state file does not name; answered the instance state`,
-        );
-      }
-      return line;
-    }
-    let bytes = serviceLines.get(name);
-    if (bytes === undefined) {
-      bytes = Buffer.from(reply(serviceState(state, name)));
-      serviceLines.set(name, bytes);
-    }
-    return bytes;
-  };
+  const commands = createCommands({ store, log });
+  const replies = createReplies({
+    current: () => commands.state,
+    log,
+    sendWaitMs: config.sendWaitMs,
+  });
   const server = createAgentServer({
-    reply: replyFor,
-    awaitsName: () => {
-      current();
-      return named;
-    },
+    reply: replies.lineFor,
+    awaitsName: replies.awaitsName,
     nameWaitMs: config.sendWaitMs,
     onServerError: (err) => log.warning(`accepting a connection failed: ${err.message}`),
   });
@@ -126,23 +88,23 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     const grace = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS));
     const finish = async () => {
       await Promise.all([server.close(), grace]);
-      await agent.settled();
+      await commands.settled();
     };
     await Promise.race([finish(), timeout]);
-    log.notice(`stopped with state ${formatState(agent.state)}`);
+    log.notice(`stopped with state ${formatState(commands.state)}`);
     io.exit(EXIT.OK);
   };
 
   const handle = (signal: DaemonSignal): void => {
     switch (signal) {
       case "SIGUSR1":
-        void agent.command("up", signal);
+        void commands.command("up", signal);
         break;
       case "SIGUSR2":
-        void agent.command("down", signal);
+        void commands.command("down", signal);
         break;
       case "SIGHUP":
-        void agent.command("reload", signal);
+        void commands.command("reload", signal);
         break;
       case "SIGTERM":
       case "SIGINT":
@@ -154,7 +116,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   // Before any save can start: a save's own temporary file must never be taken for stale.
   await store.removeStaleTemporaries();
   // Queued before any signal, so the signals that came early apply on top of the file, in order.
-  const loaded = agent.command("reload", "start-up");
+  const loaded = commands.command("reload", "start-up");
   if (!io.inspector.requested) {
     guardInspector({
       url: io.inspector.url,
@@ -184,6 +146,22 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     return io.exit(EXIT.CANNOT_LISTEN);
   }
   log.notice(
-    `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}, state file ${config.stateFile}, state ${formatState(agent.state)}`,
+    `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
   );
+}
+
+/**
+ * Root must not read or write a path that another user controls: that user could point it at any
+ * file (a symlink in their directory), and root's save would overwrite it. Such a daemon is run as
+ * that user instead. The reason to refuse, or undefined when only root controls the path.
+ */
+async function refuseForeignPath(stateFile: string): Promise<string | undefined> {
+  let controller: ReturnType<typeof controllerOf>;
+  try {
+    controller = controllerOf(await walkPath(stateFile));
+  } catch (err) {
+    return `HAPGENT_STATE_FILE=${JSON.stringify(stateFile)}: its directories cannot be examined (${(err as NodeJS.ErrnoException).code}); expected a path root can look up`;
+  }
+  if (controller.kind === "root") return undefined;
+  return `HAPGENT_STATE_FILE=${JSON.stringify(stateFile)} is not safe for a daemon running as root: ${controller.why}, so another user could point it at any file; expected a path only root can change, or run hapgent as that user (User= in the unit)`;
 }

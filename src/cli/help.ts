@@ -1,0 +1,94 @@
+/** What `hapgent --help` and `hapgent COMMAND --help` print, in 80 columns. */
+import { STATUSES } from "../core/state.js";
+
+export const DEFAULT_TIMEOUT_S = 5;
+
+const TARGET_HELP = `  --state-file PATH  the state file; default $HAPGENT_STATE_FILE, else the file of
+                     the one hapgent that runs as this user, as root or as the
+                     hapgent service, else /etc/hapgent/state.json
+  --ip ADDR          address to probe; default the agent's own, else $HAPGENT_IP
+  --port N           port to probe; default the agent's own, else $HAPGENT_PORT`;
+
+const EXIT_HELP = `Exit codes:
+  0  done: applied and confirmed; the agent agrees with the file; a valid file
+  1  the state file is invalid
+  2  invalid command or input; nothing was written
+  3  no running hapgent serves the state file (set: the file was written and
+     nothing was signalled)
+  4  the agent did not confirm in time, or answers other than the file says
+  5  the state file cannot be written
+  6  several hapgent processes serve the state file; nothing was written
+  7  another user could redirect the state file's path; nothing was read or
+     written`;
+
+const MAIN = `Usage: hapgent [COMMAND] [OPTIONS]
+
+Without a command, runs the agent: it answers HAProxy agent checks from the
+state file. Environment: HAPGENT_IP (default 0.0.0.0), HAPGENT_PORT (9777),
+HAPGENT_STATE_FILE (/etc/hapgent/state.json), HAPGENT_SEND_WAIT_MS (100: how
+long a probe may take to send its agent-send line when the file has services).
+Signals: USR1 sets UP, USR2 sets DOWN (both saved), HUP re-reads the file,
+TERM and INT stop.
+
+Commands:
+  status               the file's state, the agent's live answers, and whether
+                       they agree
+  set STATUS           validate, save, make the agent reload, confirm its answer
+  up | down | ready | drain | maint
+                       set that status, keeping the other fields
+  set … --service NAME the same for one service (what HAProxy's agent-send NAME
+                       gets)
+  check [FILE]         validate a state file; changes nothing
+
+Options: --help, --version; hapgent COMMAND --help for a command's options.
+
+${EXIT_HELP}
+`;
+
+const STATUS = `Usage: hapgent status [--json] [OPTIONS]
+
+Shows the state in the file, what the live agent answers now (one probe of its
+port, and one per service with the service's name as agent-send), and whether
+they agree.
+  --json             one JSON object, for scripts
+${TARGET_HELP}
+
+${EXIT_HELP}
+`;
+
+const SET = `Usage: hapgent set STATUS [OPTIONS]
+       hapgent up | down | ready | drain | maint [OPTIONS]
+
+STATUS is one of ${STATUSES.join(", ")}. Fields not named keep
+their value from the current file. Validates first (nothing is written on bad
+input), saves the file crash-safely, sends the running agent SIGHUP, then
+probes it until it answers the new state.
+  --service NAME     set the state of service NAME (added if the file has none
+                     of that name), not the instance's; NAME is what HAProxy
+                     sends with agent-send, without the line end
+  --weight N         weight percent 0-255; --no-weight removes it (100%)
+  --maxconn N        maxconn 0-65535; --no-maxconn removes it
+  --description TEXT text HAProxy shows in its stats (1-200 characters);
+                     --no-description removes it
+  --timeout SECONDS  how long to wait for the agent's answer: above 0, at most
+                     3600 (default ${DEFAULT_TIMEOUT_S})
+  --no-wait          do not wait for the answer
+${TARGET_HELP}
+
+${EXIT_HELP}
+`;
+
+const CHECK = `Usage: hapgent check [FILE] [--state-file PATH]
+
+Validates a state file with the agent's own rules and changes nothing. Prints
+the state when it is valid, else the precise reason.
+
+${EXIT_HELP}
+`;
+
+export const HELP: Readonly<Record<"main" | "status" | "set" | "check", string>> = {
+  main: MAIN,
+  status: STATUS,
+  set: SET,
+  check: CHECK,
+};

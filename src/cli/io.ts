@@ -1,0 +1,10 @@
+/** What the command line needs from its process; main.ts gives the real one, tests their own. */
+import type { TargetIo } from "./target.js";
+
+export interface CliIo extends TargetIo {
+  readonly args: readonly string[];
+  readonly out: (text: string) => void;
+  readonly err: (text: string) => void;
+  /** Sends SIGHUP; throws Node's error (EPERM, ESRCH). */
+  readonly reload: (pid: number) => void;
+}

@@ -1,0 +1,111 @@
+/** `hapgent status`: the file's state, what the live agent answers, and whether they agree. */
+import { reply } from "../core/reply.js";
+import {
+  FALLBACK_STATE,
+  formatState,
+  type ServiceState,
+  type State,
+  serviceState,
+} from "../core/state.js";
+import { silentLogger } from "../log.js";
+import { createStateStore, type LoadResult } from "../store.js";
+import type { Values } from "./args.js";
+import { CLI_EXIT } from "./exit.js";
+import type { CliIo } from "./io.js";
+import { type Asked, ask, formatAddress, INSTANCE_PAYLOAD } from "./probe.js";
+import { findTarget, type Target } from "./target.js";
+
+interface ServiceView {
+  readonly name: string;
+  readonly state: ServiceState;
+  readonly expected: string;
+  readonly asked: Asked;
+}
+
+export async function status(io: CliIo, values: Values): Promise<number> {
+  const target = await findTarget(io, values);
+  const file = await createStateStore(target.config.stateFile, silentLogger).load();
+  const expected = reply(file.ok ? file.state : FALLBACK_STATE);
+  const live = await ask(target.probeHost, target.probePort, INSTANCE_PAYLOAD);
+  const services = file.ok ? await askServices(target, file.state, live) : [];
+  const agree =
+    live.answer === expected &&
+    services.every((service) => service.asked.answer === service.expected);
+  const code = !file.ok
+    ? CLI_EXIT.INVALID_FILE
+    : live.answer === undefined
+      ? CLI_EXIT.NO_AGENT
+      : agree
+        ? CLI_EXIT.OK
+        : CLI_EXIT.NOT_CONFIRMED;
+  const view = { target, file, expected, live, services, agree };
+  io.out(values.json ? `${JSON.stringify(asJson(view))}\n` : asText(view));
+  return code;
+}
+
+/** Each service is asked as HAProxy asks it; once the agent does not answer, none is asked. */
+async function askServices(target: Target, state: State, live: Asked): Promise<ServiceView[]> {
+  const views: ServiceView[] = [];
+  for (const [name, service] of Object.entries(state.services ?? {})) {
+    const asked =
+      live.answer === undefined ? live : await ask(target.probeHost, target.probePort, `${name}\n`);
+    views.push({ name, state: service, expected: reply(serviceState(state, name)), asked });
+  }
+  return views;
+}
+
+interface View {
+  readonly target: Target;
+  readonly file: LoadResult;
+  readonly expected: string;
+  readonly live: Asked;
+  readonly services: readonly ServiceView[];
+  readonly agree: boolean;
+}
+
+function asJson({ target, file, expected, live, services, agree }: View) {
+  return {
+    stateFile: target.config.stateFile,
+    file: file.ok ? { valid: true, state: file.state } : { valid: false, reason: file.reason },
+    expectedReply: expected.trimEnd(),
+    agents: target.agents,
+    address: formatAddress(target.probeHost, target.probePort),
+    reply: live.answer?.trimEnd() ?? null,
+    error: live.error ?? null,
+    services: services.map((service) => ({
+      name: service.name,
+      state: service.state,
+      expectedReply: service.expected.trimEnd(),
+      reply: service.asked.answer?.trimEnd() ?? null,
+      error: service.asked.error ?? null,
+      agree: service.asked.answer === service.expected,
+    })),
+    agree,
+  };
+}
+
+function asText({ target, file, expected, live, services, agree }: View): string {
+  const address = formatAddress(target.probeHost, target.probePort);
+  const lines = [
+    `state file  ${target.config.stateFile}: ${file.ok ? formatState(file.state) : `INVALID: ${file.reason}`}`,
+    `expected    ${expected.trimEnd()}${file.ok ? "" : " (the agent falls back to MAINT on HUP or start)"}`,
+    `agent       ${agentsText(target.agents)} at ${address}: ${answered(live)}`,
+    ...services.map(
+      (service) =>
+        `service     ${service.name}: expected ${service.expected.trimEnd()}, agent ${answered(service.asked)}${service.asked.answer === service.expected ? "" : " (DIFFERS)"}`,
+    ),
+    ...target.notes.map((text) => `note        ${text}`),
+    agree ? "agreement   yes" : "agreement   NO",
+  ];
+  return `${lines.join("\n")}\n`;
+}
+
+function answered(asked: Asked): string {
+  return asked.answer === undefined ? `no answer (${asked.error})` : asked.answer.trimEnd();
+}
+
+function agentsText(pids: readonly number[]): string {
+  if (pids.length === 0) return "no hapgent process found for this file; probed";
+  if (pids.length === 1) return `hapgent pid ${pids[0]}`;
+  return `SEVERAL hapgent processes (pids ${pids.join(", ")}); probed`;
+}

@@ -1,0 +1,207 @@
+/**
+ * Which state file a command acts on, as which user, and which running daemon serves it.
+ *
+ * The command line often runs as root. It never lets another user decide a path it acts on, nor
+ * acts on a path with more rights than the user who controls it:
+ * - the file is the one named (flag, environment), else the file of the one daemon whose word
+ *   counts (one running as the caller, as root, or as a hapgent system service, which only root
+ *   can start), else the default;
+ * - the path is walked: when another user could redirect it (their directory on the way), a root
+ *   caller acts as that user for good before touching the file, and any other caller refuses;
+ *   when several users could, everyone refuses;
+ * - a file named by a daemon is only as good as the user the daemon runs as: it is used with that
+ *   user's rights, never more;
+ * - only daemons that could legitimately serve the file count (root, the user acted as, the
+ *   file's owner); others that claim it are shown and ignored, so they cannot block a command.
+ */
+import { type Config, parseConfig } from "../config.js";
+import { controllerOf, walkPath } from "../path-control.js";
+import type { Values } from "./args.js";
+import { findDaemons, probeAddress, type RunningDaemon, samePath } from "./daemons.js";
+import { CLI_EXIT, CliError, usage } from "./exit.js";
+
+/** What a command needs from its process to find and act on its target. */
+export interface TargetIo {
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly cwd: string;
+  /** This process, never taken for a daemon. */
+  readonly pid: number;
+  readonly procRoot: string;
+  /** The caller's real uid. */
+  readonly uid: number;
+  /** Switches this process to `uid` for good; throws an Error saying why it cannot. */
+  readonly become: (uid: number) => void;
+  /** An account's name, for messages; undefined when it has none. */
+  readonly userName: (uid: number) => string | undefined;
+}
+
+export interface Target {
+  readonly config: Config;
+  /** Daemons that serve the file, by pid. */
+  readonly agents: readonly number[];
+  /** Daemons seen but not used, and why. */
+  readonly notes: readonly string[];
+  readonly probeHost: string;
+  readonly probePort: number;
+}
+
+const FLAGS = [
+  ["state-file", "HAPGENT_STATE_FILE"],
+  ["ip", "HAPGENT_IP"],
+  ["port", "HAPGENT_PORT"],
+] as const;
+
+/** The flags, then the environment, name the state file and address; flags win. */
+export function configure(
+  io: Pick<TargetIo, "env" | "cwd">,
+  values: Values,
+): {
+  config: Config;
+  fileNamed: boolean;
+} {
+  const env: Record<string, string | undefined> = { ...io.env };
+  for (const [flag, variable] of FLAGS) {
+    const value = values[flag];
+    if (value === undefined) continue;
+    if (value === "") throw usage(`--${flag} needs a value`);
+    // The environment's value is not checked: the flag replaces it.
+    env[variable] = value;
+  }
+  const parsed = parseConfig(env, io.cwd);
+  if (!parsed.ok) {
+    const flag = FLAGS.find(([, variable]) => variable === parsed.variable)?.[0];
+    throw usage(
+      flag !== undefined && values[flag] !== undefined
+        ? `--${flag} ${JSON.stringify(parsed.value)} is invalid; expected ${parsed.expected}`
+        : parsed.reason,
+    );
+  }
+  return { config: parsed.config, fileNamed: Boolean(env.HAPGENT_STATE_FILE) };
+}
+
+type Readable = Extract<RunningDaemon, { readable: true }>;
+type Unreadable = Extract<RunningDaemon, { readable: false }>;
+
+/** Finds the file, the user to act as and the daemon; switches to that user. */
+export async function findTarget(io: TargetIo, values: Values): Promise<Target> {
+  let { config, fileNamed } = configure(io, values);
+  const found = await findDaemons(io.procRoot, io.pid);
+  const readable = found.filter((d): d is Readable => d.readable);
+  const notes = found
+    .filter((d): d is Unreadable => !d.readable)
+    .map((d) => `hapgent pid ${d.pid} (${who(io, d.uid)}): ${d.reason}`);
+
+  // A deploy script on a host with one hapgent need not know where its file is.
+  let namedBy: Readable | undefined;
+  if (!fileNamed) {
+    const trusted = readable.filter((d) => d.uid === io.uid || d.uid === 0 || isService(d));
+    if (trusted.length === 1 && trusted[0]) {
+      namedBy = trusted[0];
+      config = { ...config, stateFile: namedBy.config.stateFile };
+    }
+  }
+  const { uid, owner } = await actingUser(io, config.stateFile, namedBy);
+
+  const serving: Readable[] = [];
+  for (const daemon of readable) {
+    if (!(await samePath(daemon.config.stateFile, config.stateFile))) continue;
+    if (daemon.uid === 0 || daemon.uid === uid || daemon.uid === owner) serving.push(daemon);
+    else {
+      notes.push(
+        `ignored hapgent pid ${daemon.pid}: it claims this file but runs as ${who(io, daemon.uid)}, who cannot change it`,
+      );
+    }
+  }
+  if (uid !== io.uid) {
+    try {
+      io.become(uid);
+    } catch (err) {
+      throw new CliError(
+        CLI_EXIT.UNSAFE_PATH,
+        `cannot act on ${config.stateFile} as ${who(io, uid)}, who controls it: ${(err as Error).message}; nothing was read or written`,
+      );
+    }
+  }
+  const single = serving.length === 1 ? serving[0] : undefined;
+  const address =
+    single && values.ip === undefined && values.port === undefined ? single.config : config;
+  return {
+    config,
+    agents: serving.map((d) => d.pid),
+    notes,
+    probeHost: probeAddress(address.host),
+    probePort: address.port,
+  };
+}
+
+/**
+ * Acts on a file that no daemon is asked about (`hapgent check FILE`): switches to the user
+ * who controls its path, as findTarget does.
+ */
+export async function actOn(io: TargetIo, path: string): Promise<void> {
+  const { uid } = await actingUser(io, path, undefined);
+  if (uid !== io.uid) io.become(uid);
+}
+
+/**
+ * The user whose rights the command uses on `path`, and the owner of the file it reaches (when
+ * it exists). Throws a CliError when no user's rights are safe to use.
+ */
+async function actingUser(
+  io: TargetIo,
+  path: string,
+  namedBy: Readable | undefined,
+): Promise<{ uid: number; owner: number | undefined }> {
+  const unsafe = (why: string) =>
+    new CliError(
+      CLI_EXIT.UNSAFE_PATH,
+      `refusing to use ${path} as ${who(io, io.uid)}: ${why}. Nothing was read or written.`,
+    );
+  let lookups: Awaited<ReturnType<typeof walkPath>>;
+  try {
+    lookups = await walkPath(path);
+  } catch (err) {
+    // A caller who cannot even look at the path cannot act on it either: the kernel will say so.
+    if (io.uid !== 0) return { uid: io.uid, owner: undefined };
+    throw unsafe(`its directories cannot be examined (${(err as NodeJS.ErrnoException).code})`);
+  }
+  const last = lookups.at(-1);
+  const owner = last?.entry?.uid;
+  const controller = controllerOf(lookups);
+  if (controller.kind === "several") {
+    throw unsafe(`${controller.why}, so any of them could point it at another file`);
+  }
+  let uid = controller.kind === "user" ? controller.uid : 0;
+  const why = controller.kind === "user" ? named(io, controller.why) : "";
+  if (namedBy !== undefined && namedBy.uid !== 0) {
+    // The daemon's environment is its user's word: worth that user's rights and no more.
+    if (uid !== 0 && uid !== namedBy.uid) {
+      throw unsafe(
+        `hapgent pid ${namedBy.pid} (${who(io, namedBy.uid)}) names it, but ${why}; name the file with --state-file`,
+      );
+    }
+    uid = namedBy.uid;
+  }
+  if (io.uid !== 0 && uid !== 0 && uid !== io.uid) {
+    throw unsafe(
+      `${why || `hapgent pid ${namedBy?.pid} names it`}, and only that user or root may act on it; run the command as either`,
+    );
+  }
+  return { uid: io.uid === 0 ? uid : io.uid, owner };
+}
+
+function isService(daemon: RunningDaemon): boolean {
+  return daemon.unit?.startsWith("hapgent") ?? false;
+}
+
+/** `uid 999 (hapgent)`, or `root`. */
+function who(io: Pick<TargetIo, "userName">, uid: number): string {
+  if (uid === 0) return "root";
+  const name = io.userName(uid);
+  return name === undefined ? `uid ${uid}` : `uid ${uid} (${name})`;
+}
+
+/** A controller's reason with the account's name after its uid. */
+function named(io: Pick<TargetIo, "userName">, why: string): string {
+  return why.replace(/uid ([0-9]+)/g, (_, uid: string) => who(io, Number(uid)));
+}

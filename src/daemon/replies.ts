@@ -1,0 +1,91 @@
+/**
+ * The bytes each probe is answered, per state: the agent's state is a frozen value replaced on
+ * every change, so each line is built and encoded once per state (and service), never per probe.
+ * Also what is worth logging about the names probes send, once per state and boundedly.
+ */
+
+import { reply } from "../core/reply.js";
+import { hasService, printable, type State, serviceState } from "../core/state.js";
+import type { Logger } from "../log.js";
+
+export interface Replies {
+  /** Whether a reply depends on the probe's agent-send line: the state names services. */
+  awaitsName(): boolean;
+  /**
+   * The bytes for a probe that sent `name` (its first line, trimmed), or sent no line in time
+   * (undefined). A name the state lacks gets the instance's line.
+   */
+  lineFor(name: string | undefined): Uint8Array;
+}
+
+export interface RepliesOptions {
+  /** The state to answer now; read on every probe, so a change shows at the next one. */
+  readonly current: () => State;
+  readonly log: Logger;
+  /** HAPGENT_SEND_WAIT_MS, quoted in the warning about probes that send no line. */
+  readonly sendWaitMs: number;
+}
+
+/** Distinct unknown service names logged per state; a client cycling names cannot flood the log. */
+export const MAX_UNKNOWN_NAMES_LOGGED = 20;
+
+export function createReplies({ current, log, sendWaitMs }: RepliesOptions): Replies {
+  let answered: State | undefined;
+  let line = new Uint8Array(0);
+  let named = false;
+  let serviceLines = new Map<string, Uint8Array>();
+  const unknownNames = new Set<string>();
+  let waitLogged = false;
+
+  const refresh = (): State => {
+    const state = current();
+    if (state !== answered) {
+      answered = state;
+      line = Buffer.from(reply(state));
+      named = state.services !== undefined && Object.keys(state.services).length > 0;
+      serviceLines = new Map();
+      unknownNames.clear();
+      waitLogged = false;
+    }
+    return state;
+  };
+
+  const unnamed = (): Uint8Array => {
+    if (named && !waitLogged) {
+      waitLogged = true;
+      log.warning(
+        `a probe sent no agent-send line within ${sendWaitMs} ms (HAPGENT_SEND_WAIT_MS) and was answered the instance state; a server probing without agent-send waits that long for every reply`,
+      );
+    }
+    return line;
+  };
+
+  const unknown = (name: string): Uint8Array => {
+    if (!unknownNames.has(name) && unknownNames.size < MAX_UNKNOWN_NAMES_LOGGED) {
+      unknownNames.add(name);
+      log.warning(
+        `a probe asked for service ${printable(JSON.stringify(name))}, which the state file does not name; answered the instance state`,
+      );
+    }
+    return line;
+  };
+
+  return {
+    awaitsName() {
+      refresh();
+      return named;
+    },
+    lineFor(name) {
+      const state = refresh();
+      if (name === undefined) return unnamed();
+      if (name === "") return line;
+      if (!hasService(state, name)) return unknown(name);
+      let bytes = serviceLines.get(name);
+      if (bytes === undefined) {
+        bytes = Buffer.from(reply(serviceState(state, name)));
+        serviceLines.set(name, bytes);
+      }
+      return bytes;
+    },
+  };
+}

@@ -1,0 +1,137 @@
+/**
+ * The agent port: every connection gets the current reply at once, then the agent reads and drops
+ * what the client sends until the client closes. When replies depend on the probe's agent-send
+ * line (the state names services), the reply waits briefly for that line first.
+ */
+import { type AddressInfo, createServer, type Server, type Socket } from "node:net";
+import { createConnections } from "./connections.js";
+import { createFirstLines } from "./first-line.js";
+
+export interface AgentServerOptions {
+  /**
+   * The line to send; called once per connection. `name` is the first line the client sent,
+   * without its line end and surrounding blanks; undefined when no line came in time. Bytes
+   * the caller keeps from probe to probe are sent as they are, with nothing encoded per probe.
+   */
+  readonly reply: (name?: string) => string | Uint8Array;
+  /** Whether replies depend on the name: called once per connection; false replies at once. */
+  readonly awaitsName?: () => boolean;
+  /** How long to wait for the first line before replying without a name. */
+  readonly nameWaitMs?: number;
+  /** How long a connection may stay open after the reply. */
+  readonly lingerMs?: number;
+  /** How much a client may send (HAProxy's agent-send payload) before it is cut off. */
+  readonly maxPayloadBytes?: number;
+  /** Open connections kept at most; past it the oldest is closed. */
+  readonly maxConnections?: number;
+  /** Connections the kernel queues before the agent accepts them. */
+  readonly backlog?: number;
+  /** Called for an error of the listening socket itself (e.g. EMFILE on accept). */
+  readonly onServerError?: (err: Error) => void;
+}
+
+export interface AgentServer {
+  readonly server: Server;
+  /** Listens; rejects with Node's error (err.code EADDRINUSE, EADDRNOTAVAIL, …). */
+  listen(host: string, port: number): Promise<AddressInfo>;
+  /** Stops listening and closes every open connection. */
+  close(): Promise<void>;
+  /** Connections open now. */
+  readonly connections: number;
+}
+
+/** HAProxy closes right after reading the line; a client still open after this is not HAProxy. */
+export const LINGER_MS = 2000;
+/** Generous for any agent-send payload; a client sending more is not HAProxy. */
+export const MAX_PAYLOAD_BYTES = 4096;
+/** Bounds the memory and descriptors that idle clients can hold. */
+export const MAX_CONNECTIONS = 512;
+/** HAProxy sends agent-send right after connecting: on loopback or a LAN it is there at once. */
+export const NAME_WAIT_MS = 100;
+/**
+ * A flood of reconnecting clients fills a short accept queue between two turns of the event
+ * loop, and a probe that finds it full waits for the SYN to be retried (1 s, then 3 s): HAProxy
+ * logs a timeout. The kernel caps this at net.core.somaxconn (4096 on Linux 5.4 and later).
+ */
+export const LISTEN_BACKLOG = 4096;
+/** A first line longer than this names no service (names are at most 100 characters). */
+const MAX_NAME_LINE_BYTES = 256;
+
+export function createAgentServer({
+  reply,
+  awaitsName = () => false,
+  nameWaitMs = NAME_WAIT_MS,
+  lingerMs = LINGER_MS,
+  maxPayloadBytes = MAX_PAYLOAD_BYTES,
+  maxConnections = MAX_CONNECTIONS,
+  backlog = LISTEN_BACKLOG,
+  onServerError = () => {},
+}: AgentServerOptions): AgentServer {
+  const firstLines = createFirstLines({
+    waitMs: nameWaitMs,
+    maxLineBytes: MAX_NAME_LINE_BYTES,
+    answer: (socket, line) => {
+      if (!socket.destroyed) socket.end(reply(line?.trim()));
+    },
+  });
+  const open = createConnections({
+    lingerMs,
+    maxConnections,
+    onClosed: (socket) => firstLines.forget(socket),
+  });
+
+  // Listeners shared by every socket (`this` is the socket): nothing is allocated per probe.
+  function onError(this: Socket): void {
+    // One socket's error ends that socket only.
+    this.destroy();
+  }
+  function onClose(this: Socket): void {
+    open.forget(this);
+    firstLines.forget(this);
+  }
+  function onData(this: Socket): void {
+    if (this.bytesRead > maxPayloadBytes) this.destroy();
+  }
+
+  // Half-open allowed: a client that sends its line and shuts down its side still gets a reply.
+  // Every connection ends its own side right after the reply, so none is left half open.
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    socket.on("error", onError);
+    socket.on("close", onClose);
+    socket.on("data", onData);
+    open.admit(socket);
+    if (awaitsName()) {
+      firstLines.wait(socket);
+      return;
+    }
+    // The reply goes out before anything is read: HAProxy may send nothing at all. end() sends
+    // FIN after it; the read side stays open so the payload is consumed, since closing a socket
+    // with unread data sends RST, and an RST can make HAProxy lose the reply it has not read yet.
+    socket.end(reply());
+  });
+
+  return {
+    server,
+    get connections() {
+      return open.size;
+    },
+    listen(host, port) {
+      return new Promise((resolve, reject) => {
+        const onListenError = (err: Error) => reject(err);
+        server.once("error", onListenError);
+        server.listen({ host, port, exclusive: true, backlog }, () => {
+          server.off("error", onListenError);
+          server.on("error", onServerError);
+          resolve(server.address() as AddressInfo);
+        });
+      });
+    },
+    close() {
+      return new Promise((resolve) => {
+        firstLines.stop();
+        server.close(() => resolve());
+        open.closeAll();
+      });
+    },
+  };
+}
