@@ -38,51 +38,56 @@ export function createLogSink({
   write = fsWrite,
   writeSync: writeNow = writeSync,
 }: LogSinkOptions): LogSink {
-  const queue: Buffer[] = [];
+  // Each line with the number of lines lost just before it, which it reports first.
+  const queue: { line: Buffer; lostBefore: number }[] = [];
   let queuedBytes = 0;
-  // The line being written, and how much of it has gone out.
-  let current: Buffer | undefined;
-  let offset = 0;
-  // A write of `current` is in the kernel's or the thread pool's hands now.
-  let inFlight = false;
-  let dropped = 0;
+  // Lines lost since the last one queued: the next line queued reports them.
+  let lost = 0;
   let lastCode = "";
+  // The bytes being written (a line, after its report of lost lines), and how far they got.
+  let current: { bytes: Buffer; lines: number } | undefined;
+  let offset = 0;
+  // A write of `current` is in the thread pool's or the kernel's hands now.
+  let inFlight = false;
 
   const next = (): void => {
     if (current !== undefined) return;
-    const line = queue.shift();
-    if (line === undefined) return;
-    queuedBytes -= line.length;
-    if (dropped > 0) {
-      current = Buffer.concat([Buffer.from(dropNote(dropped, lastCode)), line]);
-      dropped = 0;
-    } else {
-      current = line;
-    }
+    const entry = queue.shift();
+    if (entry === undefined) return;
+    queuedBytes -= entry.line.length;
+    const note = entry.lostBefore > 0 ? [Buffer.from(dropNote(entry.lostBefore, lastCode))] : [];
+    current = { bytes: Buffer.concat([...note, entry.line]), lines: entry.lostBefore + 1 };
     offset = 0;
     writeCurrent();
   };
 
+  /** `count` more lines lost before whatever is written next. */
+  const carry = (count: number): void => {
+    const first = queue[0];
+    if (first === undefined) lost += count;
+    else first.lostBefore += count;
+  };
+
   const writeCurrent = (): void => {
-    const line = current;
-    if (line === undefined) return;
+    const { bytes, lines } = current ?? { bytes: undefined, lines: 0 };
+    if (bytes === undefined) return;
     inFlight = true;
-    write(fd, line, offset, line.length - offset, null, (err, written) => {
+    write(fd, bytes, offset, bytes.length - offset, null, (err, written) => {
       inFlight = false;
       if (err) {
         if (err.code === "EAGAIN") {
           setTimeout(writeCurrent, retryMs).unref();
           return;
         }
-        // This line is lost; whatever of it went out is followed by the next one's start.
-        dropped++;
+        // The line, and the report before it, are lost; whatever of it went out stays torn.
         lastCode = err.code ?? "EIO";
         current = undefined;
+        carry(lines);
         next();
         return;
       }
       offset += written;
-      if (offset < line.length) return writeCurrent();
+      if (offset < bytes.length) return writeCurrent();
       current = undefined;
       next();
     });
@@ -92,22 +97,23 @@ export function createLogSink({
     write(line) {
       const bytes = Buffer.from(line);
       if (queuedBytes + bytes.length > maxQueuedBytes) {
-        dropped++;
+        lost++;
         lastCode = "the log reader is not keeping up";
         return;
       }
-      queue.push(bytes);
+      queue.push({ line: bytes, lostBefore: lost });
+      lost = 0;
       queuedBytes += bytes.length;
       next();
     },
     flushSync() {
-      // A line already being written lands by itself; one waiting to be retried goes now.
-      const waiting = current !== undefined && !inFlight ? [current.subarray(offset)] : [];
-      const rest = [...waiting, ...queue.splice(0)];
+      // A write already under way lands by itself; one waiting to be retried goes now.
+      const waiting = current !== undefined && !inFlight ? [current.bytes.subarray(offset)] : [];
+      const rest = [...waiting, ...queue.splice(0).map((entry) => entry.line)];
       queuedBytes = 0;
       try {
-        for (const line of rest) {
-          for (let done = 0; done < line.length; ) done += writeNow(fd, line, done);
+        for (const bytes of rest) {
+          for (let done = 0; done < bytes.length; ) done += writeNow(fd, bytes, done);
         }
       } catch {
         // Nothing more can be said: the process is about to exit.

@@ -290,9 +290,10 @@ describe("daemon signals", () => {
     const KILL_ROUNDS = 40;
     const dir = await tempDir(t);
     for (let round = 0; round < KILL_ROUNDS; round++) {
+      // Written as the daemon writes it: a kill before the first save leaves it as it is.
       const d = await startDaemon(t, {
         dir,
-        state: round === 0 ? '{"status":"UP","weight":200}' : null,
+        state: round === 0 ? '{"status":"UP","weight":200}\n' : null,
       });
       const until = Date.now() + 30 + Math.random() * 120;
       // The storm stops at the kill: the dead child may be reaped before it is seen to exit.

@@ -58,27 +58,38 @@ export interface Haproxy {
   log(): string;
 }
 
-/** True when Debian's haproxy is installed. Outside CI a missing HAProxy skips, loudly; in CI it fails. */
-export function haproxyInstalled(): boolean {
-  try {
-    execFileSync("haproxy", ["-v"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
+/**
+ * The HAProxy the suite runs: $HAPGENT_TEST_HAPROXY (a path or a command), else `haproxy` on
+ * PATH, else Debian's /usr/sbin/haproxy, which is off an ordinary user's PATH.
+ */
+export const HAPROXY = (() => {
+  const candidates = process.env.HAPGENT_TEST_HAPROXY
+    ? [process.env.HAPGENT_TEST_HAPROXY]
+    : ["haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"];
+  for (const command of candidates) {
+    try {
+      execFileSync(command, ["-v"], { stdio: "ignore" });
+      return command;
+    } catch {
+      // Not this one.
+    }
   }
-}
+  return undefined;
+})();
 
+/** Outside CI a missing HAProxy skips, loudly; in CI it fails. */
 export const SKIP_HAPROXY = (() => {
-  if (haproxyInstalled()) return false;
+  if (HAPROXY !== undefined) return false;
+  const which = process.env.HAPGENT_TEST_HAPROXY
+    ? `HAPGENT_TEST_HAPROXY=${process.env.HAPGENT_TEST_HAPROXY} does not run`
+    : "HAProxy is not installed";
   if (process.env.CI === "true") {
-    throw new Error(
-      "HAProxy is not installed, and CI must run the HAProxy suite: apt-get install haproxy",
-    );
+    throw new Error(`${which}, and CI must run the HAProxy suite: apt-get install haproxy`);
   }
   process.stderr.write(
-    "\n*** HAProxy is not installed: the HAProxy suite is SKIPPED (apt-get install haproxy) ***\n\n",
+    `\n*** ${which}: the HAProxy suite is SKIPPED (apt-get install haproxy) ***\n\n`,
   );
-  return "haproxy is not installed";
+  return which;
 })();
 
 /** A loopback listener that accepts and closes, for HAProxy's regular TCP check. */
@@ -151,7 +162,9 @@ export async function startHaproxy(
     });
 
   const start = async () => {
-    const process_ = spawn("haproxy", ["-db", "-f", config], { stdio: ["ignore", "pipe", "pipe"] });
+    const process_ = spawn(HAPROXY ?? "haproxy", ["-db", "-f", config], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     child = process_;
     process_.stdout?.on("data", (d) => {
       output += d;

@@ -121,24 +121,47 @@ export async function waitFor<T>(
 }
 
 /**
- * Where `nobody` can run node and import the compiled sources: a checkout or a Node under /root is
- * out of its reach, so both are copied to a world-readable temporary directory when needed.
+ * Where other users can run hapgent: a checkout or a Node under /root is out of their reach, so
+ * node (or the binary under test) and the compiled sources are copied to a world-readable
+ * temporary directory when needed. Made once, on first use.
  */
-const unprivilegedSetup = (async () => {
-  if (!IS_ROOT) return { node: process.execPath, src: DIST_SRC };
-  const dir = await mkdtemp(join(tmpdir(), "hapgent-nobody-"));
-  process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
-  await chmod(dir, 0o755);
-  const src = join(dir, "src");
-  await cp(DIST_SRC, src, { recursive: true });
-  let node = process.execPath;
-  if (!(await reachableByOthers(node))) {
-    node = join(dir, "node");
-    await copyFile(process.execPath, node);
-    await chmod(node, 0o755);
-  }
-  return { node, src };
-})();
+let forOthers: Promise<{ node: string; src: string; binary: string | undefined }> | undefined;
+export function reachableCopy(): Promise<{
+  node: string;
+  src: string;
+  binary: string | undefined;
+}> {
+  forOthers ??= (async () => {
+    if (!IS_ROOT) return { node: process.execPath, src: DIST_SRC, binary: HAPGENT_BINARY };
+    const dir = await mkdtemp(join(tmpdir(), "hapgent-nobody-"));
+    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+    await chmod(dir, 0o755);
+    const src = join(dir, "src");
+    await cp(DIST_SRC, src, { recursive: true });
+    const reachable = async (path: string, name: string) => {
+      if (await reachableByOthers(path)) return path;
+      const copy = join(dir, name);
+      await copyFile(path, copy);
+      await chmod(copy, 0o755);
+      return copy;
+    };
+    const node = await reachable(process.execPath, "node");
+    const binary =
+      HAPGENT_BINARY === undefined ? undefined : await reachable(HAPGENT_BINARY, "hapgent");
+    return { node, src, binary };
+  })();
+  return forOthers;
+}
+
+/** The command line that runs hapgent with `args` as another user may run it. */
+export async function hapgentArgvForOthers(
+  args: readonly string[] = [],
+): Promise<[string, ...string[]]> {
+  const { node, src, binary } = await reachableCopy();
+  return binary === undefined
+    ? [node, ...NODE_FLAGS, join(src, "main.js"), ...args]
+    : [binary, ...args];
+}
 
 async function reachableByOthers(path: string): Promise<boolean> {
   for (let at = path; ; at = dirname(at)) {
@@ -155,7 +178,7 @@ async function reachableByOthers(path: string): Promise<boolean> {
  * holding the compiled sources.
  */
 export async function runUnprivileged(script: (src: string) => string): Promise<Finished> {
-  const { node, src } = await unprivilegedSetup;
+  const { node, src } = await reachableCopy();
   const child = spawn(node, ["--input-type=module", "-e", script(src)], {
     ...(IS_ROOT ? { uid: NOBODY, gid: NOBODY } : {}),
     stdio: ["ignore", "pipe", "pipe"],
@@ -304,6 +327,8 @@ export interface DaemonOptions {
   exec?: string;
   /** A fixed port, e.g. to restart an agent where HAProxy expects it. */
   port?: number;
+  /** Runs the daemon as this user (the test runs as root); `dir` must be reachable by it. */
+  user?: { uid: number; gid: number };
 }
 
 /** Starts the real daemon as a child process on a free loopback port. */
@@ -316,6 +341,7 @@ export async function startDaemon(
     ready = true,
     exec,
     port: fixedPort,
+    user,
   }: DaemonOptions = {},
 ): Promise<Daemon> {
   // Not tempDir(): the daemon must be gone before its directory is removed, and after-hooks run
@@ -333,8 +359,11 @@ export async function startDaemon(
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
+    ...(user === undefined ? {} : { uid: user.uid, gid: user.gid, cwd: "/" }),
   };
-  const child = exec === undefined ? spawnHapgent([], options) : spawn(exec, [], options);
+  const [file, ...rest] =
+    exec !== undefined ? [exec] : user !== undefined ? await hapgentArgvForOthers() : hapgentArgv();
+  const child = spawn(file, rest, options);
   let stderr = "";
   child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
     stderr += chunk;

@@ -1,0 +1,240 @@
+/**
+ * Whatever happens to its log, the agent keeps answering HAProxy: stderr on /dev/full, on a pipe
+ * whose reader went away, or on a file system that is full. Lines that cannot be written are
+ * dropped and counted; the next line that can be written says how many were lost.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { createLogSink } from "../src/log-sink.js";
+import { execOk, freePort, hapgentArgv, missing, probe, tempDir, waitFor } from "./helpers.js";
+
+const SKIP_MOUNTS = missing("a full file system under the log", {
+  commands: ["unshare", "nsenter", "mount"],
+  root: true,
+});
+
+/** Starts the daemon with its stderr on `stderr` (a file descriptor or "pipe"). */
+async function startWithStderr(
+  t: { after: (fn: () => Promise<void>) => void },
+  stderr: number | "pipe" | "ignore",
+  { wrap = [] as string[] } = {},
+) {
+  const dir = await tempDir(t);
+  const stateFile = join(dir, "state.json");
+  await writeFile(stateFile, '{"status":"UP"}');
+  const port = await freePort();
+  const [file, ...rest] = [...wrap, ...hapgentArgv()];
+  const child = spawn(file as string, rest, {
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HAPGENT_IP: "127.0.0.1",
+      HAPGENT_PORT: String(port),
+      HAPGENT_STATE_FILE: stateFile,
+    },
+    stdio: ["ignore", "ignore", stderr],
+  });
+  const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
+    child.on("close", (code, signal) => resolve({ code, signal })),
+  );
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await exited;
+  });
+  const answers = (line: string) =>
+    waitFor(`reply ${line.trim()}`, async () =>
+      (await probe(port).catch(() => "")) === line ? true : undefined,
+    );
+  await answers("up ready 100%\n");
+  return { child, port, stateFile, exited, answers };
+}
+
+/** USR2 and USR1, `rounds` times, each answered before the next: dozens of log lines. */
+async function flip(d: Awaited<ReturnType<typeof startWithStderr>>, rounds: number) {
+  for (let i = 0; i < rounds; i++) {
+    d.child.kill("SIGUSR2");
+    await d.answers("down ready 100%\n");
+    d.child.kill("SIGUSR1");
+    await d.answers("up ready 100%\n");
+  }
+}
+
+describe("a log that cannot be written", () => {
+  test("stderr on /dev/full: the agent starts, follows signals, saves and stops cleanly", async (t) => {
+    const full = openSync("/dev/full", "w");
+    t.after(async () => closeSync(full));
+    const d = await startWithStderr(t, full);
+    await flip(d, 5);
+    d.child.kill("SIGUSR2");
+    await d.answers("down ready 100%\n");
+    await waitFor("the saved file", async () =>
+      (await readFile(d.stateFile, "utf8")) === '{"status":"DOWN"}\n' ? true : undefined,
+    );
+    d.child.kill("SIGTERM");
+    assert.deepEqual(await d.exited, { code: 0, signal: null });
+  });
+
+  test("stderr on a pipe whose reader went away: signals still work", async (t) => {
+    const d = await startWithStderr(t, "pipe");
+    // The reader goes away: every write from now on fails with EPIPE.
+    d.child.stderr?.destroy();
+    await flip(d, 10);
+    assert.equal(d.child.exitCode, null, "still running");
+    d.child.kill("SIGTERM");
+    assert.deepEqual(await d.exited, { code: 0, signal: null });
+  });
+
+  test("stderr on a full file system: lines are dropped, then counted once there is room", {
+    skip: SKIP_MOUNTS,
+  }, async (t) => {
+    const home = await mkdtemp(join(tmpdir(), "hapgent-logfull-"));
+    t.after(() => rm(home, { recursive: true, force: true }));
+    const mnt = join(home, "mnt");
+    await mkdir(mnt);
+    const log = join(mnt, "log");
+    // A tmpfs of 64 KiB in a mount namespace of the daemon's own; the log is its stderr.
+    const d = await startWithStderr(t, "ignore", {
+      wrap: [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        'm="$1" && shift && mount -t tmpfs -o size=64k hapgent-log "$m" && exec "$@" 2>"$m/log"',
+        "sh",
+        mnt,
+      ],
+    });
+    const pid = d.child.pid ?? 0;
+    const inside = (path: string) => `/proc/${pid}/root${path}`;
+    const inNamespace = (...command: string[]) =>
+      execOk("nsenter", [`--target=${pid}`, "--mount", "--", ...command]);
+    await waitFor("the log", async () =>
+      /listening on/.test(await readFile(inside(log), "utf8").catch(() => "")) ? true : undefined,
+    );
+    // Fill the file system: nothing more can be written to the log.
+    await inNamespace("sh", "-c", `cat /dev/zero > "${mnt}/filler" 2>/dev/null; true`);
+    // 60 lines, far more than the last page of the log has room for.
+    await flip(d, 30);
+    assert.equal(d.child.exitCode, null, "still running");
+    // Room again: the next line says how many were lost, then lines follow as before.
+    await inNamespace("rm", `${mnt}/filler`);
+    d.child.kill("SIGUSR2");
+    await d.answers("down ready 100%\n");
+    const after = await waitFor("the lost lines counted", async () => {
+      const text = await readFile(inside(log), "utf8");
+      return /log lines were lost: stderr could not be written \(ENOSPC\)/.test(text)
+        ? text
+        : undefined;
+    });
+    const lost = Number(/(\d+) log lines were lost/.exec(after)?.[1]);
+    assert.ok(lost >= 10, `${lost} lines counted as lost:\n${after}`);
+    assert.match(
+      after.slice(after.indexOf("were lost")),
+      /SIGUSR2: state \{"status":"UP"\} -> \{"status":"DOWN"\}/,
+    );
+  });
+});
+
+describe("log sink", () => {
+  type Callback = (err: NodeJS.ErrnoException | null, written: number) => void;
+  /** A descriptor whose writes are answered by `answer`, one call at a time. */
+  function fakeFd(answer: (bytes: string) => NodeJS.ErrnoException | number) {
+    const written: string[] = [];
+    const write = ((
+      _fd: number,
+      buffer: Buffer,
+      offset: number,
+      length: number,
+      _position: null,
+      callback: Callback,
+    ) => {
+      const bytes = buffer.subarray(offset, offset + length).toString();
+      const outcome = answer(bytes);
+      setImmediate(() => {
+        if (typeof outcome === "number") {
+          written.push(bytes.slice(0, outcome));
+          callback(null, outcome);
+        } else {
+          callback(outcome, 0);
+        }
+      });
+    }) as unknown as typeof import("node:fs").write;
+    return { write, written };
+  }
+  const note = (count: number, code: string) => `[${count} lost: ${code}]\n`;
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
+
+  test("lines go out in order; partial writes are completed", async () => {
+    const fd = fakeFd((bytes) => Math.min(bytes.length, 3));
+    const sink = createLogSink({ fd: 9, dropNote: note, write: fd.write });
+    sink.write("first\n");
+    sink.write("second\n");
+    await settle();
+    assert.equal(fd.written.join(""), "first\nsecond\n");
+  });
+
+  test("failed lines are counted and reported before the next line that can be written", async () => {
+    let failing = true;
+    const fd = fakeFd((bytes) =>
+      failing ? Object.assign(new Error("full"), { code: "ENOSPC" }) : bytes.length,
+    );
+    const sink = createLogSink({ fd: 9, dropNote: note, write: fd.write });
+    for (const line of ["a\n", "b\n", "c\n"]) sink.write(line);
+    await settle();
+    failing = false;
+    sink.write("d\n");
+    await settle();
+    assert.equal(fd.written.join(""), "[3 lost: ENOSPC]\nd\n");
+  });
+
+  test("a descriptor that would block is tried again; a stalled reader costs a bounded queue", async () => {
+    let blocked = true;
+    const fd = fakeFd((bytes) =>
+      blocked ? Object.assign(new Error("again"), { code: "EAGAIN" }) : bytes.length,
+    );
+    const sink = createLogSink({
+      fd: 9,
+      dropNote: note,
+      write: fd.write,
+      maxQueuedBytes: 10,
+      retryMs: 5,
+    });
+    for (const line of ["1234\n", "5678\n", "overflow\n", "more\n"]) sink.write(line);
+    await settle();
+    assert.deepEqual(fd.written, []);
+    blocked = false;
+    await settle();
+    sink.write("z\n");
+    await settle();
+    assert.equal(
+      fd.written.join(""),
+      "1234\n5678\n[1 lost: the log reader is not keeping up]\nmore\nz\n",
+    );
+  });
+
+  test("flushSync writes what waits, and never throws", () => {
+    const out: string[] = [];
+    const sink = createLogSink({
+      fd: 9,
+      dropNote: note,
+      write: (() => {}) as unknown as typeof import("node:fs").write,
+      writeSync: ((_fd: number, buffer: Buffer, offset: number) => {
+        out.push(buffer.subarray(offset).toString());
+        if (out.length > 1) throw Object.assign(new Error("gone"), { code: "EPIPE" });
+        return buffer.length - offset;
+      }) as unknown as typeof import("node:fs").writeSync,
+    });
+    sink.write("in flight\n");
+    sink.write("queued\n");
+    sink.write("lost\n");
+    assert.doesNotThrow(() => sink.flushSync());
+    assert.deepEqual(out, ["queued\n", "lost\n"]);
+  });
+});
