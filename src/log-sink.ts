@@ -30,6 +30,10 @@ export interface LogSinkOptions {
 export const MAX_QUEUED_LOG_BYTES = 256 * 1024;
 const RETRY_MS = 50;
 
+/**
+ * A closure over the queue and the line being written; its functions (next, carry, writeCurrent,
+ * write, flushSync) each read in a screen.
+ */
 export function createLogSink({
   fd,
   dropNote,

@@ -18,7 +18,7 @@
  * arrive before it is ready are queued and applied in order once it is. A command (`hapgent set
  * …`) ignores USR1, USR2 and HUP, so `pkill -USR2 hapgent` never kills it.
  */
-import type { DaemonSignal } from "./daemon/daemon.js";
+import type { DaemonIo, DaemonSignal } from "./daemon/daemon.js";
 
 const SIGNALS: readonly DaemonSignal[] = ["SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTERM", "SIGINT"];
 const early: DaemonSignal[] = [];
@@ -32,14 +32,18 @@ const args = process.argv.slice(2);
 // matches can no longer die of the signal.
 if (args.length === 0) process.title = "hapgent";
 
+/** Lines the daemon's log still holds; written out before any exit. */
+let flushLog = (): void => {};
+
+function exit(code: number): never {
+  flushLog();
+  return process.exit(code);
+}
+
 /** The rest loads after the handlers exist. A function, not top-level await: the standalone
  * binary runs this file as CommonJS. */
 async function main(): Promise<void> {
-  const inspector = await import("node:inspector");
   const { writeSync } = await import("node:fs");
-  const { guardInspector, inspectorRequested } = await import("./inspector-guard.js");
-  const inspectorWanted = inspectorRequested(process.execArgv, process.env.NODE_OPTIONS);
-
   /** Writes to stdout or stderr, never failing: output nobody can read is not a reason to stop. */
   const say = (fd: number, text: string): void => {
     try {
@@ -49,107 +53,101 @@ async function main(): Promise<void> {
       // EPIPE, ENOSPC, EAGAIN: the reader is gone or stuck; the exit code still tells.
     }
   };
-  let flushLog = (): void => {};
-  const exit = (code: number): never => {
-    flushLog();
-    return process.exit(code);
-  };
   process.on("uncaughtException", (err) => {
     // A bug, not bad input: say so once and exit, so the service manager restarts the agent.
     flushLog();
     say(2, `hapgent: internal error, exiting: ${err.stack ?? String(err)}\n`);
     process.exit(70);
   });
+  const inspector = await import("node:inspector");
+  const { guardInspector, inspectorRequested } = await import("./inspector-guard.js");
+  const requested = inspectorRequested(process.execArgv, process.env.NODE_OPTIONS);
+  const debuggerIo = {
+    url: () => inspector.url(),
+    close: () => inspector.close(),
+    requested,
+  };
+  if (args.length === 0) return runAgent(debuggerIo);
+  if (!requested) guardInspector({ ...debuggerIo, onClosed: () => {} });
+  return runCommand(say);
+}
 
-  if (args.length > 0) {
-    const stopOn = (signal: DaemonSignal) => {
-      if (signal === "SIGINT") exit(130);
-      if (signal === "SIGTERM") exit(143);
-    };
-    deliver = stopOn;
-    for (const signal of early.splice(0)) stopOn(signal);
-    if (!inspectorWanted) {
-      guardInspector({
-        url: () => inspector.url(),
-        close: () => inspector.close(),
-        onClosed: () => {},
-      });
-    }
-    const { runCli } = await import("./cli/cli.js");
-    const { accountOf } = await import("./cli/accounts.js");
-    process.exitCode = await runCli({
-      args,
-      env: process.env,
-      cwd: process.cwd(),
-      pid: process.pid,
-      procRoot: "/proc",
-      uid: process.getuid?.() ?? 0,
-      become: (uid) => {
-        const account = accountOf(uid);
-        if (account === undefined) throw new Error(`uid ${uid} has no account`);
-        if (!process.setgroups || !process.setgid || !process.setuid) {
-          throw new Error("this system cannot switch users");
-        }
-        // Groups first: only root may change them, and root stops being root at setuid.
-        process.setgroups(account.groups);
-        process.setgid(account.gid);
-        process.setuid(uid);
-      },
-      userName: (uid) => accountOf(uid)?.name,
-      out: (text) => say(1, text),
-      err: (text) => say(2, text),
-      reload: (pid) => {
-        process.kill(pid, "SIGHUP");
-      },
-    });
-  } else {
-    const { fstatSync } = await import("node:fs");
-    const { runDaemon } = await import("./daemon/daemon.js");
-    const { createLogSink } = await import("./log-sink.js");
-    const { formatLine } = await import("./log.js");
-
-    /** True when stderr is the systemd journal's stream (systemd sets JOURNAL_STREAM to dev:ino). */
-    const stderrIsJournal = (): boolean => {
-      const expected = process.env.JOURNAL_STREAM;
-      if (!expected) return false;
-      try {
-        const stats = fstatSync(2);
-        return expected === `${stats.dev}:${stats.ino}`;
-      } catch {
-        return false;
+/** `hapgent COMMAND …`: INT and TERM end it; USR1, USR2 and HUP are ignored. */
+async function runCommand(say: (fd: number, text: string) => void): Promise<void> {
+  const stopOn = (signal: DaemonSignal) => {
+    if (signal === "SIGINT") exit(130);
+    if (signal === "SIGTERM") exit(143);
+  };
+  deliver = stopOn;
+  for (const signal of early.splice(0)) stopOn(signal);
+  const { runCli } = await import("./cli/cli.js");
+  const { accountOf } = await import("./cli/accounts.js");
+  process.exitCode = await runCli({
+    args,
+    env: process.env,
+    cwd: process.cwd(),
+    pid: process.pid,
+    procRoot: "/proc",
+    uid: process.getuid?.() ?? 0,
+    become: (uid) => {
+      const account = accountOf(uid);
+      if (account === undefined) throw new Error(`uid ${uid} has no account`);
+      if (!process.setgroups || !process.setgid || !process.setuid) {
+        throw new Error("this system cannot switch users");
       }
-    };
-    const journal = stderrIsJournal();
-    const sink = createLogSink({
-      fd: 2,
-      dropNote: (count, code) =>
-        formatLine(
-          "warning",
-          `${count} log line${count === 1 ? " was" : "s were"} lost: stderr could not be written (${code})`,
-          { journal },
-        ),
-    });
-    flushLog = () => sink.flushSync();
+      // Groups first: only root may change them, and root stops being root at setuid.
+      process.setgroups(account.groups);
+      process.setgid(account.gid);
+      process.setuid(uid);
+    },
+    userName: (uid) => accountOf(uid)?.name,
+    out: (text) => say(1, text),
+    err: (text) => say(2, text),
+    reload: (pid) => {
+      process.kill(pid, "SIGHUP");
+    },
+  });
+}
 
-    await runDaemon({
-      env: process.env,
-      cwd: process.cwd(),
-      nodeVersion: process.version,
-      uid: process.getuid?.() ?? 0,
-      journal,
-      write: (text) => sink.write(text),
-      inspector: {
-        url: () => inspector.url(),
-        close: () => inspector.close(),
-        requested: inspectorWanted,
-      },
-      onSignal: (handler) => {
-        deliver = handler;
-        for (const signal of early.splice(0)) handler(signal);
-      },
-      exit,
-    });
+/** `hapgent`: the daemon, logging to stderr through a sink that never stops it. */
+async function runAgent(inspector: DaemonIo["inspector"]): Promise<void> {
+  const { fstatSync } = await import("node:fs");
+  const { runDaemon } = await import("./daemon/daemon.js");
+  const { createLogSink } = await import("./log-sink.js");
+  const { formatLine } = await import("./log.js");
+
+  // True when stderr is the systemd journal's stream (systemd sets JOURNAL_STREAM to dev:ino).
+  let journal = false;
+  try {
+    const stats = fstatSync(2);
+    journal = process.env.JOURNAL_STREAM === `${stats.dev}:${stats.ino}`;
+  } catch {
+    // No stderr at all: nothing is written anyway.
   }
+  const sink = createLogSink({
+    fd: 2,
+    dropNote: (count, code) =>
+      formatLine(
+        "warning",
+        `${count} log line${count === 1 ? " was" : "s were"} lost: stderr could not be written (${code})`,
+        { journal },
+      ),
+  });
+  flushLog = () => sink.flushSync();
+  await runDaemon({
+    env: process.env,
+    cwd: process.cwd(),
+    nodeVersion: process.version,
+    uid: process.getuid?.() ?? 0,
+    journal,
+    write: (text) => sink.write(text),
+    inspector,
+    onSignal: (handler) => {
+      deliver = handler;
+      for (const signal of early.splice(0)) handler(signal);
+    },
+    exit,
+  });
 }
 
 void main();

@@ -3,7 +3,7 @@
  * leaves either the old or the new complete file.
  */
 import { randomBytes } from "node:crypto";
-import { constants } from "node:fs";
+import { constants, type Stats } from "node:fs";
 import { type FileHandle, lstat, open, readdir, readlink, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { MAX_STATE_FILE_BYTES, parseState, type State, serialiseState } from "./core/state.js";
@@ -36,97 +36,17 @@ const MAX_SYMLINKS = 40;
 
 export function createStateStore(path: string, log: Logger): StateStore {
   let warnedInPlace = false;
-
+  const inPlace = (directory: string, target: string): void => {
+    if (warnedInPlace) return;
+    warnedInPlace = true;
+    log.warning(
+      `directory ${directory} is not writable; saving ${target} in place, which a crash during the write can leave incomplete`,
+    );
+  };
   return {
     path,
-
-    async load() {
-      let handle: FileHandle | undefined;
-      try {
-        // O_NONBLOCK: opening a FIFO by mistake must not hang the agent.
-        handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-        const stats = await handle.stat();
-        if (stats.isDirectory()) {
-          return { ok: false, reason: "is a directory, expected a file", code: "EISDIR" };
-        }
-        if (!stats.isFile()) return { ok: false, reason: "is not a regular file", code: "EINVAL" };
-        // Read one byte past the cap so a file that grew after stat() is still caught.
-        const buffer = Buffer.alloc(MAX_STATE_FILE_BYTES + 1);
-        let length = 0;
-        while (length < buffer.length) {
-          const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
-          if (bytesRead === 0) break;
-          length += bytesRead;
-        }
-        return parseState(buffer.subarray(0, length));
-      } catch (err) {
-        return {
-          ok: false,
-          reason: describeFsError(err),
-          code: (err as NodeJS.ErrnoException).code ?? "EIO",
-        };
-      } finally {
-        await handle?.close().catch(() => {});
-      }
-    },
-
-    async save(state) {
-      const text = serialiseState(state);
-      const target = await resolveSymlinks(path);
-      const previous = await lstat(target).catch((err: NodeJS.ErrnoException) => {
-        if (err.code === "ENOENT") return undefined;
-        throw err;
-      });
-      const directory = dirname(target);
-      const temporary = join(
-        directory,
-        `${temporaryPrefix(target)}${randomBytes(6).toString("hex")}`,
-      );
-
-      let handle: FileHandle;
-      try {
-        handle = await open(temporary, "wx", NEW_FILE_MODE);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        // The original deployment made /etc/hapgent root-owned with a group-writable state.json:
-        // no temporary file can be made there, but the file itself can still be rewritten.
-        if (previous?.isFile() && (code === "EACCES" || code === "EPERM")) {
-          if (!warnedInPlace) {
-            warnedInPlace = true;
-            log.warning(
-              `directory ${directory} is not writable; saving ${target} in place, which a crash during the write can leave incomplete`,
-            );
-          }
-          await saveInPlace(target, text);
-          return;
-        }
-        throw err;
-      }
-
-      try {
-        await handle.writeFile(text, "utf8");
-        if (previous) {
-          // open() applied the umask; the file keeps the mode, and owner where allowed, it had.
-          await handle.chmod(previous.mode & 0o7777);
-          const written = await handle.stat();
-          if (written.uid !== previous.uid || written.gid !== previous.gid) {
-            await handle.chown(previous.uid, previous.gid).catch((err: NodeJS.ErrnoException) => {
-              // Only root may give a file away; anyone else saves it as their own.
-              if (err.code !== "EPERM") throw err;
-            });
-          }
-        }
-        await handle.sync();
-        await handle.close();
-        await rename(temporary, target);
-      } catch (err) {
-        await handle.close().catch(() => {});
-        await unlink(temporary).catch(() => {});
-        throw err;
-      }
-      await syncDirectory(directory);
-    },
-
+    load: () => loadFile(path),
+    save: (state) => saveFile(path, serialiseState(state), inPlace),
     async removeStaleTemporaries() {
       const target = await resolveSymlinks(path).catch(() => path);
       const prefix = temporaryPrefix(target);
@@ -138,6 +58,84 @@ export function createStateStore(path: string, log: Logger): StateStore {
       }
     },
   };
+}
+
+async function loadFile(path: string): Promise<LoadResult> {
+  let handle: FileHandle | undefined;
+  try {
+    // O_NONBLOCK: opening a FIFO by mistake must not hang the agent.
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+    const stats = await handle.stat();
+    if (stats.isDirectory()) {
+      return { ok: false, reason: "is a directory, expected a file", code: "EISDIR" };
+    }
+    if (!stats.isFile()) return { ok: false, reason: "is not a regular file", code: "EINVAL" };
+    // Read one byte past the cap so a file that grew after stat() is still caught.
+    const buffer = Buffer.alloc(MAX_STATE_FILE_BYTES + 1);
+    let length = 0;
+    while (length < buffer.length) {
+      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    return parseState(buffer.subarray(0, length));
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? "EIO";
+    return { ok: false, reason: describeFsError(err), code };
+  } finally {
+    await handle?.close().catch(() => {});
+  }
+}
+
+/** Replaces the file (a symlink's target) with `text`, crash-safely where the directory allows. */
+async function saveFile(
+  path: string,
+  text: string,
+  inPlace: (directory: string, target: string) => void,
+): Promise<void> {
+  const target = await resolveSymlinks(path);
+  const previous = await lstat(target).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT") return undefined;
+    throw err;
+  });
+  const directory = dirname(target);
+  const temporary = join(directory, `${temporaryPrefix(target)}${randomBytes(6).toString("hex")}`);
+  let handle: FileHandle;
+  try {
+    handle = await open(temporary, "wx", NEW_FILE_MODE);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    // A root-owned directory with a group-writable state.json (a common manual set-up): no
+    // temporary file can be made there, but the file itself can still be rewritten.
+    if (previous?.isFile() && (code === "EACCES" || code === "EPERM")) {
+      inPlace(directory, target);
+      return saveInPlace(target, text);
+    }
+    throw err;
+  }
+  try {
+    await handle.writeFile(text, "utf8");
+    if (previous) await keepModeAndOwner(handle, previous);
+    await handle.sync();
+    await handle.close();
+    await rename(temporary, target);
+  } catch (err) {
+    await handle.close().catch(() => {});
+    await unlink(temporary).catch(() => {});
+    throw err;
+  }
+  await syncDirectory(directory);
+}
+
+/** open() applied the umask; the file keeps the mode, and owner where allowed, it had. */
+async function keepModeAndOwner(handle: FileHandle, previous: Stats): Promise<void> {
+  await handle.chmod(previous.mode & 0o7777);
+  const written = await handle.stat();
+  if (written.uid === previous.uid && written.gid === previous.gid) return;
+  await handle.chown(previous.uid, previous.gid).catch((err: NodeJS.ErrnoException) => {
+    // Only root may give a file away; anyone else saves it as their own.
+    if (err.code !== "EPERM") throw err;
+  });
 }
 
 /** Explains a failed read in words an operator can act on. */

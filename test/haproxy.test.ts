@@ -152,7 +152,7 @@ describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
     assert.ok(maxconnIs("20")(view), JSON.stringify(view));
   });
 
-  test("the spec's deploy flow: missing file, USR1 in, USR2 out within two intervals, USR1 back", async (t) => {
+  test("the classic deploy flow: missing file, USR1 in, USR2 out within two intervals, USR1 back", async (t) => {
     const agentInterMs = 300;
     const d = await startDaemon(t, { state: null });
     const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS, agentInterMs });

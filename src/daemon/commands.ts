@@ -3,16 +3,16 @@
  * they arrive.
  *
  * `up` and `down` change the state at once (the next probe already answers it) and ask for a
- * save. Saves run one at a time; requests made during a save collapse into one more save of the
- * newest state, so after any burst the file holds the last state. A save that fails (disk full,
- * read-only file system) is tried again later, so the file catches up with the state the agent
- * answers once the fault is gone. A `reload` first waits for pending saves (the file must hold
- * what came before it), then reads the file, which wins over a save still waiting to be retried;
- * commands that arrive meanwhile wait behind it.
+ * save (saves.ts). A `reload` first waits for a running save (the file must hold what came
+ * before it), then reads the file, which wins over a save still waiting to be retried; commands
+ * that arrive meanwhile wait behind it.
  */
 import { FALLBACK_STATE, formatState, type State, sameState, withStatus } from "../core/state.js";
 import type { Logger } from "../log.js";
 import type { StateStore } from "../store.js";
+import { createSaves, type SavesOptions } from "./saves.js";
+
+export { defaultRetryDelayMs, SAVE_RETRY_MAX_MS } from "./saves.js";
 
 export type Command = "up" | "down" | "reload";
 
@@ -37,13 +37,7 @@ export interface CommandsOptions {
   /** The state before the first reload; the file is not read until a reload is commanded. */
   readonly initial?: State;
   /** How long to wait before retrying after `failures` failed saves in a row. */
-  readonly retryDelayMs?: (failures: number) => number;
-}
-
-/** 1 s, 2 s, 4 s … up to 30 s: quick when the fault is brief, quiet when it lasts. */
-export const SAVE_RETRY_MAX_MS = 30_000;
-export function defaultRetryDelayMs(failures: number): number {
-  return Math.min(SAVE_RETRY_MAX_MS, 1000 * 2 ** Math.max(0, failures - 1));
+  readonly retryDelayMs?: SavesOptions["retryDelayMs"];
 }
 
 interface Queued {
@@ -52,11 +46,15 @@ interface Queued {
   readonly applied: () => void;
 }
 
+/**
+ * Longer than a screen because it is a closure: the queue, the state and the drain share their
+ * variables; each function inside reads in one.
+ */
 export function createCommands({
   store,
   log,
   initial = FALLBACK_STATE,
-  retryDelayMs = defaultRetryDelayMs,
+  retryDelayMs,
 }: CommandsOptions): Commands {
   let state = initial;
   const queue: Queued[] = [];
@@ -64,16 +62,12 @@ export function createCommands({
   // Before the first command the state was never answered, so there is no change to report.
   let started = false;
   let draining: Promise<void> | undefined;
-  let saving: Promise<void> | undefined;
-  let saveWanted = false;
-  // Failed saves in a row, and the timer that will try again.
-  let failures = 0;
-  let retry: NodeJS.Timeout | undefined;
-
-  const cancelRetry = (): void => {
-    clearTimeout(retry);
-    retry = undefined;
-  };
+  const saves = createSaves({
+    store,
+    log,
+    current: () => state,
+    ...(retryDelayMs === undefined ? {} : { retryDelayMs }),
+  });
 
   /** Applies a state; returns the change as log text: `old -> new`, or `new (unchanged)`. */
   const set = (next: State): string => {
@@ -88,57 +82,15 @@ export function createCommands({
     return change;
   };
 
-  const requestSave = (): void => {
-    cancelRetry();
-    saveWanted = true;
-    saving ??= runSaves();
-  };
-
-  const runSaves = async (): Promise<void> => {
-    // Never finishes synchronously, so `saving` is assigned before it is cleared below.
-    await undefined;
-    try {
-      while (saveWanted) {
-        saveWanted = false;
-        const snapshot = state;
-        try {
-          await store.save(snapshot);
-          if (failures > 0) {
-            log.notice(
-              `saved state file ${store.path} after ${failures} failed attempt${failures === 1 ? "" : "s"}: ${formatState(snapshot)}`,
-            );
-          }
-          failures = 0;
-        } catch (err) {
-          failures++;
-          const delayMs = retryDelayMs(failures);
-          log.error(
-            `cannot save state file ${store.path}: ${(err as Error).message}; still answering ${formatState(snapshot)}; trying again in ${delayMs / 1000} s`,
-          );
-          // Unless a newer request is already waiting, which saves at once.
-          if (!saveWanted) {
-            retry = setTimeout(requestSave, delayMs);
-            // A retry never keeps the process alive; TERM makes its own last attempt.
-            retry.unref();
-          }
-        }
-      }
-    } finally {
-      // In the same step as the last check of saveWanted: no request can fall between them.
-      saving = undefined;
-    }
-  };
-
   const reload = async (cause: string): Promise<void> => {
-    while (saving) await saving;
+    await saves.idle();
     // The operator asked for the file: a state that could not be saved gives way to it.
-    if (retry !== undefined) {
-      cancelRetry();
+    if (saves.pending) {
       log.warning(
         `${cause}: the state file ${store.path} was never saved with ${formatState(state)}; reading it as it is`,
       );
     }
-    failures = 0;
+    saves.abandon();
     const result = await store.load();
     if (result.ok) {
       log.notice(`${cause}: loaded state file ${store.path}: ${set(result.state)}`);
@@ -160,7 +112,7 @@ export function createCommands({
         } else {
           const status = next.command === "up" ? "UP" : "DOWN";
           log.notice(`${next.cause}: state ${set(withStatus(state, status))}`);
-          requestSave();
+          saves.request();
         }
         next.applied();
       }
@@ -187,8 +139,11 @@ export function createCommands({
 
     async settled() {
       // A save waiting to be retried gets its last chance now (TERM waits for this).
-      if (retry !== undefined) requestSave();
-      while (draining || saving) await (draining ?? saving);
+      if (saves.pending) saves.request();
+      do {
+        while (draining) await draining;
+        await saves.idle();
+      } while (draining);
     },
   };
 }

@@ -2,16 +2,16 @@
  * The daemon: configuration, state, signals and the listening socket wired together. Everything
  * it needs from the process comes in through `DaemonIo`, so it runs the same under test.
  */
-import { describeListenError, parseConfig } from "../config.js";
+import { type Config, describeListenError, parseConfig } from "../config.js";
 import { formatState } from "../core/state.js";
 import { guardInspector } from "../inspector-guard.js";
-import { createLogger } from "../log.js";
+import { createLogger, type Logger } from "../log.js";
 import { controllerOf, walkPath } from "../path-control.js";
 import { createStateStore } from "../store.js";
 import { VERSION } from "../version.js";
-import { createCommands } from "./commands.js";
+import { type Commands, createCommands } from "./commands.js";
 import { createReplies } from "./replies.js";
-import { createAgentServer } from "./server.js";
+import { type AgentServer, createAgentServer } from "./server.js";
 
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
 
@@ -50,20 +50,9 @@ const SHUTDOWN_GRACE_MS = 50;
 
 export async function runDaemon(io: DaemonIo): Promise<void> {
   const log = createLogger({ write: io.write, journal: io.journal });
+  const config = await configure(io, log);
+  if (config === undefined) return io.exit(EXIT.INVALID_CONFIG);
 
-  const configured = parseConfig(io.env, io.cwd);
-  if (!configured.ok) {
-    log.error(configured.reason);
-    return io.exit(EXIT.INVALID_CONFIG);
-  }
-  const config = configured.config;
-  if (io.uid === 0) {
-    const refused = await refuseForeignPath(config.stateFile);
-    if (refused !== undefined) {
-      log.error(refused);
-      return io.exit(EXIT.INVALID_CONFIG);
-    }
-  }
   const store = createStateStore(config.stateFile, log);
   const commands = createCommands({ store, log });
   const replies = createReplies({
@@ -77,40 +66,10 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     nameWaitMs: config.sendWaitMs,
     onServerError: (err) => log.warning(`accepting a connection failed: ${err.message}`),
   });
-
-  let stopping = false;
-  const stop = async (signal: DaemonSignal): Promise<void> => {
-    if (stopping) return;
-    stopping = true;
-    log.notice(`${signal}: stopping`);
-    // Not unref()'d: with the socket closed they are what keeps the process until it exits here.
-    const timeout = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_SAVE_WAIT_MS));
-    const grace = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS));
-    const finish = async () => {
-      await Promise.all([server.close(), grace]);
-      await commands.settled();
-    };
-    await Promise.race([finish(), timeout]);
-    log.notice(`stopped with state ${formatState(commands.state)}`);
-    io.exit(EXIT.OK);
-  };
-
+  const stop = stopper(io, log, commands, server);
   const handle = (signal: DaemonSignal): void => {
-    switch (signal) {
-      case "SIGUSR1":
-        void commands.command("up", signal);
-        break;
-      case "SIGUSR2":
-        void commands.command("down", signal);
-        break;
-      case "SIGHUP":
-        void commands.command("reload", signal);
-        break;
-      case "SIGTERM":
-      case "SIGINT":
-        void stop(signal);
-        break;
-    }
+    if (signal === "SIGTERM" || signal === "SIGINT") void stop.now(signal);
+    else void commands.command(SIGNAL_COMMANDS[signal], signal);
   };
 
   // Before any save can start: a save's own temporary file must never be taken for stale.
@@ -129,25 +88,67 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
       },
     });
   }
-
   io.onSignal(handle);
   await loaded;
-  if (stopping) return;
+  if (stop.stopping) return;
 
-  let address: string;
   try {
     const bound = await server.listen(config.host, config.port);
-    address =
+    const address =
       bound.family === "IPv6"
         ? `[${bound.address}]:${bound.port}`
         : `${bound.address}:${bound.port}`;
+    log.notice(
+      `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
+    );
   } catch (err) {
     log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
-    return io.exit(EXIT.CANNOT_LISTEN);
+    io.exit(EXIT.CANNOT_LISTEN);
   }
-  log.notice(
-    `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
-  );
+}
+
+const SIGNAL_COMMANDS = { SIGUSR1: "up", SIGUSR2: "down", SIGHUP: "reload" } as const;
+
+/** The configuration, or undefined after logging why there is none to run with. */
+async function configure(io: DaemonIo, log: Logger): Promise<Config | undefined> {
+  const configured = parseConfig(io.env, io.cwd);
+  if (!configured.ok) {
+    log.error(configured.reason);
+    return undefined;
+  }
+  if (io.uid === 0) {
+    const refused = await refuseForeignPath(configured.config.stateFile);
+    if (refused !== undefined) {
+      log.error(refused);
+      return undefined;
+    }
+  }
+  return configured.config;
+}
+
+/** TERM and INT: close the socket, let signals in flight and a pending save finish, exit 0. */
+function stopper(io: DaemonIo, log: Logger, commands: Commands, server: AgentServer) {
+  let stopping = false;
+  return {
+    get stopping() {
+      return stopping;
+    },
+    async now(signal: DaemonSignal): Promise<void> {
+      if (stopping) return;
+      stopping = true;
+      log.notice(`${signal}: stopping`);
+      // Not unref()'d: with the socket closed they are what keeps the process until it exits.
+      const timeout = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_SAVE_WAIT_MS));
+      const grace = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS));
+      const finish = async () => {
+        await Promise.all([server.close(), grace]);
+        await commands.settled();
+      };
+      await Promise.race([finish(), timeout]);
+      log.notice(`stopped with state ${formatState(commands.state)}`);
+      io.exit(EXIT.OK);
+    },
+  };
 }
 
 /**

@@ -57,6 +57,10 @@ export const LISTEN_BACKLOG = 4096;
 /** A first line longer than this names no service (names are at most 100 characters). */
 const MAX_NAME_LINE_BYTES = 256;
 
+/**
+ * Wiring of the socket listeners (module-level shapes shared by every socket, so nothing is
+ * allocated per probe) to the connection table and the first-line wait; each piece is short.
+ */
 export function createAgentServer({
   reply,
   awaitsName = () => false,

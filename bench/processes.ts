@@ -1,0 +1,169 @@
+/**
+ * The benchmark's processes: the targets it starts, the load generator it builds and runs, and
+ * what /proc says of them. Every child is tracked, so an interrupted run leaves nothing behind.
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { mkdir, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { probeOnce } from "./load.js";
+import type { LoadResult } from "./report.js";
+import type { TargetSpec } from "./targets.js";
+
+export const LINE = "up ready 100%\n";
+export const PLAIN_FILE = '{"status":"UP"}\n';
+const CLOCK_TICKS_PER_S = 100;
+
+const children = new Set<ChildProcess>();
+function track<T extends ChildProcess>(child: T): T {
+  children.add(child);
+  child.on("close", () => children.delete(child));
+  return child;
+}
+
+/** On INT, TERM or HUP: kill every child, say so, and exit. */
+export function stopChildrenOnSignal(say: (text: string) => void): void {
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    process.once(signal, () => {
+      for (const child of children) child.kill("SIGKILL");
+      say(`bench: ${signal}: stopped`);
+      process.exit(130);
+    });
+  }
+}
+
+/** Builds `source` into `out` with cc unless `out` is newer; returns why it could not. */
+export async function buildLoadgen(source: string, out: string): Promise<string | undefined> {
+  if (existsSync(out) && statSync(out).mtimeMs >= statSync(source).mtimeMs) return undefined;
+  await mkdir(dirname(out), { recursive: true });
+  const built = spawnSync("cc", ["-O2", "-Wall", "-o", out, source], { encoding: "utf8" });
+  return built.status === 0 ? undefined : (built.error?.message ?? built.stderr);
+}
+
+/**
+ * Drops an executable from the page cache, so it is read as after a reboot. A file just written
+ * in one piece (a build's output) sits in large folios, and each page fault then maps a whole
+ * folio: measured here, that alone adds up to 27 MiB of RSS to the same program.
+ */
+function dropFromPageCache(path: string): void {
+  spawnSync("dd", [`if=${path}`, "iflag=nocache", "count=0"], { stdio: "ignore" });
+}
+
+let nextPort = 20_000 + (process.pid % 5000) * 2;
+
+function envFor(port: number, stateFile: string): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+    HAPGENT_IP: "127.0.0.1",
+    HAPGENT_PORT: String(port),
+    HAPGENT_STATE_FILE: stateFile,
+    BASELINE_PORT: String(port),
+  };
+}
+
+export interface Running {
+  readonly spec: TargetSpec;
+  readonly child: ChildProcess;
+  readonly pid: number;
+  readonly port: number;
+  readonly stateFile: string;
+  stop(): Promise<void>;
+}
+
+/** Starts a target with a state file in `dir`; resolves once it listens. */
+export async function start(spec: TargetSpec, dir: string): Promise<Running> {
+  const port = nextPort++;
+  const stateFile = join(dir, `${port}.json`);
+  await writeFile(stateFile, PLAIN_FILE);
+  const [file = "", ...args] = spec.argv;
+  dropFromPageCache(file);
+  const child = track(
+    spawn(file, args, { env: envFor(port, stateFile), stdio: ["ignore", "ignore", "pipe"] }),
+  );
+  const exited = new Promise<void>((done) => child.on("close", () => done()));
+  let stderr = "";
+  await new Promise<void>((ready, fail) => {
+    child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+      stderr += chunk;
+      if (/listening/.test(stderr)) ready();
+    });
+    void exited.then(() => fail(new Error(`${spec.name} exited: ${stderr}`)));
+  });
+  return {
+    spec,
+    child,
+    pid: child.pid ?? 0,
+    port,
+    stateFile,
+    async stop() {
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+export const sleep = (ms: number) => new Promise((done) => setTimeout(done, ms));
+
+/** Spawn to the first answered probe, once; a fresh process each time. */
+export async function startOnce(spec: TargetSpec, dir: string): Promise<number> {
+  const port = nextPort++;
+  const stateFile = join(dir, `${port}.json`);
+  await writeFile(stateFile, PLAIN_FILE);
+  const [file = "", ...args] = spec.argv;
+  const began = performance.now();
+  const child = track(spawn(file, args, { env: envFor(port, stateFile), stdio: "ignore" }));
+  const exited = new Promise<void>((done) => child.on("close", () => done()));
+  for (;;) {
+    const ok = await probeOnce({ host: "127.0.0.1", port, expect: LINE }).then(
+      () => true,
+      () => false,
+    );
+    if (ok) break;
+    if (performance.now() - began > 10_000) throw new Error(`${spec.name} did not start`);
+    await sleep(1);
+  }
+  const took = performance.now() - began;
+  child.kill("SIGTERM");
+  await exited;
+  return took;
+}
+
+/** A field of /proc/PID/status, in MiB. */
+export function status(pid: number, field: "VmRSS" | "VmHWM" | "RssAnon" | "RssFile"): number {
+  const text = readFileSync(`/proc/${pid}/status`, "utf8");
+  return Number(text.match(new RegExp(`^${field}:\\s+(\\d+) kB$`, "m"))?.[1]) / 1024;
+}
+
+/** CPU seconds a process has used, from /proc/PID/stat (utime + stime). */
+export function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_S;
+}
+
+/** Runs the load generator; `onMark` is called when it prints "mark". */
+export function loadgen(
+  binary: string,
+  args: string[],
+  say: (text: string) => void,
+  onMark?: () => void,
+): Promise<LoadResult> {
+  return new Promise((done, fail) => {
+    const child = track(spawn(binary, args, { stdio: ["ignore", "pipe", "inherit"] }));
+    let out = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      out += chunk;
+      if (onMark && out.includes("mark\n")) {
+        out = out.replace("mark\n", "");
+        onMark();
+        onMark = undefined;
+      }
+    });
+    child.on("close", (code) => {
+      const last = out.trim().split("\n").at(-1) ?? "";
+      if (code !== 0) return fail(new Error(`loadgen exited ${code}: ${out}`));
+      const result = JSON.parse(last) as LoadResult;
+      if (result.errors > 0) say(`  ${result.errors} errors, first: ${result.firstError}`);
+      done(result);
+    });
+  });
+}

