@@ -1,17 +1,21 @@
 /**
  * Where the daemon's log lines go: stderr, without ever letting it stop the agent. A full disk,
- * /dev/full, a reader that went away (EPIPE) or one that stopped reading must not end the process
- * or hold up a probe, so lines are written in order from a bounded queue, off the event loop;
- * a line that cannot be written is dropped and counted, and the next line that can be written
- * says how many were lost and why.
+ * /dev/full, a reader that went away (EPIPE) or one that stopped reading must not end the process,
+ * hold up a probe or keep it from exiting, so lines are written in order from a bounded queue,
+ * off the event loop; a line that cannot be written is dropped and counted, and the next line
+ * that can be written says how many were lost and why.
  */
-import { write as fsWrite, writeSync } from "node:fs";
+import { write as fsWrite } from "node:fs";
 
 export interface LogSink {
   /** Queues one complete line; drops it when the queue is full. Never throws. */
   write(line: string): void;
-  /** Writes what is still queued, synchronously, as far as it can: for the moment before exit. */
-  flushSync(): void;
+  /**
+   * Resolves once every queued line is written (and a last count of lost lines, if any), or after
+   * `timeoutMs`, whichever comes first: for the moment before exit, which a stalled reader must
+   * not hold up.
+   */
+  drain(timeoutMs: number): Promise<void>;
 }
 
 export interface LogSinkOptions {
@@ -23,7 +27,6 @@ export interface LogSinkOptions {
   /** How long to wait before trying again when the descriptor would block. */
   readonly retryMs?: number;
   readonly write?: typeof fsWrite;
-  readonly writeSync?: typeof writeSync;
 }
 
 /** About a thousand log lines. */
@@ -40,7 +43,6 @@ export function createLogSink({
   maxQueuedBytes = MAX_QUEUED_LOG_BYTES,
   retryMs = RETRY_MS,
   write = fsWrite,
-  writeSync: writeNow = writeSync,
 }: LogSinkOptions): LogSink {
   // Each line with the number of lines lost just before it, which it reports first.
   const queue: { line: Buffer; lostBefore: number }[] = [];
@@ -51,13 +53,16 @@ export function createLogSink({
   // The bytes being written (a line, after its report of lost lines), and how far they got.
   let current: { bytes: Buffer; lines: number } | undefined;
   let offset = 0;
-  // A write of `current` is in the thread pool's or the kernel's hands now.
-  let inFlight = false;
+  // Told when the queue is empty and nothing is being written.
+  const idle: (() => void)[] = [];
 
   const next = (): void => {
     if (current !== undefined) return;
     const entry = queue.shift();
-    if (entry === undefined) return;
+    if (entry === undefined) {
+      for (const resolve of idle.splice(0)) resolve();
+      return;
+    }
     queuedBytes -= entry.line.length;
     const note = entry.lostBefore > 0 ? [Buffer.from(dropNote(entry.lostBefore, lastCode))] : [];
     current = { bytes: Buffer.concat([...note, entry.line]), lines: entry.lostBefore + 1 };
@@ -75,9 +80,7 @@ export function createLogSink({
   const writeCurrent = (): void => {
     const { bytes, lines } = current ?? { bytes: undefined, lines: 0 };
     if (bytes === undefined) return;
-    inFlight = true;
     write(fd, bytes, offset, bytes.length - offset, null, (err, written) => {
-      inFlight = false;
       if (err) {
         if (err.code === "EAGAIN") {
           setTimeout(writeCurrent, retryMs).unref();
@@ -110,18 +113,21 @@ export function createLogSink({
       queuedBytes += bytes.length;
       next();
     },
-    flushSync() {
-      // A write already under way lands by itself; one waiting to be retried goes now.
-      const waiting = current !== undefined && !inFlight ? [current.bytes.subarray(offset)] : [];
-      const rest = [...waiting, ...queue.splice(0).map((entry) => entry.line)];
-      queuedBytes = 0;
-      try {
-        for (const bytes of rest) {
-          for (let done = 0; done < bytes.length; ) done += writeNow(fd, bytes, done);
-        }
-      } catch {
-        // Nothing more can be said: the process is about to exit.
+    drain(timeoutMs) {
+      // Lines lost with nothing written after them are counted now, or never.
+      if (lost > 0) {
+        queue.push({ line: Buffer.alloc(0), lostBefore: lost });
+        lost = 0;
+        next();
       }
+      if (current === undefined && queue.length === 0) return Promise.resolve();
+      return new Promise((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs);
+        idle.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
     },
   };
 }

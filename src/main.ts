@@ -32,13 +32,17 @@ const args = process.argv.slice(2);
 // matches can no longer die of the signal.
 if (args.length === 0) process.title = "hapgent";
 
-/** Lines the daemon's log still holds; written out before any exit. */
-let flushLog = (): void => {};
+/** Writes out what the daemon's log still holds, for a moment at most, before any exit. */
+let drainLog = (): Promise<void> => Promise.resolve();
+/** How long an exit may wait for the log: a reader that stalled must not keep the process. */
+const LOG_DRAIN_MS = 500;
 
-function exit(code: number): never {
-  flushLog();
-  return process.exit(code);
+function exit(code: number): void {
+  void drainLog().finally(() => process.exit(code));
 }
+
+/** How an internal error is reported: on stderr, or through the daemon's log once it has one. */
+let reportCrash = (_text: string): void => {};
 
 /** The rest loads after the handlers exist. A function, not top-level await: the standalone
  * binary runs this file as CommonJS. */
@@ -53,11 +57,11 @@ async function main(): Promise<void> {
       // EPIPE, ENOSPC, EAGAIN: the reader is gone or stuck; the exit code still tells.
     }
   };
+  reportCrash = (text) => say(2, text);
   process.on("uncaughtException", (err) => {
     // A bug, not bad input: say so once and exit, so the service manager restarts the agent.
-    flushLog();
-    say(2, `hapgent: internal error, exiting: ${err.stack ?? String(err)}\n`);
-    process.exit(70);
+    reportCrash(`hapgent: internal error, exiting: ${err.stack ?? String(err)}\n`);
+    exit(70);
   });
   const inspector = await import("node:inspector");
   const { guardInspector, inspectorRequested } = await import("./inspector-guard.js");
@@ -133,7 +137,9 @@ async function runAgent(inspector: DaemonIo["inspector"]): Promise<void> {
         { journal },
       ),
   });
-  flushLog = () => sink.flushSync();
+  drainLog = () => sink.drain(LOG_DRAIN_MS);
+  // Through the queue, so a stalled reader cannot keep a crashed daemon from exiting either.
+  reportCrash = (text) => sink.write(formatLine("error", text.trimEnd(), { journal }));
   await runDaemon({
     env: process.env,
     cwd: process.cwd(),

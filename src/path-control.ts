@@ -3,7 +3,9 @@
  * path with more privilege than the user who controls it (logrotate's rule): a user who can
  * replace an entry on the way (a directory of theirs, a symlink in it) can point root at any file.
  * So the path is walked as the kernel walks it, and every directory searched says who, besides
- * root, could have put there what was found (or could put something where nothing is yet).
+ * root, could have put there what was found (or could put something where nothing is yet). A
+ * directory a group may write (or one with an ACL, whose mask shows in the group bits) counts as
+ * writable by several users.
  */
 import { lstat, readlink } from "node:fs/promises";
 import { dirname, isAbsolute, join } from "node:path";
@@ -48,7 +50,9 @@ export function controllerOf(lookups: readonly Lookup[]): Controller {
     // The owner of a directory can always change its entries (chmod first if need be).
     add(dirOwner.uid, `${dir} is owned by uid ${dirOwner.uid}`);
     const everyone = (dirOwner.mode & OTHER_WRITE) !== 0;
-    const group = (dirOwner.mode & GROUP_WRITE) !== 0 && dirOwner.gid !== 0;
+    // Whatever the group, root's included: members are not known, and on a directory with an
+    // ACL these bits are the mask, which any user or group the ACL names may write through.
+    const group = (dirOwner.mode & GROUP_WRITE) !== 0;
     if (!everyone && !group) continue;
     const writers = everyone ? "every user" : `group ${dirOwner.gid}`;
     if ((dirOwner.mode & STICKY) === 0) {

@@ -4,8 +4,17 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants, type Stats } from "node:fs";
-import { type FileHandle, lstat, open, readdir, readlink, rename, unlink } from "node:fs/promises";
-import { basename, dirname, join, resolve } from "node:path";
+import {
+  type FileHandle,
+  lstat,
+  open,
+  readdir,
+  readlink,
+  realpath,
+  rename,
+  unlink,
+} from "node:fs/promises";
+import { basename, dirname, isAbsolute, join } from "node:path";
 import { MAX_STATE_FILE_BYTES, parseState, type State, serialiseState } from "./core/state.js";
 import type { Logger } from "./log.js";
 
@@ -162,16 +171,28 @@ function temporaryPrefix(target: string): string {
   return `.${basename(target)}.tmp-`;
 }
 
-/** Follows symlinks to the file that a save must replace, even when the final target is missing. */
+/**
+ * Follows symlinks to the file that a save must replace, even when the final target is missing.
+ * The directories are resolved by the kernel (realpath), never as text: in a link's target, `..`
+ * after a symlinked directory is the parent of where that link leads, as for every other reader
+ * of the path (and as path-control.ts walks it).
+ */
 async function resolveSymlinks(path: string): Promise<string> {
   let current = path;
   for (let hops = 0; hops < MAX_SYMLINKS; hops++) {
-    const stats = await lstat(current).catch((err: NodeJS.ErrnoException) => {
+    const name = basename(current);
+    // A path ending in . or .. names a directory: resolved whole, it fails as one would.
+    if (name === "." || name === ".." || name === "") return realpath(current);
+    const directory = await realpath(dirname(current));
+    const at = join(directory, name);
+    const stats = await lstat(at).catch((err: NodeJS.ErrnoException) => {
       if (err.code === "ENOENT") return undefined;
       throw err;
     });
-    if (!stats?.isSymbolicLink()) return current;
-    current = resolve(dirname(current), await readlink(current));
+    if (!stats?.isSymbolicLink()) return at;
+    const target = await readlink(at);
+    // Joined as text, not normalised: the next realpath() resolves what the target's `..` mean.
+    current = isAbsolute(target) ? target : `${directory}/${target}`;
   }
   throw Object.assign(new Error(`too many symlinks from ${path}`), { code: "ELOOP" });
 }

@@ -163,7 +163,8 @@ for (const { name, state, probes } of CASES) {
       await prober;
 
       assert.deepEqual(results.wrong, [], "every good probe got the right answer");
-      assert.ok(results.ok >= 100, `good probes kept running: ${results.ok}`);
+      // Dozens at the least, even on a loaded machine: the prober was never starved.
+      assert.ok(results.ok >= 20, `good probes kept running: ${results.ok}`);
       assert.equal(d.child.exitCode, null, "the daemon is still up");
       // Lingering connections close within LINGER_MS (2 s) of their reply.
       await waitFor(
@@ -209,9 +210,11 @@ test("a flood of reconnecting clients: every probe beside it is answered, none w
   const binary = await buildLoadgen(t);
   const d = await startDaemon(t, { state: '{"status":"UP"}' });
   const line = "up ready 100%\n";
+  const overflowsBefore = await listenOverflows();
   // 1,024 clients at a time, each reconnecting as soon as it has its reply: more connections
-  // arrive between two turns of the event loop than a backlog of 511 holds, and a probe whose
-  // SYN finds the queue full is retried only after 1 s (measured: p99 2.1 s with 511).
+  // arrive between two turns of the event loop than a backlog of 511 holds, and a SYN that finds
+  // the accept queue full is dropped (the kernel counts it in ListenOverflows) and retried by the
+  // client only after 1 s (measured: p99 2.1 s with a backlog of 511).
   const flood = loadgen(binary, [
     "closed",
     "127.0.0.1",
@@ -225,11 +228,23 @@ test("a flood of reconnecting clients: every probe beside it is answered, none w
   await sleep(300);
   const probes = await loadgen(binary, ["open", "127.0.0.1", String(d.port), line, "", "200", "3"]);
   const flooded = await flood;
+  const overflows = (await listenOverflows()) - overflowsBefore;
   t.diagnostic(
-    `flood ${Math.round(Number(flooded.perSecond))} connections/s; probes beside it: p50 ${probes.p50} ms, p99 ${probes.p99} ms, max ${probes.max} ms`,
+    `flood ${Math.round(Number(flooded.perSecond))} connections/s; probes beside it: p50 ${probes.p50} ms, p99 ${probes.p99} ms, max ${probes.max} ms; accept queue overflows ${overflows}`,
   );
   assert.equal(probes.errors, 0, String(probes.firstError));
+  assert.equal(flooded.errors, 0, String(flooded.firstError));
   assert.equal(probes.probes, 600);
-  assert.ok(Number(probes.max) < 1000, `a probe took ${probes.max} ms: a SYN was dropped`);
+  assert.equal(overflows, 0, "no connection was dropped for a full accept queue");
   assert.equal(await d.probe(), line);
 });
+
+/** The kernel's count of connections dropped because a listener's accept queue was full. */
+async function listenOverflows(): Promise<number> {
+  const [names, values] = (await readFile("/proc/net/netstat", "utf8"))
+    .split("\n")
+    .filter((row) => row.startsWith("TcpExt:"))
+    .map((row) => row.split(/\s+/));
+  const at = names?.indexOf("ListenOverflows") ?? -1;
+  return Number(values?.[at]);
+}

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
-import { mkdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/cli.js";
-import { findDaemons } from "../src/cli/daemons.js";
+import { findDaemons, systemUnit } from "../src/cli/daemons.js";
 import { reply } from "../src/core/reply.js";
 import { parseState, type State } from "../src/core/state.js";
 import { createAgentServer } from "../src/daemon/server.js";
@@ -445,6 +445,8 @@ describe("finding the daemon (fake /proc)", () => {
       await writeFile(join(at, "environ"), environ);
       await writeFile(join(at, "status"), `Name:\t${comm}\nUid:\t${uid}\t${uid}\t${uid}\t${uid}\n`);
       await writeFile(join(at, "cgroup"), cgroup);
+      const afterName = ["S", ...Array.from({ length: 18 }, () => "0"), String(1000 + pid)];
+      await writeFile(join(at, "stat"), `${pid} (${comm}) ${afterName.join(" ")} 0 0\n`);
       await symlink(dir, join(at, "cwd"));
     }
     await writeFile(stateFile, '{"status":"UP"}');
@@ -525,4 +527,67 @@ describe("finding the daemon (fake /proc)", () => {
     assert.equal(JSON.parse(result.stdout).stateFile, join(dir, "svc.json"));
     assert.deepEqual(result.became, [other]);
   });
+
+  test("a daemon whose word is not taken is named in a note, never silently passed over", async (t) => {
+    const dir = await tempDir(t);
+    const other = me + 4242;
+    const environ = `HAPGENT_PORT=1\0HAPGENT_STATE_FILE=${join(dir, "theirs.json")}\0`;
+    const proc = await fakeProc(dir, 1, join(dir, "state.json"), [[401, other, environ, "0::/\n"]]);
+    await rm(join(proc, "101"), { recursive: true });
+    const result = await cliInProcess(t, ["status"], { procRoot: proc });
+    assert.match(
+      result.stdout,
+      new RegExp(
+        `note        hapgent pid 401 \\(uid ${other}\\) serves .*theirs\\.json; its word is not taken, since it runs as another user and not as a hapgent system service: name the file with --state-file to use it`,
+      ),
+    );
+  });
+
+  test("a daemon's huge environment or its escapes cannot hurt the command", async (t) => {
+    const dir = await tempDir(t);
+    // Two million bytes of variables, as another user may give a process of theirs.
+    const huge = `${"X=y\0".repeat(500_000)}HAPGENT_PORT=1\0`;
+    const escapes = "HAPGENT_PORT=\u001b[2J\u202e9\0";
+    const proc = await fakeProc(dir, 1, join(dir, "state.json"), [
+      [501, me, huge, ""],
+      [502, me, escapes, ""],
+    ]);
+    const result = await cliInProcess(t, ["status", "--state-file", join(dir, "state.json")], {
+      procRoot: proc,
+    });
+    assert.match(result.stdout, /hapgent pid 501 .*: its environment is larger than 1 MiB/);
+    assert.match(
+      result.stdout,
+      /hapgent pid 502 .*: HAPGENT_PORT="\\u001b\[2J\\u202e9" is invalid/,
+    );
+    assert.doesNotMatch(result.stdout, /\u001b|\u202e/);
+  });
+
+  test("a file whose directory belongs to a uid without an account is refused, not a crash", {
+    skip: !IS_ROOT && "needs root to give a directory away",
+  }, async (t) => {
+    const dir = await tempDir(t);
+    await chmod(dir, 0o755);
+    await mkdir(join(dir, "ghost"));
+    await chown(join(dir, "ghost"), 4_000_000, 4_000_000);
+    const result = await cliInProcess(t, ["check", join(dir, "ghost", "state.json")]);
+    assert.equal(result.code, CLI_EXIT.UNSAFE_PATH, result.stderr);
+    assert.match(
+      result.stderr,
+      /cannot act on .*ghost\/state\.json as uid 4000000, who controls it/,
+    );
+  });
+});
+
+test("systemUnit: only a system service's cgroup names a unit", () => {
+  const cases: [string, string | undefined][] = [
+    ["0::/system.slice/hapgent.service\n", "hapgent.service"],
+    ["0::/system.slice/hapgent@web.service\n", "hapgent@web.service"],
+    ["12:name=systemd:/system.slice/hapgent.service\n3:cpu:/\n", "hapgent.service"],
+    ["0::/user.slice/user-1000.slice/user@1000.service/app.slice/hapgent.service\n", undefined],
+    ["0::/system.slice/hapgent.service/sub\n", undefined],
+    ["0::/\n", undefined],
+    ["", undefined],
+  ];
+  for (const [cgroup, unit] of cases) assert.equal(systemUnit(cgroup), unit, cgroup);
 });

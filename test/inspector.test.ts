@@ -5,6 +5,7 @@
  * on an address no TCP connection can reach, so runs can overlap.
  */
 import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { test } from "node:test";
 import { startDaemon } from "./helpers.js";
@@ -79,6 +80,10 @@ test("SIGUSR1 during start-up never leaves the debugger open and still sets UP",
     const closed = d.stderr().match(/closed the Node debugger \(ws:\/\/([^/]+):(\d+)\//);
     if (closed) {
       assert.equal(closed[1], "255.255.255.255", "the debugger listens where no one can connect");
+      // Really closed: nothing listens on its port any more.
+      const port = Number(closed[2]).toString(16).toUpperCase().padStart(4, "0");
+      const table = await readFile("/proc/net/tcp", "utf8");
+      assert.doesNotMatch(table, new RegExp(`: FFFFFFFF:${port} 00000000:0000 0A `), table);
       outcomes.guard++;
     } else {
       outcomes.handler++;

@@ -5,11 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
+import { closeSync, constants, openSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { createLogSink } from "../src/log-sink.js";
 import { execOk, freePort, hapgentArgv, missing, probe, tempDir, waitFor } from "./helpers.js";
 
@@ -86,6 +87,30 @@ describe("a log that cannot be written", () => {
     assert.equal(d.child.exitCode, null, "still running");
     d.child.kill("SIGTERM");
     assert.deepEqual(await d.exited, { code: 0, signal: null });
+  });
+
+  test("stderr on a pipe nobody reads: probes are answered, TERM still ends it at once", async (t) => {
+    const dir = await tempDir(t);
+    const fifo = join(dir, "fifo");
+    await execOk("mkfifo", [fifo]);
+    // The reader opens the pipe and never reads: the kernel's buffer fills, writes block.
+    const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    t.after(async () => closeSync(reader));
+    const writer = openSync(fifo, "w");
+    t.after(async () => closeSync(writer));
+    const d = await startWithStderr(t, writer);
+    // Thousands of log lines, far more than the pipe (64 KiB) and the queue (256 KiB) hold.
+    for (let i = 0; i < 4000; i++) {
+      d.child.kill(i % 2 === 0 ? "SIGUSR2" : "SIGUSR1");
+      if (i % 50 === 0) await sleep(1);
+    }
+    d.child.kill("SIGUSR2");
+    await d.answers("down ready 100%\n");
+    const began = performance.now();
+    d.child.kill("SIGTERM");
+    assert.deepEqual(await d.exited, { code: 0, signal: null });
+    const took = performance.now() - began;
+    assert.ok(took < 3000, `stopping took ${Math.round(took)} ms`);
   });
 
   test("stderr on a full file system: lines are dropped, then counted once there is room", {
@@ -219,22 +244,33 @@ describe("log sink", () => {
     );
   });
 
-  test("flushSync writes what waits, and never throws", () => {
-    const out: string[] = [];
-    const sink = createLogSink({
-      fd: 9,
-      dropNote: note,
-      write: (() => {}) as unknown as typeof import("node:fs").write,
-      writeSync: ((_fd: number, buffer: Buffer, offset: number) => {
-        out.push(buffer.subarray(offset).toString());
-        if (out.length > 1) throw Object.assign(new Error("gone"), { code: "EPIPE" });
-        return buffer.length - offset;
-      }) as unknown as typeof import("node:fs").writeSync,
-    });
-    sink.write("in flight\n");
-    sink.write("queued\n");
+  test("drain waits until every line is out, and counts lost lines that nothing followed", async () => {
+    let failing = false;
+    const fd = fakeFd((bytes) =>
+      failing ? Object.assign(new Error("full"), { code: "ENOSPC" }) : bytes.length,
+    );
+    const sink = createLogSink({ fd: 9, dropNote: note, write: fd.write });
+    sink.write("one\n");
+    sink.write("two\n");
+    await sink.drain(1000);
+    assert.equal(fd.written.join(""), "one\ntwo\n");
+    failing = true;
     sink.write("lost\n");
-    assert.doesNotThrow(() => sink.flushSync());
-    assert.deepEqual(out, ["queued\n", "lost\n"]);
+    await settle();
+    failing = false;
+    await sink.drain(1000);
+    assert.equal(fd.written.join(""), "one\ntwo\n[1 lost: ENOSPC]\n");
+  });
+
+  test("drain gives up after its time when the reader has stalled", async () => {
+    // A write that never completes: a reader that stopped reading a blocking pipe.
+    const write = (() => {}) as unknown as typeof import("node:fs").write;
+    const sink = createLogSink({ fd: 9, dropNote: note, write });
+    sink.write("stuck\n");
+    sink.write("behind it\n");
+    const began = performance.now();
+    await sink.drain(50);
+    const took = performance.now() - began;
+    assert.ok(took >= 45 && took < 1000, `drain took ${took} ms`);
   });
 });

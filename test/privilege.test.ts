@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { chmod, chown, lstat, mkdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/exit.js";
@@ -303,16 +303,18 @@ describe("attacks by other local users", { skip: SKIP }, () => {
   test("root refuses a directory that every user, or a group, may write", async (t) => {
     const base = await tempDir(t);
     await chmod(base, 0o755);
-    for (const [mode, file, code] of [
-      [0o777, "state.json", CLI_EXIT.UNSAFE_PATH],
-      [0o775, "state.json", CLI_EXIT.UNSAFE_PATH],
+    for (const [mode, file, code, gid] of [
+      [0o777, "state.json", CLI_EXIT.UNSAFE_PATH, 1],
+      [0o775, "state.json", CLI_EXIT.UNSAFE_PATH, 1],
+      // Root's own group: its members are not known (and an ACL's mask shows here too).
+      [0o775, "state.json", CLI_EXIT.UNSAFE_PATH, 0],
       // Sticky, as /tmp: a missing file could be anyone's; root's own file is root's.
-      [0o1777, "missing.json", CLI_EXIT.UNSAFE_PATH],
-      [0o1777, "state.json", CLI_EXIT.NO_AGENT],
+      [0o1777, "missing.json", CLI_EXIT.UNSAFE_PATH, 1],
+      [0o1777, "state.json", CLI_EXIT.NO_AGENT, 1],
     ] as const) {
-      const dir = join(base, `d${mode.toString(8)}-${file}`);
+      const dir = join(base, `d${mode.toString(8)}-${gid}-${file}`);
       await mkdir(dir);
-      await chown(dir, 0, 1);
+      await chown(dir, 0, gid);
       await chmod(dir, mode);
       await writeFile(join(dir, "state.json"), '{"status":"UP"}');
       const result = await runHapgent(["down", "--state-file", join(dir, file)], {
@@ -322,11 +324,46 @@ describe("attacks by other local users", { skip: SKIP }, () => {
       if (code === CLI_EXIT.UNSAFE_PATH) {
         assert.match(
           result.stderr,
-          /refusing to use .* as root: .* is writable by (every user|group 1)/,
+          /refusing to use .* as root: .* is writable by (every user|group [01])/,
         );
         assert.equal(await readFile(join(dir, "state.json"), "utf8"), '{"status":"UP"}');
       }
     }
+  });
+
+  test("`..` in a symlink's target is resolved as the kernel does, where the walk looked", async (t) => {
+    const { attacker } = users();
+    const base = await tempDir(t);
+    await chmod(base, 0o755);
+    const secret = await rootFile(base);
+    // a/link -> b/c, and b/c/state.json -> ../d/state.json: the kernel reads b/d/state.json.
+    // Read as text, the path would be a/d/state.json, in a directory of the attacker's, which
+    // the attacker points at the root file.
+    for (const dir of ["a", "b", "b/c"]) await mkdir(join(base, dir));
+    await symlink(join(base, "b/c"), join(base, "a/link"));
+    await symlink("../d/state.json", join(base, "b/c/state.json"));
+    const theirs = await dirOf(base, attacker, "a/d");
+    const planted = await scriptAs(
+      attacker,
+      `fs.symlinkSync(${JSON.stringify(secret.path)}, ${JSON.stringify(join(theirs, "state.json"))});`,
+    );
+    assert.equal(planted.code, 0, planted.stderr);
+    const result = await runHapgent(
+      ["up", "--no-wait", "--state-file", join(base, "a/link/state.json")],
+      { HAPGENT_PORT: "1" },
+    );
+    assert.equal(result.code, CLI_EXIT.CANNOT_WRITE, result.stderr);
+    assert.match(result.stderr, /cannot write .*: ENOENT/);
+    await secret.intact();
+    // Where the kernel resolves it, the file is written: the walk and the save agree.
+    await mkdir(join(base, "b/d"));
+    const written = await runHapgent(
+      ["up", "--no-wait", "--state-file", join(base, "a/link/state.json")],
+      { HAPGENT_PORT: "1" },
+    );
+    assert.equal(written.code, CLI_EXIT.NO_AGENT, written.stderr);
+    assert.equal(await readFile(join(base, "b/d/state.json"), "utf8"), '{"status":"UP"}\n');
+    await secret.intact();
   });
 
   test("a daemon run as root refuses a state file in another user's directory", async (t) => {

@@ -107,11 +107,11 @@ describe("parseState rejects with a precise reason", () => {
     ['{"status":"UP"} {"status":"DOWN"}', "file is not valid JSON ("],
     [
       '{"status":"UP","description":""}',
-      'description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got ""',
+      'description must be 1-200 characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got ""',
     ],
     [
       '{"status":"UP","description":"a\\nb"}',
-      'description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got "a\\nb"',
+      'description must be 1-200 characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got "a\\nb"',
     ],
     ['{"status":"UP","description":"a\\rb"}', "description must be 1-200 characters"],
     ['{"status":"UP","description":"a\\u0000b"}', "description must be 1-200 characters"],
@@ -119,15 +119,15 @@ describe("parseState rejects with a precise reason", () => {
     ['{"status":"UP","description":"tab\\there"}', "description must be 1-200 characters"],
     [
       '{"status":"UP","description":" leading"}',
-      `description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got " leading"`,
+      `description must be 1-200 characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got " leading"`,
     ],
     [
       '{"status":"UP","description":"trailing "}',
-      `description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got "trailing "`,
+      `description must be 1-200 characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got "trailing "`,
     ],
     [
       '{"status":"UP","description":"\\u00a0nbsp"}',
-      `description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got "\u00a0nbsp"`,
+      `description must be 1-200 characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got "\u00a0nbsp"`,
     ],
     // HAProxy must receive exactly what the file says, and show nothing deceptive.
     ['{"status":"UP","description":"x\\ud800"}', "description must be 1-200 characters"],
@@ -158,11 +158,11 @@ describe("parseState rejects with a precise reason", () => {
     ["{\n\u0000", "file is not valid JSON ("],
     [
       '{"status":"UP","description":5}',
-      "description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got 5",
+      "description must be 1-200 characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got 5",
     ],
     [
       `{"status":"UP","description":"${"x".repeat(201)}"}`,
-      `description must be 1-200 characters of printable text on one line (no control or format characters), not beginning or ending with a space, got "${"x".repeat(40)}"... (201 characters)`,
+      `description must be 1-200 characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got "${"x".repeat(40)}"... (201 characters)`,
     ],
   ];
   for (const [text, reason] of bad) {
@@ -187,7 +187,16 @@ describe("parseState rejects with a precise reason", () => {
     }
   });
   test("descriptions in any script, with combining marks and emoji, are shown exactly", () => {
-    for (const description of ["déploiement 1.4", "配備 1.4", "e\u0301", "deploy 🚀", "עברית"]) {
+    for (const description of [
+      "déploiement 1.4",
+      "配備 1.4",
+      "e\u0301",
+      "deploy 🚀",
+      "עברית",
+      "deploy 👩\u200d💻 ok",
+      "\u{1f3f4}\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f}",
+      "क्\u200dष",
+    ]) {
       const result = parseState(bytes(JSON.stringify({ status: "UP", description })));
       assert.deepEqual(result, { ok: true, state: { status: "UP", description } });
     }

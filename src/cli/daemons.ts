@@ -5,14 +5,17 @@
  * for a daemon. Any process can take that name: what a daemon says is only as good as the user
  * it runs as, and the caller decides what to believe (target.ts).
  */
-import { readdir, readFile, readlink, realpath } from "node:fs/promises";
+import { open, readdir, readlink, realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { type Config, parseConfig } from "../config.js";
+import { printable } from "../core/state.js";
 
 interface Found {
   readonly pid: number;
   /** The real uid it runs as. */
   readonly uid: number;
+  /** When it started, in clock ticks since boot: with the pid, it names the process for good. */
+  readonly startTicks: string;
   /** Its systemd unit when it runs in a system service's cgroup, which only root can arrange. */
   readonly unit: string | undefined;
 }
@@ -21,35 +24,54 @@ export type RunningDaemon =
   | (Found & { readonly readable: true; readonly config: Config })
   | (Found & { readonly readable: false; readonly reason: string });
 
+/** A daemon's command line is `hapgent`; anything much longer is not one. */
+const MAX_CMDLINE_BYTES = 4096;
+/** A daemon's environment is small; another user's process may make its own huge. */
+const MAX_ENVIRON_BYTES = 1024 * 1024;
+const MAX_SMALL_FILE_BYTES = 64 * 1024;
+
 /** Every hapgent daemon visible in `procRoot`, except the process `self`. */
 export async function findDaemons(procRoot: string, self: number): Promise<RunningDaemon[]> {
   const names = await readdir(procRoot).catch(() => [] as string[]);
   const found: RunningDaemon[] = [];
   for (const name of names) {
     if (!/^[0-9]+$/.test(name) || Number(name) === self) continue;
-    const dir = join(procRoot, name);
-    const comm = await readFile(join(dir, "comm"), "utf8").catch(() => "");
-    if (comm.trim() !== "hapgent") continue;
-    const cmdline = await readFile(join(dir, "cmdline"), "utf8").catch(() => "");
-    if (cmdline.split("\0").filter(Boolean).join(" ") !== "hapgent") continue;
-    const status = await readFile(join(dir, "status"), "utf8").catch(() => "");
-    const uid = Number(/^Uid:\s+([0-9]+)/m.exec(status)?.[1] ?? Number.NaN);
-    // Gone between the listing and now, or not a process we can see.
-    if (!Number.isInteger(uid)) continue;
-    const cgroup = await readFile(join(dir, "cgroup"), "utf8").catch(() => "");
-    const base = { pid: Number(name), uid, unit: systemUnit(cgroup) };
-    found.push({ ...base, ...(await describe(dir)) });
+    const daemon = await inspect(join(procRoot, name), Number(name)).catch(() => undefined);
+    if (daemon !== undefined) found.push(daemon);
   }
   return found;
 }
 
+/** The daemon in /proc/PID, or undefined when the process is not one (or is gone). */
+async function inspect(dir: string, pid: number): Promise<RunningDaemon | undefined> {
+  const comm = await readText(join(dir, "comm"), 64).catch(() => "");
+  if (comm.trim() !== "hapgent") return undefined;
+  const cmdline = await readText(join(dir, "cmdline"), MAX_CMDLINE_BYTES).catch(() => "");
+  if (cmdline.split("\0").filter(Boolean).join(" ") !== "hapgent") return undefined;
+  const found = await identify(dir, pid);
+  if (found === undefined) return undefined;
+  return { ...found, ...(await describe(dir)) };
+}
+
+/** Who a process is: its uid, start time and service; undefined when it is gone. */
+export async function identify(dir: string, pid: number): Promise<Found | undefined> {
+  const status = await readText(join(dir, "status"), MAX_SMALL_FILE_BYTES).catch(() => "");
+  const uid = Number(/^Uid:\s+([0-9]+)/m.exec(status)?.[1] ?? Number.NaN);
+  // The start time is field 22; the command name before it may hold spaces and parentheses.
+  const stat = await readText(join(dir, "stat"), MAX_SMALL_FILE_BYTES).catch(() => "");
+  const startTicks = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  if (!Number.isInteger(uid) || startTicks === undefined) return undefined;
+  const cgroup = await readText(join(dir, "cgroup"), MAX_SMALL_FILE_BYTES).catch(() => "");
+  return { pid, uid, startTicks, unit: systemUnit(cgroup) };
+}
+
 /**
- * The unit of a process in the system manager's service cgroup (`0::/system.slice/NAME.service`
- * in cgroup v2): only root can place a process there; a user's own services run under
- * /user.slice.
+ * The unit of a process in the system manager's service cgroup: `0::/system.slice/NAME.service`
+ * (cgroup v2) or `N:name=systemd:/system.slice/NAME.service` (v1). Only root can place a process
+ * there; a user's own services run under /user.slice.
  */
 export function systemUnit(cgroup: string): string | undefined {
-  const path = /^0::(\/\S*)$/m.exec(cgroup)?.[1];
+  const path = /^(?:0:|[0-9]+:name=systemd):(\/\S*)$/m.exec(cgroup)?.[1];
   return path === undefined ? undefined : /^\/system\.slice\/([^/]+\.service)$/.exec(path)?.[1];
 }
 
@@ -57,15 +79,16 @@ async function describe(
   dir: string,
 ): Promise<{ readable: true; config: Config } | { readable: false; reason: string }> {
   try {
-    const environ = await readFile(join(dir, "environ"), "utf8");
-    const cwd = await readlink(join(dir, "cwd"));
-    const env: Record<string, string> = {};
-    for (const entry of environ.split("\0")) {
-      const at = entry.indexOf("=");
-      if (at > 0) env[entry.slice(0, at)] = entry.slice(at + 1);
+    const env = await hapgentVariables(join(dir, "environ"));
+    if (env === undefined) {
+      return {
+        readable: false,
+        reason: `its environment is larger than ${MAX_ENVIRON_BYTES / 1024 / 1024} MiB, which no hapgent's is`,
+      };
     }
+    const cwd = await readlink(join(dir, "cwd"));
     const parsed = parseConfig(env, cwd);
-    if (!parsed.ok) return { readable: false, reason: parsed.reason };
+    if (!parsed.ok) return { readable: false, reason: printable(parsed.reason) };
     return { readable: true, config: parsed.config };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
@@ -77,6 +100,51 @@ async function describe(
           : `it could not be inspected (${code ?? "error"})`,
     };
   }
+}
+
+/** The HAPGENT_ variables of a process's environment; undefined when it is implausibly large. */
+async function hapgentVariables(path: string): Promise<Record<string, string> | undefined> {
+  const bytes = await readBounded(path, MAX_ENVIRON_BYTES + 1);
+  if (bytes.length > MAX_ENVIRON_BYTES) return undefined;
+  // Found where they are, without splitting what may be a million other entries.
+  const env: Record<string, string> = {};
+  for (let at = bytes.indexOf(PREFIX); at >= 0; at = bytes.indexOf(PREFIX, at + 1)) {
+    if (at > 0 && bytes[at - 1] !== 0) continue;
+    const end = bytes.indexOf(0, at);
+    const entry = bytes.toString("utf8", at, end < 0 ? bytes.length : end);
+    const equals = entry.indexOf("=");
+    if (equals > 0) env[entry.slice(0, equals)] = entry.slice(equals + 1);
+  }
+  return env;
+}
+const PREFIX = Buffer.from("HAPGENT_");
+
+/** At most `max` bytes of a file: /proc files can be as large as their owner likes. */
+async function readBounded(path: string, max: number): Promise<Buffer> {
+  const handle = await open(path, "r");
+  try {
+    const buffer = Buffer.alloc(max);
+    let length = 0;
+    while (length < max) {
+      const { bytesRead } = await handle.read(buffer, length, max - length, null);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    return buffer.subarray(0, length);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** At most `max` bytes of a file, as text. */
+async function readText(path: string, max: number): Promise<string> {
+  return (await readBounded(path, max)).toString("utf8");
+}
+
+/** True while `daemon` still runs: the same pid and start time, so not a reused pid. */
+export async function stillRunning(procRoot: string, daemon: Found): Promise<boolean> {
+  const now = await identify(join(procRoot, String(daemon.pid)), daemon.pid).catch(() => undefined);
+  return now?.startTicks === daemon.startTicks && now.uid === daemon.uid;
 }
 
 /** The same file for two paths, following symlinks where the file exists. */

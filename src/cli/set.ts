@@ -15,6 +15,7 @@ import {
 import { createLogger } from "../log.js";
 import { createStateStore } from "../store.js";
 import type { Values } from "./args.js";
+import { stillRunning } from "./daemons.js";
 import { CLI_EXIT, usage } from "./exit.js";
 import { DEFAULT_TIMEOUT_S } from "./help.js";
 import type { CliIo } from "./io.js";
@@ -64,11 +65,19 @@ export async function set(io: CliIo, values: Values, status: Status): Promise<nu
     );
   }
 
-  const [pid] = target.agents;
-  if (pid === undefined) {
+  const [daemon] = target.serving;
+  const pid = daemon?.pid;
+  if (daemon === undefined || pid === undefined) {
     for (const text of target.notes) io.err(`hapgent: ${text}\n`);
     io.err(
       `hapgent: no running hapgent serves ${path}, so none was signalled; the next start loads it\n`,
+    );
+    return CLI_EXIT.NO_AGENT;
+  }
+  // The pid was found before the save: a daemon that stopped since may have left it to another.
+  if (!(await stillRunning(io.procRoot, daemon))) {
+    io.err(
+      `hapgent: hapgent pid ${pid} has stopped, so none was signalled; the next start loads ${path}\n`,
     );
     return CLI_EXIT.NO_AGENT;
   }

@@ -15,6 +15,7 @@
  *   file's owner); others that claim it are shown and ignored, so they cannot block a command.
  */
 import { type Config, parseConfig } from "../config.js";
+import { printable } from "../core/state.js";
 import { controllerOf, walkPath } from "../path-control.js";
 import type { Values } from "./args.js";
 import { findDaemons, probeAddress, type RunningDaemon, samePath } from "./daemons.js";
@@ -39,6 +40,8 @@ export interface Target {
   readonly config: Config;
   /** Daemons that serve the file, by pid. */
   readonly agents: readonly number[];
+  /** The same daemons, as found: to check that a pid still names one before signalling it. */
+  readonly serving: readonly RunningDaemon[];
   /** Daemons seen but not used, and why. */
   readonly notes: readonly string[];
   readonly probeHost: string;
@@ -99,6 +102,7 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
       namedBy = trusted[0];
       config = { ...config, stateFile: namedBy.config.stateFile };
     }
+    notes.push(...unused(io, readable, trusted, namedBy));
   }
   const { uid, owner } = await actingUser(io, config.stateFile, namedBy);
 
@@ -112,23 +116,15 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
       );
     }
   }
-  if (uid !== io.uid) {
-    try {
-      io.become(uid);
-    } catch (err) {
-      throw new CliError(
-        CLI_EXIT.UNSAFE_PATH,
-        `cannot act on ${config.stateFile} as ${who(io, uid)}, who controls it: ${(err as Error).message}; nothing was read or written`,
-      );
-    }
-  }
+  become(io, uid, config.stateFile);
   const single = serving.length === 1 ? serving[0] : undefined;
   const address =
     single && values.ip === undefined && values.port === undefined ? single.config : config;
   return {
     config,
     agents: serving.map((d) => d.pid),
-    notes,
+    serving,
+    notes: notes.map(printable),
     probeHost: probeAddress(address.host),
     probePort: address.port,
   };
@@ -140,7 +136,40 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
  */
 export async function actOn(io: TargetIo, path: string): Promise<void> {
   const { uid } = await actingUser(io, path, undefined);
-  if (uid !== io.uid) io.become(uid);
+  become(io, uid, path);
+}
+
+/** Switches to `uid` for good, unless the command already runs as it. */
+function become(io: TargetIo, uid: number, path: string): void {
+  if (uid === io.uid) return;
+  try {
+    io.become(uid);
+  } catch (err) {
+    throw new CliError(
+      CLI_EXIT.UNSAFE_PATH,
+      `cannot act on ${path} as ${who(io, uid)}, who controls it: ${(err as Error).message}; nothing was read or written`,
+    );
+  }
+}
+
+/** Why the daemons whose file was not taken were not: said, never silently. */
+function unused(
+  io: TargetIo,
+  readable: readonly Readable[],
+  trusted: readonly Readable[],
+  namedBy: Readable | undefined,
+): string[] {
+  if (trusted.length > 1) {
+    return [
+      `several hapgent daemons could name the file (pids ${trusted.map((d) => d.pid).join(", ")}); name it with --state-file`,
+    ];
+  }
+  return readable
+    .filter((d) => d !== namedBy && !trusted.includes(d))
+    .map(
+      (d) =>
+        `hapgent pid ${d.pid} (${who(io, d.uid)}) serves ${d.config.stateFile}; its word is not taken, since it runs as another user and not as a hapgent system service: name the file with --state-file to use it`,
+    );
 }
 
 /**

@@ -52,11 +52,14 @@ export function isInService(status: Status): boolean {
 }
 /**
  * Text HAProxy receives exactly as written and shows as it is: no control characters, no line or
- * paragraph separators, no format characters (bidirectional overrides, zero-width characters,
- * which make a stats page lie), and no lone surrogates (UTF-8 cannot carry them: HAProxy would
- * get U+FFFD, and the agent could never confirm what it sends).
+ * paragraph separators, no lone surrogates (UTF-8 cannot carry them: HAProxy would get U+FFFD,
+ * and the agent could never confirm what it sends), and no invisible format characters, such as
+ * bidirectional overrides, which make a stats page show text in another order than it has. The
+ * joiners (U+200C, U+200D) and emoji tags (U+E0020-E007F) that shape scripts and emoji are
+ * format characters too, and stay allowed.
  */
-const SHOWN_EXACTLY = /^[^\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]+$/u;
+const SHOWN_EXACTLY =
+  /^(?:[^\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]|[\u200c\u200d]|[\u{e0020}-\u{e007f}])+$/u;
 /** A reason quotes the file; however large the file, a reason stays one readable log line. */
 const MAX_REASON_CHARS = 300;
 
@@ -158,7 +161,7 @@ function validateFields(value: unknown, fields: readonly string[], where: string
   }
   if ("description" in record && !isDescription(description)) {
     return invalid(
-      `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line (no control or format characters), not beginning or ending with a space, got ${describe(description)}`,
+      `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got ${describe(description)}`,
     );
   }
   return {

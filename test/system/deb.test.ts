@@ -419,15 +419,17 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       // open Node's debugger. Meanwhile an attacker on the host reads /proc/net/tcp and connects
       // to every listener that may be one.
       const attacker = debuggerAttacker();
+      const outcomes: string[] = [];
       for (const delayMs of [5, 10, 15, 20, 25, 30, 35, 40]) {
-        await insideOk(
+        const round = await insideOk(
           [
             "sh",
             "-c",
-            `old=$(systemctl show -P MainPID hapgent); systemctl restart --no-block hapgent; while :; do p=$(systemctl show -P MainPID hapgent); [ "$p" != "$old" ] && [ "$p" != 0 ] && break; done; sleep ${delayMs / 1000}; kill -USR1 "$p"; sleep 0.3; true`,
+            `old=$(systemctl show -P MainPID hapgent); systemctl restart --no-block hapgent; while :; do p=$(systemctl show -P MainPID hapgent); [ "$p" != "$old" ] && [ "$p" != 0 ] && break; done; sleep ${delayMs / 1000}; kill -USR1 "$p"; sleep 0.5; if journalctl -o cat _PID=$p | grep -q "closed the Node debugger"; then echo debugger; elif kill -0 "$p" 2>/dev/null; then echo handler; else echo killed; fi`,
           ],
           60_000,
         );
+        outcomes.push(`${delayMs} ms: ${round.trim()}`);
         await waitFor(
           "the service to be active again",
           async () =>
@@ -444,7 +446,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
           /closed the Node debugger/g,
         )?.length ?? 0;
       t.diagnostic(
-        `USR1 5-40 ms into 8 start-ups: ${closedDebuggers} debuggers opened and closed; the attacker tried ${attempts.tried} listeners, connected to ${attempts.connected}`,
+        `USR1 5-40 ms into 8 start-ups (${outcomes.join(", ")}): ${closedDebuggers} debuggers opened and closed; the attacker tried ${attempts.tried} listeners, connected to ${attempts.connected}`,
       );
       assert.equal(attempts.connected, 0, "nobody reached a debugger");
       await writeFile(stateFile, saved);
@@ -459,6 +461,16 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       assert.notEqual(await mainPid(), before, "restarted");
       assert.equal((await insideOk(["systemctl", "is-active", "hapgent"])).trim(), "active");
       await expect("down ready 30% # deploy 2.0\n", saved);
+      // A file this version refuses: the upgrade leaves the running agent alone and says why,
+      // rather than restart it into MAINT.
+      await writeFile(stateFile, '{"status":"DOWN","status":"UP"}\n');
+      const kept = await mainPid();
+      const refused = await inside(["dpkg", "-i", "/root/hapgent.deb"]);
+      assert.equal(refused.code, 0, refused.stdout + refused.stderr);
+      assert.match(refused.stderr, /hapgent: not restarted: .*"status" appears more than once/);
+      assert.equal(await mainPid(), kept, "not restarted");
+      await expect("down ready 30% # deploy 2.0\n");
+      await writeFile(stateFile, saved);
       const journal = await insideOk([
         "journalctl",
         "--unit=hapgent",
