@@ -3,7 +3,7 @@ import { chmod, chown, mkdir, readFile, rm, stat, symlink, writeFile } from "nod
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/cli.js";
-import { findDaemons, systemUnit } from "../src/cli/daemons.js";
+import { describeDaemon, findDaemons, systemUnit } from "../src/cli/daemons.js";
 import { reply } from "../src/core/reply.js";
 import { parseState, type State } from "../src/core/state.js";
 import { createAgentServer } from "../src/daemon/server.js";
@@ -266,9 +266,26 @@ describe("hapgent status", () => {
     assert.equal(none.code, CLI_EXIT.NO_AGENT);
     assert.match(
       none.stdout,
-      /no hapgent process found for this file; probed .*: no answer \(ECONNREFUSED\)/,
+      /no hapgent process found for this file; whatever listens at .*: no answer \(ECONNREFUSED\)/,
     );
   });
+});
+
+test("status: what listens where no daemon serves the file is no agreement, and cannot write to the terminal", async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, "s.json"), '{"status":"UP"}');
+  // Another user's listener on the agent's port, answering the expected line and an escape.
+  const server = createAgentServer({ reply: () => "up ready 100% \u001b]0;PWNED\u0007\n" });
+  const { port } = await server.listen("127.0.0.1", 0);
+  t.after(() => server.close());
+  const result = await cli({ stateFile: join(dir, "s.json"), port }, "status");
+  assert.equal(result.code, CLI_EXIT.NO_AGENT, result.stdout);
+  assert.match(
+    result.stdout,
+    /whatever listens at 127\.0\.0\.1:\d+: up ready 100% \\u001b\]0;PWNED\\u0007/,
+  );
+  assert.match(result.stdout, /agreement {3}NO/);
+  assert.doesNotMatch(result.stdout, /\u001b|\u0007/);
 });
 
 describe("hapgent check", () => {
@@ -388,9 +405,12 @@ describe("safety", () => {
     const d = await startDaemon(t);
     const agents = await findDaemons("/proc", process.pid);
     const mine = agents.find((a) => a.pid === d.pid);
-    assert.ok(mine?.readable, "the daemon is found");
-    assert.equal(mine.config.stateFile, d.stateFile);
-    assert.equal(mine.config.port, d.port);
+    assert.ok(mine, "the daemon is found");
+    assert.equal(mine.uid, process.getuid?.());
+    const said = await describeDaemon("/proc", mine);
+    assert.ok(said.readable);
+    assert.equal(said.config.stateFile, d.stateFile);
+    assert.equal(said.config.port, d.port);
     assert.ok(!agents.some((a) => a.pid === process.pid));
   });
 });
@@ -538,7 +558,7 @@ describe("finding the daemon (fake /proc)", () => {
     assert.match(
       result.stdout,
       new RegExp(
-        `note        hapgent pid 401 \\(uid ${other}\\) serves .*theirs\\.json; its word is not taken, since it runs as another user and not as a hapgent system service: name the file with --state-file to use it`,
+        `note        hapgent pid 401 \\(uid ${other}\\) was not asked which file it serves: it runs as a user who cannot change this one and not as a hapgent system service; name its file with --state-file to use it`,
       ),
     );
   });

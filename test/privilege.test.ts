@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { chmod, chown, lstat, mkdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/exit.js";
@@ -262,8 +262,37 @@ describe("attacks by other local users", { skip: SKIP }, () => {
     assert.match(
       status.stdout,
       new RegExp(
-        `note        ignored hapgent pid ${fake.pid}: it claims this file but runs as uid ${attacker.uid} \\(${attacker.name}\\)`,
+        `note        hapgent pid ${fake.pid} \\(uid ${attacker.uid} \\(${attacker.name}\\)\\) was not asked which file it serves: it runs as a user who cannot change this one`,
       ),
+    );
+  });
+
+  test("a claimant who owns the file cannot block root's command to root's daemon", async (t) => {
+    const { attacker } = users();
+    const base = await tempDir(t);
+    await chmod(base, 0o755);
+    // Root's directory; the file belongs to the attacker, who may write it but not replace it.
+    const dir = join(base, "r");
+    await mkdir(dir);
+    const stateFile = join(dir, "state.json");
+    await writeFile(stateFile, '{"status":"UP"}', { mode: 0o644 });
+    await chown(stateFile, attacker.uid, attacker.gid);
+    const real = await startDaemon(t, { dir, state: null, env: { HAPGENT_STATE_FILE: stateFile } });
+    const fake = await startDaemon(t, {
+      dir: base,
+      state: null,
+      user: attacker,
+      env: { HAPGENT_STATE_FILE: stateFile },
+    });
+    const down = await runHapgent(["down", "--state-file", stateFile], {
+      HAPGENT_PORT: String(real.port),
+    });
+    assert.equal(down.code, CLI_EXIT.OK, down.stderr);
+    assert.match(down.stdout, new RegExp(`hapgent pid ${real.pid} answers: down ready 100%`));
+    const status = await runHapgent(["status", "--state-file", stateFile], {});
+    assert.match(
+      status.stdout,
+      new RegExp(`note        ignored hapgent pid ${fake.pid} .*: it serves this file too`),
     );
   });
 
@@ -363,6 +392,42 @@ describe("attacks by other local users", { skip: SKIP }, () => {
     );
     assert.equal(written.code, CLI_EXIT.NO_AGENT, written.stderr);
     assert.equal(await readFile(join(base, "b/d/state.json"), "utf8"), '{"status":"UP"}\n');
+    await secret.intact();
+  });
+
+  test("a root daemon in a shared directory: a file another user puts in place of its own is never written or read", async (t) => {
+    const { attacker } = users();
+    const base = await tempDir(t);
+    await chmod(base, 0o755);
+    const secret = await rootFile(base);
+    const shared = join(base, "shared");
+    await mkdir(shared);
+    await chmod(shared, 0o1777);
+    const stateFile = join(shared, "state.json");
+    await writeFile(stateFile, '{"status":"UP"}\n');
+    const d = await startDaemon(t, {
+      dir: base,
+      state: null,
+      env: { HAPGENT_STATE_FILE: stateFile },
+    });
+    // A cleaner removes root's file; the attacker puts a link to a root file in its place.
+    await rm(stateFile);
+    const planted = await scriptAs(
+      attacker,
+      `fs.symlinkSync(${JSON.stringify(secret.path)}, ${JSON.stringify(stateFile)});`,
+    );
+    assert.equal(planted.code, 0, planted.stderr);
+    d.signal("SIGUSR2");
+    await d.waitForReply("down ready 100%\n");
+    await d.waitForLog(
+      /cannot save state file .*is not safe for a daemon running as root: .*state\.json is owned by uid/,
+    );
+    d.signal("SIGHUP");
+    await d.waitForReply("maint 100%\n");
+    await d.waitForLog(
+      /SIGHUP: state file .*: HAPGENT_STATE_FILE=.* is not safe for a daemon running as root/,
+    );
+    assert.doesNotMatch(d.stderr(), /root:secret/);
     await secret.intact();
   });
 

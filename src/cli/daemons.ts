@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { type Config, parseConfig } from "../config.js";
 import { printable } from "../core/state.js";
 
-interface Found {
+/** A process that calls itself hapgent, and who it is. Its environment is read only on demand. */
+export interface Found {
   readonly pid: number;
   /** The real uid it runs as. */
   readonly uid: number;
@@ -20,9 +21,12 @@ interface Found {
   readonly unit: string | undefined;
 }
 
-export type RunningDaemon =
-  | (Found & { readonly readable: true; readonly config: Config })
-  | (Found & { readonly readable: false; readonly reason: string });
+/** What a daemon's environment says it serves, or why it says nothing usable. */
+export type Described =
+  | { readonly readable: true; readonly config: Config }
+  | { readonly readable: false; readonly reason: string };
+
+export type RunningDaemon = Found & Described;
 
 /** A daemon's command line is `hapgent`; anything much longer is not one. */
 const MAX_CMDLINE_BYTES = 4096;
@@ -30,10 +34,13 @@ const MAX_CMDLINE_BYTES = 4096;
 const MAX_ENVIRON_BYTES = 1024 * 1024;
 const MAX_SMALL_FILE_BYTES = 64 * 1024;
 
-/** Every hapgent daemon visible in `procRoot`, except the process `self`. */
-export async function findDaemons(procRoot: string, self: number): Promise<RunningDaemon[]> {
+/**
+ * Every process in `procRoot` that calls itself a hapgent daemon, except `self`: cheaply, from
+ * small files. Any user can start thousands: their environments are not read here.
+ */
+export async function findDaemons(procRoot: string, self: number): Promise<Found[]> {
   const names = await readdir(procRoot).catch(() => [] as string[]);
-  const found: RunningDaemon[] = [];
+  const found: Found[] = [];
   for (const name of names) {
     if (!/^[0-9]+$/.test(name) || Number(name) === self) continue;
     const daemon = await inspect(join(procRoot, name), Number(name)).catch(() => undefined);
@@ -43,14 +50,17 @@ export async function findDaemons(procRoot: string, self: number): Promise<Runni
 }
 
 /** The daemon in /proc/PID, or undefined when the process is not one (or is gone). */
-async function inspect(dir: string, pid: number): Promise<RunningDaemon | undefined> {
+async function inspect(dir: string, pid: number): Promise<Found | undefined> {
   const comm = await readText(join(dir, "comm"), 64).catch(() => "");
   if (comm.trim() !== "hapgent") return undefined;
   const cmdline = await readText(join(dir, "cmdline"), MAX_CMDLINE_BYTES).catch(() => "");
   if (cmdline.split("\0").filter(Boolean).join(" ") !== "hapgent") return undefined;
-  const found = await identify(dir, pid);
-  if (found === undefined) return undefined;
-  return { ...found, ...(await describe(dir)) };
+  return identify(dir, pid);
+}
+
+/** Reads what a daemon's environment says it serves. */
+export async function describeDaemon(procRoot: string, daemon: Found): Promise<Described> {
+  return describe(join(procRoot, String(daemon.pid)));
 }
 
 /** Who a process is: its uid, start time and service; undefined when it is gone. */

@@ -3,6 +3,7 @@ import { reply } from "../core/reply.js";
 import {
   FALLBACK_STATE,
   formatState,
+  printable,
   type ServiceState,
   type State,
   serviceState,
@@ -28,12 +29,14 @@ export async function status(io: CliIo, values: Values): Promise<number> {
   const expected = reply(file.ok ? file.state : FALLBACK_STATE);
   const live = await ask(target.probeHost, target.probePort, INSTANCE_PAYLOAD);
   const services = file.ok ? await askServices(target, file.state, live) : [];
+  // Something else may listen on the port when no daemon serves the file: its word is no agreement.
   const agree =
+    target.agents.length > 0 &&
     live.answer === expected &&
     services.every((service) => service.asked.answer === service.expected);
   const code = !file.ok
     ? CLI_EXIT.INVALID_FILE
-    : live.answer === undefined
+    : live.answer === undefined || target.agents.length === 0
       ? CLI_EXIT.NO_AGENT
       : agree
         ? CLI_EXIT.OK
@@ -100,12 +103,17 @@ function asText({ target, file, expected, live, services, agree }: View): string
   return `${lines.join("\n")}\n`;
 }
 
+/** What was answered, as text safe for a terminal: whoever listens chose these bytes. */
 function answered(asked: Asked): string {
-  return asked.answer === undefined ? `no answer (${asked.error})` : asked.answer.trimEnd();
+  return asked.answer === undefined
+    ? `no answer (${asked.error})`
+    : printable(asked.answer.trimEnd());
 }
 
 function agentsText(pids: readonly number[]): string {
-  if (pids.length === 0) return "no hapgent process found for this file; probed";
+  if (pids.length === 0) {
+    return "no hapgent process found for this file; whatever listens";
+  }
   if (pids.length === 1) return `hapgent pid ${pids[0]}`;
   return `SEVERAL hapgent processes (pids ${pids.join(", ")}); probed`;
 }

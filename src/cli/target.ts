@@ -18,7 +18,14 @@ import { type Config, parseConfig } from "../config.js";
 import { printable } from "../core/state.js";
 import { controllerOf, walkPath } from "../path-control.js";
 import type { Values } from "./args.js";
-import { findDaemons, probeAddress, type RunningDaemon, samePath } from "./daemons.js";
+import {
+  describeDaemon,
+  type Found,
+  findDaemons,
+  probeAddress,
+  type RunningDaemon,
+  samePath,
+} from "./daemons.js";
 import { CLI_EXIT, CliError, usage } from "./exit.js";
 
 /** What a command needs from its process to find and act on its target. */
@@ -82,40 +89,68 @@ export function configure(
   return { config: parsed.config, fileNamed: Boolean(env.HAPGENT_STATE_FILE) };
 }
 
-type Readable = Extract<RunningDaemon, { readable: true }>;
-type Unreadable = Extract<RunningDaemon, { readable: false }>;
+type Readable = Found & { readonly readable: true; readonly config: Config };
 
 /** Finds the file, the user to act as and the daemon; switches to that user. */
 export async function findTarget(io: TargetIo, values: Values): Promise<Target> {
   let { config, fileNamed } = configure(io, values);
   const found = await findDaemons(io.procRoot, io.pid);
-  const readable = found.filter((d): d is Readable => d.readable);
-  const notes = found
-    .filter((d): d is Unreadable => !d.readable)
-    .map((d) => `hapgent pid ${d.pid} (${who(io, d.uid)}): ${d.reason}`);
+  const notes: string[] = [];
+  // Environments are read only of daemons whose word can count, once each.
+  const described = new Map<Found, Readable | undefined>();
+  const read = async (daemon: Found): Promise<Readable | undefined> => {
+    if (described.has(daemon)) return described.get(daemon);
+    const said = await describeDaemon(io.procRoot, daemon);
+    if (!said.readable)
+      notes.push(`hapgent pid ${daemon.pid} (${who(io, daemon.uid)}): ${said.reason}`);
+    const readable = said.readable ? { ...daemon, ...said } : undefined;
+    described.set(daemon, readable);
+    return readable;
+  };
 
   // A deploy script on a host with one hapgent need not know where its file is.
   let namedBy: Readable | undefined;
   if (!fileNamed) {
-    const trusted = readable.filter((d) => d.uid === io.uid || d.uid === 0 || isService(d));
-    if (trusted.length === 1 && trusted[0]) {
-      namedBy = trusted[0];
-      config = { ...config, stateFile: namedBy.config.stateFile };
+    const trusted: Readable[] = [];
+    for (const daemon of found.filter((d) => d.uid === io.uid || d.uid === 0 || isService(d))) {
+      const readable = await read(daemon);
+      if (readable) trusted.push(readable);
     }
-    notes.push(...unused(io, readable, trusted, namedBy));
-  }
-  const { uid, owner } = await actingUser(io, config.stateFile, namedBy);
-
-  const serving: Readable[] = [];
-  for (const daemon of readable) {
-    if (!(await samePath(daemon.config.stateFile, config.stateFile))) continue;
-    if (daemon.uid === 0 || daemon.uid === uid || daemon.uid === owner) serving.push(daemon);
-    else {
+    if (trusted.length === 1) {
+      namedBy = trusted[0];
+      config = { ...config, stateFile: trusted[0]?.config.stateFile ?? config.stateFile };
+    } else if (trusted.length > 1) {
       notes.push(
-        `ignored hapgent pid ${daemon.pid}: it claims this file but runs as ${who(io, daemon.uid)}, who cannot change it`,
+        `several hapgent daemons could name the file (pids ${trusted.map((d) => d.pid).join(", ")}); name it with --state-file`,
       );
     }
   }
+  const { uid, owner } = await actingUser(io, config.stateFile, namedBy);
+
+  // Root's and the acting user's daemons first; the file's owner's only when there is none.
+  const primary: Readable[] = [];
+  const owners: Readable[] = [];
+  const unasked: Found[] = [];
+  for (const daemon of found) {
+    const rank =
+      daemon.uid === 0 || daemon.uid === uid ? primary : daemon.uid === owner ? owners : undefined;
+    if (rank === undefined) {
+      unasked.push(daemon);
+      continue;
+    }
+    const readable = await read(daemon);
+    if (readable && (await samePath(readable.config.stateFile, config.stateFile)))
+      rank.push(readable);
+  }
+  const serving = primary.length > 0 ? primary : owners;
+  if (serving === primary) {
+    for (const d of owners) {
+      notes.push(
+        `ignored hapgent pid ${d.pid} (${who(io, d.uid)}): it serves this file too, but one of root or ${who(io, uid)} does`,
+      );
+    }
+  }
+  notes.push(...unaskedNotes(io, unasked, fileNamed));
   become(io, uid, config.stateFile);
   const single = serving.length === 1 ? serving[0] : undefined;
   const address =
@@ -129,6 +164,21 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
     probePort: address.port,
   };
 }
+
+/** Daemons of other users, never asked which file they serve: said, never silently passed over. */
+function unaskedNotes(io: TargetIo, unasked: readonly Found[], fileNamed: boolean): string[] {
+  const shown = unasked
+    .slice(0, MAX_NOTED)
+    .map(
+      (d) =>
+        `hapgent pid ${d.pid} (${who(io, d.uid)}) was not asked which file it serves: it runs as a user who cannot change this one${fileNamed ? "" : " and not as a hapgent system service; name its file with --state-file to use it"}`,
+    );
+  const more = unasked.length - shown.length;
+  return more > 0 ? [...shown, `and ${more} more hapgent processes of other users`] : shown;
+}
+
+/** Daemons named one by one in notes; past this, a count. */
+const MAX_NOTED = 5;
 
 /**
  * Acts on a file that no daemon is asked about (`hapgent check FILE`): switches to the user
@@ -150,26 +200,6 @@ function become(io: TargetIo, uid: number, path: string): void {
       `cannot act on ${path} as ${who(io, uid)}, who controls it: ${(err as Error).message}; nothing was read or written`,
     );
   }
-}
-
-/** Why the daemons whose file was not taken were not: said, never silently. */
-function unused(
-  io: TargetIo,
-  readable: readonly Readable[],
-  trusted: readonly Readable[],
-  namedBy: Readable | undefined,
-): string[] {
-  if (trusted.length > 1) {
-    return [
-      `several hapgent daemons could name the file (pids ${trusted.map((d) => d.pid).join(", ")}); name it with --state-file`,
-    ];
-  }
-  return readable
-    .filter((d) => d !== namedBy && !trusted.includes(d))
-    .map(
-      (d) =>
-        `hapgent pid ${d.pid} (${who(io, d.uid)}) serves ${d.config.stateFile}; its word is not taken, since it runs as another user and not as a hapgent system service: name the file with --state-file to use it`,
-    );
 }
 
 /**
@@ -219,7 +249,7 @@ async function actingUser(
   return { uid: io.uid === 0 ? uid : io.uid, owner };
 }
 
-function isService(daemon: RunningDaemon): boolean {
+function isService(daemon: Found): boolean {
   return daemon.unit?.startsWith("hapgent") ?? false;
 }
 

@@ -6,11 +6,11 @@ import { type Config, describeListenError, parseConfig } from "../config.js";
 import { formatState } from "../core/state.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
-import { controllerOf, walkPath } from "../path-control.js";
 import { createStateStore } from "../store.js";
 import { VERSION } from "../version.js";
 import { type Commands, createCommands } from "./commands.js";
 import { createReplies } from "./replies.js";
+import { guardedStore, refuseForeignPath } from "./root-guard.js";
 import { type AgentServer, createAgentServer } from "./server.js";
 
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
@@ -53,7 +53,8 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const config = await configure(io, log);
   if (config === undefined) return io.exit(EXIT.INVALID_CONFIG);
 
-  const store = createStateStore(config.stateFile, log);
+  const files = createStateStore(config.stateFile, log);
+  const store = io.uid === 0 ? guardedStore(files) : files;
   const commands = createCommands({ store, log });
   const replies = createReplies({
     current: () => commands.state,
@@ -149,20 +150,4 @@ function stopper(io: DaemonIo, log: Logger, commands: Commands, server: AgentSer
       io.exit(EXIT.OK);
     },
   };
-}
-
-/**
- * Root must not read or write a path that another user controls: that user could point it at any
- * file (a symlink in their directory), and root's save would overwrite it. Such a daemon is run as
- * that user instead. The reason to refuse, or undefined when only root controls the path.
- */
-async function refuseForeignPath(stateFile: string): Promise<string | undefined> {
-  let controller: ReturnType<typeof controllerOf>;
-  try {
-    controller = controllerOf(await walkPath(stateFile));
-  } catch (err) {
-    return `HAPGENT_STATE_FILE=${JSON.stringify(stateFile)}: its directories cannot be examined (${(err as NodeJS.ErrnoException).code}); expected a path root can look up`;
-  }
-  if (controller.kind === "root") return undefined;
-  return `HAPGENT_STATE_FILE=${JSON.stringify(stateFile)} is not safe for a daemon running as root: ${controller.why}, so another user could point it at any file; expected a path only root can change, or run hapgent as that user (User= in the unit)`;
 }
