@@ -4,6 +4,15 @@
 import { isIP } from "node:net";
 import { resolve } from "node:path";
 
+/** Where a process stands: what both the daemon and a command start from. */
+export interface ProcessContext {
+  readonly env: Readonly<Record<string, string | undefined>>;
+  /** The working directory, against which relative paths are taken. */
+  readonly cwd: string;
+  /** The real uid it runs as. */
+  readonly uid: number;
+}
+
 export interface Config {
   readonly host: string;
   readonly port: number;

@@ -14,7 +14,7 @@
  * - only daemons that could legitimately serve the file count (root, the user acted as, the
  *   file's owner); others that claim it are shown and ignored, so they cannot block a command.
  */
-import { type Config, parseConfig } from "../config.js";
+import { type Config, type ProcessContext, parseConfig } from "../config.js";
 import { printable } from "../core/state.js";
 import { controllerOf, walkPath } from "../path-control.js";
 import type { Values } from "./args.js";
@@ -29,14 +29,10 @@ import {
 import { CLI_EXIT, CliError, usage } from "./exit.js";
 
 /** What a command needs from its process to find and act on its target. */
-export interface TargetIo {
-  readonly env: Readonly<Record<string, string | undefined>>;
-  readonly cwd: string;
+export interface TargetIo extends ProcessContext {
   /** This process, never taken for a daemon. */
   readonly pid: number;
   readonly procRoot: string;
-  /** The caller's real uid. */
-  readonly uid: number;
   /** Switches this process to `uid` for good; throws an Error saying why it cannot. */
   readonly become: (uid: number) => void;
   /** An account's name, for messages; undefined when it has none. */

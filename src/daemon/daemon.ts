@@ -2,7 +2,7 @@
  * The daemon: configuration, state, signals and the listening socket wired together. Everything
  * it needs from the process comes in through `DaemonIo`, so it runs the same under test.
  */
-import { type Config, describeListenError, parseConfig } from "../config.js";
+import { type Config, describeListenError, type ProcessContext, parseConfig } from "../config.js";
 import { formatState } from "../core/state.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
@@ -15,12 +15,8 @@ import { type AgentServer, createAgentServer } from "./server.js";
 
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
 
-export interface DaemonIo {
-  readonly env: Readonly<Record<string, string | undefined>>;
-  readonly cwd: string;
+export interface DaemonIo extends ProcessContext {
   readonly nodeVersion: string;
-  /** The uid the daemon runs as. */
-  readonly uid: number;
   /** True when stderr goes to the systemd journal. */
   readonly journal: boolean;
   /** Writes one log line to stderr; never throws. */
