@@ -353,6 +353,17 @@ describe("help and version", () => {
       assert.match(result.stdout, /Exit codes:/);
     });
   }
+  test("every help text fits 80 columns", async (t) => {
+    for (const args of [["--help"], ["status", "--help"], ["set", "--help"], ["check", "--help"]]) {
+      const result = await cliInProcess(t, args);
+      for (const line of result.stdout.split("\n")) {
+        assert.ok(
+          [...line].length <= 80,
+          `${args.join(" ")}: ${[...line].length} columns: ${line}`,
+        );
+      }
+    }
+  });
   test("--version", async () => {
     const result = await runHapgent(["--version"], {});
     assert.deepEqual([result.code, result.stdout], [0, `hapgent ${VERSION}\n`]);

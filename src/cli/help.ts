@@ -3,9 +3,9 @@ import { STATUSES } from "../core/state.js";
 
 export const DEFAULT_TIMEOUT_S = 5;
 
-const TARGET_HELP = `  --state-file PATH  the state file; default $HAPGENT_STATE_FILE, else the file of
-                     the one hapgent that runs as this user, as root or as the
-                     hapgent service, else /etc/hapgent/state.json
+const TARGET_HELP = `  --state-file PATH  the state file; default $HAPGENT_STATE_FILE, else the file
+                     of the one hapgent that runs as this user, as root or as
+                     the hapgent service, else /etc/hapgent/state.json
   --ip ADDR          address to probe; default the agent's own, else $HAPGENT_IP
   --port N           port to probe; default the agent's own, else $HAPGENT_PORT`;
 
@@ -59,10 +59,10 @@ ${EXIT_HELP}
 const SET = `Usage: hapgent set STATUS [OPTIONS]
        hapgent up | down | ready | drain | maint [OPTIONS]
 
-STATUS is one of ${STATUSES.join(", ")}. Fields not named keep
-their value from the current file. Validates first (nothing is written on bad
-input), saves the file crash-safely, sends the running agent SIGHUP, then
-probes it until it answers the new state.
+STATUS is one of ${STATUSES.join(", ")}.
+Fields not named keep their value from the current file. Validates first
+(nothing is written on bad input), saves the file crash-safely, sends the
+running agent SIGHUP, then probes it until it answers the new state.
   --service NAME     set the state of service NAME (added if the file has none
                      of that name), not the instance's; NAME is what HAProxy
                      sends with agent-send, without the line end
