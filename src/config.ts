@@ -20,6 +20,8 @@ export interface Config {
   readonly stateFile: string;
   /** How long a probe may take to send its agent-send line when the file names services. */
   readonly sendWaitMs: number;
+  /** The control socket's path, absolute. */
+  readonly controlSocket: string;
 }
 
 export type ConfigResult =
@@ -38,7 +40,12 @@ export const DEFAULTS = Object.freeze({
   HAPGENT_PORT: "9777",
   HAPGENT_STATE_FILE: "/etc/hapgent/state.json",
   HAPGENT_SEND_WAIT_MS: "100",
+  /** Empty: derived from the port and where the process may keep run-time files. */
+  HAPGENT_CONTROL_SOCKET: "",
 });
+
+/** Linux's limit on a Unix socket's path (sun_path, less its terminating NUL). */
+const MAX_SOCKET_PATH_BYTES = 107;
 
 /** Longer would hold every probe of a server without agent-send past HAProxy's usual timeout. */
 const SEND_WAIT_MAX_MS = 5000;
@@ -46,12 +53,14 @@ const SEND_WAIT_MAX_MS = 5000;
 export type Variable = keyof typeof DEFAULTS;
 
 /**
- * Reads HAPGENT_IP, HAPGENT_PORT, HAPGENT_STATE_FILE and HAPGENT_SEND_WAIT_MS. An unset or empty variable takes its
+ * Reads HAPGENT_IP, HAPGENT_PORT, HAPGENT_STATE_FILE, HAPGENT_SEND_WAIT_MS and
+ * HAPGENT_CONTROL_SOCKET, for a process running as `uid`. An unset or empty variable takes its
  * default. The reason of a failure names the variable, its value and what was expected.
  */
 export function parseConfig(
   env: Readonly<Record<string, string | undefined>>,
   cwd: string,
+  uid: number,
 ): ConfigResult {
   const value = (name: Variable): string => {
     const raw = env[name];
@@ -84,10 +93,38 @@ export function parseConfig(
       `an integer number of milliseconds 1-${SEND_WAIT_MAX_MS}`,
     );
   }
+  const socketText = value("HAPGENT_CONTROL_SOCKET");
+  const controlSocket =
+    socketText === "" ? defaultControlSocket(env, uid, port) : resolve(cwd, socketText);
+  if (socketText.includes("\0") || Buffer.byteLength(controlSocket) > MAX_SOCKET_PATH_BYTES) {
+    return invalid(
+      "HAPGENT_CONTROL_SOCKET",
+      socketText,
+      `a path of at most ${MAX_SOCKET_PATH_BYTES} bytes, without NUL bytes`,
+    );
+  }
   return {
     ok: true,
-    config: { host, port, stateFile: resolve(cwd, stateFile), sendWaitMs },
+    config: { host, port, stateFile: resolve(cwd, stateFile), sendWaitMs, controlSocket },
   };
+}
+
+/**
+ * Where a daemon on `port` keeps its control socket, so that a command given the same
+ * environment finds it and two daemons on one host never share one: systemd's RuntimeDirectory
+ * (/run/hapgent under the unit), else /run/hapgent for root, else the user's XDG_RUNTIME_DIR, else
+ * a directory of the user's own in /tmp.
+ */
+export function defaultControlSocket(
+  env: Readonly<Record<string, string | undefined>>,
+  uid: number,
+  port: number,
+): string {
+  const runtime = env.RUNTIME_DIRECTORY?.split(":")[0];
+  if (runtime) return `${runtime}/${port}.sock`;
+  if (uid === 0) return `/run/hapgent/${port}.sock`;
+  if (env.XDG_RUNTIME_DIR) return `${env.XDG_RUNTIME_DIR}/hapgent/${port}.sock`;
+  return `/tmp/hapgent-${uid}/${port}.sock`;
 }
 
 /**

@@ -4,44 +4,70 @@ import { describeListenError, parseConfig } from "../src/config.js";
 
 describe("parseConfig", () => {
   test("defaults", () => {
-    assert.deepEqual(parseConfig({}, "/"), {
+    assert.deepEqual(parseConfig({}, "/", 1000), {
       ok: true,
       config: {
         host: "0.0.0.0",
         port: 9777,
         stateFile: "/etc/hapgent/state.json",
         sendWaitMs: 100,
+        controlSocket: "/tmp/hapgent-1000/9777.sock",
       },
     });
   });
+  test("the control socket: named, or where the process keeps run-time files", () => {
+    const socket = (env: Record<string, string>, uid: number) => {
+      const result = parseConfig(env, "/srv", uid);
+      return result.ok ? result.config.controlSocket : result.reason;
+    };
+    assert.equal(socket({ HAPGENT_CONTROL_SOCKET: "c.sock" }, 1000), "/srv/c.sock");
+    assert.equal(
+      socket({ RUNTIME_DIRECTORY: "/run/hapgent", HAPGENT_PORT: "81" }, 998),
+      "/run/hapgent/81.sock",
+    );
+    assert.equal(socket({}, 0), "/run/hapgent/9777.sock");
+    assert.equal(
+      socket({ XDG_RUNTIME_DIR: "/run/user/1000" }, 1000),
+      "/run/user/1000/hapgent/9777.sock",
+    );
+    assert.equal(socket({}, 1000), "/tmp/hapgent-1000/9777.sock");
+    assert.equal(
+      socket({ HAPGENT_CONTROL_SOCKET: `/${"x".repeat(107)}` }, 1000),
+      `HAPGENT_CONTROL_SOCKET="/${"x".repeat(107)}" is invalid; expected a path of at most 107 bytes, without NUL bytes`,
+    );
+  });
   for (const wait of ["1", "100", "5000"]) {
     test(`HAPGENT_SEND_WAIT_MS=${wait}`, () => {
-      const result = parseConfig({ HAPGENT_SEND_WAIT_MS: wait }, "/");
+      const result = parseConfig({ HAPGENT_SEND_WAIT_MS: wait }, "/", 1000);
       assert.ok(result.ok);
       assert.equal(result.config.sendWaitMs, Number(wait));
     });
   }
   test("empty variables take the defaults", () => {
-    const result = parseConfig({ HAPGENT_IP: "", HAPGENT_PORT: "", HAPGENT_STATE_FILE: "" }, "/");
-    assert.deepEqual(result, parseConfig({}, "/"));
+    const result = parseConfig(
+      { HAPGENT_IP: "", HAPGENT_PORT: "", HAPGENT_STATE_FILE: "" },
+      "/",
+      1000,
+    );
+    assert.deepEqual(result, parseConfig({}, "/", 1000));
   });
   const hosts = ["127.0.0.1", "0.0.0.0", "::", "::1", "fe80::1", "2001:db8::7", "10.1.2.3"];
   for (const host of hosts) {
     test(`HAPGENT_IP=${host}`, () => {
-      const result = parseConfig({ HAPGENT_IP: host }, "/");
+      const result = parseConfig({ HAPGENT_IP: host }, "/", 1000);
       assert.ok(result.ok);
       assert.equal(result.config.host, host);
     });
   }
   for (const port of ["1", "80", "9777", "65535"]) {
     test(`HAPGENT_PORT=${port}`, () => {
-      const result = parseConfig({ HAPGENT_PORT: port }, "/");
+      const result = parseConfig({ HAPGENT_PORT: port }, "/", 1000);
       assert.ok(result.ok);
       assert.equal(result.config.port, Number(port));
     });
   }
   test("a relative state file is made absolute", () => {
-    const result = parseConfig({ HAPGENT_STATE_FILE: "run/state.json" }, "/srv/app");
+    const result = parseConfig({ HAPGENT_STATE_FILE: "run/state.json" }, "/srv/app", 1000);
     assert.ok(result.ok);
     assert.equal(result.config.stateFile, "/srv/app/run/state.json");
   });
@@ -75,7 +101,7 @@ describe("parseConfig", () => {
   ];
   for (const [env, reason] of bad) {
     test(JSON.stringify(env), () => {
-      const result = parseConfig(env, "/");
+      const result = parseConfig(env, "/", 1000);
       assert.equal(result.ok, false);
       assert.ok(!result.ok && result.reason.startsWith(reason), !result.ok ? result.reason : "");
     });
@@ -83,7 +109,13 @@ describe("parseConfig", () => {
 });
 
 describe("describeListenError", () => {
-  const config = { host: "10.9.9.9", port: 80, stateFile: "/x", sendWaitMs: 100 };
+  const config = {
+    controlSocket: "/run/hapgent/80.sock",
+    host: "10.9.9.9",
+    port: 80,
+    stateFile: "/x",
+    sendWaitMs: 100,
+  };
   const cases: [string | undefined, string][] = [
     ["EADDRINUSE", 'HAPGENT_PORT="80" is already in use on 10.9.9.9; expected a free port'],
     [

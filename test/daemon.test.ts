@@ -36,7 +36,7 @@ describe("daemon start-up", () => {
     assert.match(
       d.stderr(),
       new RegExp(
-        `hapgent ${VERSION} \\(Node v[0-9.]+\\) listening on 127\\.0\\.0\\.1:${d.port}, state file ${d.stateFile}, state \\{"status":"UP","weight":77,"maxconn":300\\}`,
+        `hapgent ${VERSION} \\(Node v[0-9.]+\\) listening on 127\\.0\\.0\\.1:${d.port}, control socket /\\S+/${d.port}\\.sock, state file ${d.stateFile}, state \\{"status":"UP","weight":77,"maxconn":300\\}`,
       ),
     );
   });

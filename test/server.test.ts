@@ -256,3 +256,66 @@ describe("agent server, replies by agent-send name", () => {
     assert.ok(agent.connections <= 10);
   });
 });
+
+describe("agent server, what the probe ledger is told", () => {
+  type Told = { address: string; name: string | undefined; reply: string; heard: boolean };
+  async function observed(
+    t: { after: (fn: () => Promise<void>) => void },
+    options: Partial<AgentServerOptions> = {},
+  ) {
+    const told: Told[] = [];
+    const { port } = await start(t, {
+      lingerMs: 200,
+      ...options,
+      observer: {
+        probed: (address, name, reply, _atMs, heard) =>
+          told.push({ address, name, reply: String(reply), heard }),
+      },
+    });
+    return { port, told };
+  }
+
+  test("a reply read to the end and closed, as HAProxy does, is heard", async (t) => {
+    const { port, told } = await observed(t);
+    assert.equal(await probe(port), "up ready 100%\n");
+    await waitFor("the close", () => (told.length > 0 ? true : undefined));
+    assert.deepEqual(told, [
+      { address: "127.0.0.1", name: undefined, reply: "up ready 100%\n", heard: true },
+    ]);
+  });
+
+  test("a reset is not heard; a client that never closes is not heard either", async (t) => {
+    const { port, told } = await observed(t);
+    const reset = await openSocket(port);
+    reset.resetAndDestroy();
+    const silent = await openSocket(port);
+    silent.pause();
+    await waitFor("both closes", () => (told.length === 2 ? true : undefined), 3000);
+    assert.deepEqual(
+      told.map((x) => x.heard),
+      [false, false],
+    );
+    silent.destroy();
+  });
+
+  test("hapgent's own probes are answered and not told, with or without a wait for the name", async (t) => {
+    for (const awaitsName of [false, true]) {
+      const { port, told } = await observed(t, {
+        awaitsName: () => awaitsName,
+        reply: (name) => `up ready 100% # ${name ?? "none"}\n`,
+      });
+      const own = await probe(port, { payload: "#hapgent-cli be_web/srv1\n" });
+      assert.equal(own, `up ready 100% # ${awaitsName ? "be_web/srv1" : "none"}\n`);
+      assert.equal(
+        await probe(port, { payload: "be_web/srv1\n" }),
+        `up ready 100% # ${awaitsName ? "be_web/srv1" : "none"}\n`,
+      );
+      await waitFor("the close", () => (told.length > 0 ? true : undefined));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.deepEqual(
+        told.map((x) => [x.name, x.heard]),
+        [[awaitsName ? "be_web/srv1" : undefined, true]],
+      );
+    }
+  });
+});

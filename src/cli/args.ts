@@ -14,6 +14,12 @@ export const OPTIONS = {
   service: { type: "string" },
   timeout: { type: "string" },
   "no-wait": { type: "boolean" },
+  "no-confirm": { type: "boolean" },
+  wait: { type: "boolean" },
+  "wait-timeout": { type: "string" },
+  idle: { type: "string", multiple: true },
+  "idle-timeout": { type: "string" },
+  socket: { type: "string" },
   "state-file": { type: "string" },
   ip: { type: "string" },
   port: { type: "string" },
@@ -21,11 +27,15 @@ export const OPTIONS = {
 
 export type Option = keyof typeof OPTIONS;
 export type Values = {
-  [K in Option]?: (typeof OPTIONS)[K]["type"] extends "boolean" ? boolean : string;
+  [K in Option]?: (typeof OPTIONS)[K] extends { multiple: true }
+    ? string[]
+    : (typeof OPTIONS)[K]["type"] extends "boolean"
+      ? boolean
+      : string;
 };
 
 /** Options that say which agent and file a command acts on. */
-export const TARGET_OPTIONS: readonly Option[] = ["state-file", "ip", "port", "help"];
+export const TARGET_OPTIONS: readonly Option[] = ["state-file", "ip", "port", "socket", "help"];
 
 /** Parses `args` for `command`, which takes only the `allowed` options. */
 export function parseOptions(

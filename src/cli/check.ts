@@ -10,7 +10,7 @@ import { actOn, configure } from "./target.js";
 
 export async function check(io: CliIo, values: Values, file: string | undefined): Promise<number> {
   // Only the file matters here: an address in the environment is not checked.
-  const only = { cwd: io.cwd, env: { HAPGENT_STATE_FILE: io.env.HAPGENT_STATE_FILE } };
+  const only = { cwd: io.cwd, uid: io.uid, env: { HAPGENT_STATE_FILE: io.env.HAPGENT_STATE_FILE } };
   const path = file ?? configure(only, values).config.stateFile;
   const absolute = resolve(io.cwd, path);
   await actOn(io, absolute);

@@ -34,6 +34,11 @@ const CHANGE_OPTIONS: readonly Option[] = [
   "no-description",
   "timeout",
   "no-wait",
+  "no-confirm",
+  "wait",
+  "wait-timeout",
+  "idle",
+  "idle-timeout",
 ];
 
 /** Each command and the options it takes. */

@@ -60,7 +60,7 @@ async function inspect(dir: string, pid: number): Promise<Found | undefined> {
 
 /** Reads what a daemon's environment says it serves. */
 export async function describeDaemon(procRoot: string, daemon: Found): Promise<Described> {
-  return describe(join(procRoot, String(daemon.pid)));
+  return describe(join(procRoot, String(daemon.pid)), daemon.uid);
 }
 
 /** Who a process is: its uid, start time and service; undefined when it is gone. */
@@ -87,6 +87,7 @@ export function systemUnit(cgroup: string): string | undefined {
 
 async function describe(
   dir: string,
+  uid: number,
 ): Promise<{ readable: true; config: Config } | { readable: false; reason: string }> {
   try {
     const env = await hapgentVariables(join(dir, "environ"));
@@ -97,7 +98,7 @@ async function describe(
       };
     }
     const cwd = await readlink(join(dir, "cwd"));
-    const parsed = parseConfig(env, cwd);
+    const parsed = parseConfig(env, cwd, uid);
     if (!parsed.ok) return { readable: false, reason: printable(parsed.reason) };
     return { readable: true, config: parsed.config };
   } catch (err) {
@@ -112,22 +113,27 @@ async function describe(
   }
 }
 
-/** The HAPGENT_ variables of a process's environment; undefined when it is implausibly large. */
+/**
+ * The variables of a process's environment that decide what it serves (HAPGENT_*, and where it
+ * keeps run-time files); undefined when the environment is implausibly large.
+ */
 async function hapgentVariables(path: string): Promise<Record<string, string> | undefined> {
   const bytes = await readBounded(path, MAX_ENVIRON_BYTES + 1);
   if (bytes.length > MAX_ENVIRON_BYTES) return undefined;
   // Found where they are, without splitting what may be a million other entries.
   const env: Record<string, string> = {};
-  for (let at = bytes.indexOf(PREFIX); at >= 0; at = bytes.indexOf(PREFIX, at + 1)) {
-    if (at > 0 && bytes[at - 1] !== 0) continue;
-    const end = bytes.indexOf(0, at);
-    const entry = bytes.toString("utf8", at, end < 0 ? bytes.length : end);
-    const equals = entry.indexOf("=");
-    if (equals > 0) env[entry.slice(0, equals)] = entry.slice(equals + 1);
+  for (const prefix of PREFIXES) {
+    for (let at = bytes.indexOf(prefix); at >= 0; at = bytes.indexOf(prefix, at + 1)) {
+      if (at > 0 && bytes[at - 1] !== 0) continue;
+      const end = bytes.indexOf(0, at);
+      const entry = bytes.toString("utf8", at, end < 0 ? bytes.length : end);
+      const equals = entry.indexOf("=");
+      if (equals > 0) env[entry.slice(0, equals)] = entry.slice(equals + 1);
+    }
   }
   return env;
 }
-const PREFIX = Buffer.from("HAPGENT_");
+const PREFIXES = ["HAPGENT_", "RUNTIME_DIRECTORY=", "XDG_RUNTIME_DIR="].map((p) => Buffer.from(p));
 
 /** At most `max` bytes of a file: /proc files can be as large as their owner likes. */
 async function readBounded(path: string, max: number): Promise<Buffer> {

@@ -8,6 +8,8 @@ export const CLI_EXIT = Object.freeze({
   CANNOT_WRITE: 5,
   SEVERAL_AGENTS: 6,
   UNSAFE_PATH: 7,
+  NOT_HEARD: 8,
+  NOT_IDLE: 9,
 });
 
 export type CliExit = (typeof CLI_EXIT)[keyof typeof CLI_EXIT];

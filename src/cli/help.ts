@@ -1,13 +1,17 @@
 /** What `hapgent --help` and `hapgent COMMAND --help` print, in 80 columns. */
 import { STATUSES } from "../core/state.js";
 
+/** Seconds --idle waits by default: HAProxy purges idle pooled connections well within it. */
+export const DEFAULT_IDLE_TIMEOUT_S = 120;
+
 export const DEFAULT_TIMEOUT_S = 5;
 
 const TARGET_HELP = `  --state-file PATH  the state file; default $HAPGENT_STATE_FILE, else the file
                      of the one hapgent that runs as this user, as root or as
                      the hapgent service, else /etc/hapgent/state.json
   --ip ADDR          address to probe; default the agent's own, else $HAPGENT_IP
-  --port N           port to probe; default the agent's own, else $HAPGENT_PORT`;
+  --port N           port to probe; default the agent's own, else $HAPGENT_PORT
+  --socket PATH      the daemon's control socket; default the one it says`;
 
 const EXIT_HELP = `Exit codes:
   0  done: applied and confirmed; the agent agrees with the file; a valid file
@@ -19,14 +23,17 @@ const EXIT_HELP = `Exit codes:
   5  the state file cannot be written
   6  several hapgent processes serve the state file; nothing was written
   7  another user could redirect the state file's path; nothing was read or
-     written`;
+     written
+  8  --wait: a load balancer did not hear the new state in time
+  9  --idle: connections to the port were still open in time`;
 
 const MAIN = `Usage: hapgent [COMMAND] [OPTIONS]
 
 Without a command, runs the agent: it answers HAProxy agent checks from the
 state file. Environment: HAPGENT_IP (default 0.0.0.0), HAPGENT_PORT (9777),
 HAPGENT_STATE_FILE (/etc/hapgent/state.json), HAPGENT_SEND_WAIT_MS (100: how
-long a probe may take to send its agent-send line when the file has services).
+long a probe may take to send its agent-send line when the file has services),
+HAPGENT_CONTROL_SOCKET (/run/hapgent/PORT.sock for root and the service).
 Signals: USR1 sets UP, USR2 sets DOWN (both saved), HUP re-reads the file,
 TERM and INT stop.
 
@@ -72,7 +79,14 @@ running agent SIGHUP, then probes it until it answers the new state.
                      --no-description removes it
   --timeout SECONDS  how long to wait for the agent's answer: above 0, at most
                      3600 (default ${DEFAULT_TIMEOUT_S})
-  --no-wait          do not wait for the answer
+  --no-confirm       do not probe the agent for its answer (--no-wait: the same)
+  --wait             then wait until every load balancer that polls the agent
+                     has heard the new state (needs the daemon's control socket)
+  --wait-timeout S   how long --wait may take (default: three of the slowest
+                     load balancer's intervals, at least 10 s)
+  --idle PORT        then wait until no connection to PORT is open (repeatable;
+                     implies --wait)
+  --idle-timeout S   how long --idle may take (default ${DEFAULT_IDLE_TIMEOUT_S})
 ${TARGET_HELP}
 
 ${EXIT_HELP}

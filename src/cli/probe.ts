@@ -1,8 +1,14 @@
 /** The client side of a probe: what an agent answers, as HAProxy would read it. */
 import { connect } from "node:net";
 
-/** A probe asks for the instance with an empty line, so an agent with services answers at once. */
-export const INSTANCE_PAYLOAD = "\n";
+/**
+ * What the command line's probes send first: a mark the agent knows (they are not a load
+ * balancer's), then the service's name, if any, and the line end, so an agent with services
+ * answers at once.
+ */
+export const CLI_PROBE_MARK = "#hapgent-cli";
+export const INSTANCE_PAYLOAD = `${CLI_PROBE_MARK}\n`;
+export const servicePayload = (name: string) => `${CLI_PROBE_MARK} ${name}\n`;
 const PROBE_TIMEOUT_MS = 2000;
 
 /** Connects, optionally sends `payload`, and resolves with the first line (with its `\n`). */

@@ -1,111 +1,73 @@
 /**
- * `hapgent set STATUS` and its short forms: validate, save crash-safely with the daemon's own
- * store, make the daemon reload, and probe until it answers the new state.
+ * `hapgent set STATUS` and its short forms: validate, apply (through the daemon's control socket,
+ * or by saving the file and signalling), confirm with a probe, and optionally wait until every
+ * load balancer heard it (--wait) and the service's port is idle (--idle PORT).
  */
-import { applyChange, type Change, type FieldChange } from "../core/change.js";
+import type { Change, FieldChange } from "../core/change.js";
 import { reply } from "../core/reply.js";
-import {
-  formatState,
-  isInService,
-  isServiceName,
-  MAX_SERVICE_NAME_CHARS,
-  type Status,
-  serviceState,
-} from "../core/state.js";
-import { createLogger } from "../log.js";
-import { createStateStore } from "../store.js";
+import { isServiceName, MAX_SERVICE_NAME_CHARS, type Status, serviceState } from "../core/state.js";
+import { apply } from "./apply.js";
 import type { Values } from "./args.js";
-import { stillRunning } from "./daemons.js";
 import { CLI_EXIT, usage } from "./exit.js";
-import { DEFAULT_TIMEOUT_S } from "./help.js";
+import { DEFAULT_IDLE_TIMEOUT_S, DEFAULT_TIMEOUT_S } from "./help.js";
 import type { CliIo } from "./io.js";
-import { ask, formatAddress, INSTANCE_PAYLOAD } from "./probe.js";
-import { findTarget, type Target } from "./target.js";
+import { findTarget } from "./target.js";
+import { confirm, waitHeard, waitIdle } from "./waits.js";
 
 const MAX_TIMEOUT_S = 3600;
-const CONFIRM_POLL_MS = 50;
-const PROBE_TIMEOUT_MS = 2000;
 
 export async function set(io: CliIo, values: Values, status: Status): Promise<number> {
   // Everything the arguments alone can get wrong is refused before anything is read.
-  const timeoutS = parseTimeout(values.timeout);
+  const timeoutS = seconds("timeout", values.timeout) ?? DEFAULT_TIMEOUT_S;
+  const waitTimeoutS = seconds("wait-timeout", values["wait-timeout"]);
+  const idleTimeoutS = seconds("idle-timeout", values["idle-timeout"]) ?? DEFAULT_IDLE_TIMEOUT_S;
+  const idle = (values.idle ?? []).map(port);
+  const wait = values.wait === true || idle.length > 0;
   const change = changeOf(values, status);
 
   const target = await findTarget(io, values);
-  const path = target.config.stateFile;
-  // The store logs only the in-place save's warning, which the operator should see.
-  const store = createStateStore(path, createLogger({ write: io.err, journal: false }));
-  const current = await store.load();
-  const next = applyChange(current.ok ? current.state : undefined, change);
-  if (!next.ok) {
-    io.err(`hapgent: ${path}: ${next.reason}; nothing was written\n`);
-    return next.code === "no-instance" ? CLI_EXIT.INVALID_FILE : CLI_EXIT.USAGE;
-  }
-  if (target.agents.length > 1) {
+  if (wait && target.socket.path === undefined) {
     io.err(
-      `hapgent: several hapgent processes serve ${path} (pids ${target.agents.join(", ")}); nothing was written. Stop all but one.\n`,
-    );
-    return CLI_EXIT.SEVERAL_AGENTS;
-  }
-  if (!current.ok && current.code !== "ENOENT") {
-    io.err(
-      `hapgent: the current state file ${path} is invalid (${current.reason}); replacing it\n`,
-    );
-  }
-  try {
-    await store.save(next.state);
-  } catch (err) {
-    io.err(`hapgent: cannot write ${path}: ${(err as Error).message}\n`);
-    return CLI_EXIT.CANNOT_WRITE;
-  }
-  io.out(`wrote ${path}: ${formatState(next.state)}\n`);
-  if (change.service !== undefined && !isInService(next.state.status)) {
-    io.out(
-      `note: the instance is ${next.state.status}, so every service answers its state until it is UP or READY\n`,
-    );
-  }
-
-  const [daemon] = target.serving;
-  const pid = daemon?.pid;
-  if (daemon === undefined || pid === undefined) {
-    for (const text of target.notes) io.err(`hapgent: ${text}\n`);
-    io.err(
-      `hapgent: no running hapgent serves ${path}, so none was signalled; the next start loads it\n`,
+      `hapgent: --wait and --idle need the running daemon's control socket (${target.socket.why}); nothing was written\n`,
     );
     return CLI_EXIT.NO_AGENT;
   }
-  // The pid was found before the save: a daemon that stopped since may have left it to another.
-  if (!(await stillRunning(io.procRoot, daemon))) {
-    io.err(
-      `hapgent: hapgent pid ${pid} has stopped, so none was signalled; the next start loads ${path}\n`,
-    );
-    return CLI_EXIT.NO_AGENT;
+  const applied = await apply(io, target, change, timeoutS);
+  if (applied.code !== CLI_EXIT.OK) return applied.code;
+  if (!values["no-confirm"] && !values["no-wait"]) {
+    const expected = reply(serviceState(applied.state, change.service));
+    const confirmed = await confirm(io, target, applied.pid, change.service, expected, timeoutS);
+    if (confirmed !== CLI_EXIT.OK) return confirmed;
   }
-  try {
-    io.reload(pid);
-  } catch (err) {
-    io.err(
-      `hapgent: cannot signal hapgent pid ${pid}: ${(err as NodeJS.ErrnoException).code ?? err}\n`,
-    );
-    return CLI_EXIT.NO_AGENT;
-  }
-  if (values["no-wait"]) {
-    io.out(`signalled hapgent pid ${pid} to reload\n`);
-    return CLI_EXIT.OK;
-  }
-  const expected = reply(serviceState(next.state, change.service));
-  return confirm(io, target, pid, change.service, expected, timeoutS);
+  if (!wait || target.socket.path === undefined) return CLI_EXIT.OK;
+  const heard = await waitHeard(
+    io,
+    target.socket.path,
+    applied.pollers ?? [],
+    waitTimeoutS === undefined ? undefined : waitTimeoutS * 1000,
+  );
+  if (heard !== CLI_EXIT.OK || idle.length === 0) return heard;
+  return waitIdle(io, idle, idleTimeoutS * 1000);
 }
 
-function parseTimeout(text: string | undefined): number {
-  if (text === undefined) return DEFAULT_TIMEOUT_S;
-  const seconds = /^[0-9]+(\.[0-9]+)?$/.test(text) ? Number(text) : Number.NaN;
-  if (!(seconds > 0 && seconds <= MAX_TIMEOUT_S)) {
+/** A number of seconds above 0 and at most an hour, or undefined when the option is not given. */
+function seconds(option: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const value = /^[0-9]+(\.[0-9]+)?$/.test(text) ? Number(text) : Number.NaN;
+  if (!(value > 0 && value <= MAX_TIMEOUT_S)) {
     throw usage(
-      `--timeout must be a number of seconds above 0 and at most ${MAX_TIMEOUT_S}, got ${JSON.stringify(text)}`,
+      `--${option} must be a number of seconds above 0 and at most ${MAX_TIMEOUT_S}, got ${JSON.stringify(text)}`,
     );
   }
-  return seconds;
+  return value;
+}
+
+function port(text: string): number {
+  const value = /^[1-9][0-9]{0,4}$/.test(text) ? Number(text) : Number.NaN;
+  if (!(value >= 1 && value <= 65535)) {
+    throw usage(`--idle must be a TCP port 1-65535, got ${JSON.stringify(text)}`);
+  }
+  return value;
 }
 
 function changeOf(values: Values, status: Status): Change {
@@ -129,38 +91,4 @@ function changeOf(values: Values, status: Status): Change {
     maxconn: field("maxconn"),
     description: field("description"),
   };
-}
-
-/** Probes until the agent answers `expected` or the time is up. */
-async function confirm(
-  io: CliIo,
-  target: Target,
-  pid: number,
-  service: string | undefined,
-  expected: string,
-  timeoutS: number,
-): Promise<number> {
-  const payload = service === undefined ? INSTANCE_PAYLOAD : `${service}\n`;
-  const deadline = Date.now() + timeoutS * 1000;
-  let last = "no answer";
-  for (;;) {
-    // A probe never outlives the deadline by much: a stopped agent accepts and says nothing.
-    const timeoutMs = Math.max(50, Math.min(PROBE_TIMEOUT_MS, deadline - Date.now()));
-    const asked = await ask(target.probeHost, target.probePort, payload, timeoutMs);
-    if (asked.answer === expected) {
-      const whom = service === undefined ? "" : ` ${service}`;
-      io.out(`hapgent pid ${pid} answers${whom}: ${expected.trimEnd()}\n`);
-      return CLI_EXIT.OK;
-    }
-    last =
-      asked.answer === undefined
-        ? `no answer (${asked.error})`
-        : `it answers ${JSON.stringify(asked.answer.trimEnd())}`;
-    if (Date.now() >= deadline) break;
-    await new Promise((resolve) => setTimeout(resolve, CONFIRM_POLL_MS));
-  }
-  io.err(
-    `hapgent: hapgent pid ${pid} did not confirm within ${timeoutS} s: at ${formatAddress(target.probeHost, target.probePort)} ${last}; expected ${JSON.stringify(expected.trimEnd())}\n`,
-  );
-  return CLI_EXIT.NOT_CONFIRMED;
 }

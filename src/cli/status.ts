@@ -1,4 +1,5 @@
 /** `hapgent status`: the file's state, what the live agent answers, and whether they agree. */
+import type { PollerView, StatusReply } from "../control-protocol.js";
 import { reply } from "../core/reply.js";
 import {
   FALLBACK_STATE,
@@ -11,9 +12,10 @@ import {
 import { silentLogger } from "../log.js";
 import { createStateStore, type LoadResult } from "../store.js";
 import type { Values } from "./args.js";
+import { request } from "./control.js";
 import { CLI_EXIT } from "./exit.js";
 import type { CliIo } from "./io.js";
-import { type Asked, ask, formatAddress, INSTANCE_PAYLOAD } from "./probe.js";
+import { type Asked, ask, formatAddress, INSTANCE_PAYLOAD, servicePayload } from "./probe.js";
 import { findTarget, type Target } from "./target.js";
 
 interface ServiceView {
@@ -25,6 +27,7 @@ interface ServiceView {
 
 export async function status(io: CliIo, values: Values): Promise<number> {
   const target = await findTarget(io, values);
+  const pollers = await pollersOf(target);
   const file = await createStateStore(target.config.stateFile, silentLogger).load();
   const expected = reply(file.ok ? file.state : FALLBACK_STATE);
   const live = await ask(target.probeHost, target.probePort, INSTANCE_PAYLOAD);
@@ -41,7 +44,7 @@ export async function status(io: CliIo, values: Values): Promise<number> {
       : agree
         ? CLI_EXIT.OK
         : CLI_EXIT.NOT_CONFIRMED;
-  const view = { target, file, expected, live, services, agree };
+  const view = { target, file, expected, live, services, agree, pollers };
   io.out(values.json ? `${JSON.stringify(asJson(view))}\n` : asText(view));
   return code;
 }
@@ -51,13 +54,23 @@ async function askServices(target: Target, state: State, live: Asked): Promise<S
   const views: ServiceView[] = [];
   for (const [name, service] of Object.entries(state.services ?? {})) {
     const asked =
-      live.answer === undefined ? live : await ask(target.probeHost, target.probePort, `${name}\n`);
+      live.answer === undefined
+        ? live
+        : await ask(target.probeHost, target.probePort, servicePayload(name));
     views.push({ name, state: service, expected: reply(serviceState(state, name)), asked });
   }
   return views;
 }
 
+/** The load balancers polling, from the daemon's control socket; undefined without one. */
+async function pollersOf(target: Target): Promise<readonly PollerView[] | undefined> {
+  if (target.socket.path === undefined) return undefined;
+  const reply = await request(target.socket.path, { op: "status" }, 2000).catch(() => undefined);
+  return (reply as StatusReply | undefined)?.pollers;
+}
+
 interface View {
+  readonly pollers: readonly PollerView[] | undefined;
   readonly target: Target;
   readonly file: LoadResult;
   readonly expected: string;
@@ -66,7 +79,7 @@ interface View {
   readonly agree: boolean;
 }
 
-function asJson({ target, file, expected, live, services, agree }: View) {
+function asJson({ target, file, expected, live, services, agree, pollers }: View) {
   return {
     stateFile: target.config.stateFile,
     file: file.ok ? { valid: true, state: file.state } : { valid: false, reason: file.reason },
@@ -83,11 +96,12 @@ function asJson({ target, file, expected, live, services, agree }: View) {
       error: service.asked.error ?? null,
       agree: service.asked.answer === service.expected,
     })),
+    loadBalancers: pollers ?? null,
     agree,
   };
 }
 
-function asText({ target, file, expected, live, services, agree }: View): string {
+function asText({ target, file, expected, live, services, agree, pollers }: View): string {
   const address = formatAddress(target.probeHost, target.probePort);
   const lines = [
     `state file  ${target.config.stateFile}: ${file.ok ? formatState(file.state) : `INVALID: ${file.reason}`}`,
@@ -97,10 +111,23 @@ function asText({ target, file, expected, live, services, agree }: View): string
       (service) =>
         `service     ${service.name}: expected ${service.expected.trimEnd()}, agent ${answered(service.asked)}${service.asked.answer === service.expected ? "" : " (DIFFERS)"}`,
     ),
+    ...pollerLines(pollers),
     ...target.notes.map((text) => `note        ${text}`),
     agree ? "agreement   yes" : "agreement   NO",
   ];
   return `${lines.join("\n")}\n`;
+}
+
+function pollerLines(pollers: readonly PollerView[] | undefined): string[] {
+  if (pollers === undefined) return [];
+  if (pollers.length === 0) return ["polled by   no load balancer"];
+  return pollers.map((p) => {
+    const every =
+      p.intervalMs === null ? "once so far" : `every ${(p.intervalMs / 1000).toFixed(1)} s`;
+    const heard =
+      p.heard === null ? "has heard nothing yet" : `heard ${JSON.stringify(printable(p.heard))}`;
+    return `polled by   ${p.address}${p.service === "" ? "" : ` (${p.service})`}: ${every}, last ${(p.lastProbeAgoMs / 1000).toFixed(1)} s ago, ${heard}${p.current ? "" : " (NOT the current state)"}`;
+  });
 }
 
 /** What was answered, as text safe for a terminal: whoever listens chose these bytes. */

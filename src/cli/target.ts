@@ -14,10 +14,12 @@
  * - only daemons that could legitimately serve the file count (root, the user acted as, the
  *   file's owner); others that claim it are shown and ignored, so they cannot block a command.
  */
+import { resolve } from "node:path";
 import { type Config, type ProcessContext, parseConfig } from "../config.js";
 import { printable } from "../core/state.js";
 import { controllerOf, walkPath } from "../path-control.js";
 import type { Values } from "./args.js";
+import { untrustedSocket } from "./control.js";
 import {
   describeDaemon,
   type Found,
@@ -49,6 +51,8 @@ export interface Target {
   readonly notes: readonly string[];
   readonly probeHost: string;
   readonly probePort: number;
+  /** The serving daemon's control socket, checked; or why there is none to use. */
+  readonly socket: { readonly path: string } | { readonly path: undefined; readonly why: string };
 }
 
 const FLAGS = [
@@ -59,7 +63,7 @@ const FLAGS = [
 
 /** The flags, then the environment, name the state file and address; flags win. */
 export function configure(
-  io: Pick<TargetIo, "env" | "cwd">,
+  io: Pick<TargetIo, "env" | "cwd" | "uid">,
   values: Values,
 ): {
   config: Config;
@@ -73,7 +77,7 @@ export function configure(
     // The environment's value is not checked: the flag replaces it.
     env[variable] = value;
   }
-  const parsed = parseConfig(env, io.cwd);
+  const parsed = parseConfig(env, io.cwd, io.uid);
   if (!parsed.ok) {
     const flag = FLAGS.find(([, variable]) => variable === parsed.variable)?.[0];
     throw usage(
@@ -147,8 +151,9 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
     }
   }
   notes.push(...unaskedNotes(io, unasked, fileNamed));
-  become(io, uid, config.stateFile);
   const single = serving.length === 1 ? serving[0] : undefined;
+  const socket = await controlSocket(io, values, single);
+  become(io, uid, config.stateFile);
   const address =
     single && values.ip === undefined && values.port === undefined ? single.config : config;
   return {
@@ -158,7 +163,21 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
     notes: notes.map(printable),
     probeHost: probeAddress(address.host),
     probePort: address.port,
+    socket,
   };
+}
+
+/** The serving daemon's control socket (or the one named), if it is safe to use. */
+async function controlSocket(
+  io: TargetIo,
+  values: Values,
+  daemon: Readable | undefined,
+): Promise<Target["socket"]> {
+  if (daemon === undefined) return { path: undefined, why: "no daemon serves the file" };
+  const path =
+    values.socket === undefined ? daemon.config.controlSocket : resolve(io.cwd, values.socket);
+  const why = await untrustedSocket(path, daemon.uid);
+  return why === undefined ? { path } : { path: undefined, why };
 }
 
 /** Daemons of other users, never asked which file they serve: said, never silently passed over. */

@@ -7,6 +7,7 @@
  * before it), then reads the file, which wins over a save still waiting to be retried; commands
  * that arrive meanwhile wait behind it.
  */
+import { applyChange, type Change } from "../core/change.js";
 import { FALLBACK_STATE, formatState, type State, sameState, withStatus } from "../core/state.js";
 import type { Logger } from "../log.js";
 import type { StateStore } from "../store.js";
@@ -16,6 +17,18 @@ export { defaultRetryDelayMs, SAVE_RETRY_MAX_MS } from "./saves.js";
 
 export type Command = "up" | "down" | "reload";
 
+/** How a change asked for through the control socket ended. */
+export type ChangeOutcome =
+  | {
+      readonly ok: true;
+      readonly state: State;
+      /** Why the file it replaced was invalid, when it was. */
+      readonly replaced: string | undefined;
+      /** Why it could not be saved (it is answered, and the save is retried), or undefined. */
+      readonly unsaved: string | undefined;
+    }
+  | { readonly ok: false; readonly code: "invalid" | "no-instance"; readonly reason: string };
+
 export interface Commands {
   /** The state every probe answers now. */
   readonly state: State;
@@ -24,6 +37,11 @@ export interface Commands {
    * has been applied to the state (not necessarily saved).
    */
   command(command: Command, cause: string): Promise<void>;
+  /**
+   * Queues a change, applied to the state file as it is then (the fields it does not name keep
+   * their value from the file), and resolves once the new state is answered and saved.
+   */
+  change(change: Change, cause: string): Promise<ChangeOutcome>;
   /**
    * Resolves when no command is waiting and no save is running; a save waiting to be retried is
    * tried once more first.
@@ -40,11 +58,14 @@ export interface CommandsOptions {
   readonly retryDelayMs?: SavesOptions["retryDelayMs"];
 }
 
-interface Queued {
-  readonly command: Command;
-  readonly cause: string;
-  readonly applied: () => void;
-}
+type Queued =
+  | { readonly command: Command; readonly cause: string; readonly applied: () => void }
+  | {
+      readonly command: "change";
+      readonly change: Change;
+      readonly cause: string;
+      readonly applied: (outcome: ChangeOutcome) => void;
+    };
 
 /**
  * Longer than a screen because it is a closure: the queue, the state and the drain share their
@@ -102,11 +123,41 @@ export function createCommands({
     }
   };
 
+  const applyRequested = async (change: Change, cause: string): Promise<ChangeOutcome> => {
+    await saves.idle();
+    saves.abandon();
+    const file = await store.load();
+    const next = applyChange(file.ok ? file.state : undefined, change);
+    if (!next.ok) {
+      log.warning(`${cause}: refused: ${next.reason}`);
+      return next;
+    }
+    const replaced = file.ok || file.code === "ENOENT" ? undefined : file.reason;
+    if (replaced !== undefined)
+      log.warning(`${cause}: the state file ${store.path} was invalid (${replaced}); replaced`);
+    log.notice(`${cause}: state ${set(next.state)}`);
+    saves.request();
+    await saves.idle();
+    return { ok: true, state, replaced, unsaved: saves.failure };
+  };
+
+  const enqueue = (queued: Queued): void => {
+    queue.push(queued);
+    if (running) return;
+    const done = drain();
+    // A drain that met no wait has already finished; only one still running is kept.
+    if (running) draining = done;
+  };
+
   const drain = async (): Promise<void> => {
     running = true;
     try {
       // Runs synchronously until the first reload, so up/down reach the next probe at once.
       for (let next = queue.shift(); next; next = queue.shift()) {
+        if (next.command === "change") {
+          next.applied(await applyRequested(next.change, next.cause));
+          continue;
+        }
         if (next.command === "reload") {
           await reload(next.cause);
         } else {
@@ -128,13 +179,13 @@ export function createCommands({
     },
 
     command(command, cause) {
-      return new Promise<void>((applied) => {
-        queue.push({ command, cause, applied });
-        if (running) return;
-        const done = drain();
-        // A drain that met no reload has already finished; only one still running is kept.
-        if (running) draining = done;
-      });
+      return new Promise<void>((applied) => enqueue({ command, cause, applied }));
+    },
+
+    change(change, cause) {
+      return new Promise<ChangeOutcome>((applied) =>
+        enqueue({ command: "change", change, cause, applied }),
+      );
     },
 
     async settled() {

@@ -9,9 +9,12 @@ import { createLogger, type Logger } from "../log.js";
 import { createStateStore } from "../store.js";
 import { VERSION } from "../version.js";
 import { type Commands, createCommands } from "./commands.js";
+import type { ControlServer } from "./control.js";
+import { controlHandlers, startControl } from "./control-handlers.js";
+import { createLedger } from "./ledger.js";
 import { createReplies } from "./replies.js";
 import { guardedStore, refuseForeignPath } from "./root-guard.js";
-import { type AgentServer, createAgentServer } from "./server.js";
+import { createAgentServer } from "./server.js";
 
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
 
@@ -57,13 +60,27 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     log,
     sendWaitMs: config.sendWaitMs,
   });
+  const ledger = createLedger({ now: Date.now });
   const server = createAgentServer({
     reply: replies.lineFor,
     awaitsName: replies.awaitsName,
     nameWaitMs: config.sendWaitMs,
     onServerError: (err) => log.warning(`accepting a connection failed: ${err.message}`),
+    observer: {
+      probed: (address, name, reply, atMs, heard) =>
+        ledger.record(
+          peerAddress(address),
+          replies.serviceOf(name),
+          reply as Uint8Array,
+          atMs,
+          heard,
+        ),
+    },
   });
-  const stop = stopper(io, log, commands, server);
+  let control: ControlServer | undefined;
+  const stop = stopper(io, log, commands, async () => {
+    await Promise.all([server.close(), control?.close()]);
+  });
   const handle = (signal: DaemonSignal): void => {
     if (signal === "SIGTERM" || signal === "SIGINT") void stop.now(signal);
     else void commands.command(SIGNAL_COMMANDS[signal], signal);
@@ -89,26 +106,35 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   await loaded;
   if (stop.stopping) return;
 
+  let address: string;
   try {
     const bound = await server.listen(config.host, config.port);
-    const address =
+    address =
       bound.family === "IPv6"
         ? `[${bound.address}]:${bound.port}`
         : `${bound.address}:${bound.port}`;
-    log.notice(
-      `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
-    );
   } catch (err) {
     log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
-    io.exit(EXIT.CANNOT_LISTEN);
+    return io.exit(EXIT.CANNOT_LISTEN);
   }
+  const handlers = controlHandlers({ commands, ledger, replies, now: Date.now });
+  control = await startControl(config.controlSocket, io.uid, handlers, log);
+  if (stop.stopping) return;
+  log.notice(
+    `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
+  );
+}
+
+/** The peer's address as operators write it: an IPv4 client of a `::` listener without ::ffff:. */
+function peerAddress(address: string): string {
+  return address.startsWith("::ffff:") && address.includes(".") ? address.slice(7) : address;
 }
 
 const SIGNAL_COMMANDS = { SIGUSR1: "up", SIGUSR2: "down", SIGHUP: "reload" } as const;
 
 /** The configuration, or undefined after logging why there is none to run with. */
 async function configure(io: DaemonIo, log: Logger): Promise<Config | undefined> {
-  const configured = parseConfig(io.env, io.cwd);
+  const configured = parseConfig(io.env, io.cwd, io.uid);
   if (!configured.ok) {
     log.error(configured.reason);
     return undefined;
@@ -124,7 +150,7 @@ async function configure(io: DaemonIo, log: Logger): Promise<Config | undefined>
 }
 
 /** TERM and INT: close the socket, let signals in flight and a pending save finish, exit 0. */
-function stopper(io: DaemonIo, log: Logger, commands: Commands, server: AgentServer) {
+function stopper(io: DaemonIo, log: Logger, commands: Commands, closeSockets: () => Promise<void>) {
   let stopping = false;
   return {
     get stopping() {
@@ -138,7 +164,7 @@ function stopper(io: DaemonIo, log: Logger, commands: Commands, server: AgentSer
       const timeout = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_SAVE_WAIT_MS));
       const grace = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS));
       const finish = async () => {
-        await Promise.all([server.close(), grace]);
+        await Promise.all([closeSockets(), grace]);
         await commands.settled();
       };
       await Promise.race([finish(), timeout]);

@@ -16,6 +16,10 @@ export interface Replies {
    * (undefined). A name the state lacks gets the instance's line.
    */
   lineFor(name: string | undefined): Uint8Array;
+  /** The service a probe that sent `name` is answered for: the name, or "" for the instance. */
+  serviceOf(name: string | undefined): string;
+  /** The line a probe for `service` ("" for the instance) is given now; logs nothing. */
+  currentFor(service: string): Uint8Array;
 }
 
 export interface RepliesOptions {
@@ -70,7 +74,25 @@ export function createReplies({ current, log, sendWaitMs }: RepliesOptions): Rep
     return line;
   };
 
+  /** A service's line, built once per state. */
+  const serviceLine = (state: State, name: string): Uint8Array => {
+    let bytes = serviceLines.get(name);
+    if (bytes === undefined) {
+      bytes = Buffer.from(reply(serviceState(state, name)));
+      serviceLines.set(name, bytes);
+    }
+    return bytes;
+  };
+
   return {
+    currentFor(service) {
+      const state = refresh();
+      return service !== "" && hasService(state, service) ? serviceLine(state, service) : line;
+    },
+    serviceOf(name) {
+      const state = refresh();
+      return name !== undefined && name !== "" && hasService(state, name) ? name : "";
+    },
     awaitsName() {
       refresh();
       return named;
@@ -80,12 +102,7 @@ export function createReplies({ current, log, sendWaitMs }: RepliesOptions): Rep
       if (name === undefined) return unnamed();
       if (name === "") return line;
       if (!hasService(state, name)) return unknown(name);
-      let bytes = serviceLines.get(name);
-      if (bytes === undefined) {
-        bytes = Buffer.from(reply(serviceState(state, name)));
-        serviceLines.set(name, bytes);
-      }
-      return bytes;
+      return serviceLine(state, name);
     },
   };
 }

@@ -15,6 +15,8 @@ export interface Saves {
   idle(): Promise<void>;
   /** True while a failed save waits to be retried. */
   readonly pending: boolean;
+  /** Why the last save failed, while one waits to be retried. */
+  readonly failure: string | undefined;
   /** Gives up a retry: the caller reads the file instead. Forgets the failures. */
   abandon(): void;
 }
@@ -48,6 +50,7 @@ export function createSaves({
   // Failed saves in a row, and the timer that will try again.
   let failures = 0;
   let retry: NodeJS.Timeout | undefined;
+  let failure: string | undefined;
 
   const cancelRetry = (): void => {
     clearTimeout(retry);
@@ -69,8 +72,10 @@ export function createSaves({
         );
       }
       failures = 0;
+      failure = undefined;
     } catch (err) {
       failures++;
+      failure = (err as Error).message;
       const delayMs = retryDelayMs(failures);
       log.error(
         `cannot save state file ${store.path}: ${(err as Error).message}; still answering ${formatState(snapshot)}; trying again in ${delayMs / 1000} s`,
@@ -105,6 +110,9 @@ export function createSaves({
     },
     get pending() {
       return retry !== undefined;
+    },
+    get failure() {
+      return retry === undefined ? undefined : failure;
     },
     abandon() {
       cancelRetry();

@@ -28,7 +28,48 @@ export interface AgentServerOptions {
   readonly backlog?: number;
   /** Called for an error of the listening socket itself (e.g. EMFILE on accept). */
   readonly onServerError?: (err: Error) => void;
+  /** Told of every probe once its connection has closed (the probe ledger). */
+  readonly observer?: ProbeObserver;
 }
+
+/** What the probe ledger learns from the server about each probe of a load balancer. */
+export interface ProbeObserver {
+  /**
+   * `address` is the peer's; `name` the first line it sent (undefined: none was awaited);
+   * `atMs` when the reply was given. `heard` is true when the peer closed its side after the
+   * whole reply went out, without an error: HAProxy closes once it has read the line.
+   */
+  probed(
+    address: string,
+    name: string | undefined,
+    reply: string | Uint8Array,
+    atMs: number,
+    heard: boolean,
+  ): void;
+}
+
+/**
+ * The first line hapgent's own command line sends (`#hapgent-cli`, then the service's name if it
+ * asks for one): its probes are answered like any other and not counted as a load balancer's.
+ */
+export const CLI_PROBE_MARK = "#hapgent-cli";
+const CLI_MARK_BYTES = Buffer.from(CLI_PROBE_MARK);
+
+/** What a connection was given, kept on the socket itself: no map per probe. */
+const GIVEN = Symbol("reply given");
+const GIVEN_AT = Symbol("when");
+const PEER = Symbol("peer's address");
+const NAME = Symbol("name");
+const OWN = Symbol("hapgent's own probe");
+const LOOKED = Symbol("first bytes looked at");
+type Probe = Socket & {
+  [GIVEN]?: string | Uint8Array;
+  [GIVEN_AT]?: number;
+  [PEER]?: string;
+  [NAME]?: string | undefined;
+  [OWN]?: boolean;
+  [LOOKED]?: boolean;
+};
 
 export interface AgentServer {
   readonly server: Server;
@@ -70,12 +111,30 @@ export function createAgentServer({
   maxConnections = MAX_CONNECTIONS,
   backlog = LISTEN_BACKLOG,
   onServerError = () => {},
+  observer,
 }: AgentServerOptions): AgentServer {
+  const send = (socket: Probe, name: string | undefined): void => {
+    const bytes = reply(name);
+    if (observer) {
+      socket[GIVEN] = bytes;
+      socket[GIVEN_AT] = Date.now();
+      // Read now: a closed socket no longer knows it.
+      socket[PEER] = socket.remoteAddress ?? "";
+      socket[NAME] = name;
+    }
+    socket.end(bytes);
+  };
   const firstLines = createFirstLines({
     waitMs: nameWaitMs,
     maxLineBytes: MAX_NAME_LINE_BYTES,
-    answer: (socket, line) => {
-      if (!socket.destroyed) socket.end(reply(line?.trim()));
+    answer: (socket: Probe, line) => {
+      if (socket.destroyed) return;
+      let name = line?.trim();
+      if (name?.startsWith(CLI_PROBE_MARK)) {
+        socket[OWN] = true;
+        name = name.slice(CLI_PROBE_MARK.length).trim();
+      }
+      send(socket, name);
     },
   });
   const open = createConnections({
@@ -89,12 +148,21 @@ export function createAgentServer({
     // One socket's error ends that socket only.
     this.destroy();
   }
-  function onClose(this: Socket): void {
+  function onClose(this: Probe, hadError: boolean): void {
     open.forget(this);
     firstLines.forget(this);
+    const given = this[GIVEN];
+    if (observer === undefined || given === undefined || this[OWN]) return;
+    // The peer ended its side, every byte of the reply went out, and nothing failed.
+    const heard = !hadError && this.readableEnded && this.writableFinished;
+    observer.probed(this[PEER] ?? "", this[NAME], given, this[GIVEN_AT] ?? 0, heard);
   }
-  function onData(this: Socket): void {
-    if (this.bytesRead > maxPayloadBytes) this.destroy();
+  function onData(this: Probe, chunk: Buffer): void {
+    if (this.bytesRead > maxPayloadBytes) return void this.destroy();
+    // Without a wait for the first line, hapgent's own probes are told by their first bytes.
+    if (this[LOOKED]) return;
+    this[LOOKED] = true;
+    if (chunk.subarray(0, CLI_MARK_BYTES.length).equals(CLI_MARK_BYTES)) this[OWN] = true;
   }
 
   // Half-open allowed: a client that sends its line and shuts down its side still gets a reply.
@@ -111,7 +179,7 @@ export function createAgentServer({
     // The reply goes out before anything is read: HAProxy may send nothing at all. end() sends
     // FIN after it; the read side stays open so the payload is consumed, since closing a socket
     // with unread data sends RST, and an RST can make HAProxy lose the reply it has not read yet.
-    socket.end(reply());
+    send(socket, undefined);
   });
 
   return {

@@ -1,0 +1,82 @@
+/**
+ * The command line's side of the control socket: checked before it is trusted (a socket another
+ * user controls could tell root's command anything), then one request, one reply.
+ */
+import { lstat } from "node:fs/promises";
+import { connect } from "node:net";
+import { dirname } from "node:path";
+import type { ControlRequest } from "../control-protocol.js";
+import { controllerOf, walkPath } from "../path-control.js";
+
+/** Why a daemon's socket must not be used, or undefined when it may. */
+export async function untrustedSocket(
+  path: string,
+  daemonUid: number,
+): Promise<string | undefined> {
+  const stats = await lstat(path).catch((err: NodeJS.ErrnoException) => err.code ?? "error");
+  if (typeof stats === "string") return `${path}: ${stats}`;
+  if (!stats.isSocket()) return `${path} is not a socket`;
+  if (stats.uid !== 0 && stats.uid !== daemonUid) {
+    return `${path} belongs to uid ${stats.uid}, not to the daemon's user`;
+  }
+  const controller = controllerOf(await walkPath(dirname(path)).catch(() => []));
+  if (controller.kind === "several") return `${dirname(path)}: ${controller.why}`;
+  if (controller.kind === "user" && controller.uid !== daemonUid) {
+    return `${dirname(path)}: ${controller.why}, not the daemon's user`;
+  }
+  return undefined;
+}
+
+/** A control request that could not be made or answered; `code` is Node's, when it has one. */
+export class ControlError extends Error {
+  readonly code: string | undefined;
+  constructor(message: string, code?: string) {
+    super(message);
+    this.name = "ControlError";
+    this.code = code;
+  }
+}
+
+/** Sends one request and resolves with the reply object. */
+export function request(
+  path: string,
+  body: ControlRequest | object,
+  timeoutMs: number,
+): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(path);
+    let received = "";
+    const fail = (err: ControlError) => {
+      socket.destroy();
+      reject(err);
+    };
+    socket.setEncoding("utf8");
+    socket.setTimeout(timeoutMs, () => fail(new ControlError(`no reply within ${timeoutMs} ms`)));
+    socket.on("connect", () => socket.write(`${JSON.stringify(flatten(body))}\n`));
+    socket.on("data", (chunk: string) => {
+      received += chunk;
+      const end = received.indexOf("\n");
+      if (end < 0) return;
+      socket.end();
+      try {
+        resolve(JSON.parse(received.slice(0, end)));
+      } catch {
+        reject(new ControlError("the reply is not JSON"));
+      }
+    });
+    socket.on("error", (err: NodeJS.ErrnoException) =>
+      fail(new ControlError(err.code ?? err.message, err.code)),
+    );
+    socket.on("end", () => {
+      if (!received.includes("\n")) fail(new ControlError("closed without a reply"));
+    });
+  });
+}
+
+/** The wire form: a change's fields beside its op. */
+function flatten(body: ControlRequest | object): object {
+  if ("op" in body && body.op === "change" && "change" in body) {
+    return { op: "change", ...(body.change as object) };
+  }
+  return body;
+}

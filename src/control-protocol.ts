@@ -1,0 +1,113 @@
+/**
+ * What the command line and the daemon say to each other over the control socket: one JSON object
+ * per line. Requests are checked here, by both sides' shared rules; the daemon trusts nothing else.
+ */
+import type { Change, FieldChange } from "./core/change.js";
+import { isServiceName, isStatus, STATUSES, type State } from "./core/state.js";
+
+export type ControlRequest =
+  | { readonly op: "status" }
+  | { readonly op: "change"; readonly change: Change };
+
+/** One load balancer polling the agent, as the daemon reports it. */
+export interface PollerView {
+  readonly address: string;
+  /** "" for the instance. */
+  readonly service: string;
+  readonly intervalMs: number | null;
+  /** How long ago it last probed. */
+  readonly lastProbeAgoMs: number;
+  readonly lastProbeAt: string;
+  readonly probes: number;
+  /** The reply it was last given, and the one it last heard (without the line end). */
+  readonly given: string | null;
+  readonly heard: string | null;
+  readonly heardAgoMs: number | null;
+  /** Whether what it last heard is what it would be given now. */
+  readonly current: boolean;
+}
+
+export interface StatusReply {
+  readonly ok: true;
+  readonly state: State;
+  readonly pollers: readonly PollerView[];
+}
+
+export type ChangeReply =
+  | {
+      readonly ok: true;
+      readonly state: State;
+      readonly replaced: string | null;
+      readonly unsaved: string | null;
+      /** The load balancers polling at the moment of the change, after it. */
+      readonly pollers: readonly PollerView[];
+    }
+  | { readonly ok: false; readonly code: "invalid" | "no-instance"; readonly error: string };
+
+export type ErrorReply = { readonly ok: false; readonly error: string };
+
+export type RequestResult =
+  | { readonly ok: true; readonly request: ControlRequest }
+  | { readonly ok: false; readonly reason: string };
+
+const CHANGE_FIELDS = ["op", "status", "service", "weight", "maxconn", "description"];
+
+/** Checks one line of a request. Never throws. */
+export function parseRequest(line: string): RequestResult {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch (err) {
+    return { ok: false, reason: `request is not JSON (${(err as Error).message.slice(0, 80)})` };
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return { ok: false, reason: "request must be a JSON object" };
+  }
+  const record = value as Record<string, unknown>;
+  if (record.op === "status") {
+    const extra = Object.keys(record).find((key) => key !== "op");
+    if (extra !== undefined) return { ok: false, reason: `status takes no ${shorten(extra)}` };
+    return { ok: true, request: { op: "status" } };
+  }
+  if (record.op !== "change") {
+    return {
+      ok: false,
+      reason: `op must be "status" or "change", got ${shorten(String(record.op))}`,
+    };
+  }
+  const extra = Object.keys(record).find((key) => !CHANGE_FIELDS.includes(key));
+  if (extra !== undefined) return { ok: false, reason: `change takes no ${shorten(extra)}` };
+  if (!isStatus(record.status)) {
+    return { ok: false, reason: `status must be one of ${STATUSES.join(", ")}` };
+  }
+  if (
+    record.service !== undefined &&
+    !(typeof record.service === "string" && isServiceName(record.service))
+  ) {
+    return { ok: false, reason: "service must be a service name" };
+  }
+  const fields: Partial<Record<"weight" | "maxconn" | "description", FieldChange>> = {};
+  for (const field of ["weight", "maxconn", "description"] as const) {
+    const given = record[field];
+    if (given === undefined) continue;
+    if (given !== null && typeof given !== "number" && typeof given !== "string") {
+      return { ok: false, reason: `${field} must be a number, a string or null` };
+    }
+    fields[field] = given;
+  }
+  return {
+    ok: true,
+    request: {
+      op: "change",
+      change: {
+        status: record.status,
+        ...(record.service === undefined ? {} : { service: record.service as string }),
+        ...fields,
+      },
+    },
+  };
+}
+
+function shorten(text: string): string {
+  return JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}...` : text);
+}

@@ -1,0 +1,144 @@
+/**
+ * The control socket: a Unix domain socket the daemon owns (mode 0660, its group), speaking one
+ * JSON object per line each way. Through it the command line reads the state and the probe ledger,
+ * and changes the state: the daemon applies the change in order with signals and reloads, saves
+ * it, and answers once it is saved. Bad requests get a clear error and leave the daemon unharmed;
+ * clients are few, their lines short and their time bounded.
+ */
+import { chmod, lstat, unlink } from "node:fs/promises";
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { type ControlRequest, parseRequest } from "../control-protocol.js";
+
+export interface ControlHandlers {
+  /** Answers one valid request; the object is sent as one line. */
+  handle(request: ControlRequest): Promise<object>;
+}
+
+export interface ControlServer {
+  listen(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface ControlOptions {
+  readonly path: string;
+  readonly handlers: ControlHandlers;
+  readonly maxClients?: number;
+  readonly maxLineBytes?: number;
+  /** A client silent this long is closed. */
+  readonly idleMs?: number;
+}
+
+/** Plenty for scripts and operators; the agent port is where the load comes from. */
+export const MAX_CONTROL_CLIENTS = 16;
+export const MAX_CONTROL_LINE_BYTES = 64 * 1024;
+export const CONTROL_IDLE_MS = 30_000;
+const SOCKET_MODE = 0o660;
+
+/** A control socket that cannot be made: the reason, for the log. */
+export class ControlSocketError extends Error {}
+
+export function createControlServer({
+  path,
+  handlers,
+  maxClients = MAX_CONTROL_CLIENTS,
+  maxLineBytes = MAX_CONTROL_LINE_BYTES,
+  idleMs = CONTROL_IDLE_MS,
+}: ControlOptions): ControlServer {
+  const clients = new Set<Socket>();
+  const server: Server = createServer((socket) => {
+    if (clients.size >= maxClients) {
+      socket.on("error", () => socket.destroy());
+      socket.setTimeout(idleMs, () => socket.destroy());
+      socket.end(
+        `${JSON.stringify({ ok: false, error: `busy: ${maxClients} clients already` })}\n`,
+      );
+      // Read to the client's end, so the connection closes once the client has the error.
+      socket.resume();
+      return;
+    }
+    clients.add(socket);
+    socket.on("close", () => clients.delete(socket));
+    socket.on("error", () => socket.destroy());
+    socket.setTimeout(idleMs, () => socket.destroy());
+    serve(socket, handlers, maxLineBytes);
+  });
+
+  return {
+    async listen() {
+      await removeStale(path);
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(path, () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
+      // Its group may use it: root's commands act as the service user, operators are in its group.
+      await chmod(path, SOCKET_MODE);
+    },
+    close() {
+      return new Promise((resolve) => {
+        for (const socket of clients) socket.destroy();
+        server.close(() => resolve());
+      });
+    },
+  };
+}
+
+/** Reads requests line by line and answers each in order. */
+function serve(socket: Socket, handlers: ControlHandlers, maxLineBytes: number): void {
+  let buffered = "";
+  let busy: Promise<void> = Promise.resolve();
+  let cutOff = false;
+  const answer = (reply: object) => {
+    if (!socket.destroyed) socket.write(`${JSON.stringify(reply)}\n`);
+  };
+  socket.setEncoding("utf8");
+  socket.on("data", (chunk: string) => {
+    // Past a line too long, what the client sends is read to its end and dropped.
+    if (cutOff) return;
+    buffered += chunk;
+    if (Buffer.byteLength(buffered) > maxLineBytes && !buffered.includes("\n")) {
+      cutOff = true;
+      buffered = "";
+      answer({ ok: false, error: `request longer than ${maxLineBytes} bytes` });
+      socket.end();
+      return;
+    }
+    for (let end = buffered.indexOf("\n"); end >= 0; end = buffered.indexOf("\n")) {
+      const line = buffered.slice(0, end);
+      buffered = buffered.slice(end + 1);
+      if (line.trim() === "") continue;
+      busy = busy.then(async () => {
+        const parsed = parseRequest(line);
+        if (!parsed.ok) return answer({ ok: false, error: parsed.reason });
+        answer(await handlers.handle(parsed.request));
+      });
+    }
+  });
+}
+
+/**
+ * Removes a socket a previous daemon left behind: only a socket, only when nothing answers on it,
+ * so neither another file nor a running daemon's socket is ever taken.
+ */
+async function removeStale(path: string): Promise<void> {
+  const stats = await lstat(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === "ENOENT") return undefined;
+    throw err;
+  });
+  if (stats === undefined) return;
+  if (!stats.isSocket()) {
+    throw new ControlSocketError(`${path} exists and is not a socket; expected no file there`);
+  }
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.on("connect", () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.on("error", () => resolve(false));
+  });
+  if (alive) throw new ControlSocketError(`${path} is in use by another process`);
+  await unlink(path);
+}

@@ -1,0 +1,187 @@
+/**
+ * The probe ledger: every load balancer that polls the agent, keyed by its source address and the
+ * service it asks for, with when it was first and last seen, how often it polls (learnt from the
+ * gaps between its probes), what it was last given, and what it last *heard*: a reply counts as
+ * heard only once the peer has closed the connection after the whole line went out (HAProxy closes
+ * once it has read it), never when it is merely written.
+ *
+ * A load balancer that stops polling is forgotten after a few of its intervals, so nothing waits on
+ * it forever. Memory is bounded, and a scan from many addresses cannot push out the load balancers
+ * that really poll: an address seen once waits on a small probation list, and only one that comes
+ * back joins the ledger proper.
+ *
+ * Pure but for the clock, which is passed in; the server tells it of each probe once, when the
+ * connection closes.
+ */
+
+/** One load balancer polling for one service ("" for the instance). */
+export interface Poller {
+  readonly address: string;
+  readonly service: string;
+  readonly firstSeenMs: number;
+  readonly lastSeenMs: number;
+  /** The median of the last gaps between its probes; undefined after a single probe. */
+  readonly intervalMs: number | undefined;
+  readonly probes: number;
+  /** The reply it was last given (written), and the one it last heard, with when. */
+  readonly lastGiven: Uint8Array | undefined;
+  readonly lastHeard: Uint8Array | undefined;
+  readonly lastHeardMs: number | undefined;
+}
+
+export interface Ledger {
+  /**
+   * A probe from `address` for `service`, accepted at `atMs`, was given `reply`, and `heard` it
+   * when the peer closed after the whole reply went out. Told once the connection is closed.
+   */
+  record(address: string, service: string, reply: Uint8Array, atMs: number, heard: boolean): void;
+  /** Load balancers polling now (forgetting those that stopped), established ones first. */
+  pollers(): Poller[];
+  readonly size: number;
+}
+
+export interface LedgerOptions {
+  readonly now: () => number;
+  /** Load balancers kept at most (those seen more than once). */
+  readonly maxPollers?: number;
+  /** Addresses seen once, kept at most, on probation. */
+  readonly maxProbation?: number;
+  /** A poller is forgotten after this many of its intervals without a probe. */
+  readonly forgetAfterIntervals?: number;
+  /** ... and never sooner than this, nor later than `maxForgetMs`. */
+  readonly minForgetMs?: number;
+  readonly maxForgetMs?: number;
+}
+
+/** Far more load balancers than any fleet points at one server. */
+export const MAX_POLLERS = 1024;
+export const MAX_PROBATION = 256;
+export const FORGET_AFTER_INTERVALS = 3;
+export const MIN_FORGET_MS = 10_000;
+export const MAX_FORGET_MS = 10 * 60_000;
+/** Gaps remembered to learn an interval: enough to see through HAProxy's spread-checks jitter. */
+const GAPS = 5;
+
+interface Entry {
+  address: string;
+  service: string;
+  firstSeenMs: number;
+  lastSeenMs: number;
+  gaps: number[];
+  probes: number;
+  lastGiven: Uint8Array | undefined;
+  lastHeard: Uint8Array | undefined;
+  lastHeardMs: number | undefined;
+}
+
+export function createLedger({
+  now,
+  maxPollers = MAX_POLLERS,
+  maxProbation = MAX_PROBATION,
+  forgetAfterIntervals = FORGET_AFTER_INTERVALS,
+  minForgetMs = MIN_FORGET_MS,
+  maxForgetMs = MAX_FORGET_MS,
+}: LedgerOptions): Ledger {
+  // Insertion order is the order of last sight (an entry seen again moves to the end), so the
+  // stalest entries are at the front of each map.
+  const pollers = new Map<string, Entry>();
+  const probation = new Map<string, Entry>();
+
+  const forgetAfter = (entry: Entry): number => {
+    const interval = median(entry.gaps);
+    const wait = interval === undefined ? minForgetMs : interval * forgetAfterIntervals;
+    return Math.min(maxForgetMs, Math.max(minForgetMs, wait));
+  };
+
+  const sweep = (at: number): void => {
+    for (const map of [pollers, probation]) {
+      for (const [key, entry] of map) {
+        if (at - entry.lastSeenMs <= forgetAfter(entry)) continue;
+        map.delete(key);
+      }
+    }
+  };
+
+  const admit = (key: string, entry: Entry): void => {
+    if (pollers.size >= maxPollers) {
+      // The stalest goes: one that really polls is seen again within its interval.
+      const stalest = pollers.keys().next().value;
+      if (stalest !== undefined) pollers.delete(stalest);
+    }
+    pollers.set(key, entry);
+  };
+
+  return {
+    record(address, service, reply, at, heard) {
+      const key = `${address} ${service}`;
+      let entry = pollers.get(key);
+      if (entry !== undefined) {
+        pollers.delete(key);
+        pollers.set(key, entry);
+      } else {
+        entry = probation.get(key);
+        if (entry !== undefined) {
+          // Seen again: a load balancer, not a one-off.
+          probation.delete(key);
+          admit(key, entry);
+        } else {
+          entry = {
+            address,
+            service,
+            firstSeenMs: at,
+            lastSeenMs: at,
+            gaps: [],
+            probes: 0,
+            lastGiven: undefined,
+            lastHeard: undefined,
+            lastHeardMs: undefined,
+          };
+          if (probation.size >= maxProbation) {
+            const oldest = probation.keys().next().value;
+            if (oldest !== undefined) probation.delete(oldest);
+          }
+          probation.set(key, entry);
+        }
+      }
+      // Connections close in any order: a probe older than the last one seen changes no gap.
+      if (entry.probes > 0 && at >= entry.lastSeenMs) {
+        entry.gaps.push(at - entry.lastSeenMs);
+        if (entry.gaps.length > GAPS) entry.gaps.shift();
+      }
+      entry.probes++;
+      if (at >= entry.lastSeenMs) {
+        entry.lastSeenMs = at;
+        entry.lastGiven = reply;
+      }
+      if (heard && (entry.lastHeardMs === undefined || at >= entry.lastHeardMs)) {
+        entry.lastHeard = reply;
+        entry.lastHeardMs = at;
+      }
+    },
+
+    pollers() {
+      sweep(now());
+      return [...pollers.values(), ...probation.values()].map((entry) => ({
+        address: entry.address,
+        service: entry.service,
+        firstSeenMs: entry.firstSeenMs,
+        lastSeenMs: entry.lastSeenMs,
+        intervalMs: median(entry.gaps),
+        probes: entry.probes,
+        lastGiven: entry.lastGiven,
+        lastHeard: entry.lastHeard,
+        lastHeardMs: entry.lastHeardMs,
+      }));
+    },
+
+    get size() {
+      return pollers.size + probation.size;
+    },
+  };
+}
+
+function median(values: readonly number[]): number | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}

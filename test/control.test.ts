@@ -1,0 +1,199 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { lstat, mkdir, stat, writeFile } from "node:fs/promises";
+import { connect, type Socket } from "node:net";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { parseRequest } from "../src/control-protocol.js";
+import { createControlServer } from "../src/daemon/control.js";
+import { startDaemon, tempDir, waitFor } from "./helpers.js";
+
+/** Sends raw text on a Unix socket; resolves with every line received until it closes or `ms`. */
+function exchange(path: string, text: string | Buffer, ms = 1000): Promise<string[]> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    let received = "";
+    const done = () => {
+      socket.destroy();
+      resolve(received.split("\n").filter(Boolean));
+    };
+    socket.setEncoding("utf8");
+    socket.on("connect", () => socket.write(text));
+    socket.on("data", (chunk: string) => {
+      received += chunk;
+    });
+    socket.on("error", done);
+    socket.on("close", done);
+    setTimeout(done, ms);
+  });
+}
+
+describe("control protocol", () => {
+  test("requests are checked strictly, with a reason", () => {
+    const cases: [string, string | object][] = [
+      ['{"op":"status"}', { op: "status" }],
+      [
+        '{"op":"change","status":"DRAIN","weight":5,"maxconn":null}',
+        {
+          op: "change",
+          change: { status: "DRAIN", weight: 5, maxconn: null },
+        },
+      ],
+      [
+        '{"op":"change","status":"UP","service":"be_web/srv1","description":"x"}',
+        {
+          op: "change",
+          change: { status: "UP", service: "be_web/srv1", description: "x" },
+        },
+      ],
+      ["status", "request is not JSON"],
+      ["[1]", "request must be a JSON object"],
+      ['{"op":"reboot"}', 'op must be "status" or "change", got "reboot"'],
+      ['{"op":"status","x":1}', 'status takes no "x"'],
+      ['{"op":"change","status":"up"}', "status must be one of UP, DOWN"],
+      ['{"op":"change","status":"UP","service":"two words"}', "service must be a service name"],
+      ['{"op":"change","status":"UP","weight":{}}', "weight must be a number, a string or null"],
+      ['{"op":"change","status":"UP","path":"/etc/shadow"}', 'change takes no "path"'],
+    ];
+    for (const [line, expected] of cases) {
+      const parsed = parseRequest(line);
+      if (typeof expected === "string") {
+        assert.ok(
+          !parsed.ok && parsed.reason.startsWith(expected),
+          `${line}: ${JSON.stringify(parsed)}`,
+        );
+      } else {
+        assert.deepEqual(parsed, { ok: true, request: expected }, line);
+      }
+    }
+  });
+});
+
+describe("control socket", () => {
+  async function serve(t: { after: (fn: () => Promise<void>) => void }, options = {}) {
+    const dir = await tempDir(t);
+    const path = join(dir, "c.sock");
+    const server = createControlServer({
+      path,
+      handlers: { handle: async (request) => ({ ok: true, echo: request }) },
+      ...options,
+    });
+    await server.listen();
+    t.after(() => server.close());
+    return { dir, path };
+  }
+
+  test("one reply per request, in order; bad lines get an error and the connection goes on", async (t) => {
+    const { path } = await serve(t);
+    const mode = (await stat(path)).mode & 0o777;
+    assert.equal(mode, 0o660);
+    const lines = await exchange(
+      path,
+      '{"op":"status"}\nnot json\n\n{"op":"nope"}\n{"op":"status"}\n',
+    );
+    assert.deepEqual(
+      lines.map((line) => JSON.parse(line).ok),
+      [true, false, false, true],
+    );
+  });
+
+  test("a huge line, too many clients and a silent client are each cut off alone", async (t) => {
+    const { path } = await serve(t, { maxClients: 2, maxLineBytes: 1024, idleMs: 300 });
+    const huge = await exchange(path, Buffer.alloc(64 * 1024, "x"));
+    assert.match(huge[0] ?? "", /request longer than 1024 bytes/);
+    const held: Socket[] = [];
+    const closed: Promise<unknown>[] = [];
+    for (let i = 0; i < 2; i++) {
+      const socket = connect(path);
+      socket.on("error", () => {});
+      socket.resume();
+      closed.push(new Promise((resolve) => socket.on("close", resolve)));
+      await new Promise((resolve) => socket.on("connect", resolve));
+      held.push(socket);
+    }
+    const busy = await exchange(path, '{"op":"status"}\n');
+    assert.match(busy[0] ?? "", /busy: 2 clients already/);
+    // The silent ones are closed after their time, and room comes back.
+    await Promise.all(closed);
+    assert.deepEqual((await exchange(path, '{"op":"status"}\n')).length, 1);
+  });
+
+  test("a stale socket is replaced; a live one or another file is never taken", async (t) => {
+    const dir = await tempDir(t);
+    const stale = join(dir, "stale.sock");
+    // A socket whose server is gone: left behind by a killed daemon.
+    const holder = spawn(process.execPath, [
+      "-e",
+      `require("node:net").createServer().listen(${JSON.stringify(stale)}, () => console.log("up"))`,
+    ]);
+    await new Promise((resolve) => holder.stdout.once("data", resolve));
+    holder.kill("SIGKILL");
+    await new Promise((resolve) => holder.on("close", resolve));
+    assert.ok((await lstat(stale)).isSocket());
+    const handlers = { handle: async () => ({ ok: true }) };
+    const fresh = createControlServer({ path: stale, handlers });
+    await fresh.listen();
+    t.after(() => fresh.close());
+
+    const live = createControlServer({ path: stale, handlers });
+    await assert.rejects(live.listen(), /is in use by another process/);
+    const file = join(dir, "file");
+    await writeFile(file, "x");
+    await assert.rejects(
+      createControlServer({ path: file, handlers }).listen(),
+      /exists and is not a socket/,
+    );
+  });
+});
+
+describe("control socket of the daemon", () => {
+  test("status and changes; junk, floods and half-closed clients leave it unharmed", async (t) => {
+    const dir = await tempDir(t);
+    const socket = join(dir, "run", "control.sock");
+    await mkdir(join(dir, "run"));
+    const d = await startDaemon(t, {
+      state: '{"status":"UP","weight":30}',
+      env: { HAPGENT_CONTROL_SOCKET: socket },
+    });
+    await d.waitForLog(/control socket .*control\.sock/);
+    const [status] = await exchange(socket, '{"op":"status"}\n');
+    assert.deepEqual(JSON.parse(status ?? ""), {
+      ok: true,
+      state: { status: "UP", weight: 30 },
+      pollers: [],
+    });
+    const junk = await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        exchange(socket, i % 2 === 0 ? Buffer.alloc(100_000, "{") : "\u0000\u00ff\n", 500),
+      ),
+    );
+    assert.ok(junk.flat().every((line) => JSON.parse(line).ok === false));
+    const [changed] = await exchange(
+      socket,
+      '{"op":"change","status":"DRAIN","maxconn":7}\n',
+      3000,
+    );
+    assert.deepEqual(JSON.parse(changed ?? ""), {
+      ok: true,
+      state: { status: "DRAIN", weight: 30, maxconn: 7 },
+      replaced: null,
+      unsaved: null,
+      pollers: [],
+    });
+    assert.equal(await d.readState(), '{"status":"DRAIN","weight":30,"maxconn":7}\n');
+    assert.equal(await d.probe(), "up drain 30% maxconn:7\n");
+    await d.waitForLog(
+      /control: state \{"status":"UP","weight":30\} -> \{"status":"DRAIN","weight":30,"maxconn":7\}/,
+    );
+    const [refused] = await exchange(socket, '{"op":"change","status":"UP","weight":900}\n');
+    assert.deepEqual(JSON.parse(refused ?? ""), {
+      ok: false,
+      code: "invalid",
+      error: "weight must be an integer 0-255, got 900",
+    });
+    assert.equal(d.child.exitCode, null, "still running");
+    d.signal("SIGTERM");
+    assert.equal((await d.exited).code, 0);
+    await assert.rejects(lstat(socket), { code: "ENOENT" }, "the socket is removed at exit");
+  });
+});

@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { createLedger } from "../src/daemon/ledger.js";
+
+const line = (text: string) => new TextEncoder().encode(text);
+const UP = line("up ready 100%\n");
+const DOWN = line("down ready 100%\n");
+
+function clock(start = 1_000_000) {
+  let at = start;
+  return { now: () => at, advance: (ms: number) => (at += ms) };
+}
+
+test("a load balancer's interval is learnt from the gaps between its probes", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now });
+  for (const gap of [0, 2000, 2100, 1900, 2000, 9000]) {
+    c.advance(gap);
+    ledger.record("10.0.0.5", "", UP, c.now(), true);
+  }
+  const [lb] = ledger.pollers();
+  assert.equal(lb?.probes, 6);
+  // The median of the last five gaps: a late probe does not skew it.
+  assert.equal(lb?.intervalMs, 2000);
+  assert.equal(lb?.firstSeenMs, 1_000_000);
+  assert.equal(lb?.lastSeenMs, 1_000_000 + 17_000);
+});
+
+test("given is not heard; heard is the reply the peer took", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now });
+  ledger.record("10.0.0.5", "", UP, c.now(), true);
+  c.advance(2000);
+  // Reset, or closed before the whole line went out: given, never heard.
+  ledger.record("10.0.0.5", "", DOWN, c.now(), false);
+  const [lb] = ledger.pollers();
+  assert.equal(lb?.lastGiven, DOWN);
+  assert.equal(lb?.lastHeard, UP, "the second reply was given but not heard");
+  assert.equal(lb?.lastHeardMs, 1_000_000);
+});
+
+test("connections that close out of order: the latest probe is what was given and heard", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now });
+  ledger.record("10.0.0.5", "", UP, c.now(), true);
+  ledger.record("10.0.0.5", "", DOWN, c.now() + 2000, true);
+  // A slow client's older probe closes last: it changes neither what was given nor heard.
+  ledger.record("10.0.0.5", "", UP, c.now() + 1000, true);
+  const [lb] = ledger.pollers();
+  assert.equal(lb?.lastGiven, DOWN);
+  assert.equal(lb?.lastHeard, DOWN);
+  assert.equal(lb?.intervalMs, 2000);
+});
+
+test("services and addresses are told apart", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now });
+  ledger.record("10.0.0.5", "be_web/srv1", UP, c.now(), true);
+  ledger.record("10.0.0.5", "be_api/srv1", DOWN, c.now(), true);
+  ledger.record("10.0.0.6", "be_web/srv1", UP, c.now(), true);
+  assert.deepEqual(
+    ledger.pollers().map((p) => `${p.address} ${p.service}`),
+    ["10.0.0.5 be_web/srv1", "10.0.0.5 be_api/srv1", "10.0.0.6 be_web/srv1"],
+  );
+});
+
+test("a load balancer that stops polling is forgotten after a few of its intervals", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now });
+  for (let i = 0; i < 4; i++) {
+    ledger.record("10.0.0.5", "", UP, c.now(), true);
+    c.advance(5000);
+  }
+  // Interval 5 s: forgotten after 3 of them without a probe (15 s), counting from the last one.
+  c.advance(9000);
+  assert.equal(ledger.pollers().length, 1);
+  c.advance(2000);
+  assert.equal(ledger.pollers().length, 0);
+});
+
+test("never forgotten sooner than 10 s, nor kept longer than 10 minutes", () => {
+  const c = clock();
+  const fast = createLedger({ now: c.now });
+  for (let i = 0; i < 3; i++) {
+    fast.record("10.0.0.5", "", UP, c.now(), true);
+    c.advance(100);
+  }
+  c.advance(9800);
+  assert.equal(fast.pollers().length, 1, "a 100 ms poller is kept 10 s");
+  c.advance(300);
+  assert.equal(fast.pollers().length, 0);
+  const slow = createLedger({ now: c.now });
+  for (let i = 0; i < 3; i++) {
+    slow.record("10.0.0.5", "", UP, c.now(), true);
+    c.advance(3_600_000);
+  }
+  assert.equal(slow.pollers().length, 0, "an hourly poller is not waited on for three hours");
+});
+
+test("a scan from many addresses cannot push out the load balancers that poll, nor grow the ledger", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now, maxPollers: 8, maxProbation: 4 });
+  for (const address of ["10.0.0.5", "10.0.0.6"]) {
+    ledger.record(address, "", UP, c.now(), true);
+    ledger.record(address, "", UP, c.now(), true);
+  }
+  for (let i = 0; i < 100_000; i++) ledger.record(`192.0.2.${i % 250}.${i}`, "", UP, c.now(), true);
+  assert.equal(ledger.size, 2 + 4, "bounded: the pollers and a full probation list");
+  const known = ledger.pollers().map((p) => p.address);
+  assert.ok(known.includes("10.0.0.5") && known.includes("10.0.0.6"), known.join(", "));
+});
+
+test("past its bound, the stalest poller gives way to a new one that comes back", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now, maxPollers: 2, maxProbation: 2 });
+  for (const address of ["a", "b", "c"]) {
+    ledger.record(address, "", UP, c.now(), true);
+    c.advance(10);
+    ledger.record(address, "", UP, c.now(), true);
+    c.advance(10);
+  }
+  assert.deepEqual(
+    ledger.pollers().map((p) => p.address),
+    ["b", "c"],
+  );
+});

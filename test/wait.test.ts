@@ -1,0 +1,169 @@
+/**
+ * `--wait` and `--idle` against the real daemon, with load balancers played by pollers that behave
+ * as HAProxy does (connect from their own address, read the line, close), each from its own
+ * loopback address.
+ */
+import assert from "node:assert/strict";
+import { connect, createServer, type Socket } from "node:net";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { CLI_EXIT } from "../src/cli/exit.js";
+import { cliFor, collect, spawnHapgent, startDaemon, tempDir, waitFor } from "./helpers.js";
+
+/** A load balancer polling `port` every `everyMs` from `address`; `reset` ends probes with RST. */
+function poller(port: number, address: string, everyMs: number, { reset = false } = {}) {
+  let running = true;
+  let probes = 0;
+  const loop = (async () => {
+    while (running) {
+      await new Promise<void>((resolve) => {
+        const socket = connect({ host: "127.0.0.1", port, localAddress: address });
+        socket.on("data", () => {
+          if (reset) socket.resetAndDestroy();
+        });
+        socket.on("end", () => socket.end());
+        socket.on("close", () => resolve());
+        socket.on("error", () => resolve());
+      });
+      probes++;
+      await new Promise((resolve) => setTimeout(resolve, everyMs));
+    }
+  })();
+  return {
+    get probes() {
+      return probes;
+    },
+    async stop() {
+      running = false;
+      await loop;
+    },
+  };
+}
+
+describe("--wait: every load balancer that polls has heard the change", () => {
+  test("each is named as it hears, then the command returns", async (t) => {
+    const d = await startDaemon(t);
+    const a = poller(d.port, "127.0.0.2", 100);
+    const b = poller(d.port, "127.0.0.3", 150);
+    t.after(async () => Promise.all([a.stop(), b.stop()]));
+    await waitFor("both learnt", () => (a.probes > 3 && b.probes > 3 ? true : undefined));
+    const result = await cliFor(d, "drain", "--wait");
+    assert.equal(result.code, CLI_EXIT.OK, result.stderr);
+    assert.match(
+      result.stdout,
+      /127\.0\.0\.2 (heard "up drain 100%" after \d+\.\d s|hears "up drain 100%" already) \([12] of 2\)/,
+    );
+    assert.match(
+      result.stdout,
+      /127\.0\.0\.3 (heard "up drain 100%" after \d+\.\d s|hears "up drain 100%" already) \([12] of 2\)/,
+    );
+    const status = await cliFor(d, "status");
+    assert.match(
+      status.stdout,
+      /polled by {3}127\.0\.0\.2: every 0\.1 s, last \d+\.\d s ago, heard "up drain 100%"\n/,
+    );
+    assert.doesNotMatch(
+      status.stdout,
+      /polled by {3}127\.0\.0\.1/,
+      "the command's own probes are no load balancer",
+    );
+  });
+
+  test("one that stops polling is reported and not waited for; nobody polling is said plainly", async (t) => {
+    const d = await startDaemon(t);
+    const a = poller(d.port, "127.0.0.2", 100);
+    const b = poller(d.port, "127.0.0.3", 100);
+    t.after(async () => Promise.all([a.stop(), b.stop()]));
+    await waitFor("both learnt", () => (a.probes > 3 && b.probes > 3 ? true : undefined));
+    await b.stop();
+    const began = Date.now();
+    const result = await cliFor(d, "down", "--wait", "--wait-timeout", "20");
+    assert.equal(result.code, CLI_EXIT.OK, result.stderr);
+    assert.match(result.stdout, /127\.0\.0\.2 (heard|hears) "down ready 100%"/);
+    assert.match(
+      result.stdout,
+      /127\.0\.0\.3 stopped polling \(last probe \d+\.\d s ago\): not waited for/,
+    );
+    assert.ok(Date.now() - began < 10_000, "not held until the ledger forgets it");
+    await a.stop();
+
+    const alone = await startDaemon(t);
+    const none = await cliFor(alone, "down", "--wait");
+    assert.equal(none.code, CLI_EXIT.OK, none.stderr);
+    assert.match(none.stdout, /no load balancer is polling this agent: nothing to wait for/);
+  });
+
+  test("one that never hears (it resets every probe) is named at the timeout, exit 8", async (t) => {
+    const d = await startDaemon(t);
+    const deaf = poller(d.port, "127.0.0.4", 100, { reset: true });
+    t.after(() => deaf.stop());
+    await waitFor("learnt", () => (deaf.probes > 3 ? true : undefined));
+    const result = await cliFor(d, "maint", "--wait", "--wait-timeout", "1.5");
+    assert.equal(result.code, CLI_EXIT.NOT_HEARD, result.stdout + result.stderr);
+    assert.match(
+      result.stderr,
+      /1 of 1 load balancers did not hear the new state within 1\.5 s: 127\.0\.0\.4 \(polls every 0\.1 s\)/,
+    );
+    assert.equal(await d.readState(), '{"status":"MAINT"}\n', "the change itself was made");
+  });
+
+  test("--wait needs the control socket: without one nothing is written", async (t) => {
+    const dir = await tempDir(t);
+    // Its directory's parent does not exist: the daemon makes only the socket's own directory.
+    const d = await startDaemon(t, {
+      env: { HAPGENT_CONTROL_SOCKET: join(dir, "missing", "dir", "c.sock") },
+    });
+    await d.waitForLog(/no control socket: /);
+    const result = await cliFor(d, "down", "--wait");
+    assert.equal(result.code, CLI_EXIT.NO_AGENT);
+    assert.match(result.stderr, /--wait and --idle need the running daemon's control socket/);
+    assert.equal(await d.readState(), '{"status":"UP"}');
+  });
+});
+
+describe("--idle PORT: no connection to the service is left", () => {
+  test("the count is said as it falls; a connection that stays gives exit 9 with the count", async (t) => {
+    const d = await startDaemon(t);
+    // The service: a listener whose clients stay connected until the test lets them go.
+    const held: Socket[] = [];
+    const service = createServer((socket) => {
+      socket.on("error", () => {});
+      held.push(socket);
+    });
+    await new Promise<void>((resolve) => service.listen(0, "127.0.0.1", resolve));
+    t.after(() => new Promise((resolve) => service.close(resolve)));
+    const port = (service.address() as { port: number }).port;
+    const clients = Array.from({ length: 3 }, () => connect({ host: "127.0.0.1", port }));
+    for (const client of clients) client.on("error", () => {});
+    await waitFor("three connections", () => (held.length === 3 ? true : undefined));
+
+    const stuck = await cliFor(d, "drain", "--idle", String(port), "--idle-timeout", "0.5");
+    assert.equal(stuck.code, CLI_EXIT.NOT_IDLE, stuck.stderr);
+    assert.match(stuck.stdout, new RegExp(`port ${port}: 3 connections open`));
+    assert.match(stuck.stderr, new RegExp(`connections still open after 0\\.5 s: port ${port}: 3`));
+
+    // Released only once the command has counted them, so it sees the count fall.
+    const child = spawnHapgent(["drain", "--idle", String(port), "--idle-timeout", "10"], {
+      env: {
+        PATH: process.env.PATH ?? "/usr/bin:/bin",
+        HAPGENT_STATE_FILE: d.stateFile,
+        HAPGENT_IP: "127.0.0.1",
+        HAPGENT_PORT: String(d.port),
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let seen = "";
+    child.stdout?.on("data", (chunk: Buffer) => {
+      seen += chunk;
+      if (seen.includes(`port ${port}: 3 connections open`)) {
+        for (const socket of held) socket.destroy();
+      }
+    });
+    const idle = await collect(child);
+    assert.equal(idle.code, CLI_EXIT.OK, idle.stderr);
+    assert.match(
+      idle.stdout,
+      new RegExp(`port ${port}: 3 connections open\\n(.*\\n)*port ${port}: 0 connections open`),
+    );
+  });
+});
