@@ -40,7 +40,8 @@ TERM and INT stop.
 Commands:
   status               the file's state, the agent's live answers, and whether
                        they agree
-  set STATUS           validate, save, make the agent reload, confirm its answer
+  set STATUS           validate, have the agent apply and save it, confirm its
+                       answer; --wait: until every load balancer heard it
   up | down | ready | drain | maint
                        set that status, keeping the other fields
   set … --service NAME the same for one service (what HAProxy's agent-send NAME
@@ -68,8 +69,9 @@ const SET = `Usage: hapgent set STATUS [OPTIONS]
 
 STATUS is one of ${STATUSES.join(", ")}.
 Fields not named keep their value from the current file. Validates first
-(nothing is written on bad input), saves the file crash-safely, sends the
-running agent SIGHUP, then probes it until it answers the new state.
+(nothing is written on bad input); the running agent applies and saves the
+change (through its control socket; else the command saves the file and sends
+SIGHUP); then the command probes it until it answers the new state.
   --service NAME     set the state of service NAME (added if the file has none
                      of that name), not the instance's; NAME is what HAProxy
                      sends with agent-send, without the line end

@@ -96,61 +96,15 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
   let { config, fileNamed } = configure(io, values);
   const found = await findDaemons(io.procRoot, io.pid);
   const notes: string[] = [];
-  // Environments are read only of daemons whose word can count, once each.
-  const described = new Map<Found, Readable | undefined>();
-  const read = async (daemon: Found): Promise<Readable | undefined> => {
-    if (described.has(daemon)) return described.get(daemon);
-    const said = await describeDaemon(io.procRoot, daemon);
-    if (!said.readable)
-      notes.push(`hapgent pid ${daemon.pid} (${who(io, daemon.uid)}): ${said.reason}`);
-    const readable = said.readable ? { ...daemon, ...said } : undefined;
-    described.set(daemon, readable);
-    return readable;
-  };
+  const read = reader(io, notes);
 
   // A deploy script on a host with one hapgent need not know where its file is.
-  let namedBy: Readable | undefined;
-  if (!fileNamed) {
-    const trusted: Readable[] = [];
-    for (const daemon of found.filter((d) => d.uid === io.uid || d.uid === 0 || isService(d))) {
-      const readable = await read(daemon);
-      if (readable) trusted.push(readable);
-    }
-    if (trusted.length === 1) {
-      namedBy = trusted[0];
-      config = { ...config, stateFile: trusted[0]?.config.stateFile ?? config.stateFile };
-    } else if (trusted.length > 1) {
-      notes.push(
-        `several hapgent daemons could name the file (pids ${trusted.map((d) => d.pid).join(", ")}); name it with --state-file`,
-      );
-    }
-  }
+  const namedBy = fileNamed ? undefined : await fileNamer(io, found, read, notes);
+  if (namedBy !== undefined) config = { ...config, stateFile: namedBy.config.stateFile };
   const { uid, owner } = await actingUser(io, config.stateFile, namedBy);
+  const serving = await servers(io, found, read, notes, { uid, owner, path: config.stateFile });
+  notes.push(...unaskedNotes(io, found, [uid, owner, 0], fileNamed));
 
-  // Root's and the acting user's daemons first; the file's owner's only when there is none.
-  const primary: Readable[] = [];
-  const owners: Readable[] = [];
-  const unasked: Found[] = [];
-  for (const daemon of found) {
-    const rank =
-      daemon.uid === 0 || daemon.uid === uid ? primary : daemon.uid === owner ? owners : undefined;
-    if (rank === undefined) {
-      unasked.push(daemon);
-      continue;
-    }
-    const readable = await read(daemon);
-    if (readable && (await samePath(readable.config.stateFile, config.stateFile)))
-      rank.push(readable);
-  }
-  const serving = primary.length > 0 ? primary : owners;
-  if (serving === primary) {
-    for (const d of owners) {
-      notes.push(
-        `ignored hapgent pid ${d.pid} (${who(io, d.uid)}): it serves this file too, but one of root or ${who(io, uid)} does`,
-      );
-    }
-  }
-  notes.push(...unaskedNotes(io, unasked, fileNamed));
   const single = serving.length === 1 ? serving[0] : undefined;
   const socket = await controlSocket(io, values, single);
   become(io, uid, config.stateFile);
@@ -167,6 +121,75 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
   };
 }
 
+type Read = (daemon: Found) => Promise<Readable | undefined>;
+
+/** Reads a daemon's environment once, noting why when it says nothing usable. */
+function reader(io: TargetIo, notes: string[]): Read {
+  const described = new Map<Found, Readable | undefined>();
+  return async (daemon) => {
+    if (described.has(daemon)) return described.get(daemon);
+    const said = await describeDaemon(io.procRoot, daemon);
+    if (!said.readable) {
+      notes.push(`hapgent pid ${daemon.pid} (${who(io, daemon.uid)}): ${said.reason}`);
+    }
+    const readable = said.readable ? { ...daemon, ...said } : undefined;
+    described.set(daemon, readable);
+    return readable;
+  };
+}
+
+/**
+ * The one daemon whose word names the file: one running as the caller, as root, or as a hapgent
+ * system service. None when there is none, or several (said in a note).
+ */
+async function fileNamer(
+  io: TargetIo,
+  found: readonly Found[],
+  read: Read,
+  notes: string[],
+): Promise<Readable | undefined> {
+  const trusted: Readable[] = [];
+  for (const daemon of found.filter((d) => d.uid === io.uid || d.uid === 0 || isService(d))) {
+    const readable = await read(daemon);
+    if (readable) trusted.push(readable);
+  }
+  if (trusted.length > 1) {
+    notes.push(
+      `several hapgent daemons could name the file (pids ${trusted.map((d) => d.pid).join(", ")}); name it with --state-file`,
+    );
+  }
+  return trusted.length === 1 ? trusted[0] : undefined;
+}
+
+/**
+ * The daemons serving `path` that may: root's and the acting user's first, the file's owner's
+ * only when there is none. Others are never asked (see unaskedNotes).
+ */
+async function servers(
+  io: TargetIo,
+  found: readonly Found[],
+  read: Read,
+  notes: string[],
+  { uid, owner, path }: { uid: number; owner: number | undefined; path: string },
+): Promise<Readable[]> {
+  const primary: Readable[] = [];
+  const owners: Readable[] = [];
+  for (const daemon of found) {
+    const rank =
+      daemon.uid === 0 || daemon.uid === uid ? primary : daemon.uid === owner ? owners : undefined;
+    if (rank === undefined) continue;
+    const readable = await read(daemon);
+    if (readable && (await samePath(readable.config.stateFile, path))) rank.push(readable);
+  }
+  if (primary.length === 0) return owners;
+  for (const d of owners) {
+    notes.push(
+      `ignored hapgent pid ${d.pid} (${who(io, d.uid)}): it serves this file too, but one of root or ${who(io, uid)} does`,
+    );
+  }
+  return primary;
+}
+
 /** The serving daemon's control socket (or the one named), if it is safe to use. */
 async function controlSocket(
   io: TargetIo,
@@ -181,7 +204,13 @@ async function controlSocket(
 }
 
 /** Daemons of other users, never asked which file they serve: said, never silently passed over. */
-function unaskedNotes(io: TargetIo, unasked: readonly Found[], fileNamed: boolean): string[] {
+function unaskedNotes(
+  io: TargetIo,
+  found: readonly Found[],
+  asked: readonly (number | undefined)[],
+  fileNamed: boolean,
+): string[] {
+  const unasked = found.filter((d) => !asked.includes(d.uid));
   const shown = unasked
     .slice(0, MAX_NOTED)
     .map(

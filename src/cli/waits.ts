@@ -14,8 +14,9 @@ import type { Target } from "./target.js";
 
 const POLL_MS = 100;
 const PROBE_TIMEOUT_MS = 2000;
-/** A load balancer silent for this many of its intervals has stopped polling. */
+/** A load balancer silent for this many of its intervals (and a second) has stopped polling. */
 const STOPPED_AFTER_INTERVALS = 3;
+const STOPPED_AFTER_MIN_MS = 1000;
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
@@ -102,7 +103,8 @@ export async function waitHeard(
         waiting.delete(k);
       } else if (
         p === undefined ||
-        (interval !== null && p.lastProbeAgoMs > STOPPED_AFTER_INTERVALS * interval)
+        (interval !== null &&
+          p.lastProbeAgoMs > Math.max(STOPPED_AFTER_MIN_MS, STOPPED_AFTER_INTERVALS * interval))
       ) {
         io.out(
           `${who(before)} stopped polling (last probe ${seconds(p?.lastProbeAgoMs ?? Date.now() - began)} ago): not waited for\n`,

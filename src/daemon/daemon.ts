@@ -55,28 +55,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const files = createStateStore(config.stateFile, log);
   const store = io.uid === 0 ? guardedStore(files) : files;
   const commands = createCommands({ store, log });
-  const replies = createReplies({
-    current: () => commands.state,
-    log,
-    sendWaitMs: config.sendWaitMs,
-  });
-  const ledger = createLedger({ now: Date.now });
-  const server = createAgentServer({
-    reply: replies.lineFor,
-    awaitsName: replies.awaitsName,
-    nameWaitMs: config.sendWaitMs,
-    onServerError: (err) => log.warning(`accepting a connection failed: ${err.message}`),
-    observer: {
-      probed: (address, name, reply, atMs, heard) =>
-        ledger.record(
-          peerAddress(address),
-          replies.serviceOf(name),
-          reply as Uint8Array,
-          atMs,
-          heard,
-        ),
-    },
-  });
+  const { replies, ledger, server } = agentPort(config, commands, log);
   let control: ControlServer | undefined;
   const stop = stopper(io, log, commands, async () => {
     await Promise.all([server.close(), control?.close()]);
@@ -123,6 +102,33 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   log.notice(
     `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
   );
+}
+
+/** The agent port: its replies, and the ledger of the load balancers that poll it. */
+function agentPort(config: Config, commands: Commands, log: Logger) {
+  const replies = createReplies({
+    current: () => commands.state,
+    log,
+    sendWaitMs: config.sendWaitMs,
+  });
+  const ledger = createLedger({ now: Date.now });
+  const server = createAgentServer({
+    reply: replies.lineFor,
+    awaitsName: replies.awaitsName,
+    nameWaitMs: config.sendWaitMs,
+    onServerError: (err) => log.warning(`accepting a connection failed: ${err.message}`),
+    observer: {
+      probed: (address, name, reply, atMs, heard) =>
+        ledger.record(
+          peerAddress(address),
+          replies.serviceOf(name),
+          reply as Uint8Array,
+          atMs,
+          heard,
+        ),
+    },
+  });
+  return { replies, ledger, server };
 }
 
 /** The peer's address as operators write it: an IPv4 client of a `::` listener without ::ffff:. */

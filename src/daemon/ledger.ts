@@ -74,6 +74,7 @@ interface Entry {
   lastHeardMs: number | undefined;
 }
 
+/** A closure over the two maps; each function inside reads in a screen. */
 export function createLedger({
   now,
   maxPollers = MAX_POLLERS,
@@ -102,47 +103,48 @@ export function createLedger({
     }
   };
 
-  const admit = (key: string, entry: Entry): void => {
-    if (pollers.size >= maxPollers) {
-      // The stalest goes: one that really polls is seen again within its interval.
-      const stalest = pollers.keys().next().value;
-      if (stalest !== undefined) pollers.delete(stalest);
+  /** Evicts the front (stalest) entry of `map` when it holds `max`. */
+  const makeRoom = (map: Map<string, Entry>, max: number): void => {
+    if (map.size < max) return;
+    const stalest = map.keys().next().value;
+    if (stalest !== undefined) map.delete(stalest);
+  };
+
+  /** The entry for `key`, moved to the back of its map; new ones start on probation. */
+  const entryFor = (key: string, address: string, service: string, at: number): Entry => {
+    let entry = pollers.get(key);
+    if (entry !== undefined) {
+      pollers.delete(key);
+    } else {
+      entry = probation.get(key);
+      if (entry === undefined) {
+        const fresh: Entry = {
+          address,
+          service,
+          firstSeenMs: at,
+          lastSeenMs: at,
+          gaps: [],
+          probes: 0,
+          lastGiven: undefined,
+          lastHeard: undefined,
+          lastHeardMs: undefined,
+        };
+        makeRoom(probation, maxProbation);
+        probation.set(key, fresh);
+        return fresh;
+      }
+      // Seen again: a load balancer, not a one-off. The stalest gives way to it: one that really
+      // polls is seen again within its interval.
+      probation.delete(key);
+      makeRoom(pollers, maxPollers);
     }
     pollers.set(key, entry);
+    return entry;
   };
 
   return {
     record(address, service, reply, at, heard) {
-      const key = `${address} ${service}`;
-      let entry = pollers.get(key);
-      if (entry !== undefined) {
-        pollers.delete(key);
-        pollers.set(key, entry);
-      } else {
-        entry = probation.get(key);
-        if (entry !== undefined) {
-          // Seen again: a load balancer, not a one-off.
-          probation.delete(key);
-          admit(key, entry);
-        } else {
-          entry = {
-            address,
-            service,
-            firstSeenMs: at,
-            lastSeenMs: at,
-            gaps: [],
-            probes: 0,
-            lastGiven: undefined,
-            lastHeard: undefined,
-            lastHeardMs: undefined,
-          };
-          if (probation.size >= maxProbation) {
-            const oldest = probation.keys().next().value;
-            if (oldest !== undefined) probation.delete(oldest);
-          }
-          probation.set(key, entry);
-        }
-      }
+      const entry = entryFor(`${address} ${service}`, address, service, at);
       // Connections close in any order: a probe older than the last one seen changes no gap.
       if (entry.probes > 0 && at >= entry.lastSeenMs) {
         entry.gaps.push(at - entry.lastSeenMs);

@@ -33,6 +33,7 @@ export interface RepliesOptions {
 /** Distinct unknown service names logged per state; a client cycling names cannot flood the log. */
 export const MAX_UNKNOWN_NAMES_LOGGED = 20;
 
+/** A closure over the lines of the current state; each function inside reads in a screen. */
 export function createReplies({ current, log, sendWaitMs }: RepliesOptions): Replies {
   let answered: State | undefined;
   let line = new Uint8Array(0);

@@ -414,8 +414,12 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       ]);
       const attacked = await inside(["hapgent", "up"]);
       assert.equal(attacked.code, 5, attacked.stdout + attacked.stderr);
-      // The daemon, as hapgent, applies the change through its socket and cannot save it there.
-      assert.match(attacked.stderr, /cannot (write|save) \/etc\/hapgent\/state\.json: EACCES/);
+      // The daemon, as hapgent, applies the change through its socket and cannot save it there:
+      // /etc is read-only in its sandbox, and not the service user's to write anyway.
+      assert.match(
+        attacked.stderr,
+        /cannot (write|save) \/etc\/hapgent\/state\.json: (EACCES|EROFS)/,
+      );
       assert.equal(await readFile(join(root, "etc/shadow"), "utf8"), shadow, "shadow unchanged");
       await insideOk(["rm", "/etc/hapgent/state.json"]);
       await writeFile(stateFile, saved);
@@ -429,7 +433,13 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       // to every listener that may be one.
       const attacker = debuggerAttacker();
       const outcomes: string[] = [];
-      for (const delayMs of [5, 10, 15, 20, 25, 30, 35, 40]) {
+      // Later and later into start-up, until the agent's own handler takes the signal: the
+      // window before it depends on the machine (measured on the host: 5-50 ms; slower here).
+      for (
+        let delayMs = 10;
+        delayMs <= 400 && !outcomes.some((o) => o.endsWith("handler"));
+        delayMs += 15
+      ) {
         const round = await insideOk(
           [
             "sh",
@@ -455,7 +465,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
           /closed the Node debugger/g,
         )?.length ?? 0;
       t.diagnostic(
-        `USR1 5-40 ms into 8 start-ups (${outcomes.join(", ")}): ${closedDebuggers} debuggers opened and closed; the attacker tried ${attempts.tried} listeners, connected to ${attempts.connected}`,
+        `USR1 at moments of start-up (${outcomes.join(", ")}): ${closedDebuggers} debuggers opened and closed; the attacker tried ${attempts.tried} listeners, connected to ${attempts.connected}`,
       );
       assert.equal(attempts.connected, 0, "nobody reached a debugger");
       await writeFile(stateFile, saved);
@@ -538,7 +548,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       // existed (systemd restarted them); the service account's symlink made a save fail until
       // the file was put back: those are expected, nothing else.
       const expected =
-        /closed the Node debugger|^hapgent\.service: (Main process exited, code=killed, status=10\/USR1|Failed with result 'signal')|^Failed to start hapgent\.service|^control: the state file \/etc\/hapgent\/state\.json was invalid \(cannot be read: permission denied\); replaced|^cannot save state file \/etc\/hapgent\/state\.json: EACCES|the state file \/etc\/hapgent\/state\.json was never saved with/;
+        /closed the Node debugger|^hapgent\.service: (Main process exited, code=killed, status=10\/USR1|Failed with result 'signal')|^Failed to start hapgent\.service|^control: the state file \/etc\/hapgent\/state\.json was invalid \(cannot be read: permission denied\); replaced|^cannot save state file \/etc\/hapgent\/state\.json: (EACCES|EROFS)|the state file \/etc\/hapgent\/state\.json was never saved with/;
       const unexpected = problems
         .split("\n")
         .filter((line) => /hapgent/i.test(line) && !expected.test(line));
