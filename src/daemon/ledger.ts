@@ -83,8 +83,7 @@ export function createLedger({
   minForgetMs = MIN_FORGET_MS,
   maxForgetMs = MAX_FORGET_MS,
 }: LedgerOptions): Ledger {
-  // Insertion order is the order of last sight (an entry seen again moves to the end), so the
-  // stalest entries are at the front of each map.
+  // Load balancers, and addresses seen once (in the order they came).
   const pollers = new Map<string, Entry>();
   const probation = new Map<string, Entry>();
 
@@ -103,43 +102,37 @@ export function createLedger({
     }
   };
 
-  /** Evicts the front (stalest) entry of `map` when it holds `max`. */
-  const makeRoom = (map: Map<string, Entry>, max: number): void => {
-    if (map.size < max) return;
-    const stalest = map.keys().next().value;
-    if (stalest !== undefined) map.delete(stalest);
-  };
-
-  /** The entry for `key`, moved to the back of its map; new ones start on probation. */
+  /** The entry for `key`; a new one starts on probation, and one seen again joins the pollers. */
   const entryFor = (key: string, address: string, service: string, at: number): Entry => {
-    let entry = pollers.get(key);
-    if (entry !== undefined) {
-      pollers.delete(key);
-    } else {
-      entry = probation.get(key);
-      if (entry === undefined) {
-        const fresh: Entry = {
-          address,
-          service,
-          firstSeenMs: at,
-          lastSeenMs: at,
-          gaps: [],
-          probes: 0,
-          lastGiven: undefined,
-          lastHeard: undefined,
-          lastHeardMs: undefined,
-        };
-        makeRoom(probation, maxProbation);
-        probation.set(key, fresh);
-        return fresh;
-      }
-      // Seen again: a load balancer, not a one-off. The stalest gives way to it: one that really
-      // polls is seen again within its interval.
+    const known = pollers.get(key);
+    if (known !== undefined) return known;
+    const waiting = probation.get(key);
+    if (waiting !== undefined) {
+      // Seen again: a load balancer, not a one-off. When full, the stalest gives way: one that
+      // really polls is seen again within its interval. Rare, so a scan is fine.
       probation.delete(key);
-      makeRoom(pollers, maxPollers);
+      if (pollers.size >= maxPollers) pollers.delete(stalest(pollers));
+      pollers.set(key, waiting);
+      return waiting;
     }
-    pollers.set(key, entry);
-    return entry;
+    const fresh: Entry = {
+      address,
+      service,
+      firstSeenMs: at,
+      lastSeenMs: at,
+      gaps: [],
+      probes: 0,
+      lastGiven: undefined,
+      lastHeard: undefined,
+      lastHeardMs: undefined,
+    };
+    // Entries on probation are never seen again there: insertion order is age order.
+    if (probation.size >= maxProbation) {
+      const oldest = probation.keys().next().value;
+      if (oldest !== undefined) probation.delete(oldest);
+    }
+    probation.set(key, fresh);
+    return fresh;
   };
 
   return {
@@ -180,6 +173,19 @@ export function createLedger({
       return pollers.size + probation.size;
     },
   };
+}
+
+/** The key of the entry seen longest ago. */
+function stalest(map: ReadonlyMap<string, Entry>): string {
+  let key = "";
+  let oldest = Number.POSITIVE_INFINITY;
+  for (const [k, entry] of map) {
+    if (entry.lastSeenMs < oldest) {
+      oldest = entry.lastSeenMs;
+      key = k;
+    }
+  }
+  return key;
 }
 
 function median(values: readonly number[]): number | undefined {

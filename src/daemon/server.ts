@@ -55,21 +55,25 @@ export interface ProbeObserver {
 export const CLI_PROBE_MARK = "#hapgent-cli";
 const CLI_MARK_BYTES = Buffer.from(CLI_PROBE_MARK);
 
-/** What a connection was given, kept on the socket itself: no map per probe. */
-const GIVEN = Symbol("reply given");
-const GIVEN_AT = Symbol("when");
-const PEER = Symbol("peer's address");
-const NAME = Symbol("name");
-const OWN = Symbol("hapgent's own probe");
-const LOOKED = Symbol("first bytes looked at");
-type Probe = Socket & {
-  [GIVEN]?: string | Uint8Array;
-  [GIVEN_AT]?: number;
-  [PEER]?: string;
-  [NAME]?: string | undefined;
-  [OWN]?: boolean;
-  [LOOKED]?: boolean;
-};
+function startsWithMark(chunk: Buffer): boolean {
+  return (
+    chunk.length >= CLI_MARK_BYTES.length &&
+    chunk.compare(CLI_MARK_BYTES, 0, CLI_MARK_BYTES.length, 0, CLI_MARK_BYTES.length) === 0
+  );
+}
+
+/** What the probe ledger is told of a connection, kept on the socket itself: no map per probe. */
+interface Record {
+  readonly given: string | Uint8Array;
+  readonly atMs: number;
+  /** Read while the connection is open: a closed socket no longer knows it. */
+  readonly peer: string;
+  readonly name: string | undefined;
+  /** hapgent's own probe, told by its first bytes. */
+  own: boolean;
+}
+const RECORD = Symbol("hapgent probe");
+type Probe = Socket & { [RECORD]?: Record };
 
 export interface AgentServer {
   readonly server: Server;
@@ -113,14 +117,11 @@ export function createAgentServer({
   onServerError = () => {},
   observer,
 }: AgentServerOptions): AgentServer {
-  const send = (socket: Probe, name: string | undefined): void => {
+  const send = (socket: Probe, name: string | undefined, own = false): void => {
     const bytes = reply(name);
     if (observer) {
-      socket[GIVEN] = bytes;
-      socket[GIVEN_AT] = Date.now();
-      // Read now: a closed socket no longer knows it.
-      socket[PEER] = socket.remoteAddress ?? "";
-      socket[NAME] = name;
+      const peer = socket.remoteAddress ?? "";
+      socket[RECORD] = { given: bytes, atMs: Date.now(), peer, name, own };
     }
     socket.end(bytes);
   };
@@ -129,12 +130,12 @@ export function createAgentServer({
     maxLineBytes: MAX_NAME_LINE_BYTES,
     answer: (socket: Probe, line) => {
       if (socket.destroyed) return;
-      let name = line?.trim();
+      const name = line?.trim();
       if (name?.startsWith(CLI_PROBE_MARK)) {
-        socket[OWN] = true;
-        name = name.slice(CLI_PROBE_MARK.length).trim();
+        send(socket, name.slice(CLI_PROBE_MARK.length).trim(), true);
+      } else {
+        send(socket, name);
       }
-      send(socket, name);
     },
   });
   const open = createConnections({
@@ -151,18 +152,19 @@ export function createAgentServer({
   function onClose(this: Probe, hadError: boolean): void {
     open.forget(this);
     firstLines.forget(this);
-    const given = this[GIVEN];
-    if (observer === undefined || given === undefined || this[OWN]) return;
+    const record = this[RECORD];
+    if (observer === undefined || record === undefined || record.own) return;
     // The peer ended its side, every byte of the reply went out, and nothing failed.
     const heard = !hadError && this.readableEnded && this.writableFinished;
-    observer.probed(this[PEER] ?? "", this[NAME], given, this[GIVEN_AT] ?? 0, heard);
+    observer.probed(record.peer, record.name, record.given, record.atMs, heard);
   }
   function onData(this: Probe, chunk: Buffer): void {
     if (this.bytesRead > maxPayloadBytes) return void this.destroy();
     // Without a wait for the first line, hapgent's own probes are told by their first bytes.
-    if (this[LOOKED]) return;
-    this[LOOKED] = true;
-    if (chunk.subarray(0, CLI_MARK_BYTES.length).equals(CLI_MARK_BYTES)) this[OWN] = true;
+    const record = this[RECORD];
+    if (record !== undefined && this.bytesRead === chunk.length && startsWithMark(chunk)) {
+      record.own = true;
+    }
   }
 
   // Half-open allowed: a client that sends its line and shuts down its side still gets a reply.
