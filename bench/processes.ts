@@ -51,13 +51,14 @@ function dropFromPageCache(path: string): void {
 
 let nextPort = 20_000 + (process.pid % 5000) * 2;
 
-function envFor(port: number, stateFile: string): NodeJS.ProcessEnv {
+function envFor(spec: TargetSpec, port: number, stateFile: string): NodeJS.ProcessEnv {
   return {
     PATH: process.env.PATH ?? "/usr/bin:/bin",
     HAPGENT_IP: "127.0.0.1",
     HAPGENT_PORT: String(port),
     HAPGENT_STATE_FILE: stateFile,
     BASELINE_PORT: String(port),
+    ...(spec.metrics ? { HAPGENT_METRICS: `127.0.0.1:${nextPort++}` } : {}),
   };
 }
 
@@ -78,7 +79,7 @@ export async function start(spec: TargetSpec, dir: string): Promise<Running> {
   const [file = "", ...args] = spec.argv;
   dropFromPageCache(file);
   const child = track(
-    spawn(file, args, { env: envFor(port, stateFile), stdio: ["ignore", "ignore", "pipe"] }),
+    spawn(file, args, { env: envFor(spec, port, stateFile), stdio: ["ignore", "ignore", "pipe"] }),
   );
   const exited = new Promise<void>((done) => child.on("close", () => done()));
   let stderr = "";
@@ -111,7 +112,7 @@ export async function startOnce(spec: TargetSpec, dir: string): Promise<number> 
   await writeFile(stateFile, PLAIN_FILE);
   const [file = "", ...args] = spec.argv;
   const began = performance.now();
-  const child = track(spawn(file, args, { env: envFor(port, stateFile), stdio: "ignore" }));
+  const child = track(spawn(file, args, { env: envFor(spec, port, stateFile), stdio: "ignore" }));
   const exited = new Promise<void>((done) => child.on("close", () => done()));
   for (;;) {
     const ok = await probeOnce({ host: "127.0.0.1", port, expect: LINE }).then(

@@ -11,6 +11,8 @@ export interface TargetSpec extends Column {
   readonly argv: readonly string[];
   /** hapgent (signals, state files), not the bare server. */
   readonly agent: boolean;
+  /** Started with HAPGENT_METRICS (its own port), to show what metrics cost. */
+  readonly metrics?: boolean;
 }
 
 export interface Programs {
@@ -46,6 +48,10 @@ export function targetSpecs(p: Programs): TargetSpec[] {
     pair("hapgent, V8 defaults", [p.node, p.main], true, false, "baseline, V8 defaults"),
     pair("baseline", [p.node, ...p.nodeFlags, p.baseline], false, false, "baseline"),
     pair("hapgent", [p.node, ...p.nodeFlags, p.main], true, true, "baseline"),
+    {
+      ...pair("hapgent, metrics on", [p.node, ...p.nodeFlags, p.main], true, false, "baseline"),
+      metrics: true,
+    },
     ...(p.binary !== undefined && p.node24 !== undefined
       ? [
           pair(
@@ -67,6 +73,16 @@ export function targetSpecs(p: Programs): TargetSpec[] {
             true,
             p.node24 !== undefined ? "baseline, Node 24" : "baseline",
           ),
+          {
+            ...pair(
+              "binary, metrics on",
+              [resolve(p.binary)],
+              true,
+              false,
+              p.node24 !== undefined ? "baseline, Node 24" : "baseline",
+            ),
+            metrics: true,
+          },
         ]),
   ];
 }

@@ -28,7 +28,7 @@ stage="$out/deb"
 rm -rf "$stage"
 install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" \
   "$stage/etc/hapgent" "$stage/etc/default" "$stage/usr/share/man/man8" \
-  "$stage/usr/share/doc/hapgent"
+  "$stage/usr/share/doc/hapgent" "$stage/usr/share/hapgent/prometheus"
 
 install -m 0755 "$out/hapgent" "$stage/usr/bin/hapgent"
 # The name the unit starts the daemon by (see packaging/hapgent.service).
@@ -37,6 +37,7 @@ ln -s ../../bin/hapgent "$stage/usr/libexec/hapgent/daemon"
 install -m 0644 packaging/hapgent.service "$stage/lib/systemd/system/hapgent.service"
 install -m 0644 packaging/state.json "$stage/etc/hapgent/state.json"
 install -m 0644 packaging/default "$stage/etc/default/hapgent"
+install -m 0644 packaging/prometheus/hapgent.rules.yml "$stage/usr/share/hapgent/prometheus/hapgent.rules.yml"
 sed "s/@VERSION@/$version/" packaging/hapgent.8 | gzip -9n >"$stage/usr/share/man/man8/hapgent.8.gz"
 chmod 0644 "$stage/usr/share/man/man8/hapgent.8.gz"
 gzip -9n <README.md >"$stage/usr/share/doc/hapgent/README.md.gz"
@@ -51,12 +52,17 @@ gzip -9n <"$out/LICENSE.node" >"$stage/usr/share/doc/hapgent/LICENSE.node.gz"
   printf 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n'
   printf 'Upstream-Name: hapgent\n\n'
   printf 'Files: *\nCopyright: 2026 the hapgent authors\nLicense: MIT\n\n'
-  printf 'Files: usr/bin/hapgent\nCopyright: 2026 the hapgent authors\n Node.js contributors and other Node.js authors\n'
+  printf 'Files: usr/bin/hapgent\nCopyright: 2026 the hapgent authors\n Node.js contributors and other Node.js authors\n prom-client, OpenTelemetry, tdigest and bintrees contributors\n'
   printf 'Comment: The binary embeds the Node.js runtime, MIT-licensed, with the components it\n'
   printf ' bundles under their own licenses; all of them are in\n'
-  printf ' /usr/share/doc/hapgent/LICENSE.node.gz.\nLicense: MIT\n\n'
+  printf ' /usr/share/doc/hapgent/LICENSE.node.gz.\n The agent bundles, for its Prometheus metrics, prom-client and\n'
+  printf ' @opentelemetry/api (Apache-2.0), tdigest and bintrees (MIT).\n'
+  printf 'License: MIT and Apache-2.0\n\n'
   printf 'License: MIT\n'
   tail -n +3 LICENSE | sed -e 's/^[[:space:]]*$/./' -e 's/^/ /'
+  printf '\nLicense: Apache-2.0\n'
+  printf ' On Debian systems, the full text of the Apache License 2.0 is in\n'
+  printf ' /usr/share/common-licenses/Apache-2.0.\n'
 } >"$stage/usr/share/doc/hapgent/copyright"
 install -d -m 0755 "$stage/usr/share/lintian/overrides"
 cp packaging/lintian-overrides "$stage/usr/share/lintian/overrides/hapgent"

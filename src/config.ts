@@ -22,6 +22,13 @@ export interface Config {
   readonly sendWaitMs: number;
   /** The control socket's path, absolute. */
   readonly controlSocket: string;
+  /** Where to serve Prometheus metrics (HAPGENT_METRICS); undefined: no listener at all. */
+  readonly metrics: MetricsAddress | undefined;
+}
+
+export interface MetricsAddress {
+  readonly host: string;
+  readonly port: number;
 }
 
 export type ConfigResult =
@@ -42,6 +49,8 @@ export const DEFAULTS = Object.freeze({
   HAPGENT_SEND_WAIT_MS: "100",
   /** Empty: derived from the port and where the process may keep run-time files. */
   HAPGENT_CONTROL_SOCKET: "",
+  /** Empty: no metrics listener. */
+  HAPGENT_METRICS: "",
 });
 
 /** Linux's limit on a Unix socket's path (sun_path, less its terminating NUL). */
@@ -53,8 +62,8 @@ const SEND_WAIT_MAX_MS = 5000;
 export type Variable = keyof typeof DEFAULTS;
 
 /**
- * Reads HAPGENT_IP, HAPGENT_PORT, HAPGENT_STATE_FILE, HAPGENT_SEND_WAIT_MS and
- * HAPGENT_CONTROL_SOCKET, for a process running as `uid`. An unset or empty variable takes its
+ * Reads HAPGENT_IP, HAPGENT_PORT, HAPGENT_STATE_FILE, HAPGENT_SEND_WAIT_MS,
+ * HAPGENT_CONTROL_SOCKET and HAPGENT_METRICS, for a process running as `uid`. An unset or empty variable takes its
  * default. The reason of a failure names the variable, its value and what was expected.
  */
 export function parseConfig(
@@ -103,10 +112,31 @@ export function parseConfig(
       `a path of at most ${MAX_SOCKET_PATH_BYTES} bytes, without NUL bytes`,
     );
   }
+  const metricsText = value("HAPGENT_METRICS");
+  const metrics = metricsText === "" ? undefined : parseListenAddress(metricsText);
+  if (metrics === null || metrics?.port === port) {
+    return invalid(
+      "HAPGENT_METRICS",
+      metricsText,
+      `ADDRESS:PORT to serve metrics on, such as 127.0.0.1:9778, 0.0.0.0:9778 or [::1]:9778, with a port 1-65535 other than HAPGENT_PORT's (${port}); or empty for none`,
+    );
+  }
   return {
     ok: true,
-    config: { host, port, stateFile: resolve(cwd, stateFile), sendWaitMs, controlSocket },
+    config: { host, port, stateFile: resolve(cwd, stateFile), sendWaitMs, controlSocket, metrics },
   };
+}
+
+/** `192.0.2.1:80` or `[2001:db8::1]:80`; null when it is neither. */
+export function parseListenAddress(text: string): MetricsAddress | null {
+  const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):([1-9][0-9]{0,4})$/.exec(text);
+  if (match === null) return null;
+  const host = match[1] ?? match[2] ?? "";
+  const port = Number(match[3]);
+  const family = isIP(host);
+  // A bracketed address must be IPv6; an unbracketed one IPv4 (IPv6 needs brackets before :PORT).
+  if (family !== (match[1] === undefined ? 4 : 6) || port > 65535) return null;
+  return { host, port };
 }
 
 /**
@@ -131,7 +161,10 @@ export function defaultControlSocket(
  * Explains why the agent could not listen, naming the variable to change. `code` is Node's
  * error code from listen().
  */
-export function describeListenError(config: Config, code: string | undefined): string {
+export function describeListenError(
+  config: Pick<Config, "host" | "port">,
+  code: string | undefined,
+): string {
   const ip = `HAPGENT_IP=${JSON.stringify(config.host)}`;
   const port = `HAPGENT_PORT=${JSON.stringify(String(config.port))}`;
   switch (code) {
@@ -157,4 +190,23 @@ function invalid(variable: Variable, value: string, expected: string): ConfigRes
     value,
     expected,
   };
+}
+
+/** Explains why the metrics listener could not listen; `code` is Node's error code. */
+export function describeMetricsListenError(
+  address: MetricsAddress,
+  code: string | undefined,
+): string {
+  const variable = `HAPGENT_METRICS=${JSON.stringify(address.host.includes(":") ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`)}`;
+  switch (code) {
+    case "EADDRINUSE":
+      return `${variable}: the port is already in use; expected a free port for metrics`;
+    case "EADDRNOTAVAIL":
+      return `${variable}: not an address of this host; expected a local address, or 0.0.0.0 or [::] for all`;
+    case "EACCES":
+    case "EPERM":
+      return `${variable}: the port needs privileges to bind; expected a port above 1023`;
+    default:
+      return `${variable}: cannot listen: ${code ?? "unknown error"}; expected a local address and a free port`;
+  }
 }

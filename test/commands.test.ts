@@ -249,4 +249,49 @@ describe("agent", () => {
       '<5>SIGUSR2: state {"status":"DOWN"} (unchanged)',
     ]);
   });
+
+  test("stats: changes by cause (an unchanged state is none), file validity, failed saves", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP" } });
+    const agent = createCommands({ store, log: capture().log, retryDelayMs: () => 60_000 });
+    const stats = () => ({ ...agent.stats, changes: { ...agent.stats.changes } });
+    await agent.command("reload", "start-up");
+    await agent.settled();
+    // The file read at start-up is not a change.
+    assert.deepEqual(stats(), {
+      changes: { signal: 0, reload: 0, control: 0 },
+      fileValid: true,
+      saveFailures: 0,
+    });
+    await agent.command("down", "SIGUSR2");
+    await agent.command("down", "SIGUSR2");
+    await agent.command("up", "SIGUSR1");
+    const changed = await agent.change({ status: "DRAIN" }, "control");
+    assert.ok(changed.ok);
+    await agent.change({ status: "DRAIN" }, "control");
+    await agent.settled();
+    assert.deepEqual(stats().changes, { signal: 2, reload: 0, control: 1 });
+
+    store.setFile({ ok: false, reason: "not JSON" });
+    await agent.command("reload", "SIGHUP");
+    assert.deepEqual(stats(), {
+      changes: { signal: 2, reload: 1, control: 1 },
+      fileValid: false,
+      saveFailures: 0,
+    });
+    // A save that fails leaves the file as it was: still invalid, and counted.
+    store.failSaves(true);
+    await agent.command("up", "SIGUSR1");
+    await agent.settled();
+    assert.equal(stats().fileValid, false);
+    assert.equal(stats().saveFailures, 1);
+    // A save that succeeds makes it valid.
+    store.failSaves(false);
+    await agent.command("down", "SIGUSR2");
+    await agent.settled();
+    assert.deepEqual(stats(), {
+      changes: { signal: 4, reload: 1, control: 1 },
+      fileValid: true,
+      saveFailures: 1,
+    });
+  });
 });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { describeListenError, parseConfig } from "../src/config.js";
+import { describeListenError, describeMetricsListenError, parseConfig } from "../src/config.js";
 
 describe("parseConfig", () => {
   test("defaults", () => {
@@ -12,9 +12,52 @@ describe("parseConfig", () => {
         stateFile: "/etc/hapgent/state.json",
         sendWaitMs: 100,
         controlSocket: "/tmp/hapgent-1000/9777.sock",
+        metrics: undefined,
       },
     });
   });
+  const metricsAddresses: [string, { host: string; port: number }][] = [
+    ["127.0.0.1:9778", { host: "127.0.0.1", port: 9778 }],
+    ["0.0.0.0:1", { host: "0.0.0.0", port: 1 }],
+    ["[::1]:65535", { host: "::1", port: 65535 }],
+    ["[::]:9100", { host: "::", port: 9100 }],
+    ["[2001:db8::7]:9778", { host: "2001:db8::7", port: 9778 }],
+  ];
+  for (const [text, address] of metricsAddresses) {
+    test(`HAPGENT_METRICS=${text}`, () => {
+      const result = parseConfig({ HAPGENT_METRICS: text }, "/", 1000);
+      assert.ok(result.ok, result.ok ? "" : result.reason);
+      assert.deepEqual(result.config.metrics, address);
+    });
+  }
+  const badMetrics = [
+    "9778",
+    ":9778",
+    "127.0.0.1",
+    "127.0.0.1:",
+    "127.0.0.1:0",
+    "127.0.0.1:65536",
+    "127.0.0.1:09778",
+    "::1:9778",
+    "[127.0.0.1]:9778",
+    "[::1]",
+    "localhost:9778",
+    "http://127.0.0.1:9778",
+    "127.0.0.1:9778/metrics",
+    " 127.0.0.1:9778",
+    "127.0.0.1:9777",
+  ];
+  for (const text of badMetrics) {
+    test(`HAPGENT_METRICS=${JSON.stringify(text)} is refused, saying what is expected`, () => {
+      const result = parseConfig({ HAPGENT_METRICS: text }, "/", 1000);
+      assert.ok(!result.ok);
+      assert.equal(result.variable, "HAPGENT_METRICS");
+      assert.equal(
+        result.reason,
+        `HAPGENT_METRICS=${JSON.stringify(text)} is invalid; expected ADDRESS:PORT to serve metrics on, such as 127.0.0.1:9778, 0.0.0.0:9778 or [::1]:9778, with a port 1-65535 other than HAPGENT_PORT's (9777); or empty for none`,
+      );
+    });
+  }
   test("the control socket: named, or where the process keeps run-time files", () => {
     const socket = (env: Record<string, string>, uid: number) => {
       const result = parseConfig(env, "/srv", uid);
@@ -132,4 +175,21 @@ describe("describeListenError", () => {
       assert.ok(describeListenError(config, code).startsWith(message));
     });
   }
+});
+
+describe("describeMetricsListenError", () => {
+  test("names the variable as the operator writes it, and what is expected", () => {
+    assert.equal(
+      describeMetricsListenError({ host: "127.0.0.1", port: 9778 }, "EADDRINUSE"),
+      'HAPGENT_METRICS="127.0.0.1:9778": the port is already in use; expected a free port for metrics',
+    );
+    assert.equal(
+      describeMetricsListenError({ host: "2001:db8::7", port: 9778 }, "EADDRNOTAVAIL"),
+      'HAPGENT_METRICS="[2001:db8::7]:9778": not an address of this host; expected a local address, or 0.0.0.0 or [::] for all',
+    );
+    assert.equal(
+      describeMetricsListenError({ host: "0.0.0.0", port: 80 }, "EACCES"),
+      'HAPGENT_METRICS="0.0.0.0:80": the port needs privileges to bind; expected a port above 1023',
+    );
+  });
 });

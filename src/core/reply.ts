@@ -24,7 +24,7 @@ const WORDS: Readonly<Record<Status, string>> = {
 };
 
 /** Without a weight the configured weight is restored, undoing an earlier one. */
-const DEFAULT_WEIGHT_PERCENT = 100;
+export const DEFAULT_WEIGHT_PERCENT = 100;
 
 /** One line, ending in `\n` (HAProxy ignores a reply without a line end). */
 export function reply(state: ServiceState): string {

@@ -17,6 +17,19 @@ export { defaultRetryDelayMs, SAVE_RETRY_MAX_MS } from "./saves.js";
 
 export type Command = "up" | "down" | "reload";
 
+/** How a state change came about, as metrics count them: a command's kind, never its wording. */
+export const CHANGE_CAUSES = ["signal", "reload", "control"] as const;
+export type ChangeCause = (typeof CHANGE_CAUSES)[number];
+
+/** What the commands have done since the start, for metrics. */
+export interface CommandStats {
+  /** Changes of the answered state (a command that left it as it was is not one), by cause. */
+  readonly changes: Readonly<Record<ChangeCause, number>>;
+  /** True when the state file, as last read or written, is valid. */
+  readonly fileValid: boolean;
+  readonly saveFailures: number;
+}
+
 /** How a change asked for through the control socket ended. */
 export type ChangeOutcome =
   | {
@@ -47,6 +60,7 @@ export interface Commands {
    * tried once more first.
    */
   settled(): Promise<void>;
+  readonly stats: CommandStats;
 }
 
 export interface CommandsOptions {
@@ -83,6 +97,11 @@ export function createCommands({
   // Before the first command the state was never answered, so there is no change to report.
   let started = false;
   let draining: Promise<void> | undefined;
+  const changes: Record<ChangeCause, number> = { signal: 0, reload: 0, control: 0 };
+  // Whether the last read of the file found it valid, and how many saves had been made then: a
+  // save since makes the file valid again.
+  let loadedValid = true;
+  let savesAtLoad = 0;
   const saves = createSaves({
     store,
     log,
@@ -91,16 +110,23 @@ export function createCommands({
   });
 
   /** Applies a state; returns the change as log text: `old -> new`, or `new (unchanged)`. */
-  const set = (next: State): string => {
+  const set = (next: State, cause: ChangeCause): string => {
     const first = !started;
     started = true;
-    const change = first
-      ? formatState(next)
-      : sameState(state, next)
-        ? `${formatState(next)} (unchanged)`
-        : `${formatState(state)} -> ${formatState(next)}`;
+    let change: string;
+    if (first) change = formatState(next);
+    else if (sameState(state, next)) change = `${formatState(next)} (unchanged)`;
+    else {
+      change = `${formatState(state)} -> ${formatState(next)}`;
+      changes[cause]++;
+    }
     state = next;
     return change;
+  };
+
+  const loaded = (valid: boolean): void => {
+    loadedValid = valid;
+    savesAtLoad = saves.savedTotal;
   };
 
   const reload = async (cause: string): Promise<void> => {
@@ -113,12 +139,13 @@ export function createCommands({
     }
     saves.abandon();
     const result = await store.load();
+    loaded(result.ok);
     if (result.ok) {
-      log.notice(`${cause}: loaded state file ${store.path}: ${set(result.state)}`);
+      log.notice(`${cause}: loaded state file ${store.path}: ${set(result.state, "reload")}`);
     } else {
       // Nothing of the previous state survives a bad file: the operator must look at it.
       log.warning(
-        `${cause}: state file ${store.path}: ${result.reason}; state ${set(FALLBACK_STATE)}`,
+        `${cause}: state file ${store.path}: ${result.reason}; state ${set(FALLBACK_STATE, "reload")}`,
       );
     }
   };
@@ -127,6 +154,7 @@ export function createCommands({
     await saves.idle();
     saves.abandon();
     const file = await store.load();
+    loaded(file.ok);
     const next = applyChange(file.ok ? file.state : undefined, change);
     if (!next.ok) {
       log.warning(`${cause}: refused: ${next.reason}`);
@@ -135,7 +163,7 @@ export function createCommands({
     const replaced = file.ok || file.code === "ENOENT" ? undefined : file.reason;
     if (replaced !== undefined)
       log.warning(`${cause}: the state file ${store.path} was invalid (${replaced}); replaced`);
-    log.notice(`${cause}: state ${set(next.state)}`);
+    log.notice(`${cause}: state ${set(next.state, "control")}`);
     saves.request();
     await saves.idle();
     return { ok: true, state, replaced, unsaved: saves.failure };
@@ -162,7 +190,7 @@ export function createCommands({
           await reload(next.cause);
         } else {
           const status = next.command === "up" ? "UP" : "DOWN";
-          log.notice(`${next.cause}: state ${set(withStatus(state, status))}`);
+          log.notice(`${next.cause}: state ${set(withStatus(state, status), "signal")}`);
           saves.request();
         }
         next.applied();
@@ -186,6 +214,14 @@ export function createCommands({
       return new Promise<ChangeOutcome>((applied) =>
         enqueue({ command: "change", change, cause, applied }),
       );
+    },
+
+    get stats() {
+      return {
+        changes,
+        fileValid: loadedValid || saves.savedTotal > savesAtLoad,
+        saveFailures: saves.failedTotal,
+      };
     },
 
     async settled() {

@@ -2,7 +2,13 @@
  * The daemon: configuration, state, signals and the listening socket wired together. Everything
  * it needs from the process comes in through `DaemonIo`, so it runs the same under test.
  */
-import { type Config, describeListenError, type ProcessContext, parseConfig } from "../config.js";
+import {
+  type Config,
+  describeListenError,
+  describeMetricsListenError,
+  type ProcessContext,
+  parseConfig,
+} from "../config.js";
 import { formatState } from "../core/state.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
@@ -11,7 +17,8 @@ import { VERSION } from "../version.js";
 import { type Commands, createCommands } from "./commands.js";
 import type { ControlServer } from "./control.js";
 import { controlHandlers, startControl } from "./control-handlers.js";
-import { createLedger } from "./ledger.js";
+import { createLedger, type Ledger } from "./ledger.js";
+import type { MetricsServer } from "./metrics.js";
 import { createReplies } from "./replies.js";
 import { guardedStore, refuseForeignPath } from "./root-guard.js";
 import { createAgentServer } from "./server.js";
@@ -55,10 +62,11 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const files = createStateStore(config.stateFile, log);
   const store = io.uid === 0 ? guardedStore(files) : files;
   const commands = createCommands({ store, log });
-  const { replies, ledger, server } = agentPort(config, commands, log);
+  const { replies, ledger, probes, server } = agentPort(config, commands, log);
   let control: ControlServer | undefined;
+  let metrics: MetricsServer | undefined;
   const stop = stopper(io, log, commands, async () => {
-    await Promise.all([server.close(), control?.close()]);
+    await Promise.all([server.close(), control?.close(), metrics?.close()]);
   });
   const handle = (signal: DaemonSignal): void => {
     if (signal === "SIGTERM" || signal === "SIGINT") void stop.now(signal);
@@ -96,11 +104,21 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
     return io.exit(EXIT.CANNOT_LISTEN);
   }
+  if (config.metrics !== undefined) {
+    try {
+      metrics = await serveMetrics(config, commands, ledger, probes, log);
+    } catch (err) {
+      log.error(describeMetricsListenError(config.metrics, (err as NodeJS.ErrnoException).code));
+      await server.close();
+      return io.exit(EXIT.CANNOT_LISTEN);
+    }
+    if (stop.stopping) return void metrics.close();
+  }
   const handlers = controlHandlers({ commands, ledger, replies, now: Date.now });
   control = await startControl(config.controlSocket, io.uid, handlers, log);
   if (stop.stopping) return;
   log.notice(
-    `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
+    `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}${metrics ? `, metrics on http://${metrics.address}/metrics` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
   );
 }
 
@@ -112,23 +130,43 @@ function agentPort(config: Config, commands: Commands, log: Logger) {
     sendWaitMs: config.sendWaitMs,
   });
   const ledger = createLedger({ now: Date.now });
+  // Probes answered per service, for metrics: as many keys as the files have named services.
+  const probes = new Map<string, number>();
   const server = createAgentServer({
     reply: replies.lineFor,
     awaitsName: replies.awaitsName,
     nameWaitMs: config.sendWaitMs,
     onServerError: (err) => log.warning(`accepting a connection failed: ${err.message}`),
     observer: {
-      probed: (address, name, reply, atMs, heard) =>
-        ledger.record(
-          peerAddress(address),
-          replies.serviceOf(name),
-          reply as Uint8Array,
-          atMs,
-          heard,
-        ),
+      probed: (address, name, reply, atMs, heard) => {
+        const service = replies.serviceOf(name);
+        probes.set(service, (probes.get(service) ?? 0) + 1);
+        ledger.record(peerAddress(address), service, reply as Uint8Array, atMs, heard);
+      },
     },
   });
-  return { replies, ledger, server };
+  return { replies, ledger, probes, server };
+}
+
+/** HAPGENT_METRICS: prom-client and its listener are loaded only now. */
+async function serveMetrics(
+  config: Config,
+  commands: Commands,
+  ledger: Ledger,
+  probes: ReadonlyMap<string, number>,
+  log: Logger,
+): Promise<MetricsServer> {
+  const { startMetrics } = await import("./metrics.js");
+  return startMetrics(
+    config.metrics as NonNullable<Config["metrics"]>,
+    {
+      state: () => commands.state,
+      stats: () => commands.stats,
+      probes: () => probes,
+      pollers: () => ledger.pollers(),
+    },
+    log,
+  );
 }
 
 /** The peer's address as operators write it: an IPv4 client of a `::` listener without ::ffff:. */

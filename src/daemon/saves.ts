@@ -19,6 +19,9 @@ export interface Saves {
   readonly failure: string | undefined;
   /** Gives up a retry: the caller reads the file instead. Forgets the failures. */
   abandon(): void;
+  /** Saves that succeeded, and that failed, since the start (for metrics). */
+  readonly savedTotal: number;
+  readonly failedTotal: number;
 }
 
 export interface SavesOptions {
@@ -51,6 +54,8 @@ export function createSaves({
   let failures = 0;
   let retry: NodeJS.Timeout | undefined;
   let failure: string | undefined;
+  let savedTotal = 0;
+  let failedTotal = 0;
 
   const cancelRetry = (): void => {
     clearTimeout(retry);
@@ -73,8 +78,10 @@ export function createSaves({
       }
       failures = 0;
       failure = undefined;
+      savedTotal++;
     } catch (err) {
       failures++;
+      failedTotal++;
       failure = (err as Error).message;
       const delayMs = retryDelayMs(failures);
       log.error(
@@ -117,6 +124,12 @@ export function createSaves({
     abandon() {
       cancelRetry();
       failures = 0;
+    },
+    get savedTotal() {
+      return savedTotal;
+    },
+    get failedTotal() {
+      return failedTotal;
     },
   };
 }

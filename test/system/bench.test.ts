@@ -36,7 +36,13 @@ test("npm run bench -- --smoke measures every target without a failed probe", {
     results: Record<string, Figures>;
     checks: { target: string; ok: boolean }[];
   };
-  for (const name of ["baseline, V8 defaults", "hapgent, V8 defaults", "baseline", "hapgent"]) {
+  for (const name of [
+    "baseline, V8 defaults",
+    "hapgent, V8 defaults",
+    "baseline",
+    "hapgent",
+    "hapgent, metrics on",
+  ]) {
     const f = report.results[name];
     assert.ok(f, `${name} measured`);
     assert.equal(f.errors, 0, `${name}: no probe failed`);

@@ -146,6 +146,8 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       "privilege",
       "wait",
       "control",
+      "metrics",
+      "prometheus",
     ].map((name) => join(REPO, "dist/test", `${name}.test.js`));
     const result = await exec(
       process.execPath,
@@ -303,10 +305,11 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     await execOk("bash", [join(REPO, "scripts/debian-root.sh"), root], { timeoutMs: 900_000 });
     // The operator's way to set the port: a drop-in. The container shares the host's network.
     const port = await freePort();
+    const metricsPort = await freePort();
     await mkdir(join(root, "etc/systemd/system/hapgent.service.d"), { recursive: true });
     await writeFile(
       join(root, "etc/systemd/system/hapgent.service.d/port.conf"),
-      `[Service]\nEnvironment=HAPGENT_IP=127.0.0.1 HAPGENT_PORT=${port}\n`,
+      `[Service]\nEnvironment=HAPGENT_IP=127.0.0.1 HAPGENT_PORT=${port} HAPGENT_METRICS=127.0.0.1:${metricsPort}\n`,
     );
     await copyFile(deb, join(root, "root/hapgent.deb"));
 
@@ -327,6 +330,13 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         (await probe(port).catch(() => "")) === "up ready 100%\n" ? true : undefined,
       );
       assert.equal((await insideOk(["systemctl", "is-active", "hapgent"])).trim(), "active");
+      // Metrics under the unit's sandbox, the process's own included; the rules are shipped.
+      const scrape = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      assert.match(scrape, /^hapgent_status\{status="UP"\} 1$/m);
+      assert.match(scrape, /^hapgent_state_file_valid 1$/m);
+      assert.match(scrape, /^process_open_fds \d+$/m);
+      assert.match(scrape, /^process_resident_memory_bytes \d+$/m);
+      await insideOk(["test", "-s", "/usr/share/hapgent/prometheus/hapgent.rules.yml"]);
 
       // The sandbox is really applied: no privileges, a syscall filter, a user namespace.
       const pid = (

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { VERSION } from "../../src/version.js";
-import { execOk, REPO, startDaemon } from "../helpers.js";
+import { execOk, freePort, REPO, startDaemon } from "../helpers.js";
 
 interface Packed {
   filename: string;
@@ -71,7 +71,8 @@ describe("the npm package", () => {
     const manifest = JSON.parse(
       await readFile(join(prefix, "lib/node_modules/hapgent/package.json"), "utf8"),
     ) as { dependencies?: object };
-    assert.equal(manifest.dependencies, undefined, "no runtime dependencies");
+    // One runtime dependency, loaded only when HAPGENT_METRICS is set.
+    assert.deepEqual(Object.keys(manifest.dependencies ?? {}), ["prom-client"]);
 
     const d = await startDaemon(t, { exec: bin, env, state: '{"status":"UP","weight":40}' });
     assert.equal(await d.probe(), "up ready 40%\n");
@@ -85,5 +86,17 @@ describe("the npm package", () => {
     assert.match(set.stdout, new RegExp(`hapgent pid ${d.pid} answers: up ready 60%`));
     d.signal("SIGTERM");
     assert.equal((await d.exited).code, 0);
+
+    // Metrics, from the prom-client the install brought.
+    const metricsPort = await freePort();
+    const m = await startDaemon(t, {
+      exec: bin,
+      env: { ...env, HAPGENT_METRICS: `127.0.0.1:${metricsPort}` },
+    });
+    const scrape = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    assert.match(scrape, /^hapgent_status\{status="UP"\} 1$/m);
+    assert.match(scrape, /^process_resident_memory_bytes \d+$/m);
+    m.signal("SIGTERM");
+    assert.equal((await m.exited).code, 0);
   });
 });

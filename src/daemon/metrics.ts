@@ -1,0 +1,294 @@
+/**
+ * Prometheus metrics (HAPGENT_METRICS): the state HAProxy is given, the state file's health, the
+ * probes and the load balancers that poll, and the process itself, served as `GET /metrics` on a
+ * listener of their own. prom-client and node:http are loaded only when metrics are enabled, so
+ * an agent without them pays nothing; nothing here runs on the probe path (every value is read
+ * when Prometheus scrapes).
+ *
+ * The listener has its own small limits: a slow or hostile HTTP client can at worst delay a
+ * scrape, never the agent port.
+ */
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { MetricsAddress } from "../config.js";
+import { DEFAULT_WEIGHT_PERCENT } from "../core/reply.js";
+import { type ServiceState, STATUSES, type State, serviceState } from "../core/state.js";
+import type { Logger } from "../log.js";
+import { VERSION } from "../version.js";
+import { CHANGE_CAUSES, type CommandStats } from "./commands.js";
+import type { Poller } from "./ledger.js";
+
+type PromClient = typeof import("prom-client");
+type Registry = import("prom-client").Registry;
+
+/** What the metrics are read from, at each scrape. */
+export interface MetricsSource {
+  readonly state: () => State;
+  readonly stats: () => CommandStats;
+  /** Probes answered since the start, by service ("" for the instance). */
+  readonly probes: () => ReadonlyMap<string, number>;
+  readonly pollers: () => readonly Poller[];
+}
+
+/** The metrics listener's limits, apart from the agent port's. */
+export const METRICS_LIMITS = Object.freeze({
+  /** Prometheus keeps one connection per scraper; a few scrapers and a curl fit easily. */
+  maxConnections: 16,
+  /** A request must arrive whole within this (a slow client is cut off). */
+  requestTimeoutMs: 5000,
+  /** A kept-alive connection with no request for this long is closed. */
+  keepAliveTimeoutMs: 15_000,
+  /** Any socket silent for this long is closed, whatever it is doing. */
+  idleTimeoutMs: 30_000,
+  /** Request headers larger than this get 431. */
+  maxHeaderBytes: 8192,
+});
+
+/** How often the event-loop delay histogram samples: often enough to see lag, rarely enough to cost nothing. */
+const EVENT_LOOP_SAMPLE_MS = 100;
+
+export interface MetricsServer {
+  /** `ADDRESS:PORT` as bound. */
+  readonly address: string;
+  close(): Promise<void>;
+}
+
+/** The registry of every hapgent metric, the process's and Node's. */
+export function createRegistry(client: PromClient, source: MetricsSource): Registry {
+  const registry = new client.Registry();
+  const registers = [registry];
+  client.collectDefaultMetrics({
+    register: registry,
+    eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS,
+  });
+  new client.Gauge({
+    name: "hapgent_build_info",
+    help: "Always 1; the labels say which hapgent runs on which Node.js.",
+    labelNames: ["version", "nodejs"],
+    registers,
+    collect() {
+      this.set({ version: VERSION, nodejs: process.version }, 1);
+    },
+  });
+  /** The instance (no service label), then each service, as HAProxy is given them now. */
+  const answered = (): [Record<string, string>, ServiceState][] => {
+    const state = source.state();
+    return [
+      [{}, state],
+      ...Object.keys(state.services ?? {}).map((name): [Record<string, string>, ServiceState] => [
+        { service: name },
+        serviceState(state, name),
+      ]),
+    ];
+  };
+  new client.Gauge({
+    name: "hapgent_status",
+    help: "1 for the status the agent answers (the instance's, or a service's with the service label), 0 for the others.",
+    labelNames: ["service", "status"],
+    registers,
+    collect() {
+      this.reset();
+      for (const [labels, state] of answered()) {
+        for (const status of STATUSES)
+          this.set({ ...labels, status }, state.status === status ? 1 : 0);
+      }
+    },
+  });
+  new client.Gauge({
+    name: "hapgent_weight_percent",
+    help: "The weight the agent answers, in percent of the weight in haproxy.cfg (100 when the file sets none).",
+    labelNames: ["service"],
+    registers,
+    collect() {
+      this.reset();
+      for (const [labels, state] of answered()) {
+        this.set(labels, state.weight ?? DEFAULT_WEIGHT_PERCENT);
+      }
+    },
+  });
+  new client.Gauge({
+    name: "hapgent_maxconn",
+    help: "The maxconn the agent answers; absent when the file sets none.",
+    labelNames: ["service"],
+    registers,
+    collect() {
+      this.reset();
+      for (const [labels, state] of answered()) {
+        if (state.maxconn !== undefined) this.set(labels, state.maxconn);
+      }
+    },
+  });
+  new client.Gauge({
+    name: "hapgent_state_file_valid",
+    help: "1 when the state file, as the agent last read or wrote it, is valid; 0 when it is not (the agent answers MAINT).",
+    registers,
+    collect() {
+      this.set(source.stats().fileValid ? 1 : 0);
+    },
+  });
+  new client.Counter({
+    name: "hapgent_state_changes_total",
+    help: "Changes of the answered state, by cause: signal (SIGUSR1, SIGUSR2), reload (SIGHUP; the file read at start-up is not a change), control (the command line, through the control socket).",
+    labelNames: ["cause"],
+    registers,
+    collect() {
+      this.reset();
+      const { changes } = source.stats();
+      for (const cause of CHANGE_CAUSES) this.inc({ cause }, changes[cause]);
+    },
+  });
+  new client.Counter({
+    name: "hapgent_save_failures_total",
+    help: "Saves of the state file that failed (each is retried).",
+    registers,
+    collect() {
+      this.reset();
+      this.inc(source.stats().saveFailures);
+    },
+  });
+  new client.Counter({
+    name: "hapgent_probes_total",
+    help: "Probes answered, by the service they asked for (no label: the instance); the command line's own probes are not counted.",
+    labelNames: ["service"],
+    registers,
+    collect() {
+      this.reset();
+      // The instance's series is there from the start, so a rate over it is never missing.
+      this.inc(0);
+      for (const [service, count] of source.probes()) this.inc(serviceLabel(service), count);
+    },
+  });
+  loadBalancerMetrics(client, source, registers);
+  return registry;
+}
+
+/** From the probe ledger: bounded by it (never one series per client port). */
+function loadBalancerMetrics(
+  client: PromClient,
+  source: MetricsSource,
+  registers: Registry[],
+): void {
+  new client.Gauge({
+    name: "hapgent_load_balancers",
+    help: "Load balancers (source addresses) polling the agent now; one that stops polling is forgotten after three of its intervals.",
+    registers,
+    collect() {
+      this.set(new Set(source.pollers().map((p) => p.address)).size);
+    },
+  });
+  new client.Gauge({
+    name: "hapgent_load_balancer_last_probe_seconds",
+    help: "When each load balancer polling now last probed, by address and service (Unix time).",
+    labelNames: ["address", "service"],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of source.pollers()) {
+        this.set({ address: p.address, ...serviceLabel(p.service) }, p.lastSeenMs / 1000);
+      }
+    },
+  });
+  new client.Gauge({
+    name: "hapgent_load_balancer_interval_seconds",
+    help: "How often each load balancer polls, learnt from the gaps between its probes; absent until it has probed twice.",
+    labelNames: ["address", "service"],
+    registers,
+    collect() {
+      this.reset();
+      for (const p of source.pollers()) {
+        if (p.intervalMs !== undefined) {
+          this.set({ address: p.address, ...serviceLabel(p.service) }, p.intervalMs / 1000);
+        }
+      }
+    },
+  });
+}
+
+/** The instance ("") has no service label, as in every hapgent metric. */
+function serviceLabel(service: string): { service?: string } {
+  return service === "" ? {} : { service };
+}
+
+/** Serves the registry; rejects with Node's listen error (err.code EADDRINUSE, …). */
+export async function startMetrics(
+  address: MetricsAddress,
+  source: MetricsSource,
+  log: Logger,
+): Promise<MetricsServer> {
+  const [client, http] = await Promise.all([import("prom-client"), import("node:http")]);
+  const registry = createRegistry(client, source);
+  const server = http.createServer(
+    {
+      requestTimeout: METRICS_LIMITS.requestTimeoutMs,
+      headersTimeout: METRICS_LIMITS.requestTimeoutMs,
+      keepAliveTimeout: METRICS_LIMITS.keepAliveTimeoutMs,
+      maxHeaderSize: METRICS_LIMITS.maxHeaderBytes,
+      // How often Node looks for requests past their timeout (30 s by default).
+      connectionsCheckingInterval: 1000,
+    },
+    (request, response) => void answer(registry, request, response, log),
+  );
+  server.maxConnections = METRICS_LIMITS.maxConnections;
+  server.setTimeout(METRICS_LIMITS.idleTimeoutMs, (socket) => socket.destroy());
+  const bound = await listen(server, address);
+  return {
+    address:
+      bound.family === "IPv6"
+        ? `[${bound.address}]:${bound.port}`
+        : `${bound.address}:${bound.port}`,
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+function listen(server: Server, { host, port }: MetricsAddress): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen({ host, port, exclusive: true }, () => {
+      server.off("error", reject);
+      // An error of the listening socket later (EMFILE on accept) costs a scrape, not the agent.
+      server.on("error", () => {});
+      resolve(server.address() as AddressInfo);
+    });
+  });
+}
+
+/** GET or HEAD /metrics: the metrics; another path 404, another method 405. */
+async function answer(
+  registry: Registry,
+  request: IncomingMessage,
+  response: ServerResponse,
+  log: Logger,
+): Promise<void> {
+  const path = (request.url ?? "").split("?", 1)[0];
+  if (path !== "/metrics") {
+    return plain(response, 404, "not found: metrics are at /metrics\n");
+  }
+  if (request.method !== "GET" && request.method !== "HEAD") {
+    response.setHeader("allow", "GET, HEAD");
+    return plain(response, 405, `method ${request.method} not allowed: GET or HEAD /metrics\n`);
+  }
+  let body: string;
+  try {
+    body = await registry.metrics();
+  } catch (err) {
+    log.warning(`metrics: cannot render: ${(err as Error).message}`);
+    return plain(response, 500, "metrics could not be rendered; see the agent's log\n");
+  }
+  response.writeHead(200, {
+    "content-type": registry.contentType,
+    "content-length": Buffer.byteLength(body),
+  });
+  response.end(request.method === "HEAD" ? undefined : body);
+}
+
+function plain(response: ServerResponse, status: number, text: string): void {
+  response.writeHead(status, {
+    "content-type": "text/plain; charset=utf-8",
+    "content-length": Buffer.byteLength(text),
+  });
+  response.end(text);
+}
