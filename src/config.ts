@@ -206,6 +206,8 @@ export function describeMetricsListenError(
     case "EACCES":
     case "EPERM":
       return `${variable}: the port needs privileges to bind; expected a port above 1023`;
+    case "ERR_MODULE_NOT_FOUND":
+      return `${variable}: prom-client, which serves the metrics, is not installed; expected hapgent installed with its dependencies (npm install), or HAPGENT_METRICS unset`;
     default:
       return `${variable}: cannot listen: ${code ?? "unknown error"}; expected a local address and a free port`;
   }

@@ -191,5 +191,9 @@ describe("describeMetricsListenError", () => {
       describeMetricsListenError({ host: "0.0.0.0", port: 80 }, "EACCES"),
       'HAPGENT_METRICS="0.0.0.0:80": the port needs privileges to bind; expected a port above 1023',
     );
+    assert.match(
+      describeMetricsListenError({ host: "0.0.0.0", port: 9778 }, "ERR_MODULE_NOT_FOUND"),
+      /^HAPGENT_METRICS="0\.0\.0\.0:9778": prom-client, which serves the metrics, is not installed; expected/,
+    );
   });
 });

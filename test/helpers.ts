@@ -325,6 +325,8 @@ export interface DaemonOptions {
   ready?: boolean;
   /** An executable to run as the daemon instead of the hapgent under test (e.g. an installed one). */
   exec?: string;
+  /** Its arguments. */
+  args?: readonly string[];
   /** A fixed port, e.g. to restart an agent where HAProxy expects it. */
   port?: number;
   /** Runs the daemon as this user (the test runs as root); `dir` must be reachable by it. */
@@ -340,6 +342,7 @@ export async function startDaemon(
     dir,
     ready = true,
     exec,
+    args = [],
     port: fixedPort,
     user,
   }: DaemonOptions = {},
@@ -362,7 +365,11 @@ export async function startDaemon(
     ...(user === undefined ? {} : { uid: user.uid, gid: user.gid, cwd: "/" }),
   };
   const [file, ...rest] =
-    exec !== undefined ? [exec] : user !== undefined ? await hapgentArgvForOthers() : hapgentArgv();
+    exec !== undefined
+      ? [exec, ...args]
+      : user !== undefined
+        ? await hapgentArgvForOthers()
+        : hapgentArgv();
   const child = spawn(file, rest, options);
   let stderr = "";
   child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {

@@ -124,3 +124,45 @@ test("past its bound, the stalest poller gives way to a new one that comes back"
     ["b", "c"],
   );
 });
+
+test("a load balancer polling less often than every 10 s joins at its second probe, however often it is read", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now });
+  ledger.record("10.0.0.5", "", UP, c.now(), true);
+  assert.deepEqual(
+    ledger.pollers().map((p) => [p.address, p.established]),
+    [["10.0.0.5", false]],
+  );
+  // Read (scraped, waited on) every 5 s between its probes, 30 s apart.
+  for (let i = 0; i < 6; i++) {
+    c.advance(5000);
+    ledger.pollers();
+  }
+  assert.deepEqual(ledger.pollers(), [], "seen once, 30 s ago: not reported");
+  ledger.record("10.0.0.5", "", UP, c.now(), true);
+  const [lb] = ledger.pollers();
+  assert.equal(lb?.established, true);
+  assert.equal(lb?.intervalMs, 30_000);
+  // Kept for three of its intervals now.
+  c.advance(85_000);
+  assert.equal(ledger.pollers().length, 1);
+  c.advance(10_000);
+  assert.equal(ledger.pollers().length, 0);
+});
+
+test("an address seen once is dropped after 10 minutes, or sooner when newer ones push it out", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now, maxProbation: 2 });
+  ledger.record("10.0.0.5", "", UP, c.now(), true);
+  c.advance(10 * 60_000 + 1);
+  ledger.pollers();
+  assert.equal(ledger.size, 0);
+  ledger.record("a", "", UP, c.now(), true);
+  ledger.record("b", "", UP, c.now(), true);
+  ledger.record("c", "", UP, c.now(), true);
+  assert.equal(ledger.size, 2);
+  assert.deepEqual(
+    ledger.pollers().map((p) => p.address),
+    ["b", "c"],
+  );
+});

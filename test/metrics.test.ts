@@ -3,16 +3,30 @@
  * it on HAPGENT_METRICS beside the agent port, against well-behaved and hostile HTTP clients.
  */
 import assert from "node:assert/strict";
-import { readdir, readFile, readlink } from "node:fs/promises";
+import { cp, mkdir, readdir, readFile, readlink, writeFile } from "node:fs/promises";
 import { connect, createServer, type Socket } from "node:net";
+import { join } from "node:path";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as client from "prom-client";
 import type { State } from "../src/core/state.js";
 import type { CommandStats } from "../src/daemon/commands.js";
 import type { Poller } from "../src/daemon/ledger.js";
-import { createRegistry, METRICS_LIMITS, type MetricsSource } from "../src/daemon/metrics.js";
-import { freePort, startDaemon, waitFor } from "./helpers.js";
+import {
+  createMetrics,
+  METRICS_LIMITS,
+  type MetricsSource,
+  RENDER_REUSE_MS,
+} from "../src/daemon/metrics.js";
+import {
+  DIST_SRC,
+  freePort,
+  HAPGENT_BINARY,
+  NODE_FLAGS,
+  startDaemon,
+  tempDir,
+  waitFor,
+} from "./helpers.js";
 
 function source(state: State, overrides: Partial<MetricsSource> = {}): MetricsSource {
   const stats: CommandStats = {
@@ -31,11 +45,17 @@ function source(state: State, overrides: Partial<MetricsSource> = {}): MetricsSo
 
 /** The hapgent_ samples of a rendering, without comments and blank lines. */
 async function hapgentLines(metrics: MetricsSource): Promise<string[]> {
-  const text = await createRegistry(client, metrics).metrics();
+  const text = await createMetrics(client, metrics).render();
   return text.split("\n").filter((line) => line.startsWith("hapgent_"));
 }
 
-function poller(address: string, service: string, lastSeenMs: number, intervalMs?: number): Poller {
+function poller(
+  address: string,
+  service: string,
+  lastSeenMs: number,
+  intervalMs?: number,
+  established = true,
+): Poller {
   return {
     address,
     service,
@@ -46,6 +66,7 @@ function poller(address: string, service: string, lastSeenMs: number, intervalMs
     lastGiven: undefined,
     lastHeard: undefined,
     lastHeardMs: undefined,
+    established,
   };
 }
 
@@ -149,6 +170,8 @@ describe("the metrics registry", () => {
             poller("192.0.2.1", "be_web/srv1", at, 2000),
             poller("192.0.2.1", "", at + 500, 2000),
             poller("2001:db8::2", "", at + 1500),
+            // Seen once: a scan or a curl, not a load balancer.
+            poller("198.51.100.7", "", at + 1600, undefined, false),
           ],
         },
       ),
@@ -172,8 +195,20 @@ describe("the metrics registry", () => {
     ]);
   });
 
+  test("one rendering answers every request for a second, then the next shows the change", async () => {
+    let state: State = { status: "UP" };
+    const metrics = createMetrics(client, source({ status: "UP" }, { state: () => state }));
+    const first = metrics.render();
+    state = { status: "DOWN" };
+    const second = metrics.render();
+    assert.equal(second, first, "the same rendering");
+    assert.match(await second, /^hapgent_status\{status="UP"\} 1$/m);
+    await sleep(RENDER_REUSE_MS + 20);
+    assert.match(await metrics.render(), /^hapgent_status\{status="DOWN"\} 1$/m);
+  });
+
   test("the process metrics Prometheus users expect are there", async () => {
-    const text = await createRegistry(client, source({ status: "UP" })).metrics();
+    const text = await createMetrics(client, source({ status: "UP" })).render();
     for (const name of [
       "process_resident_memory_bytes",
       "process_cpu_seconds_total",
@@ -252,7 +287,11 @@ describe("the daemon's metrics listener", () => {
     assert.equal(await d.probe(), "up ready 60% maxconn:300\n");
     d.signal("SIGUSR2");
     await d.waitForReply("down ready 60% maxconn:300\n");
-    const after = await request(metricsPort, "/metrics?debug=1");
+    // A rendering answers for a second: the change shows in the next one.
+    const after = await waitFor("the change in the metrics", async () => {
+      const scrape = await request(metricsPort, "/metrics?debug=1");
+      return sample(scrape.body, 'hapgent_status{status="DOWN"}') === 1 ? scrape : undefined;
+    });
     assert.equal(sample(after.body, 'hapgent_status{status="UP"}'), 0);
     assert.equal(sample(after.body, 'hapgent_status{status="DOWN"}'), 1);
     assert.equal(sample(after.body, 'hapgent_state_changes_total{cause="signal"}'), 1);
@@ -269,6 +308,39 @@ describe("the daemon's metrics listener", () => {
     const post = await request(metricsPort, "/metrics", "POST");
     assert.equal(post.status, 405);
     assert.equal(post.headers.get("allow"), "GET, HEAD");
+  });
+
+  test("the plain agent never loads prom-client: it runs where prom-client is not installed", {
+    skip: HAPGENT_BINARY !== undefined && "the binary carries prom-client inside",
+  }, async (t) => {
+    // The compiled agent alone, beside a prom-client that cannot be loaded (its main file is
+    // missing), which Node finds before any other installed above the directory.
+    const dir = await tempDir(t);
+    await cp(DIST_SRC, join(dir, "src"), { recursive: true });
+    await writeFile(join(dir, "package.json"), '{"type":"module"}\n');
+    await mkdir(join(dir, "node_modules/prom-client"), { recursive: true });
+    await writeFile(
+      join(dir, "node_modules/prom-client/package.json"),
+      '{"name":"prom-client","main":"gone.js"}\n',
+    );
+    const exec = process.execPath;
+    const argv = [...NODE_FLAGS, join(dir, "src/main.js")];
+    const plain = await startDaemon(t, { exec, args: argv });
+    assert.equal(await plain.probe(), "up ready 100%\n");
+    const metricsPort = await freePort();
+    const withMetrics = await startDaemon(t, {
+      exec,
+      args: argv,
+      ready: false,
+      env: { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` },
+    });
+    // Exit 2, as for invalid configuration: restarting cannot fix it.
+    const exited = await Promise.race([withMetrics.exited, sleep(10_000).then(() => "running")]);
+    assert.deepEqual(exited, { code: 2, signal: null }, withMetrics.stderr());
+    assert.match(
+      withMetrics.stderr(),
+      /error: HAPGENT_METRICS="127\.0\.0\.1:\d+": prom-client, which serves the metrics, is not installed; expected hapgent installed with its dependencies \(npm install\), or HAPGENT_METRICS unset\n$/,
+    );
   });
 
   test("a port in use, or a bad address, stops the start with the variable named", async (t) => {
@@ -296,60 +368,112 @@ describe("the daemon's metrics listener", () => {
     assert.doesNotMatch(inUse.stderr() + bad.stderr(), /\n\s+at /, "no stack trace");
   });
 
+  test("bad requests get their HTTP error; one address holds at most 4 connections", async (t) => {
+    const metricsPort = await freePort();
+    const d = await startDaemon(t, { env: { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` } });
+    const oversized = await fetch(`http://127.0.0.1:${metricsPort}/metrics`, {
+      headers: { "x-junk": "j".repeat(2 * METRICS_LIMITS.maxHeaderBytes) },
+    });
+    assert.equal(oversized.status, 431);
+    const junk = await rawExchange(metricsPort, "\x16\x03\x01 not http at all\r\n\r\n");
+    assert.match(junk, /^HTTP\/1\.1 400 Bad Request\r\n/);
+
+    // Ten from one address: four stay open, the others are closed at once.
+    const held = await Promise.all(
+      Array.from({ length: 10 }, () => openFrom(t, metricsPort, "127.0.0.2")),
+    );
+    await sleep(200);
+    assert.equal(held.filter((s) => !s.destroyed && !s.readableEnded).length, 4);
+    // Another address is served meanwhile.
+    assert.equal((await request(metricsPort)).status, 200);
+    assert.equal(d.child.exitCode, null);
+  });
+
   test("hostile HTTP clients never disturb the agent port, and are cut off by their own limits", async (t) => {
     const metricsPort = await freePort();
     const d = await startDaemon(t, { env: { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` } });
     await request(metricsPort);
-    const held: Socket[] = [];
-    t.after(() => {
-      for (const socket of held) socket.destroy();
-    });
-    const open = () =>
-      new Promise<Socket>((resolve) => {
-        const socket = connect({ host: "127.0.0.1", port: metricsPort });
-        socket.on("error", () => {});
-        socket.once("connect", () => resolve(socket));
-        socket.once("close", () => resolve(socket));
-        held.push(socket);
-      });
-    // Slow clients sending a request line a byte at a time, never finishing their headers, then
-    // idle connections, many more than the listener keeps (those past its limit are closed).
-    const slow = await Promise.all(Array.from({ length: 8 }, open));
+    const sockets = async () =>
+      (
+        await Promise.all(
+          (
+            await readdir(`/proc/${d.pid}/fd`)
+          ).map((fd) => readlink(`/proc/${d.pid}/fd/${fd}`).catch(() => "")),
+        )
+      ).filter((link) => link.startsWith("socket:")).length;
+    const socketsBefore = await sockets();
+    // Slow clients sending their headers a line at a time, never finishing them, from one address,
+    // and idle connections from four more: more than the listener's 16 places.
+    const opened = Date.now();
+    const slow = await Promise.all(
+      Array.from({ length: 4 }, () => openFrom(t, metricsPort, "127.0.0.2")),
+    );
     for (const socket of slow) socket.write("GET /metrics HTTP/1.1\r\nHost: x\r\n");
     const drip = setInterval(() => {
       for (const socket of slow) if (!socket.destroyed) socket.write("X-Slow: y\r\n");
     }, 200);
     t.after(() => clearInterval(drip));
-    const idle = await Promise.all(Array.from({ length: 64 }, open));
-    // Headers far past the limit, and junk that is not HTTP.
-    const oversized = await fetch(`http://127.0.0.1:${metricsPort}/metrics`, {
-      headers: { "x-junk": "j".repeat(4 * METRICS_LIMITS.maxHeaderBytes) },
-    }).catch((err: Error) => err);
-    assert.ok(oversized instanceof Error || oversized.status === 431, String(oversized));
-    const junk = await open();
-    junk.write("\x16\x03\x01 not http at all\r\n\r\n");
+    const idle = await Promise.all(
+      ["127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"].flatMap((address) =>
+        Array.from({ length: 4 }, () => openFrom(t, metricsPort, address)),
+      ),
+    );
 
-    // Meanwhile every probe of the agent port is answered at once.
+    // Meanwhile every probe of the agent port is answered.
     for (let i = 0; i < 50; i++) assert.equal(await d.probe(), "up ready 100%\n");
-    const sockets = (await readdir(`/proc/${d.pid}/fd`)).length;
-    assert.ok(sockets < 64, `the listener holds at most its limit: ${sockets} descriptors`);
+    const held = (await sockets()) - socketsBefore;
+    assert.ok(
+      held <= METRICS_LIMITS.maxConnections,
+      `20 clients, of which the listener holds at most ${METRICS_LIMITS.maxConnections}: ${held}`,
+    );
 
-    // The slow clients are cut off when their request is overdue, not before.
-    const cut = (s: Socket) => s.destroyed || s.readableEnded;
-    const started = Date.now();
-    assert.equal(slow.filter(cut).length, 0, "slow clients are still served while in time");
+    // The slow clients are cut off once their request is overdue, not before.
+    const cut = (socket: Socket) => socket.destroyed || socket.readableEnded;
     await waitFor(
       "slow clients cut off",
       () => (slow.every(cut) ? true : undefined),
-      METRICS_LIMITS.requestTimeoutMs + 5000,
+      METRICS_LIMITS.requestTimeoutMs + 10_000,
     );
-    t.diagnostic(`slow clients cut off after ${Date.now() - started} ms more`);
+    const after = Date.now() - opened;
+    assert.ok(after >= METRICS_LIMITS.requestTimeoutMs - 500, `cut off after ${after} ms`);
+    t.diagnostic(`slow clients cut off ${after} ms after they connected`);
     clearInterval(drip);
     for (const socket of idle) socket.destroy();
-    await sleep(100);
-    const scrape = await request(metricsPort);
-    assert.equal(scrape.status, 200);
+    const scrape = await waitFor("a scrape once the idle clients left", async () => {
+      const answer = await request(metricsPort).catch(() => undefined);
+      return answer?.status === 200 ? answer : undefined;
+    });
     assert.equal(sample(scrape.body, 'hapgent_status{status="UP"}'), 1);
     assert.equal(d.child.exitCode, null);
   });
 });
+
+/** A connection from a loopback address of the test's choice; destroyed after the test. */
+function openFrom(
+  t: { after: (fn: () => void) => void },
+  port: number,
+  localAddress: string,
+): Promise<Socket> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: "127.0.0.1", port, localAddress });
+    t.after(() => socket.destroy());
+    socket.on("error", () => {});
+    socket.on("data", () => {});
+    socket.once("connect", () => resolve(socket));
+    socket.once("close", () => resolve(socket));
+  });
+}
+
+/** Sends `bytes` and returns everything received until the server closes. */
+function rawExchange(port: number, bytes: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: "127.0.0.1", port }, () => socket.write(bytes));
+    let received = "";
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => {
+      received += chunk;
+    });
+    socket.on("error", reject);
+    socket.on("close", () => resolve(received));
+  });
+}

@@ -93,6 +93,19 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   await loaded;
   if (stop.stopping) return;
 
+  // Before the agent port: an agent that cannot serve its metrics never answers a probe, so it
+  // does not come and go while systemd restarts it.
+  if (config.metrics !== undefined) {
+    try {
+      metrics = await serveMetrics(config, commands, ledger, probes, log);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      log.error(describeMetricsListenError(config.metrics, code));
+      // A missing module is not fixed by a restart; a busy port may be.
+      return io.exit(code === "ERR_MODULE_NOT_FOUND" ? EXIT.INVALID_CONFIG : EXIT.CANNOT_LISTEN);
+    }
+    if (stop.stopping) return void metrics.close();
+  }
   let address: string;
   try {
     const bound = await server.listen(config.host, config.port);
@@ -102,17 +115,8 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
         : `${bound.address}:${bound.port}`;
   } catch (err) {
     log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
+    await metrics?.close();
     return io.exit(EXIT.CANNOT_LISTEN);
-  }
-  if (config.metrics !== undefined) {
-    try {
-      metrics = await serveMetrics(config, commands, ledger, probes, log);
-    } catch (err) {
-      log.error(describeMetricsListenError(config.metrics, (err as NodeJS.ErrnoException).code));
-      await server.close();
-      return io.exit(EXIT.CANNOT_LISTEN);
-    }
-    if (stop.stopping) return void metrics.close();
   }
   const handlers = controlHandlers({ commands, ledger, replies, now: Date.now });
   control = await startControl(config.controlSocket, io.uid, handlers, log);
@@ -130,8 +134,8 @@ function agentPort(config: Config, commands: Commands, log: Logger) {
     sendWaitMs: config.sendWaitMs,
   });
   const ledger = createLedger({ now: Date.now });
-  // Probes answered per service, for metrics: as many keys as the files have named services.
-  const probes = new Map<string, number>();
+  // Probes answered per service, only for metrics: as many keys as the files named services.
+  const probes = config.metrics === undefined ? undefined : new Map<string, number>();
   const server = createAgentServer({
     reply: replies.lineFor,
     awaitsName: replies.awaitsName,
@@ -140,7 +144,7 @@ function agentPort(config: Config, commands: Commands, log: Logger) {
     observer: {
       probed: (address, name, reply, atMs, heard) => {
         const service = replies.serviceOf(name);
-        probes.set(service, (probes.get(service) ?? 0) + 1);
+        if (probes !== undefined) probes.set(service, (probes.get(service) ?? 0) + 1);
         ledger.record(peerAddress(address), service, reply as Uint8Array, atMs, heard);
       },
     },
@@ -153,7 +157,7 @@ async function serveMetrics(
   config: Config,
   commands: Commands,
   ledger: Ledger,
-  probes: ReadonlyMap<string, number>,
+  probes: ReadonlyMap<string, number> | undefined,
   log: Logger,
 ): Promise<MetricsServer> {
   const { startMetrics } = await import("./metrics.js");
@@ -162,7 +166,7 @@ async function serveMetrics(
     {
       state: () => commands.state,
       stats: () => commands.stats,
-      probes: () => probes,
+      probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),
     },
     log,

@@ -27,6 +27,8 @@ export interface Poller {
   readonly lastGiven: Uint8Array | undefined;
   readonly lastHeard: Uint8Array | undefined;
   readonly lastHeardMs: number | undefined;
+  /** Seen more than once: a load balancer, not (yet) a one-off client. */
+  readonly established: boolean;
 }
 
 export interface Ledger {
@@ -93,14 +95,30 @@ export function createLedger({
     return Math.min(maxForgetMs, Math.max(minForgetMs, wait));
   };
 
+  // A poller goes after a few of its intervals. An address seen once stays on probation for as
+  // long as any poller may be waited for (or until newer ones push it out), so a load balancer
+  // that polls less often than every 10 s still joins the ledger at its second probe; it is
+  // reported only while it would be kept if it were a poller.
   const sweep = (at: number): void => {
-    for (const map of [pollers, probation]) {
-      for (const [key, entry] of map) {
-        if (at - entry.lastSeenMs <= forgetAfter(entry)) continue;
-        map.delete(key);
-      }
+    for (const [key, entry] of pollers) {
+      if (at - entry.lastSeenMs > forgetAfter(entry)) pollers.delete(key);
+    }
+    for (const [key, entry] of probation) {
+      if (at - entry.lastSeenMs > maxForgetMs) probation.delete(key);
     }
   };
+  const view = (entry: Entry, established: boolean): Poller => ({
+    address: entry.address,
+    service: entry.service,
+    firstSeenMs: entry.firstSeenMs,
+    lastSeenMs: entry.lastSeenMs,
+    intervalMs: median(entry.gaps),
+    probes: entry.probes,
+    lastGiven: entry.lastGiven,
+    lastHeard: entry.lastHeard,
+    lastHeardMs: entry.lastHeardMs,
+    established,
+  });
 
   /** The entry for `key`; a new one starts on probation, and one seen again joins the pollers. */
   const entryFor = (key: string, address: string, service: string, at: number): Entry => {
@@ -155,18 +173,13 @@ export function createLedger({
     },
 
     pollers() {
-      sweep(now());
-      return [...pollers.values(), ...probation.values()].map((entry) => ({
-        address: entry.address,
-        service: entry.service,
-        firstSeenMs: entry.firstSeenMs,
-        lastSeenMs: entry.lastSeenMs,
-        intervalMs: median(entry.gaps),
-        probes: entry.probes,
-        lastGiven: entry.lastGiven,
-        lastHeard: entry.lastHeard,
-        lastHeardMs: entry.lastHeardMs,
-      }));
+      const at = now();
+      sweep(at);
+      const recent = [...probation.values()].filter((e) => at - e.lastSeenMs <= forgetAfter(e));
+      return [
+        ...[...pollers.values()].map((entry) => view(entry, true)),
+        ...recent.map((entry) => view(entry, false)),
+      ];
     },
 
     get size() {

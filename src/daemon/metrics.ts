@@ -5,8 +5,9 @@
  * an agent without them pays nothing; nothing here runs on the probe path (every value is read
  * when Prometheus scrapes).
  *
- * The listener has its own small limits: a slow or hostile HTTP client can at worst delay a
- * scrape, never the agent port.
+ * The listener has its own small limits; a rendering serves every request for a second. A slow
+ * or hostile HTTP client can at worst keep a scraper out (the port is meant for Prometheus
+ * only), never hold up the agent port.
  */
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -34,6 +35,8 @@ export interface MetricsSource {
 export const METRICS_LIMITS = Object.freeze({
   /** Prometheus keeps one connection per scraper; a few scrapers and a curl fit easily. */
   maxConnections: 16,
+  /** From one address: one client cannot take every connection from the others. */
+  maxConnectionsPerAddress: 4,
   /** A request must arrive whole within this (a slow client is cut off). */
   requestTimeoutMs: 5000,
   /** A kept-alive connection with no request for this long is closed. */
@@ -53,8 +56,57 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-/** The registry of every hapgent metric, the process's and Node's. */
-export function createRegistry(client: PromClient, source: MetricsSource): Registry {
+/** What one rendering reads, taken once so that every metric of a scrape agrees. */
+interface Snapshot {
+  readonly state: State;
+  readonly stats: CommandStats;
+  readonly probes: ReadonlyMap<string, number>;
+  /** Load balancers only: an address seen once (a scan, a curl) is not one. */
+  readonly pollers: readonly Poller[];
+}
+
+export interface Metrics {
+  /** The text format, rendered at most once a second; concurrent requests share a rendering. */
+  render(): Promise<string>;
+  readonly contentType: string;
+}
+
+/** How long one rendering answers every request: a flood of scrapes costs one a second. */
+export const RENDER_REUSE_MS = 1000;
+
+/** Every hapgent metric, the process's and Node's, and their rendering. */
+export function createMetrics(client: PromClient, source: MetricsSource): Metrics {
+  let snapshot: Snapshot | undefined;
+  const current = (): Snapshot => {
+    snapshot ??= {
+      state: source.state(),
+      stats: source.stats(),
+      probes: source.probes(),
+      pollers: source.pollers().filter((p) => p.established),
+    };
+    return snapshot;
+  };
+  const registry = createRegistry(client, current);
+  let rendered: { readonly atMs: number; readonly text: Promise<string> } | undefined;
+  return {
+    contentType: registry.contentType,
+    render() {
+      const at = Date.now();
+      if (rendered === undefined || at - rendered.atMs >= RENDER_REUSE_MS || at < rendered.atMs) {
+        snapshot = undefined;
+        const text = registry.metrics();
+        rendered = { atMs: at, text };
+        // A failed rendering is not reused.
+        text.catch(() => {
+          if (rendered?.text === text) rendered = undefined;
+        });
+      }
+      return rendered.text;
+    },
+  };
+}
+
+function createRegistry(client: PromClient, current: () => Snapshot): Registry {
   const registry = new client.Registry();
   const registers = [registry];
   client.collectDefaultMetrics({
@@ -72,7 +124,7 @@ export function createRegistry(client: PromClient, source: MetricsSource): Regis
   });
   /** The instance (no service label), then each service, as HAProxy is given them now. */
   const answered = (): [Record<string, string>, ServiceState][] => {
-    const state = source.state();
+    const { state } = current();
     return [
       [{}, state],
       ...Object.keys(state.services ?? {}).map((name): [Record<string, string>, ServiceState] => [
@@ -120,20 +172,20 @@ export function createRegistry(client: PromClient, source: MetricsSource): Regis
   });
   new client.Gauge({
     name: "hapgent_state_file_valid",
-    help: "1 when the state file, as the agent last read or wrote it, is valid; 0 when it is not (the agent answers MAINT).",
+    help: "1 when the state file, as the agent last read or wrote it, is valid; 0 when it is missing or invalid (reading it made the agent answer MAINT) and no change has been saved over it since.",
     registers,
     collect() {
-      this.set(source.stats().fileValid ? 1 : 0);
+      this.set(current().stats.fileValid ? 1 : 0);
     },
   });
   new client.Counter({
     name: "hapgent_state_changes_total",
-    help: "Changes of the answered state, by cause: signal (SIGUSR1, SIGUSR2), reload (SIGHUP; the file read at start-up is not a change), control (the command line, through the control socket).",
+    help: "Changes of the answered state, by cause: signal (SIGUSR1, SIGUSR2), reload (SIGHUP, which is also how the command line applies a change when it cannot reach the control socket; the file read at start-up is not a change), control (the command line, through the control socket).",
     labelNames: ["cause"],
     registers,
     collect() {
       this.reset();
-      const { changes } = source.stats();
+      const { changes } = current().stats;
       for (const cause of CHANGE_CAUSES) this.inc({ cause }, changes[cause]);
     },
   });
@@ -143,7 +195,7 @@ export function createRegistry(client: PromClient, source: MetricsSource): Regis
     registers,
     collect() {
       this.reset();
-      this.inc(source.stats().saveFailures);
+      this.inc(current().stats.saveFailures);
     },
   });
   new client.Counter({
@@ -155,47 +207,47 @@ export function createRegistry(client: PromClient, source: MetricsSource): Regis
       this.reset();
       // The instance's series is there from the start, so a rate over it is never missing.
       this.inc(0);
-      for (const [service, count] of source.probes()) this.inc(serviceLabel(service), count);
+      for (const [service, count] of current().probes) this.inc(serviceLabel(service), count);
     },
   });
-  loadBalancerMetrics(client, source, registers);
+  loadBalancerMetrics(client, () => current().pollers, registers);
   return registry;
 }
 
 /** From the probe ledger: bounded by it (never one series per client port). */
 function loadBalancerMetrics(
   client: PromClient,
-  source: MetricsSource,
+  pollers: () => readonly Poller[],
   registers: Registry[],
 ): void {
   new client.Gauge({
     name: "hapgent_load_balancers",
-    help: "Load balancers (source addresses) polling the agent now; one that stops polling is forgotten after three of its intervals.",
+    help: "Load balancers (source addresses that probed at least twice) polling the agent now; one that stops polling is forgotten after three of its intervals (at least 10 s, at most 10 min).",
     registers,
     collect() {
-      this.set(new Set(source.pollers().map((p) => p.address)).size);
+      this.set(new Set(pollers().map((p) => p.address)).size);
     },
   });
   new client.Gauge({
     name: "hapgent_load_balancer_last_probe_seconds",
-    help: "When each load balancer polling now last probed, by address and service (Unix time).",
+    help: "When each load balancer polling now last probed, by address and service asked for (Unix time).",
     labelNames: ["address", "service"],
     registers,
     collect() {
       this.reset();
-      for (const p of source.pollers()) {
+      for (const p of pollers()) {
         this.set({ address: p.address, ...serviceLabel(p.service) }, p.lastSeenMs / 1000);
       }
     },
   });
   new client.Gauge({
     name: "hapgent_load_balancer_interval_seconds",
-    help: "How often each load balancer polls, learnt from the gaps between its probes; absent until it has probed twice.",
+    help: "How often each load balancer polls, learnt from the median of the gaps between its last probes.",
     labelNames: ["address", "service"],
     registers,
     collect() {
       this.reset();
-      for (const p of source.pollers()) {
+      for (const p of pollers()) {
         if (p.intervalMs !== undefined) {
           this.set({ address: p.address, ...serviceLabel(p.service) }, p.intervalMs / 1000);
         }
@@ -216,7 +268,7 @@ export async function startMetrics(
   log: Logger,
 ): Promise<MetricsServer> {
   const [client, http] = await Promise.all([import("prom-client"), import("node:http")]);
-  const registry = createRegistry(client, source);
+  const metrics = createMetrics(client, source);
   const server = http.createServer(
     {
       requestTimeout: METRICS_LIMITS.requestTimeoutMs,
@@ -226,9 +278,10 @@ export async function startMetrics(
       // How often Node looks for requests past their timeout (30 s by default).
       connectionsCheckingInterval: 1000,
     },
-    (request, response) => void answer(registry, request, response, log),
+    (request, response) => void answer(metrics, request, response, log),
   );
   server.maxConnections = METRICS_LIMITS.maxConnections;
+  limitPerAddress(server);
   server.setTimeout(METRICS_LIMITS.idleTimeoutMs, (socket) => socket.destroy());
   const bound = await listen(server, address);
   return {
@@ -242,6 +295,22 @@ export async function startMetrics(
         server.closeAllConnections();
       }),
   };
+}
+
+/** Past METRICS_LIMITS.maxConnectionsPerAddress from one address, a new connection is closed. */
+function limitPerAddress(server: Server): void {
+  const open = new Map<string, number>();
+  server.on("connection", (socket) => {
+    const address = socket.remoteAddress ?? "";
+    const count = (open.get(address) ?? 0) + 1;
+    if (count > METRICS_LIMITS.maxConnectionsPerAddress) return void socket.destroy();
+    open.set(address, count);
+    socket.once("close", () => {
+      const left = (open.get(address) ?? 1) - 1;
+      if (left === 0) open.delete(address);
+      else open.set(address, left);
+    });
+  });
 }
 
 function listen(server: Server, { host, port }: MetricsAddress): Promise<AddressInfo> {
@@ -258,7 +327,7 @@ function listen(server: Server, { host, port }: MetricsAddress): Promise<Address
 
 /** GET or HEAD /metrics: the metrics; another path 404, another method 405. */
 async function answer(
-  registry: Registry,
+  metrics: Metrics,
   request: IncomingMessage,
   response: ServerResponse,
   log: Logger,
@@ -273,13 +342,13 @@ async function answer(
   }
   let body: string;
   try {
-    body = await registry.metrics();
+    body = await metrics.render();
   } catch (err) {
     log.warning(`metrics: cannot render: ${(err as Error).message}`);
     return plain(response, 500, "metrics could not be rendered; see the agent's log\n");
   }
   response.writeHead(200, {
-    "content-type": registry.contentType,
+    "content-type": metrics.contentType,
     "content-length": Buffer.byteLength(body),
   });
   response.end(request.method === "HEAD" ? undefined : body);

@@ -39,11 +39,18 @@ describe("the npm package", () => {
     for (const path of paths) {
       assert.match(
         path,
-        /^(package\.json|README\.md|LICENSE|dist\/src\/((core|daemon|cli)\/)?[a-z-]+\.js)$/,
+        /^(package\.json|README\.md|LICENSE|packaging\/prometheus\/hapgent\.rules\.yml|dist\/src\/((core|daemon|cli)\/)?[a-z-]+\.js)$/,
         path,
       );
     }
-    for (const needed of ["package.json", "README.md", "LICENSE", "dist/src/main.js"]) {
+    for (const needed of [
+      "package.json",
+      "README.md",
+      "LICENSE",
+      "dist/src/main.js",
+      "dist/src/daemon/metrics.js",
+      "packaging/prometheus/hapgent.rules.yml",
+    ]) {
       assert.ok(paths.includes(needed), `${needed} in ${paths.join(", ")}`);
     }
   });
