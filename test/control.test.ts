@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { parseRequest } from "../src/control-protocol.js";
 import { createControlServer } from "../src/daemon/control.js";
-import { startDaemon, tempDir, waitFor } from "./helpers.js";
+import { startDaemon, tempDir } from "./helpers.js";
 
 /** Sends raw text on a Unix socket; resolves with every line received until it closes or `ms`. */
 function exchange(path: string, text: string | Buffer, ms = 1000): Promise<string[]> {

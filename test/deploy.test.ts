@@ -28,7 +28,7 @@ async function service(name: string, port: number) {
   const sockets = new Set<Socket>();
   let server: Server | undefined;
   const start = async () => {
-    const s = createServer((req, res) => {
+    const s = createServer((_request, res) => {
       setTimeout(() => res.end(`ok from ${name}\n`), REQUEST_MS);
     });
     s.on("connection", (socket) => {

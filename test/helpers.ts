@@ -495,3 +495,42 @@ export function missing(
   process.stderr.write(`\n*** ${reason}: SKIPPED ***\n\n`);
   return reason;
 }
+
+/**
+ * A load balancer as HAProxy polls: connect to `port` from `address` (a loopback address of its
+ * own), read the line, close, every `everyMs`. `reset` ends each probe with RST instead, so the
+ * agent never counts a reply as heard.
+ */
+export function poller(
+  port: number,
+  address: string,
+  everyMs: number,
+  { reset = false }: { reset?: boolean } = {},
+) {
+  let running = true;
+  let probes = 0;
+  const loop = (async () => {
+    while (running) {
+      await new Promise<void>((resolve) => {
+        const socket = connect({ host: "127.0.0.1", port, localAddress: address });
+        socket.on("data", () => {
+          if (reset) socket.resetAndDestroy();
+        });
+        socket.on("end", () => socket.end());
+        socket.on("close", () => resolve());
+        socket.on("error", () => resolve());
+      });
+      probes++;
+      await new Promise((resolve) => setTimeout(resolve, everyMs));
+    }
+  })();
+  return {
+    get probes() {
+      return probes;
+    },
+    async stop() {
+      running = false;
+      await loop;
+    },
+  };
+}

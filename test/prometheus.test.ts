@@ -6,7 +6,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
-import { connect } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -17,6 +16,7 @@ import {
   execOk,
   freePort,
   missing,
+  poller,
   REPO,
   startDaemon,
   tempDir,
@@ -109,27 +109,6 @@ async function until(port: number, expr: string, value: number): Promise<void> {
   });
 }
 
-/** A load balancer of its own: probes the agent every `everyMs` until stopped. */
-function poll(port: number, everyMs: number): () => Promise<void> {
-  let stopped = false;
-  const loop = (async () => {
-    while (!stopped) {
-      await new Promise<void>((resolve) => {
-        const socket = connect({ host: "127.0.0.1", port });
-        socket.on("error", () => resolve());
-        socket.on("data", () => {});
-        socket.on("end", () => socket.end());
-        socket.on("close", () => resolve());
-      });
-      await sleep(everyMs);
-    }
-  })();
-  return async () => {
-    stopped = true;
-    await loop;
-  };
-}
-
 test("Prometheus scrapes the agent: the series follow signals, HUP and the command line", {
   skip: SKIP,
 }, async (t) => {
@@ -138,8 +117,8 @@ test("Prometheus scrapes the agent: the series follow signals, HUP and the comma
     state: '{"status":"UP","weight":80}',
     env: { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` },
   });
-  const stopPolling = poll(d.port, 200);
-  t.after(stopPolling);
+  const balancer = poller(d.port, "127.0.0.1", 200);
+  t.after(balancer.stop);
   const prometheus = await startPrometheus(t, await tempDir(t), `127.0.0.1:${metricsPort}`);
   const p = prometheus.port;
 
@@ -172,21 +151,13 @@ test("Prometheus scrapes the agent: the series follow signals, HUP and the comma
   assert.ok(probes > 0, `probes counted: ${probes}`);
 
   // The shipped rules load into the real Prometheus, and every one evaluates.
-  const rules = (await (await fetch(`http://127.0.0.1:${p}/api/v1/rules`)).json()) as {
-    data: {
-      groups: { name: string; rules: { name: string; health: string; lastError?: string }[] }[];
-    };
-  };
-  const group = rules.data.groups.find((g) => g.name === "hapgent");
-  assert.ok(group, JSON.stringify(rules));
-  await waitFor(
+  type Rules = { data: { groups: { name: string; rules: { name: string; health: string }[] }[] } };
+  const group = await waitFor(
     "every rule evaluated",
     async () => {
-      const now = (await (
-        await fetch(`http://127.0.0.1:${p}/api/v1/rules`)
-      ).json()) as typeof rules;
-      const all = now.data.groups.flatMap((g) => g.rules);
-      return all.every((r) => r.health === "ok") ? all : undefined;
+      const rules = (await (await fetch(`http://127.0.0.1:${p}/api/v1/rules`)).json()) as Rules;
+      const hapgent = rules.data.groups.find((g) => g.name === "hapgent");
+      return hapgent?.rules.every((r) => r.health === "ok") ? hapgent : undefined;
     },
     10_000,
   );
@@ -306,14 +277,14 @@ test("the shipped alert rules pass promtool check, and fire on series a real age
   };
 
   // In service and polled by one load balancer.
-  const stopPolling = poll(d.port, 100);
-  t.after(stopPolling);
-  await waitFor("the load balancer is in the ledger", async () =>
+  const balancer = poller(d.port, "127.0.0.1", 100);
+  t.after(balancer.stop);
+  const loadBalancers = async () =>
     (await capture(metricsPort))?.get(
       `hapgent_load_balancers{instance="${INSTANCE}",job="hapgent"}`,
-    ) === 1
-      ? true
-      : undefined,
+    );
+  await waitFor("the load balancer is in the ledger", async () =>
+    (await loadBalancers()) === 1 ? true : undefined,
   );
   await hold(10); // minutes 0-9
   // Taken out by a deploy that never puts it back.
@@ -333,15 +304,10 @@ test("the shipped alert rules pass promtool check, and fire on series a real age
   await d.waitForLog(/cannot save state file/);
   await hold(10); // 90-99
   // The load balancer stops polling; the agent forgets it after three intervals (at least 10 s).
-  await stopPolling();
+  await balancer.stop();
   await waitFor(
     "the load balancer forgotten",
-    async () =>
-      (await capture(metricsPort))?.get(
-        `hapgent_load_balancers{instance="${INSTANCE}",job="hapgent"}`,
-      ) === 0
-        ? true
-        : undefined,
+    async () => ((await loadBalancers()) === 0 ? true : undefined),
     20_000,
   );
   await hold(20); // 100-119

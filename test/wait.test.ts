@@ -8,37 +8,7 @@ import { connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/exit.js";
-import { cliFor, collect, spawnHapgent, startDaemon, tempDir, waitFor } from "./helpers.js";
-
-/** A load balancer polling `port` every `everyMs` from `address`; `reset` ends probes with RST. */
-function poller(port: number, address: string, everyMs: number, { reset = false } = {}) {
-  let running = true;
-  let probes = 0;
-  const loop = (async () => {
-    while (running) {
-      await new Promise<void>((resolve) => {
-        const socket = connect({ host: "127.0.0.1", port, localAddress: address });
-        socket.on("data", () => {
-          if (reset) socket.resetAndDestroy();
-        });
-        socket.on("end", () => socket.end());
-        socket.on("close", () => resolve());
-        socket.on("error", () => resolve());
-      });
-      probes++;
-      await new Promise((resolve) => setTimeout(resolve, everyMs));
-    }
-  })();
-  return {
-    get probes() {
-      return probes;
-    },
-    async stop() {
-      running = false;
-      await loop;
-    },
-  };
-}
+import { cliFor, collect, poller, spawnHapgent, startDaemon, tempDir, waitFor } from "./helpers.js";
 
 describe("--wait: every load balancer that polls has heard the change", () => {
   test("each is named as it hears, then the command returns", async (t) => {

@@ -25,7 +25,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { VERSION } from "../../src/version.js";
-import { exec, execOk, freePort, missing, probe, REPO, startDaemon, waitFor } from "../helpers.js";
+import {
+  exec,
+  execOk,
+  freePort,
+  missing,
+  poller,
+  probe,
+  REPO,
+  startDaemon,
+  waitFor,
+} from "../helpers.js";
 
 const SKIP = missing("the binary and Debian package suite", {
   commands: [
@@ -523,7 +533,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         `[Service]\nExecStartPost=/usr/bin/hapgent up --wait\nExecStop=/usr/bin/hapgent drain --wait --idle ${appPort}\n`,
       );
       await insideOk(["systemctl", "daemon-reload"]);
-      const balancer = hostPoller(port, "127.0.0.2", 200);
+      const balancer = poller(port, "127.0.0.2", 200);
       try {
         await waitFor("the load balancer learnt", () => (balancer.probes > 3 ? true : undefined));
         await insideOk(["systemctl", "start", "app"]);
@@ -588,34 +598,6 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     }
   });
 });
-
-/** A load balancer on the host: polls `port` every `everyMs` from `address`, as HAProxy does. */
-function hostPoller(port: number, address: string, everyMs: number) {
-  let running = true;
-  let probes = 0;
-  const loop = (async () => {
-    while (running) {
-      await new Promise<void>((resolve) => {
-        const socket = connect({ host: "127.0.0.1", port, localAddress: address });
-        socket.resume();
-        socket.on("end", () => socket.end());
-        socket.on("close", () => resolve());
-        socket.on("error", () => resolve());
-      });
-      probes++;
-      await new Promise((resolve) => setTimeout(resolve, everyMs));
-    }
-  })();
-  return {
-    get probes() {
-      return probes;
-    },
-    async stop() {
-      running = false;
-      await loop;
-    },
-  };
-}
 
 /**
  * A local attacker on the host: reads /proc/net/tcp (any user may) every few milliseconds and
