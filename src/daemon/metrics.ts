@@ -58,12 +58,17 @@ export interface MetricsServer {
 
 /** What one rendering reads, taken once so that every metric of a scrape agrees. */
 interface Snapshot {
-  readonly state: State;
+  /** The instance (no service label), then each service, as HAProxy is given them now. */
+  readonly answered: readonly (readonly [Labels, ServiceState])[];
   readonly stats: CommandStats;
   readonly probes: ReadonlyMap<string, number>;
   /** Load balancers only: an address seen once (a scan, a curl) is not one. */
   readonly pollers: readonly Poller[];
 }
+
+type Labels = Readonly<Record<string, string>>;
+/** One sample: its labels and its value; an undefined value is left out. */
+type Sample = readonly [Labels, number | undefined];
 
 export interface Metrics {
   /** The text format, rendered at most once a second; concurrent requests share a rendering. */
@@ -78,12 +83,7 @@ export const RENDER_REUSE_MS = 1000;
 export function createMetrics(client: PromClient, source: MetricsSource): Metrics {
   let snapshot: Snapshot | undefined;
   const current = (): Snapshot => {
-    snapshot ??= {
-      state: source.state(),
-      stats: source.stats(),
-      probes: source.probes(),
-      pollers: source.pollers().filter((p) => p.established),
-    };
+    snapshot ??= takeSnapshot(source);
     return snapshot;
   };
   const registry = createRegistry(client, current);
@@ -106,158 +106,159 @@ export function createMetrics(client: PromClient, source: MetricsSource): Metric
   };
 }
 
+function takeSnapshot(source: MetricsSource): Snapshot {
+  const state = source.state();
+  return {
+    answered: [
+      [{}, state],
+      ...Object.keys(state.services ?? {}).map(
+        (name) => [serviceLabel(name), serviceState(state, name)] as const,
+      ),
+    ],
+    stats: source.stats(),
+    probes: source.probes(),
+    pollers: source.pollers().filter((p) => p.established),
+  };
+}
+
+/**
+ * The hapgent metrics: each is computed from the snapshot when Prometheus scrapes, as a list of
+ * samples (label sets with values), so a series that is gone from the state is gone from the
+ * scrape too.
+ */
 function createRegistry(client: PromClient, current: () => Snapshot): Registry {
   const registry = new client.Registry();
-  const registers = [registry];
   client.collectDefaultMetrics({
     register: registry,
     eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS,
   });
-  new client.Gauge({
-    name: "hapgent_build_info",
-    help: "Always 1; the labels say which hapgent runs on which Node.js.",
-    labelNames: ["version", "nodejs"],
-    registers,
-    collect() {
-      this.set({ version: VERSION, nodejs: process.version }, 1);
-    },
-  });
-  /** The instance (no service label), then each service, as HAProxy is given them now. */
-  const answered = (): [Record<string, string>, ServiceState][] => {
-    const { state } = current();
-    return [
-      [{}, state],
-      ...Object.keys(state.services ?? {}).map((name): [Record<string, string>, ServiceState] => [
-        { service: name },
-        serviceState(state, name),
-      ]),
-    ];
+  const metric = (
+    type: "gauge" | "counter",
+    name: string,
+    help: string,
+    labelNames: readonly string[],
+    samples: (now: Snapshot) => Iterable<Sample>,
+  ): void => {
+    const options = { name, help, labelNames, registers: [registry] };
+    // Both start empty at each scrape: a gauge is set, a counter is raised, to the value now.
+    if (type === "gauge") {
+      new client.Gauge({
+        ...options,
+        collect() {
+          this.reset();
+          for (const [labels, value] of samples(current())) {
+            if (value !== undefined) this.set(labels, value);
+          }
+        },
+      });
+    } else {
+      new client.Counter({
+        ...options,
+        collect() {
+          this.reset();
+          for (const [labels, value] of samples(current())) {
+            if (value !== undefined) this.inc(labels, value);
+          }
+        },
+      });
+    }
   };
-  new client.Gauge({
-    name: "hapgent_status",
-    help: "1 for the status the agent answers (the instance's, or a service's with the service label), 0 for the others.",
-    labelNames: ["service", "status"],
-    registers,
-    collect() {
-      this.reset();
-      for (const [labels, state] of answered()) {
-        for (const status of STATUSES)
-          this.set({ ...labels, status }, state.status === status ? 1 : 0);
-      }
-    },
-  });
-  new client.Gauge({
-    name: "hapgent_weight_percent",
-    help: "The weight the agent answers, in percent of the weight in haproxy.cfg (100 when the file sets none).",
-    labelNames: ["service"],
-    registers,
-    collect() {
-      this.reset();
-      for (const [labels, state] of answered()) {
-        this.set(labels, state.weight ?? DEFAULT_WEIGHT_PERCENT);
-      }
-    },
-  });
-  new client.Gauge({
-    name: "hapgent_maxconn",
-    help: "The maxconn the agent answers; absent when the file sets none.",
-    labelNames: ["service"],
-    registers,
-    collect() {
-      this.reset();
-      for (const [labels, state] of answered()) {
-        if (state.maxconn !== undefined) this.set(labels, state.maxconn);
-      }
-    },
-  });
-  new client.Gauge({
-    name: "hapgent_state_file_valid",
-    help: "1 when the state file, as the agent last read or wrote it, is valid; 0 when it is missing or invalid (reading it made the agent answer MAINT) and no change has been saved over it since.",
-    registers,
-    collect() {
-      this.set(current().stats.fileValid ? 1 : 0);
-    },
-  });
-  new client.Counter({
-    name: "hapgent_state_changes_total",
-    help: "Changes of the answered state, by cause: signal (SIGUSR1, SIGUSR2), reload (SIGHUP, which is also how the command line applies a change when it cannot reach the control socket; the file read at start-up is not a change), control (the command line, through the control socket).",
-    labelNames: ["cause"],
-    registers,
-    collect() {
-      this.reset();
-      const { changes } = current().stats;
-      for (const cause of CHANGE_CAUSES) this.inc({ cause }, changes[cause]);
-    },
-  });
-  new client.Counter({
-    name: "hapgent_save_failures_total",
-    help: "Saves of the state file that failed (each is retried).",
-    registers,
-    collect() {
-      this.reset();
-      this.inc(current().stats.saveFailures);
-    },
-  });
-  new client.Counter({
-    name: "hapgent_probes_total",
-    help: "Probes answered, by the service they asked for (no label: the instance); the command line's own probes are not counted.",
-    labelNames: ["service"],
-    registers,
-    collect() {
-      this.reset();
-      // The instance's series is there from the start, so a rate over it is never missing.
-      this.inc(0);
-      for (const [service, count] of current().probes) this.inc(serviceLabel(service), count);
-    },
-  });
-  loadBalancerMetrics(client, () => current().pollers, registers);
+
+  metric(
+    "gauge",
+    "hapgent_build_info",
+    "Always 1; the labels say which hapgent runs on which Node.js.",
+    ["version", "nodejs"],
+    () => [[{ version: VERSION, nodejs: process.version }, 1]],
+  );
+  metric(
+    "gauge",
+    "hapgent_status",
+    "1 for the status the agent answers (the instance's, or a service's with the service label), 0 for the others.",
+    ["service", "status"],
+    (now) =>
+      now.answered.flatMap(([labels, state]) =>
+        STATUSES.map((status): Sample => [{ ...labels, status }, state.status === status ? 1 : 0]),
+      ),
+  );
+  metric(
+    "gauge",
+    "hapgent_weight_percent",
+    "The weight the agent answers, in percent of the weight in haproxy.cfg (100 when the file sets none).",
+    ["service"],
+    (now) =>
+      now.answered.map(([labels, state]) => [labels, state.weight ?? DEFAULT_WEIGHT_PERCENT]),
+  );
+  metric(
+    "gauge",
+    "hapgent_maxconn",
+    "The maxconn the agent answers; absent when the file sets none.",
+    ["service"],
+    (now) => now.answered.map(([labels, state]) => [labels, state.maxconn]),
+  );
+  metric(
+    "gauge",
+    "hapgent_state_file_valid",
+    "1 when the state file, as the agent last read or wrote it, is valid; 0 when it is missing or invalid (reading it made the agent answer MAINT) and no change has been saved over it since.",
+    [],
+    (now) => [[{}, now.stats.fileValid ? 1 : 0]],
+  );
+  metric(
+    "counter",
+    "hapgent_state_changes_total",
+    "Changes of the answered state, by cause: signal (SIGUSR1, SIGUSR2), reload (SIGHUP, which is also how the command line applies a change when it cannot reach the control socket; the file read at start-up is not a change), control (the command line, through the control socket).",
+    ["cause"],
+    (now) => CHANGE_CAUSES.map((cause) => [{ cause }, now.stats.changes[cause]]),
+  );
+  metric(
+    "counter",
+    "hapgent_save_failures_total",
+    "Saves of the state file that failed (each is retried).",
+    [],
+    (now) => [[{}, now.stats.saveFailures]],
+  );
+  // The instance's series is there from the start, so a rate over it is never missing.
+  metric(
+    "counter",
+    "hapgent_probes_total",
+    "Probes answered, by the service they asked for (no label: the instance); the command line's own probes are not counted.",
+    ["service"],
+    (now) => [
+      [{}, now.probes.get("") ?? 0],
+      ...[...now.probes]
+        .filter(([service]) => service !== "")
+        .map(([service, count]): Sample => [serviceLabel(service), count]),
+    ],
+  );
+  // From the probe ledger: bounded by it (never one series per client port).
+  metric(
+    "gauge",
+    "hapgent_load_balancers",
+    "Load balancers (source addresses that probed at least twice) polling the agent now; one that stops polling is forgotten after three of its intervals (at least 10 s, at most 10 min).",
+    [],
+    (now) => [[{}, new Set(now.pollers.map((p) => p.address)).size]],
+  );
+  const byPoller = (value: (p: Poller) => number | undefined) => (now: Snapshot) =>
+    now.pollers.map((p): Sample => [{ address: p.address, ...serviceLabel(p.service) }, value(p)]);
+  metric(
+    "gauge",
+    "hapgent_load_balancer_last_probe_seconds",
+    "When each load balancer polling now last probed, by address and service asked for (Unix time).",
+    ["address", "service"],
+    byPoller((p) => p.lastSeenMs / 1000),
+  );
+  metric(
+    "gauge",
+    "hapgent_load_balancer_interval_seconds",
+    "How often each load balancer polls, learnt from the median of the gaps between its last probes.",
+    ["address", "service"],
+    byPoller((p) => (p.intervalMs === undefined ? undefined : p.intervalMs / 1000)),
+  );
   return registry;
 }
 
-/** From the probe ledger: bounded by it (never one series per client port). */
-function loadBalancerMetrics(
-  client: PromClient,
-  pollers: () => readonly Poller[],
-  registers: Registry[],
-): void {
-  new client.Gauge({
-    name: "hapgent_load_balancers",
-    help: "Load balancers (source addresses that probed at least twice) polling the agent now; one that stops polling is forgotten after three of its intervals (at least 10 s, at most 10 min).",
-    registers,
-    collect() {
-      this.set(new Set(pollers().map((p) => p.address)).size);
-    },
-  });
-  new client.Gauge({
-    name: "hapgent_load_balancer_last_probe_seconds",
-    help: "When each load balancer polling now last probed, by address and service asked for (Unix time).",
-    labelNames: ["address", "service"],
-    registers,
-    collect() {
-      this.reset();
-      for (const p of pollers()) {
-        this.set({ address: p.address, ...serviceLabel(p.service) }, p.lastSeenMs / 1000);
-      }
-    },
-  });
-  new client.Gauge({
-    name: "hapgent_load_balancer_interval_seconds",
-    help: "How often each load balancer polls, learnt from the median of the gaps between its last probes.",
-    labelNames: ["address", "service"],
-    registers,
-    collect() {
-      this.reset();
-      for (const p of pollers()) {
-        if (p.intervalMs !== undefined) {
-          this.set({ address: p.address, ...serviceLabel(p.service) }, p.intervalMs / 1000);
-        }
-      }
-    },
-  });
-}
-
 /** The instance ("") has no service label, as in every hapgent metric. */
-function serviceLabel(service: string): { service?: string } {
+function serviceLabel(service: string): Labels {
   return service === "" ? {} : { service };
 }
 
