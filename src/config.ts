@@ -127,6 +127,11 @@ export function parseConfig(
   };
 }
 
+/** `127.0.0.1:9777`, `[::1]:9777`: an address and port as operators write them. */
+export function formatAddress(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
 /** `192.0.2.1:80` or `[2001:db8::1]:80`; null when it is neither. */
 export function parseListenAddress(text: string): MetricsAddress | null {
   const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):([1-9][0-9]{0,4})$/.exec(text);
@@ -197,7 +202,7 @@ export function describeMetricsListenError(
   address: MetricsAddress,
   code: string | undefined,
 ): string {
-  const variable = `HAPGENT_METRICS=${JSON.stringify(address.host.includes(":") ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`)}`;
+  const variable = `HAPGENT_METRICS=${JSON.stringify(formatAddress(address.host, address.port))}`;
   switch (code) {
     case "EADDRINUSE":
       return `${variable}: the port is already in use; expected a free port for metrics`;

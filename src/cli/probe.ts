@@ -60,8 +60,3 @@ export function ask(
     (err: NodeJS.ErrnoException) => ({ error: err.code ?? err.message }),
   );
 }
-
-/** `127.0.0.1:9777`, `[::1]:9777`. */
-export function formatAddress(host: string, port: number): string {
-  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
-}

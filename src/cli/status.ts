@@ -1,4 +1,6 @@
 /** `hapgent status`: the file's state, what the live agent answers, and whether they agree. */
+
+import { formatAddress } from "../config.js";
 import type { PollerView, StatusReply } from "../control-protocol.js";
 import { reply } from "../core/reply.js";
 import {
@@ -15,7 +17,7 @@ import type { Values } from "./args.js";
 import { request } from "./control.js";
 import { CLI_EXIT } from "./exit.js";
 import type { CliIo } from "./io.js";
-import { type Asked, ask, formatAddress, INSTANCE_PAYLOAD, servicePayload } from "./probe.js";
+import { type Asked, ask, INSTANCE_PAYLOAD, servicePayload } from "./probe.js";
 import { findTarget, type Target } from "./target.js";
 
 interface ServiceView {

@@ -4,12 +4,13 @@
  * having no connection left (--idle PORT).
  */
 import { readFile } from "node:fs/promises";
+import { formatAddress } from "../config.js";
 import type { PollerView, StatusReply } from "../control-protocol.js";
 import { printable } from "../core/state.js";
 import { request } from "./control.js";
 import { CLI_EXIT } from "./exit.js";
 import type { CliIo } from "./io.js";
-import { ask, formatAddress, INSTANCE_PAYLOAD, servicePayload } from "./probe.js";
+import { ask, INSTANCE_PAYLOAD, servicePayload } from "./probe.js";
 import type { Target } from "./target.js";
 
 const POLL_MS = 100;

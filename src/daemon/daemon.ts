@@ -6,6 +6,8 @@ import {
   type Config,
   describeListenError,
   describeMetricsListenError,
+  formatAddress,
+  type MetricsAddress,
   type ProcessContext,
   parseConfig,
 } from "../config.js";
@@ -97,7 +99,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   // does not come and go while systemd restarts it.
   if (config.metrics !== undefined) {
     try {
-      metrics = await serveMetrics(config, commands, ledger, probes, log);
+      metrics = await serveMetrics(config.metrics, commands, ledger, probes, log);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       log.error(describeMetricsListenError(config.metrics, code));
@@ -109,10 +111,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   let address: string;
   try {
     const bound = await server.listen(config.host, config.port);
-    address =
-      bound.family === "IPv6"
-        ? `[${bound.address}]:${bound.port}`
-        : `${bound.address}:${bound.port}`;
+    address = formatAddress(bound.address, bound.port);
   } catch (err) {
     log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
     await metrics?.close();
@@ -154,7 +153,7 @@ function agentPort(config: Config, commands: Commands, log: Logger) {
 
 /** HAPGENT_METRICS: prom-client and its listener are loaded only now. */
 async function serveMetrics(
-  config: Config,
+  address: MetricsAddress,
   commands: Commands,
   ledger: Ledger,
   probes: ReadonlyMap<string, number> | undefined,
@@ -162,7 +161,7 @@ async function serveMetrics(
 ): Promise<MetricsServer> {
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
-    config.metrics as NonNullable<Config["metrics"]>,
+    address,
     {
       state: () => commands.state,
       stats: () => commands.stats,

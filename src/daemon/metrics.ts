@@ -11,7 +11,7 @@
  */
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { MetricsAddress } from "../config.js";
+import { formatAddress, type MetricsAddress } from "../config.js";
 import { DEFAULT_WEIGHT_PERCENT } from "../core/reply.js";
 import { type ServiceState, STATUSES, type State, serviceState } from "../core/state.js";
 import type { Logger } from "../log.js";
@@ -286,10 +286,7 @@ export async function startMetrics(
   server.setTimeout(METRICS_LIMITS.idleTimeoutMs, (socket) => socket.destroy());
   const bound = await listen(server, address);
   return {
-    address:
-      bound.family === "IPv6"
-        ? `[${bound.address}]:${bound.port}`
-        : `${bound.address}:${bound.port}`,
+    address: formatAddress(bound.address, bound.port),
     close: () =>
       new Promise((resolve) => {
         server.close(() => resolve());
