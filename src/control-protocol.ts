@@ -7,7 +7,12 @@ import { isServiceName, isStatus, STATUSES, type State } from "./core/state.js";
 
 export type ControlRequest =
   | { readonly op: "status" }
-  | { readonly op: "change"; readonly change: Change };
+  | {
+      readonly op: "change";
+      readonly change: Change;
+      /** The user the command line runs as, for the audit record (as it says; not checked). */
+      readonly by?: string;
+    };
 
 /** One load balancer polling the agent, as the daemon reports it. */
 export interface PollerView {
@@ -50,7 +55,19 @@ export type RequestResult =
   | { readonly ok: true; readonly request: ControlRequest }
   | { readonly ok: false; readonly reason: string };
 
-const CHANGE_FIELDS = ["op", "status", "service", "weight", "maxconn", "description"];
+const CHANGE_FIELDS = [
+  "op",
+  "status",
+  "service",
+  "weight",
+  "maxconn",
+  "description",
+  "reason",
+  "forMs",
+  "by",
+];
+/** Longer than any user name; the state's rules judge the rest. */
+const MAX_BY_CHARS = 100;
 
 /** Checks one line of a request. Never throws. */
 export function parseRequest(line: string): RequestResult {
@@ -95,6 +112,16 @@ export function parseRequest(line: string): RequestResult {
     }
     fields[field] = given;
   }
+  const { reason, forMs, by } = record;
+  if (reason !== undefined && typeof reason !== "string") {
+    return { ok: false, reason: "reason must be a string" };
+  }
+  if (forMs !== undefined && !(typeof forMs === "number" && Number.isSafeInteger(forMs))) {
+    return { ok: false, reason: "forMs must be a whole number of milliseconds" };
+  }
+  if (by !== undefined && !(typeof by === "string" && by.length <= MAX_BY_CHARS)) {
+    return { ok: false, reason: `by must be a user's name of at most ${MAX_BY_CHARS} characters` };
+  }
   return {
     ok: true,
     request: {
@@ -103,7 +130,10 @@ export function parseRequest(line: string): RequestResult {
         status: record.status,
         ...(record.service === undefined ? {} : { service: record.service as string }),
         ...fields,
+        ...(reason === undefined ? {} : { reason }),
+        ...(forMs === undefined ? {} : { forMs }),
       },
+      ...(by === undefined ? {} : { by }),
     },
   };
 }

@@ -1,7 +1,28 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { applyChange, type Change } from "../src/core/change.js";
-import type { State } from "../src/core/state.js";
+import {
+  applyChange,
+  applySignal,
+  type Change,
+  expire,
+  formatDuration,
+  MAX_FOR_MS,
+  msUntilExpiry,
+  type Origin,
+  parseDuration,
+} from "../src/core/change.js";
+import { parseState, type State, serialiseState } from "../src/core/state.js";
+
+const AT = "2026-11-25T14:02:00.000Z";
+const AT_MS = Date.parse(AT);
+const ORIGIN: Origin = { atMs: AT_MS, via: "cli", by: "alice" };
+/** The record a change by ORIGIN leaves, for the instance or a service. */
+const byAlice = (service?: string) => ({
+  at: AT,
+  via: "cli" as const,
+  by: "alice",
+  ...(service === undefined ? {} : { service }),
+});
 
 const current: State = {
   status: "UP",
@@ -54,7 +75,11 @@ test("applyChange: the next state from the current one and the flags", () => {
     ],
   ];
   for (const [name, from, change, expected] of cases) {
-    assert.deepEqual(applyChange(from, change), { ok: true, state: expected }, name);
+    assert.deepEqual(
+      applyChange(from, change, ORIGIN),
+      { ok: true, state: { ...expected, changed: byAlice(change.service) } },
+      name,
+    );
   }
 });
 
@@ -89,6 +114,34 @@ test("applyChange: what is refused, and why", () => {
       "invalid",
     ],
     [
+      "a reason and a description",
+      current,
+      { status: "DOWN", reason: "deploy", description: "x" },
+      "a reason is the description HAProxy shows: give a reason or a description, not both",
+      "invalid",
+    ],
+    [
+      "a reason HAProxy could not show as written",
+      current,
+      { status: "DOWN", reason: "two\nlines" },
+      "reason must be 1-200 characters of printable text",
+      "invalid",
+    ],
+    [
+      "an expiry of no time",
+      current,
+      { status: "DOWN", forMs: 0 },
+      "a change may expire after 1 ms to a year, got 0 ms",
+      "invalid",
+    ],
+    [
+      "an expiry past a year",
+      current,
+      { status: "DOWN", forMs: MAX_FOR_MS + 1 },
+      "a change may expire after 1 ms to a year",
+      "invalid",
+    ],
+    [
       "a service without a valid instance",
       undefined,
       { status: "UP", service: "web" },
@@ -97,7 +150,7 @@ test("applyChange: what is refused, and why", () => {
     ],
   ];
   for (const [name, from, change, reason, code] of cases) {
-    const result = applyChange(from, change);
+    const result = applyChange(from, change, ORIGIN);
     assert.ok(!result.ok, name);
     assert.equal(result.code, code, name);
     assert.ok(result.reason.startsWith(reason), `${name}: ${result.reason}`);
@@ -110,7 +163,7 @@ test("applyChange: the whole file is checked as the agent will read it", () => {
     status: "UP",
     services: Object.fromEntries(names.map((name) => [name, { status: "UP" as const }])),
   };
-  const more = applyChange(full, { status: "UP", service: "one-too-many" });
+  const more = applyChange(full, { status: "UP", service: "one-too-many" }, ORIGIN);
   assert.deepEqual(more, {
     ok: false,
     code: "invalid",
@@ -123,10 +176,147 @@ test("applyChange: the whole file is checked as the agent will read it", () => {
       names.slice(0, 600).map((name) => [name, { status: "UP" as const, description: long }]),
     ),
   };
-  const larger = applyChange(big, { status: "DOWN" });
+  const larger = applyChange(big, { status: "DOWN" }, ORIGIN);
   assert.deepEqual(larger, {
     ok: false,
     code: "invalid",
     reason: "the state file would be larger than 65536 bytes",
   });
+});
+
+test("applyChange: a user's name the file cannot keep is refused", () => {
+  const result = applyChange(current, { status: "DOWN" }, { ...ORIGIN, by: "eve\u202e" });
+  assert.ok(!result.ok);
+  assert.match(result.reason, /^the state file would be invalid: changed: by must be a user's name/);
+});
+
+test("a reason is the description until the next change; a description stays", () => {
+  const drained = applyChange(current, { status: "DRAIN", reason: "deploy 1.4.2" }, ORIGIN);
+  assert.ok(drained.ok);
+  assert.equal(drained.state.description, "deploy 1.4.2");
+  assert.deepEqual(drained.state.changed, { ...byAlice(), reason: "deploy 1.4.2" });
+
+  const up = applyChange(drained.state, { status: "UP" }, ORIGIN);
+  assert.ok(up.ok);
+  assert.equal(up.state.description, undefined, "the last change's reason goes with it");
+  assert.deepEqual(up.state.changed, byAlice());
+
+  const labelled = applyChange(current, { status: "DRAIN" }, ORIGIN);
+  assert.ok(labelled.ok);
+  assert.equal(labelled.state.description, "canary", "a description set as such stays");
+  const again = applyChange(labelled.state, { status: "UP" }, ORIGIN);
+  assert.ok(again.ok);
+  assert.equal(again.state.description, "canary");
+
+  // A service's reason is its own: the instance's next change leaves it alone, and the reverse.
+  const web = applyChange(current, { status: "DOWN", service: "web", reason: "disk" }, ORIGIN);
+  assert.ok(web.ok);
+  assert.equal(web.state.services?.web?.description, "disk");
+  assert.equal(web.state.description, "canary");
+  const instance = applyChange(web.state, { status: "DOWN" }, ORIGIN);
+  assert.ok(instance.ok);
+  assert.equal(instance.state.services?.web?.description, "disk");
+  assert.equal(instance.state.description, "canary");
+  const webUp = applyChange(web.state, { status: "UP", service: "web" }, ORIGIN);
+  assert.ok(webUp.ok);
+  assert.equal(webUp.state.services?.web?.description, undefined);
+});
+
+test("--for: what returns, and when", () => {
+  const hour = 3_600_000;
+  const at = new Date(AT_MS + hour).toISOString();
+  const instance = applyChange(current, { status: "DRAIN", forMs: hour, reason: "deploy" }, ORIGIN);
+  assert.ok(instance.ok);
+  assert.deepEqual(instance.state.expires, {
+    at,
+    then: { status: "UP", weight: 30, maxconn: 9, description: "canary" },
+  });
+  const web = applyChange(current, { status: "MAINT", service: "web", forMs: hour }, ORIGIN);
+  assert.ok(web.ok);
+  assert.deepEqual(web.state.expires, { at, service: "web", then: { status: "DRAIN", weight: 5 } });
+  const added = applyChange(current, { status: "UP", service: "api", forMs: hour }, ORIGIN);
+  assert.ok(added.ok);
+  assert.deepEqual(added.state.expires, { at, service: "api", then: null }, "a new service goes");
+  const fresh = applyChange(undefined, { status: "UP", forMs: hour }, ORIGIN);
+  assert.ok(fresh.ok);
+  assert.deepEqual(fresh.state.expires, { at, then: { status: "MAINT" } }, "what it answered");
+  // A later change replaces the pending expiry: with none, or with its own.
+  const later = applyChange(instance.state, { status: "DOWN" }, ORIGIN);
+  assert.ok(later.ok);
+  assert.equal(later.state.expires, undefined);
+  const nested = applyChange(instance.state, { status: "MAINT", forMs: 60_000 }, ORIGIN);
+  assert.ok(nested.ok);
+  assert.deepEqual(nested.state.expires?.then, { status: "DRAIN", weight: 30, maxconn: 9, description: "deploy" });
+  // Every state made here is a valid file, and reads back the same.
+  for (const made of [instance, web, added, fresh, nested]) {
+    assert.ok(made.ok);
+    const text = serialiseState(made.state);
+    assert.deepEqual(parseState(new TextEncoder().encode(text)), { ok: true, state: made.state });
+  }
+
+  assert.equal(msUntilExpiry(instance.state, AT_MS), hour);
+  assert.equal(msUntilExpiry(instance.state, AT_MS + 2 * hour), 0);
+  assert.equal(msUntilExpiry(current, AT_MS), undefined);
+  assert.equal(expire(instance.state, AT_MS + hour - 1), undefined, "not yet due");
+  const record = { at, via: "expiry" };
+  assert.deepEqual(expire(instance.state, AT_MS + hour), {
+    status: "UP",
+    weight: 30,
+    maxconn: 9,
+    description: "canary",
+    changed: record,
+    services: current.services,
+  });
+  assert.deepEqual(expire(web.state, AT_MS + hour), {
+    ...current,
+    changed: { ...record, service: "web" },
+  });
+  assert.deepEqual(expire(added.state, AT_MS + hour), {
+    ...current,
+    changed: { ...record, service: "api" },
+  });
+  // Due long ago (the agent was stopped, the clock jumped): applied with the time it is now.
+  const late = expire(instance.state, AT_MS + 50 * hour);
+  assert.equal(late?.changed?.at, new Date(AT_MS + 50 * hour).toISOString());
+  assert.equal(late?.status, "UP");
+});
+
+test("signals keep the fields but the last reason, and end a pending expiry", () => {
+  const drained = applyChange(current, { status: "DRAIN", reason: "deploy", forMs: 60_000 }, ORIGIN);
+  assert.ok(drained.ok);
+  const origin: Origin = { atMs: AT_MS + 1000, via: "signal", signal: "SIGUSR1" };
+  assert.deepEqual(applySignal(drained.state, "UP", origin), {
+    status: "UP",
+    weight: 30,
+    maxconn: 9,
+    changed: { at: "2026-11-25T14:02:01.000Z", via: "signal", signal: "SIGUSR1" },
+    services: current.services,
+  });
+  assert.deepEqual(applySignal(current, "DOWN", origin), {
+    ...current,
+    status: "DOWN",
+    changed: { at: "2026-11-25T14:02:01.000Z", via: "signal", signal: "SIGUSR1" },
+  });
+});
+
+test("durations", () => {
+  const good: [string, number][] = [
+    ["90s", 90_000],
+    ["30m", 1_800_000],
+    ["2h", 7_200_000],
+    ["1d", 86_400_000],
+    ["1h30m", 5_400_000],
+    ["1d2h3m4s", 93_784_000],
+    ["366d", MAX_FOR_MS],
+  ];
+  for (const [text, ms] of good) {
+    assert.equal(parseDuration(text), ms, text);
+    assert.equal(parseDuration(formatDuration(ms)), ms, `${text} round trip`);
+  }
+  for (const bad of ["", "0s", "0m0s", "90", "s", "1.5h", "-5m", "30m1h", "1h 30m", "1H", "367d", "2 h", "1w"]) {
+    assert.equal(parseDuration(bad), undefined, JSON.stringify(bad));
+  }
+  assert.equal(formatDuration(720_000), "12m");
+  assert.equal(formatDuration(499), "0s");
+  assert.equal(formatDuration(3_661_000), "1h1m1s");
 });

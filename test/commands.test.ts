@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type State, type StateResult, serialiseState } from "../src/core/state.js";
+import { type State, type StateResult, serialiseState, withRecords } from "../src/core/state.js";
 import { createCommands, defaultRetryDelayMs } from "../src/daemon/commands.js";
 import { createLogger } from "../src/log.js";
 
@@ -33,10 +33,16 @@ function fakeStore(initial: StateResult, saveMs = 5) {
       await sleep(saveMs);
       saving--;
       if (failSaves) throw new Error("EROFS: read-only file system");
-      saves.push(serialiseState(state).trim());
+      // What is answered; the audit records are checked by the tests made for them.
+      saves.push(serialiseState(answered(state)).trim());
       file = { ok: true, state };
     },
   };
+}
+
+/** The state without its audit record and pending expiry: what probes are answered. */
+function answered(state: State): State {
+  return withRecords(state, undefined, undefined);
 }
 
 async function waitUntil(condition: () => boolean, timeoutMs = 2000): Promise<void> {
@@ -56,9 +62,9 @@ describe("agent", () => {
   test("starts in MAINT until the file is loaded", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 3 } });
     const agent = createCommands({ store, log: capture().log });
-    assert.deepEqual(agent.state, { status: "MAINT" });
+    assert.deepEqual(answered(agent.state), { status: "MAINT" });
     await agent.command("reload", "start-up");
-    assert.deepEqual(agent.state, { status: "UP", weight: 3 });
+    assert.deepEqual(answered(agent.state), { status: "UP", weight: 3 });
     assert.deepEqual(store.saves, [], "loading never writes");
   });
 
@@ -67,9 +73,9 @@ describe("agent", () => {
     const agent = createCommands({ store, log: capture().log });
     await agent.command("reload", "start-up");
     void agent.command("down", "SIGUSR2");
-    assert.deepEqual(agent.state, { status: "DOWN", weight: 3, maxconn: 4 });
+    assert.deepEqual(answered(agent.state), { status: "DOWN", weight: 3, maxconn: 4 });
     void agent.command("up", "SIGUSR1");
-    assert.deepEqual(agent.state, { status: "UP", weight: 3, maxconn: 4 });
+    assert.deepEqual(answered(agent.state), { status: "UP", weight: 3, maxconn: 4 });
     await agent.settled();
     assert.equal(store.saves.at(-1), '{"status":"UP","weight":3,"maxconn":4}');
   });
@@ -86,7 +92,7 @@ describe("agent", () => {
     }
     await agent.settled();
     const want = last === "up" ? '{"status":"UP"}' : '{"status":"DOWN"}';
-    assert.equal(serialiseState(agent.state).trim(), want);
+    assert.equal(serialiseState(answered(agent.state)).trim(), want);
     assert.equal(store.saves.at(-1), want);
     assert.equal(store.overlapped, false);
     assert.ok(store.saves.length < 200, `saves coalesce: ${store.saves.length}`);
@@ -98,7 +104,7 @@ describe("agent", () => {
     await agent.command("reload", "start-up");
     void agent.command("down", "SIGUSR2");
     await agent.command("reload", "SIGHUP");
-    assert.deepEqual(agent.state, { status: "DOWN", weight: 9 });
+    assert.deepEqual(answered(agent.state), { status: "DOWN", weight: 9 });
   });
 
   test("commands behind a reload wait for it and apply after it, in order", async () => {
@@ -107,9 +113,9 @@ describe("agent", () => {
     await agent.command("reload", "start-up");
     void agent.command("reload", "SIGHUP");
     void agent.command("up", "SIGUSR1");
-    assert.deepEqual(agent.state, { status: "DRAIN" }, "up waits behind the reload");
+    assert.deepEqual(answered(agent.state), { status: "DRAIN" }, "up waits behind the reload");
     await agent.settled();
-    assert.deepEqual(agent.state, { status: "UP" });
+    assert.deepEqual(answered(agent.state), { status: "UP" });
     assert.equal(store.saves.at(-1), '{"status":"UP"}');
   });
 
@@ -120,7 +126,7 @@ describe("agent", () => {
     await agent.command("reload", "start-up");
     store.setFile({ ok: false, reason: "weight must be an integer 0-255, got 1.5" });
     await agent.command("reload", "SIGHUP");
-    assert.deepEqual(agent.state, { status: "MAINT" });
+    assert.deepEqual(answered(agent.state), { status: "MAINT" });
     assert.ok(
       lines.includes(
         '<4>SIGHUP: state file /fake/state.json: weight must be an integer 0-255, got 1.5; state {"status":"UP","weight":5,"maxconn":6} -> {"status":"MAINT"}',
@@ -129,7 +135,7 @@ describe("agent", () => {
     );
     await agent.command("up", "SIGUSR1");
     await agent.settled();
-    assert.deepEqual(agent.state, { status: "UP" });
+    assert.deepEqual(answered(agent.state), { status: "UP" });
     assert.equal(store.saves.at(-1), '{"status":"UP"}');
   });
 
@@ -141,7 +147,7 @@ describe("agent", () => {
     store.failSaves(true);
     await agent.command("down", "SIGUSR2");
     await agent.settled();
-    assert.deepEqual(agent.state, { status: "DOWN" });
+    assert.deepEqual(answered(agent.state), { status: "DOWN" });
     assert.ok(
       lines.includes(
         '<3>cannot save state file /fake/state.json: EROFS: read-only file system; still answering {"status":"DOWN"}; trying again in 1 s',
@@ -204,7 +210,7 @@ describe("agent", () => {
     await agent.settled();
     store.failSaves(false);
     await agent.command("reload", "SIGHUP");
-    assert.deepEqual(agent.state, { status: "UP", weight: 5 });
+    assert.deepEqual(answered(agent.state), { status: "UP", weight: 5 });
     await sleep(80);
     assert.deepEqual(store.saves, [], "the abandoned state is not written later");
     assert.ok(
@@ -238,15 +244,15 @@ describe("agent", () => {
   test("every change is logged with its cause, old and new", async () => {
     const store = fakeStore({ ok: true, state: { status: "READY" } });
     const { log, lines } = capture();
-    const agent = createCommands({ store, log });
+    const agent = createCommands({ store, log, now: () => Date.parse("2026-11-25T14:02:00.000Z") });
     await agent.command("reload", "start-up");
     await agent.command("down", "SIGUSR2");
     await agent.command("down", "SIGUSR2");
     await agent.settled();
     assert.deepEqual(lines, [
       '<5>start-up: loaded state file /fake/state.json: {"status":"READY"}',
-      '<5>SIGUSR2: state {"status":"READY"} -> {"status":"DOWN"}',
-      '<5>SIGUSR2: state {"status":"DOWN"} (unchanged)',
+      '<5>SIGUSR2: state {"status":"READY"} -> {"status":"DOWN","changed":{"at":"2026-11-25T14:02:00.000Z","via":"signal","signal":"SIGUSR2"}}',
+      '<5>SIGUSR2: state {"status":"DOWN","changed":{"at":"2026-11-25T14:02:00.000Z","via":"signal","signal":"SIGUSR2"}} (unchanged)',
     ]);
   });
 
@@ -258,7 +264,7 @@ describe("agent", () => {
     await agent.settled();
     // The file read at start-up is not a change.
     assert.deepEqual(stats(), {
-      changes: { signal: 0, reload: 0, control: 0 },
+      changes: { signal: 0, reload: 0, control: 0, expiry: 0 },
       fileValid: true,
       saveFailures: 0,
     });
@@ -269,12 +275,12 @@ describe("agent", () => {
     assert.ok(changed.ok);
     await agent.change({ status: "DRAIN" }, "control");
     await agent.settled();
-    assert.deepEqual(stats().changes, { signal: 2, reload: 0, control: 1 });
+    assert.deepEqual(stats().changes, { signal: 2, reload: 0, control: 1, expiry: 0 });
 
     store.setFile({ ok: false, reason: "not JSON" });
     await agent.command("reload", "SIGHUP");
     assert.deepEqual(stats(), {
-      changes: { signal: 2, reload: 1, control: 1 },
+      changes: { signal: 2, reload: 1, control: 1, expiry: 0 },
       fileValid: false,
       saveFailures: 0,
     });
@@ -289,9 +295,119 @@ describe("agent", () => {
     await agent.command("down", "SIGUSR2");
     await agent.settled();
     assert.deepEqual(stats(), {
-      changes: { signal: 4, reload: 1, control: 1 },
+      changes: { signal: 4, reload: 1, control: 1, expiry: 0 },
       fileValid: true,
       saveFailures: 1,
     });
+  });
+});
+
+describe("reasons and expiring changes", () => {
+  test("a change --for returns the state from before by itself, saved and logged", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP", weight: 40 } });
+    const { log, lines } = capture();
+    const agent = createCommands({ store, log });
+    await agent.command("reload", "start-up");
+    const drained = await agent.change(
+      { status: "DRAIN", reason: "deploy 1.4.2", forMs: 150 },
+      "control",
+      "alice",
+    );
+    assert.ok(drained.ok);
+    assert.equal(agent.state.status, "DRAIN");
+    assert.equal(agent.state.changed?.by, "alice");
+    assert.equal(agent.state.changed?.reason, "deploy 1.4.2");
+    assert.equal(store.saves.at(-1), '{"status":"DRAIN","weight":40,"description":"deploy 1.4.2"}');
+    await waitUntil(() => agent.state.status === "UP");
+    await agent.settled();
+    assert.deepEqual(answered(agent.state), { status: "UP", weight: 40 });
+    assert.equal(agent.state.changed?.via, "expiry");
+    assert.equal(agent.state.expires, undefined);
+    assert.equal(store.saves.at(-1), '{"status":"UP","weight":40}');
+    assert.equal(agent.stats.changes.expiry, 1);
+    assert.ok(
+      lines.some((line) =>
+        /^<5>expiry: the change expired \(due \S+Z\): state \{"status":"DRAIN","weight":40,"description":"deploy 1\.4\.2"\} -> \{"status":"UP","weight":40,"changed":\{"at":"\S+","via":"expiry"\}\}$/.test(
+          line,
+        ),
+      ),
+      lines.join("\n"),
+    );
+  });
+
+  test("a later change cancels a pending expiry", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP" } });
+    const agent = createCommands({ store, log: capture().log });
+    await agent.command("reload", "start-up");
+    await agent.change({ status: "MAINT", forMs: 100 }, "control");
+    await agent.command("down", "SIGUSR2");
+    await sleep(300);
+    await agent.settled();
+    assert.deepEqual(answered(agent.state), { status: "DOWN" });
+    assert.equal(agent.state.expires, undefined);
+    // And a later change through the socket, with an expiry of its own.
+    await agent.change({ status: "MAINT", forMs: 100 }, "control");
+    await agent.change({ status: "DRAIN", forMs: 60_000 }, "control");
+    await sleep(300);
+    assert.equal(agent.state.status, "DRAIN", "the first expiry was replaced");
+    assert.equal((agent.state as State).expires?.then?.status, "MAINT");
+  });
+
+  test("a deadline that passed while the agent was stopped is applied at start-up", async () => {
+    const file: State = {
+      status: "MAINT",
+      changed: { at: "2026-11-25T14:02:00.000Z", via: "cli", by: "alice" },
+      expires: { at: "2026-11-25T14:32:00.000Z", then: { status: "UP", weight: 70 } },
+    };
+    const store = fakeStore({ ok: true, state: file });
+    const { log, lines } = capture();
+    const now = () => Date.parse("2026-11-25T18:00:00.000Z");
+    const agent = createCommands({ store, log, now });
+    await agent.command("reload", "start-up");
+    assert.deepEqual(answered(agent.state), { status: "UP", weight: 70 }, "before any probe");
+    await agent.settled();
+    assert.equal(store.saves.at(-1), '{"status":"UP","weight":70}');
+    assert.deepEqual(agent.state.changed, { at: "2026-11-25T18:00:00.000Z", via: "expiry" });
+    assert.ok(
+      lines.some((line) => line.startsWith("<5>start-up: the change expired (due 2026-11-25T14:32:00.000Z)")),
+      lines.join("\n"),
+    );
+  });
+
+  test("a wall clock set forward brings the expiry on time, not a timer's delay late", async () => {
+    let clock = Date.parse("2026-11-25T14:02:00.000Z");
+    const store = fakeStore({ ok: true, state: { status: "UP" } });
+    const agent = createCommands({ store, log: capture().log, now: () => clock, expiryCheckMs: 50 });
+    await agent.command("reload", "start-up");
+    await agent.change({ status: "DRAIN", forMs: 3_600_000 }, "control");
+    await sleep(200);
+    assert.equal(agent.state.status, "DRAIN");
+    clock += 3_600_000;
+    await waitUntil(() => agent.state.status === "UP");
+    // Set back, a deadline is further away: nothing returns early.
+    await agent.change({ status: "DRAIN", forMs: 60_000 }, "control");
+    clock -= 3_600_000;
+    await sleep(200);
+    assert.equal(agent.state.status, "DRAIN");
+  });
+
+  test("a file edited by hand and read again is recorded as a reload, and saved with the next change", async () => {
+    const store = fakeStore({ ok: true, state: { status: "UP" } });
+    const now = () => Date.parse("2026-11-25T15:00:00.000Z");
+    const agent = createCommands({ store, log: capture().log, now });
+    await agent.command("reload", "start-up");
+    assert.equal(agent.state.changed, undefined, "the file read at start-up is not a change");
+    store.setFile({ ok: true, state: { status: "DRAIN" } });
+    await agent.command("reload", "SIGHUP");
+    assert.deepEqual(agent.state.changed, { at: "2026-11-25T15:00:00.000Z", via: "reload" });
+    // A file that brings its own record (the command line wrote it) keeps it.
+    const written: State = {
+      status: "MAINT",
+      changed: { at: "2026-11-25T14:59:00.000Z", via: "cli", by: "bob", reason: "disk" },
+      description: "disk",
+    };
+    store.setFile({ ok: true, state: written });
+    await agent.command("reload", "SIGHUP");
+    assert.deepEqual(agent.state.changed, written.changed);
   });
 });

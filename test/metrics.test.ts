@@ -30,7 +30,7 @@ import {
 
 function source(state: State, overrides: Partial<MetricsSource> = {}): MetricsSource {
   const stats: CommandStats = {
-    changes: { signal: 3, reload: 1, control: 2 },
+    changes: { signal: 3, reload: 1, control: 2, expiry: 5 },
     fileValid: true,
     saveFailures: 0,
   };
@@ -88,6 +88,7 @@ describe("the metrics registry", () => {
         'hapgent_state_changes_total{cause="signal"} 3',
         'hapgent_state_changes_total{cause="reload"} 1',
         'hapgent_state_changes_total{cause="control"} 2',
+        'hapgent_state_changes_total{cause="expiry"} 5',
         "hapgent_save_failures_total 0",
         "hapgent_probes_total 0",
         "hapgent_load_balancers 0",
@@ -157,7 +158,7 @@ describe("the metrics registry", () => {
         { status: "MAINT" },
         {
           stats: () => ({
-            changes: { signal: 0, reload: 0, control: 0 },
+            changes: { signal: 0, reload: 0, control: 0, expiry: 0 },
             fileValid: false,
             saveFailures: 4,
           }),

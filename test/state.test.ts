@@ -469,3 +469,105 @@ describe("services", () => {
     assert.equal(formatState(short), '{"status":"UP","services":{"a":{"status":"UP"}}}');
   });
 });
+
+describe("the audit record and the pending expiry", () => {
+  const full =
+    '{"status":"DRAIN","description":"deploy 1.4.2","changed":{"at":"2026-11-25T14:02:00.000Z","via":"cli","by":"alice","reason":"deploy 1.4.2"},"expires":{"at":"2026-11-25T14:32:00.000Z","then":{"status":"UP"}},"services":{"web":{"status":"UP"}}}\n';
+  test("a file with both reads back as written, in the agent's order", () => {
+    const result = parseState(bytes(full));
+    assert.ok(result.ok);
+    assert.equal(serialiseState(result.state), full);
+    // Any order in, the fixed order out.
+    const shuffled = JSON.stringify({
+      expires: { then: { status: "UP" }, at: "2026-11-25T14:32:00.000Z" },
+      services: { web: { status: "UP" } },
+      changed: { reason: "deploy 1.4.2", by: "alice", via: "cli", at: "2026-11-25T14:02:00.000Z" },
+      description: "deploy 1.4.2",
+      status: "DRAIN",
+    });
+    const again = parseState(bytes(shuffled));
+    assert.ok(again.ok);
+    assert.equal(serialiseState(again.state), full);
+  });
+  test("records survive the changes that keep them", () => {
+    const result = parseState(bytes(full));
+    assert.ok(result.ok);
+    const web = withService(result.state, "web", { status: "DOWN" });
+    assert.deepEqual(web.changed, result.state.changed);
+    assert.deepEqual(web.expires, result.state.expires);
+    assert.deepEqual(withStatus(result.state, "UP").changed, result.state.changed);
+  });
+  const good = [
+    '{"status":"UP","changed":{"at":"2026-11-25T14:02:00Z","via":"signal","signal":"SIGUSR1"}}',
+    '{"status":"UP","changed":{"at":"2026-11-25T14:02:00.5Z","via":"reload"}}',
+    '{"status":"UP","changed":{"at":"2026-11-25T14:02:00.000Z","via":"expiry","service":"web"}}',
+    '{"status":"UP","expires":{"at":"2026-11-25T14:02:00.000Z","service":"web","then":null}}',
+    '{"status":"UP","expires":{"at":"2030-01-01T00:00:00.000Z","then":{"status":"MAINT","weight":3,"maxconn":2,"description":"x"}}}',
+  ];
+  for (const text of good) {
+    test(`accepts ${text}`, () => assert.ok(parseState(bytes(text)).ok));
+  }
+  const bad: [string, string][] = [
+    [
+      '{"status":"UP","changed":{"at":"2026-11-25 14:02","via":"cli"}}',
+      'changed: at must be a UTC time such as "2026-11-25T14:02:00.000Z", got "2026-11-25 14:02"',
+    ],
+    [
+      '{"status":"UP","changed":{"at":"2026-02-30T14:02:00Z","via":"cli"}}',
+      "changed: at must be a UTC time",
+    ],
+    [
+      '{"status":"UP","changed":{"at":"2026-11-25T14:02:00+01:00","via":"cli"}}',
+      "changed: at must be a UTC time",
+    ],
+    [
+      '{"status":"UP","changed":{"at":"2026-11-25T14:02:00Z","via":"ssh"}}',
+      'changed: via must be one of signal, reload, cli, expiry, got "ssh"',
+    ],
+    ['{"status":"UP","changed":{"via":"cli"}}', "changed: at must be a UTC time"],
+    ['{"status":"UP","changed":"yesterday"}', "changed: must be a JSON object"],
+    [
+      '{"status":"UP","changed":{"at":"2026-11-25T14:02:00Z","via":"cli","who":"x"}}',
+      'changed: unknown field "who"; expected only at, via, signal, by, service, reason',
+    ],
+    [
+      '{"status":"UP","changed":{"at":"2026-11-25T14:02:00Z","via":"cli","reason":" x"}}',
+      "changed: reason must be a description",
+    ],
+    [
+      '{"status":"UP","changed":{"at":"2026-11-25T14:02:00Z","via":"signal","signal":"USR1"}}',
+      "changed: signal must be a signal's name",
+    ],
+    [
+      '{"status":"UP","expires":{"at":"in 30 minutes","then":{"status":"UP"}}}',
+      'expires: at must be a UTC time such as "2026-11-25T14:32:00.000Z", got "in 30 minutes"',
+    ],
+    [
+      '{"status":"UP","expires":{"at":1764079920000,"then":{"status":"UP"}}}',
+      "expires: at must be a UTC time",
+    ],
+    [
+      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z"}}',
+      "expires: then (the state that returns) is required",
+    ],
+    [
+      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z","then":null}}',
+      "expires: then may be null (the service goes) only with a service",
+    ],
+    [
+      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z","then":{"status":"up"}}}',
+      "expires: then: status must be one of",
+    ],
+    [
+      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z","then":{"status":"UP","services":{}}}}',
+      'expires: then: unknown field "services"',
+    ],
+  ];
+  for (const [text, reason] of bad) {
+    test(`refuses ${text}`, () => {
+      const result = parseState(bytes(text));
+      assert.ok(!result.ok);
+      assert.ok(result.reason.startsWith(reason), result.reason);
+    });
+  }
+});

@@ -10,6 +10,7 @@ import { formatState, isInService, type State } from "../core/state.js";
 import { createLogger } from "../log.js";
 import { createStateStore } from "../store.js";
 import { ControlError, request } from "./control.js";
+import { userName } from "./user.js";
 import { stillRunning } from "./daemons.js";
 import { CLI_EXIT } from "./exit.js";
 import type { CliIo } from "./io.js";
@@ -43,7 +44,11 @@ export async function apply(
     return { code: CLI_EXIT.SEVERAL_AGENTS };
   }
   if (daemon !== undefined && target.socket.path !== undefined) {
-    const reply = await request(target.socket.path, { op: "change", change }, timeoutS * 1000).then(
+    const reply = await request(
+      target.socket.path,
+      { op: "change", change, by: userName() },
+      timeoutS * 1000,
+    ).then(
       (value) => value as ChangeReply,
       (err: ControlError) => err,
     );
@@ -86,7 +91,8 @@ async function viaFile(io: CliIo, target: Target, change: Change): Promise<Appli
   // The store logs only the in-place save's warning, which the operator should see.
   const store = createStateStore(path, createLogger({ write: io.err, journal: false }));
   const current = await store.load();
-  const next = applyChange(current.ok ? current.state : undefined, change);
+  const origin = { atMs: Date.now(), via: "cli", by: userName() } as const;
+  const next = applyChange(current.ok ? current.state : undefined, change, origin);
   if (!next.ok) {
     io.err(`hapgent: ${path}: ${next.reason}; nothing was written\n`);
     return { code: next.code === "no-instance" ? CLI_EXIT.INVALID_FILE : CLI_EXIT.USAGE };

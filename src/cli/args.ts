@@ -11,6 +11,8 @@ export const OPTIONS = {
   "no-maxconn": { type: "boolean" },
   description: { type: "string" },
   "no-description": { type: "boolean" },
+  reason: { type: "string" },
+  for: { type: "string" },
   service: { type: "string" },
   timeout: { type: "string" },
   "no-wait": { type: "boolean" },
@@ -63,6 +65,11 @@ export function parseOptions(
     if (parsed.values[field] !== undefined && parsed.values[`no-${field}`]) {
       throw usage(`--${field} and --no-${field} contradict each other`);
     }
+  }
+  if (parsed.values.reason !== undefined && (parsed.values.description !== undefined || parsed.values["no-description"])) {
+    throw usage(
+      "--reason sets the description HAProxy shows; give --reason or --description (--no-description), not both",
+    );
   }
   return parsed;
 }

@@ -32,6 +32,8 @@ const CHANGE_OPTIONS: readonly Option[] = [
   "no-maxconn",
   "description",
   "no-description",
+  "reason",
+  "for",
   "timeout",
   "no-wait",
   "no-confirm",

@@ -3,9 +3,16 @@
  * or by saving the file and signalling), confirm with a probe, and optionally wait until every
  * load balancer heard it (--wait) and the service's port is idle (--idle PORT).
  */
-import type { Change, FieldChange } from "../core/change.js";
+import { type Change, type FieldChange, parseDuration } from "../core/change.js";
 import { reply } from "../core/reply.js";
-import { isServiceName, MAX_SERVICE_NAME_CHARS, type Status, serviceState } from "../core/state.js";
+import {
+  isDescription,
+  isServiceName,
+  MAX_DESCRIPTION_CHARS,
+  MAX_SERVICE_NAME_CHARS,
+  type Status,
+  serviceState,
+} from "../core/state.js";
 import { apply } from "./apply.js";
 import type { Values } from "./args.js";
 import { CLI_EXIT, usage } from "./exit.js";
@@ -84,11 +91,26 @@ function changeOf(values: Values, status: Status): Change {
     // Numbers as numbers so the state rules judge them; anything else stays text and is refused.
     return /^-?[0-9]+(\.[0-9]+)?$/.test(given) ? Number(given) : given;
   };
+  const reason = values.reason;
+  if (reason !== undefined && !isDescription(reason)) {
+    throw usage(
+      `--reason is the description HAProxy shows: 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, not beginning or ending with a space, got ${JSON.stringify(reason)}`,
+    );
+  }
+  const forText = values.for;
+  const forMs = forText === undefined ? undefined : parseDuration(forText);
+  if (forText !== undefined && forMs === undefined) {
+    throw usage(
+      `--for must be a duration above zero and at most a year, such as 90s, 30m, 2h, 1d or 1h30m, got ${JSON.stringify(forText)}`,
+    );
+  }
   return {
     status,
     service,
     weight: field("weight"),
     maxconn: field("maxconn"),
     description: field("description"),
+    reason,
+    forMs,
   };
 }

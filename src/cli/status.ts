@@ -18,6 +18,7 @@ import { request } from "./control.js";
 import { CLI_EXIT } from "./exit.js";
 import type { CliIo } from "./io.js";
 import { type Asked, ask, INSTANCE_PAYLOAD, servicePayload } from "./probe.js";
+import { describeHistory } from "./history.js";
 import { findTarget, type Target } from "./target.js";
 
 interface ServiceView {
@@ -29,8 +30,12 @@ interface ServiceView {
 
 export async function status(io: CliIo, values: Values): Promise<number> {
   const target = await findTarget(io, values);
-  const pollers = await pollersOf(target);
+  const daemon = await daemonStatus(target);
+  const pollers = daemon?.pollers;
   const file = await createStateStore(target.config.stateFile, silentLogger).load();
+  // The daemon's own state carries a record the file may not have yet (a hand edit read again).
+  const recorded = daemon?.state ?? (file.ok ? file.state : undefined);
+  const history = recorded === undefined ? undefined : describeHistory(recorded, Date.now());
   const expected = reply(file.ok ? file.state : FALLBACK_STATE);
   const live = await ask(target.probeHost, target.probePort, INSTANCE_PAYLOAD);
   const services = file.ok ? await askServices(target, file.state, live) : [];
@@ -46,7 +51,7 @@ export async function status(io: CliIo, values: Values): Promise<number> {
       : agree
         ? CLI_EXIT.OK
         : CLI_EXIT.NOT_CONFIRMED;
-  const view = { target, file, expected, live, services, agree, pollers };
+  const view = { target, file, expected, live, services, agree, pollers, history, recorded };
   io.out(values.json ? `${JSON.stringify(asJson(view))}\n` : asText(view));
   return code;
 }
@@ -65,10 +70,10 @@ async function askServices(target: Target, state: State, live: Asked): Promise<S
 }
 
 /** The load balancers polling, from the daemon's control socket; undefined without one. */
-async function pollersOf(target: Target): Promise<readonly PollerView[] | undefined> {
+async function daemonStatus(target: Target): Promise<StatusReply | undefined> {
   if (target.socket.path === undefined) return undefined;
   const reply = await request(target.socket.path, { op: "status" }, 2000).catch(() => undefined);
-  return (reply as StatusReply | undefined)?.pollers;
+  return reply as StatusReply | undefined;
 }
 
 interface View {
@@ -79,12 +84,17 @@ interface View {
   readonly live: Asked;
   readonly services: readonly ServiceView[];
   readonly agree: boolean;
+  readonly history: string | undefined;
+  readonly recorded: State | undefined;
 }
 
-function asJson({ target, file, expected, live, services, agree, pollers }: View) {
+function asJson({ target, file, expected, live, services, agree, pollers, history, recorded }: View) {
   return {
     stateFile: target.config.stateFile,
     file: file.ok ? { valid: true, state: file.state } : { valid: false, reason: file.reason },
+    changed: recorded?.changed ?? null,
+    expires: recorded?.expires ?? null,
+    history: history ?? null,
     expectedReply: expected.trimEnd(),
     agents: target.agents,
     address: formatAddress(target.probeHost, target.probePort),
@@ -103,10 +113,11 @@ function asJson({ target, file, expected, live, services, agree, pollers }: View
   };
 }
 
-function asText({ target, file, expected, live, services, agree, pollers }: View): string {
+function asText({ target, file, expected, live, services, agree, pollers, history }: View): string {
   const address = formatAddress(target.probeHost, target.probePort);
   const lines = [
     `state file  ${target.config.stateFile}: ${file.ok ? formatState(file.state) : `INVALID: ${file.reason}`}`,
+    ...(history === undefined ? [] : [`changed     ${history}`]),
     `expected    ${expected.trimEnd()}${file.ok ? "" : " (the agent falls back to MAINT on HUP or start)"}`,
     `agent       ${agentsText(target.agents)} at ${address}: ${answered(live)}`,
     ...services.map(

@@ -1,15 +1,27 @@
 /**
  * A change an operator asks for (`hapgent set DRAIN --weight 50`, `hapgent up --service web`)
- * applied to the state in the file: the next state, or why there is none. Pure.
+ * applied to the state in the file: the next state, or why there is none. Every change leaves an
+ * audit record (when, how, who, why) in the state, and may carry an expiry: the state from before
+ * it returns by itself. Signals and expiries are changes too. Pure.
  */
 import {
+  type Changed,
+  type Expiry,
+  FALLBACK_STATE,
   hasService,
+  isDescription,
+  MAX_DESCRIPTION_CHARS,
   MAX_STATE_FILE_BYTES,
+  makeState,
   type ServiceState,
   type State,
   type Status,
   serialiseState,
   validateState,
+  type Via,
+  withFields,
+  withoutService,
+  withRecords,
   withService,
 } from "./state.js";
 
@@ -23,7 +35,22 @@ export interface Change {
   readonly weight?: FieldChange | undefined;
   readonly maxconn?: FieldChange | undefined;
   readonly description?: FieldChange | undefined;
+  /** Why: recorded with the change, and the description HAProxy shows until the next change. */
+  readonly reason?: string | undefined;
+  /** The change expires after this long, and the state from before it returns. */
+  readonly forMs?: number | undefined;
 }
+
+/** Where a change comes from, for its audit record. */
+export interface Origin {
+  readonly atMs: number;
+  readonly via: Via;
+  readonly signal?: string | undefined;
+  readonly by?: string | undefined;
+}
+
+/** A change may expire after a year at most; a longer one is not temporary. */
+export const MAX_FOR_MS = 366 * 24 * 3600 * 1000;
 
 export type ChangeResult =
   | { readonly ok: true; readonly state: State }
@@ -39,10 +66,17 @@ const CHANGED_FIELDS = ["weight", "maxconn", "description"] as const;
 /**
  * The state after `change`, checked by the file's own rules, as the agent will read it.
  * `current` is the file's valid state, or undefined when it is missing or invalid (a change of
- * the instance then starts afresh).
+ * the instance then starts afresh, and what the agent answered then, MAINT, is what an expiry
+ * brings back). A pending expiry is replaced: by this change's, or by none.
  */
-export function applyChange(current: State | undefined, change: Change): ChangeResult {
-  const { service } = change;
+export function applyChange(
+  current: State | undefined,
+  change: Change,
+  origin: Origin,
+): ChangeResult {
+  const { service, reason, forMs } = change;
+  const refused = refuseReasonAndDuration(change);
+  if (refused !== undefined) return { ok: false, code: "invalid", reason: refused };
   if (service !== undefined && current === undefined) {
     return {
       ok: false,
@@ -59,10 +93,13 @@ export function applyChange(current: State | undefined, change: Change): ChangeR
           ? (current.services?.[service] ?? {})
           : {};
   const candidate: Record<string, unknown> = { status: change.status };
+  // The last change's reason is not this one's: it goes unless this change keeps it on purpose.
+  const stale = lastReason(current, service);
   for (const field of CHANGED_FIELDS) {
-    const given = change[field];
+    const given = field === "description" && reason !== undefined ? reason : change[field];
     if (given === null) continue;
-    const value = given === undefined ? base[field] : given;
+    const kept = field === "description" && base[field] === stale ? undefined : base[field];
+    const value = given === undefined ? kept : given;
     if (value !== undefined) candidate[field] = value;
   }
   const validated = validateState(candidate);
@@ -70,12 +107,18 @@ export function applyChange(current: State | undefined, change: Change): ChangeR
     const where = service === undefined ? "" : `services[${JSON.stringify(service)}]: `;
     return { ok: false, code: "invalid", reason: `${where}${validated.reason}` };
   }
-  const next =
+  const changed = record(origin, service, reason);
+  const expires =
+    forMs === undefined ? undefined : expiry(origin.atMs + forMs, current, service);
+  const next = withRecords(
     service !== undefined && current !== undefined
       ? withService(current, service, validated.state)
       : current?.services !== undefined
         ? { ...validated.state, services: current.services }
-        : validated.state;
+        : validated.state,
+    changed,
+    expires,
+  );
   // The whole file, as the agent will read it: the number of services, its size.
   const text = serialiseState(next);
   if (new TextEncoder().encode(text).length > MAX_STATE_FILE_BYTES) {
@@ -94,4 +137,109 @@ export function applyChange(current: State | undefined, change: Change): ChangeR
     };
   }
   return reread;
+}
+
+/**
+ * A signal's change: USR1 (UP) and USR2 (DOWN) keep the other fields but the last change's
+ * reason, and end a pending expiry.
+ */
+export function applySignal(current: State, status: Status, origin: Origin): State {
+  const description =
+    current.description === lastReason(current, undefined) ? undefined : current.description;
+  return withRecords(
+    withFields(current, { ...current, status, description }),
+    record(origin, undefined, undefined),
+    undefined,
+  );
+}
+
+/** The state once its pending expiry is due at `nowMs` (the state from before returns), or undefined. */
+export function expire(current: State, nowMs: number): State | undefined {
+  const expires = current.expires;
+  if (expires === undefined || Date.parse(expires.at) > nowMs) return undefined;
+  const { service, then } = expires;
+  const returned =
+    service === undefined
+      ? withFields(current, then ?? FALLBACK_STATE)
+      : then === null
+        ? withoutService(current, service)
+        : withService(current, service, then);
+  return withRecords(returned, record({ atMs: nowMs, via: "expiry" }, service, undefined), undefined);
+}
+
+/** Milliseconds until the pending expiry is due (0 when it is), or undefined when none is. */
+export function msUntilExpiry(state: State, nowMs: number): number | undefined {
+  if (state.expires === undefined) return undefined;
+  return Math.max(0, Date.parse(state.expires.at) - nowMs);
+}
+
+const UNITS_MS: Readonly<Record<string, number>> = { d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000 };
+
+/**
+ * `90s`, `30m`, `2h`, `1d`, or several in that order (`1h30m`), in milliseconds; undefined when the
+ * text is not a duration above zero and at most a year.
+ */
+export function parseDuration(text: string): number | undefined {
+  const match = /^(?:([0-9]{1,6})d)?(?:([0-9]{1,6})h)?(?:([0-9]{1,6})m)?(?:([0-9]{1,7})s)?$/.exec(text);
+  if (match === null || text === "") return undefined;
+  const [, d = "0", h = "0", m = "0", s = "0"] = match;
+  const ms =
+    Number(d) * (UNITS_MS.d as number) +
+    Number(h) * (UNITS_MS.h as number) +
+    Number(m) * (UNITS_MS.m as number) +
+    Number(s) * (UNITS_MS.s as number);
+  return ms > 0 && ms <= MAX_FOR_MS ? ms : undefined;
+}
+
+/** A duration as `parseDuration` reads it, largest units first: 5400000 -> "1h30m". */
+export function formatDuration(ms: number): string {
+  let left = Math.round(ms / 1000) * 1000;
+  let text = "";
+  for (const [unit, size] of Object.entries(UNITS_MS)) {
+    const count = Math.floor(left / size);
+    if (count > 0) text += `${count}${unit}`;
+    left -= count * size;
+  }
+  return text === "" ? "0s" : text;
+}
+
+function refuseReasonAndDuration({ reason, description, forMs }: Change): string | undefined {
+  if (reason !== undefined && description !== undefined) {
+    return "a reason is the description HAProxy shows: give a reason or a description, not both";
+  }
+  if (reason !== undefined && !isDescription(reason)) {
+    return `reason must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, not beginning or ending with a space, got ${JSON.stringify(String(reason).slice(0, 40))}`;
+  }
+  if (forMs !== undefined && !(Number.isInteger(forMs) && forMs > 0 && forMs <= MAX_FOR_MS)) {
+    return `a change may expire after 1 ms to a year, got ${forMs} ms`;
+  }
+  return undefined;
+}
+
+/** The reason the last change gave to `service` (the instance: undefined), if any. */
+function lastReason(current: State | undefined, service: string | undefined): string | undefined {
+  const changed = current?.changed;
+  return changed !== undefined && changed.service === service ? changed.reason : undefined;
+}
+
+function record(origin: Origin, service: string | undefined, reason: string | undefined): Changed {
+  return Object.freeze({
+    at: new Date(origin.atMs).toISOString(),
+    via: origin.via,
+    ...(origin.signal === undefined ? {} : { signal: origin.signal }),
+    ...(origin.by === undefined ? {} : { by: origin.by }),
+    ...(service === undefined ? {} : { service }),
+    ...(reason === undefined ? {} : { reason }),
+  });
+}
+
+/** What returns at `atMs`: the target's state before the change (a service it adds goes). */
+function expiry(atMs: number, current: State | undefined, service: string | undefined): Expiry {
+  const at = new Date(atMs).toISOString();
+  if (service === undefined) return Object.freeze({ at, then: makeState(current ?? FALLBACK_STATE) });
+  const then =
+    current !== undefined && hasService(current, service)
+      ? makeState(current.services?.[service] as ServiceState)
+      : null;
+  return Object.freeze({ at, service, then });
 }

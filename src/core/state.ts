@@ -19,8 +19,37 @@ export interface ServiceState {
   readonly description?: string;
 }
 
+/** How the last change came about: a signal, a file read again, the command line, an expiry. */
+export const VIAS = ["signal", "reload", "cli", "expiry"] as const;
+export type Via = (typeof VIAS)[number];
+
+/** The audit record of the last change: when, how, who, why, and to what (a service or not). */
+export interface Changed {
+  /** ISO 8601, UTC, to the millisecond. */
+  readonly at: string;
+  readonly via: Via;
+  /** The signal's name, with `via: "signal"`. */
+  readonly signal?: string;
+  /** The user the command line ran as, as it reported itself, with `via: "cli"`. */
+  readonly by?: string;
+  /** The service changed; the instance when absent. */
+  readonly service?: string;
+  /** Why, as the operator said it; also the description HAProxy shows. */
+  readonly reason?: string;
+}
+
+/** A change that undoes itself: at `at`, `then` returns (null: the service it added goes). */
+export interface Expiry {
+  readonly at: string;
+  /** The service whose state returns; the instance's own fields when absent. */
+  readonly service?: string;
+  readonly then: ServiceState | null;
+}
+
 /** The whole file: the instance's state and, optionally, one state per agent-send name. */
 export interface State extends ServiceState {
+  readonly changed?: Changed;
+  readonly expires?: Expiry;
   /** Own properties only (look names up with `serviceState`); kept in the file's order. */
   readonly services?: Readonly<Record<string, ServiceState>>;
 }
@@ -38,7 +67,15 @@ const MAXCONN_MAX = 65535;
 /** Long enough for a deploy note, short enough for HAProxy's stats line. */
 export const MAX_DESCRIPTION_CHARS = 200;
 const SERVICE_FIELDS = ["status", "weight", "maxconn", "description"] as const;
-const FIELDS = [...SERVICE_FIELDS, "services"] as const;
+const FIELDS = [...SERVICE_FIELDS, "changed", "expires", "services"] as const;
+const CHANGED_FIELDS = ["at", "via", "signal", "by", "service", "reason"] as const;
+const EXPIRES_FIELDS = ["at", "service", "then"] as const;
+/** What the command line reports as its user: a login name, perhaps with who ran sudo. */
+const MAX_BY_CHARS = 100;
+/** Signal names, as Node spells them. */
+const SIGNAL_NAME = /^SIG[A-Z0-9]{2,10}$/;
+/** A timestamp as the agent writes it (`toISOString`), or to the second. */
+const TIMESTAMP = /^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,3})?Z$/;
 /** Service names: what HAProxy sends with agent-send, without the line end. */
 export const MAX_SERVICE_NAME_CHARS = 100;
 export const MAX_SERVICES = 1000;
@@ -104,7 +141,10 @@ export function validateState(value: unknown): StateResult {
   const top = validateFields(value, FIELDS, "state");
   if (!top.ok) return fail(top.reason);
   const record = value as Record<string, unknown>;
-  if (!("services" in record)) return { ok: true, state: top.state };
+  const records = validateRecords(record);
+  if (!records.ok) return fail(records.reason);
+  const state = withRecords(top.state, records.changed, records.expires);
+  if (!("services" in record)) return { ok: true, state };
   const services = record.services;
   if (typeof services !== "object" || services === null || Array.isArray(services)) {
     return fail(
@@ -130,7 +170,112 @@ export function validateState(value: unknown): StateResult {
     if (!entry.ok) return fail(entry.reason);
     entries.push([name, entry.state]);
   }
-  return { ok: true, state: withServices(top.state, entries) };
+  return { ok: true, state: withServices(state, entries) };
+}
+
+type RecordsResult =
+  | { ok: true; changed: Changed | undefined; expires: Expiry | undefined }
+  | { ok: false; reason: string };
+
+/** `changed` and `expires`, each optional. */
+function validateRecords(record: Record<string, unknown>): RecordsResult {
+  let changed: Changed | undefined;
+  let expires: Expiry | undefined;
+  if ("changed" in record) {
+    const result = validateChanged(record.changed);
+    if (typeof result === "string") return { ok: false, reason: `changed: ${result}` };
+    changed = result;
+  }
+  if ("expires" in record) {
+    const result = validateExpires(record.expires);
+    if (typeof result === "string") return { ok: false, reason: `expires: ${result}` };
+    expires = result;
+  }
+  return { ok: true, changed, expires };
+}
+
+/** The record, or what is wrong with it. */
+function validateChanged(value: unknown): Changed | string {
+  const fields = objectOf(value, CHANGED_FIELDS, "the last change's record");
+  if (typeof fields === "string") return fields;
+  const { at, via, signal, by, service, reason } = fields;
+  if (!isTimestamp(at)) return `at must be a UTC time such as "2026-11-25T14:02:00.000Z", got ${describe(at)}`;
+  if (!(typeof via === "string" && (VIAS as readonly string[]).includes(via))) {
+    return `via must be one of ${VIAS.join(", ")}, got ${describe(via)}`;
+  }
+  if (signal !== undefined && !(typeof signal === "string" && SIGNAL_NAME.test(signal))) {
+    return `signal must be a signal's name such as "SIGUSR2", got ${describe(signal)}`;
+  }
+  if (by !== undefined && !(isShownExactly(by) && [...by].length <= MAX_BY_CHARS)) {
+    return `by must be a user's name (1-${MAX_BY_CHARS} printable characters), got ${describe(by)}`;
+  }
+  if (service !== undefined && !(typeof service === "string" && SERVICE_NAME.test(service))) {
+    return `service must be a service name, got ${describe(service)}`;
+  }
+  if (reason !== undefined && !isDescription(reason)) {
+    return `reason must be a description (1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line), got ${describe(reason)}`;
+  }
+  return Object.freeze({
+    at: at as string,
+    via: via as Via,
+    ...(signal === undefined ? {} : { signal: signal as string }),
+    ...(by === undefined ? {} : { by: by as string }),
+    ...(service === undefined ? {} : { service: service as string }),
+    ...(reason === undefined ? {} : { reason: reason as string }),
+  });
+}
+
+/** The pending expiry, or what is wrong with it. */
+function validateExpires(value: unknown): Expiry | string {
+  const fields = objectOf(value, EXPIRES_FIELDS, "a pending expiry");
+  if (typeof fields === "string") return fields;
+  const { at, service, then } = fields;
+  if (!isTimestamp(at)) return `at must be a UTC time such as "2026-11-25T14:32:00.000Z", got ${describe(at)}`;
+  if (service !== undefined && !(typeof service === "string" && SERVICE_NAME.test(service))) {
+    return `service must be a service name, got ${describe(service)}`;
+  }
+  if (!("then" in fields)) return "then (the state that returns) is required";
+  if (then === null) {
+    if (service === undefined) return "then may be null (the service goes) only with a service";
+    return Object.freeze({ at: at as string, service: service as string, then: null });
+  }
+  const returns = validateFields(then, SERVICE_FIELDS, "then");
+  if (!returns.ok) return returns.reason;
+  return Object.freeze({
+    at: at as string,
+    ...(service === undefined ? {} : { service: service as string }),
+    then: returns.state,
+  });
+}
+
+/** The own fields of a JSON object that may have only `allowed` ones, or what is wrong. */
+function objectOf(
+  value: unknown,
+  allowed: readonly string[],
+  what: string,
+): Record<string, unknown> | string {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return `must be a JSON object (${what}), got ${describe(value)}`;
+  }
+  const record = value as Record<string, unknown>;
+  const unknown = Object.keys(record).find((key) => !allowed.includes(key));
+  if (unknown !== undefined) {
+    return `unknown field ${describe(unknown)}; expected only ${allowed.join(", ")}`;
+  }
+  return record;
+}
+
+/** A signal's name as the audit record keeps it ("SIGUSR2"). */
+export function isSignalName(value: unknown): value is string {
+  return typeof value === "string" && SIGNAL_NAME.test(value);
+}
+
+/** A UTC timestamp in the file's format that names a real moment. */
+export function isTimestamp(value: unknown): value is string {
+  if (typeof value !== "string" || !TIMESTAMP.test(value)) return false;
+  const ms = Date.parse(value);
+  // Date.parse rolls 2026-02-30 over to March: a date that does not exist is refused.
+  return Number.isFinite(ms) && new Date(ms).toISOString().slice(0, 19) === value.slice(0, 19);
 }
 
 type FieldsResult = { ok: true; state: ServiceState } | { ok: false; reason: string };
@@ -215,9 +360,17 @@ export function withService(state: State, name: string, service: ServiceState): 
 
 /** The file content for a state: one line of JSON, fields in a fixed order. */
 export function serialiseState(state: State): string {
+  const { changed, expires } = state;
+  const records = withRecords(
+    makeState(state),
+    changed,
+    expires === undefined
+      ? undefined
+      : { ...expires, then: expires.then === null ? null : makeState(expires.then) },
+  );
   return `${JSON.stringify(
     withServices(
-      makeState(state),
+      records,
       state.services === undefined
         ? undefined
         : Object.entries(state.services).map(([name, service]) => [name, makeState(service)]),
@@ -225,11 +378,39 @@ export function serialiseState(state: State): string {
   )}\n`;
 }
 
+/** The same state with these records of the last change and of a pending expiry (or none). */
+export function withRecords(
+  state: State,
+  changed: Changed | undefined,
+  expires: Expiry | undefined,
+): State {
+  return withServices(
+    { ...makeState(fieldsOf(state)), changed, expires },
+    state.services === undefined ? undefined : Object.entries(state.services),
+  );
+}
+
 /** The same state with another status; the other fields and the services are kept (USR1, USR2). */
 export function withStatus(state: State, status: Status): State {
   return withServices(
-    makeState({ ...fieldsOf(state), status }),
+    { ...state, status },
     state.services === undefined ? undefined : Object.entries(state.services),
+  );
+}
+
+/** The same state with the instance's own fields replaced; the records and services are kept. */
+export function withFields(state: State, given: Fields): State {
+  return withServices(
+    { ...makeState(given), changed: state.changed, expires: state.expires },
+    state.services === undefined ? undefined : Object.entries(state.services),
+  );
+}
+
+/** The same state without service `name`. */
+export function withoutService(state: State, name: string): State {
+  return withServices(
+    state,
+    Object.entries(state.services ?? {}).filter(([existing]) => existing !== name),
   );
 }
 
@@ -242,6 +423,11 @@ export function formatState(state: State): string {
   if (text.length <= MAX_FORMATTED_CHARS || state.services === undefined) return text;
   const count = Object.keys(state.services).length;
   return `${serialiseState(withServices(state, undefined)).trimEnd()} with ${count} services`;
+}
+
+/** What probes are answered from, for logs: the state without its audit record and expiry. */
+export function formatAnswered(state: State): string {
+  return formatState(withRecords(state, undefined, undefined));
 }
 
 export function sameState(a: State, b: State): boolean {
@@ -270,10 +456,16 @@ function sameFields(a: ServiceState, b: ServiceState): boolean {
 
 /** A state with `services` (in the given order) in place of any it had; none when undefined. */
 function withServices(
-  state: ServiceState,
+  state: ServiceState & {
+    readonly changed?: Changed | undefined;
+    readonly expires?: Expiry | undefined;
+  },
   entries: readonly (readonly [string, ServiceState])[] | undefined,
 ): State {
   const copy = fields(state);
+  // After the instance's fields, before the services, which may be many.
+  if (state.changed !== undefined) copy.changed = state.changed;
+  if (state.expires !== undefined) copy.expires = state.expires;
   if (entries === undefined) return Object.freeze(copy);
   const services: Record<string, ServiceState> = {};
   for (const [name, service] of entries) {
@@ -320,7 +512,12 @@ function fields({ status, weight, maxconn, description }: Fields): {
   return state;
 }
 
-function isDescription(value: unknown): value is string {
+function isShownExactly(value: unknown): value is string {
+  return typeof value === "string" && SHOWN_EXACTLY.test(value) && value.trim() === value;
+}
+
+/** Whether `value` may be a description (and so a reason): the rules HAProxy's stats need. */
+export function isDescription(value: unknown): value is string {
   return (
     typeof value === "string" &&
     [...value].length <= MAX_DESCRIPTION_CHARS &&

@@ -7,8 +7,23 @@
  * before it), then reads the file, which wins over a save still waiting to be retried; commands
  * that arrive meanwhile wait behind it.
  */
-import { applyChange, type Change } from "../core/change.js";
-import { FALLBACK_STATE, formatState, type State, sameState, withStatus } from "../core/state.js";
+import {
+  applyChange,
+  applySignal,
+  type Change,
+  expire,
+  msUntilExpiry,
+  type Origin,
+} from "../core/change.js";
+import {
+  FALLBACK_STATE,
+  formatAnswered,
+  formatState,
+  isSignalName,
+  type State,
+  sameState,
+  withRecords,
+} from "../core/state.js";
 import type { Logger } from "../log.js";
 import type { StateStore } from "../store.js";
 import { createSaves, type SavesOptions } from "./saves.js";
@@ -18,7 +33,7 @@ export { defaultRetryDelayMs, SAVE_RETRY_MAX_MS } from "./saves.js";
 export type Command = "up" | "down" | "reload";
 
 /** How a state change came about, as metrics count them: a command's kind, never its wording. */
-export const CHANGE_CAUSES = ["signal", "reload", "control"] as const;
+export const CHANGE_CAUSES = ["signal", "reload", "control", "expiry"] as const;
 export type ChangeCause = (typeof CHANGE_CAUSES)[number];
 
 /** What the commands have done since the start, for metrics. */
@@ -52,9 +67,10 @@ export interface Commands {
   command(command: Command, cause: string): Promise<void>;
   /**
    * Queues a change, applied to the state file as it is then (the fields it does not name keep
-   * their value from the file), and resolves once the new state is answered and saved.
+   * their value from the file), and resolves once the new state is answered and saved. `by` is
+   * the user the command line says it runs as, for the audit record.
    */
-  change(change: Change, cause: string): Promise<ChangeOutcome>;
+  change(change: Change, cause: string, by?: string): Promise<ChangeOutcome>;
   /**
    * Resolves when no command is waiting and no save is running; a save waiting to be retried is
    * tried once more first.
@@ -70,14 +86,29 @@ export interface CommandsOptions {
   readonly initial?: State;
   /** How long to wait before retrying after `failures` failed saves in a row. */
   readonly retryDelayMs?: SavesOptions["retryDelayMs"];
+  /** The wall clock: audit records and expiries are times of day. */
+  readonly now?: () => number;
+  /** How often a pending expiry is checked against the wall clock at least. */
+  readonly expiryCheckMs?: number;
 }
 
+/**
+ * A pending expiry is checked at least this often, so a wall clock set forward (NTP after a
+ * suspend, an operator's `date -s`) brings it on time, not a timer's whole delay late.
+ */
+export const EXPIRY_CHECK_MS = 10_000;
+
 type Queued =
-  | { readonly command: Command; readonly cause: string; readonly applied: () => void }
+  | {
+      readonly command: Command | "expire";
+      readonly cause: string;
+      readonly applied: () => void;
+    }
   | {
       readonly command: "change";
       readonly change: Change;
       readonly cause: string;
+      readonly by: string | undefined;
       readonly applied: (outcome: ChangeOutcome) => void;
     };
 
@@ -90,6 +121,8 @@ export function createCommands({
   log,
   initial = FALLBACK_STATE,
   retryDelayMs,
+  now = Date.now,
+  expiryCheckMs = EXPIRY_CHECK_MS,
 }: CommandsOptions): Commands {
   let state = initial;
   const queue: Queued[] = [];
@@ -97,11 +130,12 @@ export function createCommands({
   // Before the first command the state was never answered, so there is no change to report.
   let started = false;
   let draining: Promise<void> | undefined;
-  const changes: Record<ChangeCause, number> = { signal: 0, reload: 0, control: 0 };
+  const changes: Record<ChangeCause, number> = { signal: 0, reload: 0, control: 0, expiry: 0 };
   // Whether the last read of the file found it valid, and how many saves had been made then: a
   // save since makes the file valid again.
   let loadedValid = true;
   let savesAtLoad = 0;
+  let expiryTimer: NodeJS.Timeout | undefined;
   const saves = createSaves({
     store,
     log,
@@ -114,14 +148,43 @@ export function createCommands({
     const first = !started;
     started = true;
     let change: string;
+    // The new state in full, with its record of how, who and why: the journal is the history.
     if (first) change = formatState(next);
     else if (sameState(state, next)) change = `${formatState(next)} (unchanged)`;
     else {
-      change = `${formatState(state)} -> ${formatState(next)}`;
+      change = `${formatAnswered(state)} -> ${formatState(next)}`;
       changes[cause]++;
     }
     state = next;
+    armExpiry();
     return change;
+  };
+
+  /** A timer for the pending expiry, if any; it queues the expiry behind earlier commands. */
+  const armExpiry = (): void => {
+    clearTimeout(expiryTimer);
+    expiryTimer = undefined;
+    const leftMs = msUntilExpiry(state, now());
+    if (leftMs === undefined) return;
+    expiryTimer = setTimeout(
+      () => enqueue({ command: "expire", cause: "expiry", applied: () => {} }),
+      Math.min(leftMs, expiryCheckMs),
+    );
+    // The agent's sockets keep the process; a pending expiry alone does not.
+    expiryTimer.unref();
+  };
+
+  /** The state that returns when the pending expiry is due; otherwise the timer is set again. */
+  const expireIfDue = (cause: string): boolean => {
+    const returned = expire(state, now());
+    if (returned === undefined) {
+      armExpiry();
+      return false;
+    }
+    const at = state.expires?.at;
+    log.notice(`${cause}: the change expired (due ${at}): state ${set(returned, "expiry")}`);
+    saves.request();
+    return true;
   };
 
   const loaded = (valid: boolean): void => {
@@ -134,14 +197,16 @@ export function createCommands({
     // The operator asked for the file: a state that could not be saved gives way to it.
     if (saves.pending) {
       log.warning(
-        `${cause}: the state file ${store.path} was never saved with ${formatState(state)}; reading it as it is`,
+        `${cause}: the state file ${store.path} was never saved with ${formatAnswered(state)}; reading it as it is`,
       );
     }
     saves.abandon();
     const result = await store.load();
     loaded(result.ok);
     if (result.ok) {
-      log.notice(`${cause}: loaded state file ${store.path}: ${set(result.state, "reload")}`);
+      log.notice(`${cause}: loaded state file ${store.path}: ${set(reloaded(result.state, cause), "reload")}`);
+      // A deadline that passed while the agent was stopped, or while the file was being edited.
+      expireIfDue(cause);
     } else {
       // Nothing of the previous state survives a bad file: the operator must look at it.
       log.warning(
@@ -150,12 +215,28 @@ export function createCommands({
     }
   };
 
-  const applyRequested = async (change: Change, cause: string): Promise<ChangeOutcome> => {
+  /**
+   * A file an operator edited by hand and had read again (HUP) keeps the record of the change
+   * before; the agent records the reload instead, and saves it with the next change.
+   */
+  const reloaded = (file: State, cause: string): State => {
+    if (!started || cause === "start-up" || sameState(file, state)) return file;
+    if (JSON.stringify(file.changed) !== JSON.stringify(state.changed)) return file;
+    const record = { at: new Date(now()).toISOString(), via: "reload" as const };
+    return withRecords(file, record, file.expires);
+  };
+
+  const applyRequested = async (
+    change: Change,
+    cause: string,
+    by: string | undefined,
+  ): Promise<ChangeOutcome> => {
     await saves.idle();
     saves.abandon();
     const file = await store.load();
     loaded(file.ok);
-    const next = applyChange(file.ok ? file.state : undefined, change);
+    const origin: Origin = { atMs: now(), via: "cli", by };
+    const next = applyChange(file.ok ? file.state : undefined, change, origin);
     if (!next.ok) {
       log.warning(`${cause}: refused: ${next.reason}`);
       return next;
@@ -183,14 +264,21 @@ export function createCommands({
       // Runs synchronously until the first reload, so up/down reach the next probe at once.
       for (let next = queue.shift(); next; next = queue.shift()) {
         if (next.command === "change") {
-          next.applied(await applyRequested(next.change, next.cause));
+          next.applied(await applyRequested(next.change, next.cause, next.by));
           continue;
         }
         if (next.command === "reload") {
           await reload(next.cause);
+        } else if (next.command === "expire") {
+          expireIfDue(next.cause);
         } else {
           const status = next.command === "up" ? "UP" : "DOWN";
-          log.notice(`${next.cause}: state ${set(withStatus(state, status), "signal")}`);
+          const origin: Origin = {
+            atMs: now(),
+            via: "signal",
+            signal: isSignalName(next.cause) ? next.cause : undefined,
+          };
+          log.notice(`${next.cause}: state ${set(applySignal(state, status, origin), "signal")}`);
           saves.request();
         }
         next.applied();
@@ -210,9 +298,9 @@ export function createCommands({
       return new Promise<void>((applied) => enqueue({ command, cause, applied }));
     },
 
-    change(change, cause) {
+    change(change, cause, by) {
       return new Promise<ChangeOutcome>((applied) =>
-        enqueue({ command: "change", change, cause, applied }),
+        enqueue({ command: "change", change, cause, by, applied }),
       );
     },
 

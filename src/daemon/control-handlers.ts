@@ -48,7 +48,7 @@ export function controlHandlers({ commands, ledger, replies, now }: HandlerParts
   return {
     async handle(request: ControlRequest): Promise<StatusReply | ChangeReply> {
       if (request.op === "status") return { ok: true, state: commands.state, pollers: pollers() };
-      const outcome = await commands.change(request.change, "control");
+      const outcome = await commands.change(request.change, "control", request.by);
       if (!outcome.ok) return { ok: false, code: outcome.code, error: outcome.reason };
       return {
         ok: true,

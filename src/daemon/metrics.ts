@@ -206,7 +206,7 @@ function createRegistry(client: PromClient, current: () => Snapshot): Registry {
   metric(
     "counter",
     "hapgent_state_changes_total",
-    "Changes of the answered state, by cause: signal (SIGUSR1, SIGUSR2), reload (SIGHUP, which is also how the command line applies a change when it cannot reach the control socket; the file read at start-up is not a change), control (the command line, through the control socket).",
+    "Changes of the answered state, by cause: signal (SIGUSR1, SIGUSR2), reload (SIGHUP, which is also how the command line applies a change when it cannot reach the control socket; the file read at start-up is not a change), control (the command line, through the control socket), expiry (a change made with --for that ran out).",
     ["cause"],
     (now) => CHANGE_CAUSES.map((cause) => [{ cause }, now.stats.changes[cause]]),
   );

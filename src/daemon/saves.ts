@@ -4,7 +4,7 @@
  * save that fails (disk full, read-only file system) is tried again later, so the file catches up
  * with the answered state once the fault is gone.
  */
-import { formatState, type State } from "../core/state.js";
+import { formatAnswered, type State } from "../core/state.js";
 import type { Logger } from "../log.js";
 import type { StateStore } from "../store.js";
 
@@ -73,7 +73,7 @@ export function createSaves({
       await store.save(snapshot);
       if (failures > 0) {
         log.notice(
-          `saved state file ${store.path} after ${failures} failed attempt${failures === 1 ? "" : "s"}: ${formatState(snapshot)}`,
+          `saved state file ${store.path} after ${failures} failed attempt${failures === 1 ? "" : "s"}: ${formatAnswered(snapshot)}`,
         );
       }
       failures = 0;
@@ -85,7 +85,7 @@ export function createSaves({
       failure = (err as Error).message;
       const delayMs = retryDelayMs(failures);
       log.error(
-        `cannot save state file ${store.path}: ${(err as Error).message}; still answering ${formatState(snapshot)}; trying again in ${delayMs / 1000} s`,
+        `cannot save state file ${store.path}: ${(err as Error).message}; still answering ${formatAnswered(snapshot)}; trying again in ${delayMs / 1000} s`,
       );
       // Unless a newer request is already waiting, which saves at once.
       if (!wanted) {
