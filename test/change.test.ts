@@ -187,7 +187,10 @@ test("applyChange: the whole file is checked as the agent will read it", () => {
 test("applyChange: a user's name the file cannot keep is refused", () => {
   const result = applyChange(current, { status: "DOWN" }, { ...ORIGIN, by: "eve\u202e" });
   assert.ok(!result.ok);
-  assert.match(result.reason, /^the state file would be invalid: changed: by must be a user's name/);
+  assert.match(
+    result.reason,
+    /^the state file would be invalid: changed: by must be a user's name/,
+  );
 });
 
 test("a reason is the description until the next change; a description stays", () => {
@@ -229,24 +232,37 @@ test("--for: what returns, and when", () => {
   assert.ok(instance.ok);
   assert.deepEqual(instance.state.expires, {
     at,
-    then: { status: "UP", weight: 30, maxconn: 9, description: "canary" },
+    returns: { status: "UP", weight: 30, maxconn: 9, description: "canary" },
   });
   const web = applyChange(current, { status: "MAINT", service: "web", forMs: hour }, ORIGIN);
   assert.ok(web.ok);
-  assert.deepEqual(web.state.expires, { at, service: "web", then: { status: "DRAIN", weight: 5 } });
+  assert.deepEqual(web.state.expires, {
+    at,
+    service: "web",
+    returns: { status: "DRAIN", weight: 5 },
+  });
   const added = applyChange(current, { status: "UP", service: "api", forMs: hour }, ORIGIN);
   assert.ok(added.ok);
-  assert.deepEqual(added.state.expires, { at, service: "api", then: null }, "a new service goes");
+  assert.deepEqual(
+    added.state.expires,
+    { at, service: "api", returns: null },
+    "a new service goes",
+  );
   const fresh = applyChange(undefined, { status: "UP", forMs: hour }, ORIGIN);
   assert.ok(fresh.ok);
-  assert.deepEqual(fresh.state.expires, { at, then: { status: "MAINT" } }, "what it answered");
+  assert.deepEqual(fresh.state.expires, { at, returns: { status: "MAINT" } }, "what it answered");
   // A later change replaces the pending expiry: with none, or with its own.
   const later = applyChange(instance.state, { status: "DOWN" }, ORIGIN);
   assert.ok(later.ok);
   assert.equal(later.state.expires, undefined);
   const nested = applyChange(instance.state, { status: "MAINT", forMs: 60_000 }, ORIGIN);
   assert.ok(nested.ok);
-  assert.deepEqual(nested.state.expires?.then, { status: "DRAIN", weight: 30, maxconn: 9, description: "deploy" });
+  assert.deepEqual(nested.state.expires?.returns, {
+    status: "DRAIN",
+    weight: 30,
+    maxconn: 9,
+    description: "deploy",
+  });
   // Every state made here is a valid file, and reads back the same.
   for (const made of [instance, web, added, fresh, nested]) {
     assert.ok(made.ok);
@@ -282,7 +298,11 @@ test("--for: what returns, and when", () => {
 });
 
 test("signals keep the fields but the last reason, and end a pending expiry", () => {
-  const drained = applyChange(current, { status: "DRAIN", reason: "deploy", forMs: 60_000 }, ORIGIN);
+  const drained = applyChange(
+    current,
+    { status: "DRAIN", reason: "deploy", forMs: 60_000 },
+    ORIGIN,
+  );
   assert.ok(drained.ok);
   const origin: Origin = { atMs: AT_MS + 1000, via: "signal", signal: "SIGUSR1" };
   assert.deepEqual(applySignal(drained.state, "UP", origin), {
@@ -313,7 +333,21 @@ test("durations", () => {
     assert.equal(parseDuration(text), ms, text);
     assert.equal(parseDuration(formatDuration(ms)), ms, `${text} round trip`);
   }
-  for (const bad of ["", "0s", "0m0s", "90", "s", "1.5h", "-5m", "30m1h", "1h 30m", "1H", "367d", "2 h", "1w"]) {
+  for (const bad of [
+    "",
+    "0s",
+    "0m0s",
+    "90",
+    "s",
+    "1.5h",
+    "-5m",
+    "30m1h",
+    "1h 30m",
+    "1H",
+    "367d",
+    "2 h",
+    "1w",
+  ]) {
     assert.equal(parseDuration(bad), undefined, JSON.stringify(bad));
   }
   assert.equal(formatDuration(720_000), "12m");

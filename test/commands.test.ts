@@ -350,14 +350,14 @@ describe("reasons and expiring changes", () => {
     await agent.change({ status: "DRAIN", forMs: 60_000 }, "control");
     await sleep(300);
     assert.equal(agent.state.status, "DRAIN", "the first expiry was replaced");
-    assert.equal((agent.state as State).expires?.then?.status, "MAINT");
+    assert.equal((agent.state as State).expires?.returns?.status, "MAINT");
   });
 
   test("a deadline that passed while the agent was stopped is applied at start-up", async () => {
     const file: State = {
       status: "MAINT",
       changed: { at: "2026-11-25T14:02:00.000Z", via: "cli", by: "alice" },
-      expires: { at: "2026-11-25T14:32:00.000Z", then: { status: "UP", weight: 70 } },
+      expires: { at: "2026-11-25T14:32:00.000Z", returns: { status: "UP", weight: 70 } },
     };
     const store = fakeStore({ ok: true, state: file });
     const { log, lines } = capture();
@@ -369,7 +369,9 @@ describe("reasons and expiring changes", () => {
     assert.equal(store.saves.at(-1), '{"status":"UP","weight":70}');
     assert.deepEqual(agent.state.changed, { at: "2026-11-25T18:00:00.000Z", via: "expiry" });
     assert.ok(
-      lines.some((line) => line.startsWith("<5>start-up: the change expired (due 2026-11-25T14:32:00.000Z)")),
+      lines.some((line) =>
+        line.startsWith("<5>start-up: the change expired (due 2026-11-25T14:32:00.000Z)"),
+      ),
       lines.join("\n"),
     );
   });
@@ -377,7 +379,12 @@ describe("reasons and expiring changes", () => {
   test("a wall clock set forward brings the expiry on time, not a timer's delay late", async () => {
     let clock = Date.parse("2026-11-25T14:02:00.000Z");
     const store = fakeStore({ ok: true, state: { status: "UP" } });
-    const agent = createCommands({ store, log: capture().log, now: () => clock, expiryCheckMs: 50 });
+    const agent = createCommands({
+      store,
+      log: capture().log,
+      now: () => clock,
+      expiryCheckMs: 50,
+    });
     await agent.command("reload", "start-up");
     await agent.change({ status: "DRAIN", forMs: 3_600_000 }, "control");
     await sleep(200);
@@ -400,10 +407,28 @@ describe("reasons and expiring changes", () => {
     store.setFile({ ok: true, state: { status: "DRAIN" } });
     await agent.command("reload", "SIGHUP");
     assert.deepEqual(agent.state.changed, { at: "2026-11-25T15:00:00.000Z", via: "reload" });
+    // Edited again: still a reload; read again unchanged: the record stands.
+    store.setFile({ ok: true, state: { status: "MAINT" } });
+    await agent.command("reload", "SIGHUP");
+    assert.deepEqual(agent.state.changed, { at: "2026-11-25T15:00:00.000Z", via: "reload" });
+    assert.equal(agent.state.status, "MAINT");
+    await agent.command("reload", "SIGHUP");
+    assert.deepEqual(agent.state.changed, { at: "2026-11-25T15:00:00.000Z", via: "reload" });
+    // A hand edit that keeps the record the file had: a reload too.
+    await agent.command("down", "SIGUSR2");
+    await agent.settled();
+    const saved = (agent.state as State).changed;
+    assert.equal(saved?.via, "signal");
+    store.setFile({
+      ok: true,
+      state: { status: "UP", ...(saved === undefined ? {} : { changed: saved }) },
+    });
+    await agent.command("reload", "SIGHUP");
+    assert.equal((agent.state as State).changed?.via, "reload");
     // A file that brings its own record (the command line wrote it) keeps it.
     const written: State = {
       status: "MAINT",
-      changed: { at: "2026-11-25T14:59:00.000Z", via: "cli", by: "bob", reason: "disk" },
+      changed: { at: "2026-11-25T15:01:00.000Z", via: "cli", by: "bob", reason: "disk" },
       description: "disk",
     };
     store.setFile({ ok: true, state: written });

@@ -173,9 +173,17 @@ describe("control socket of the daemon", () => {
       '{"op":"change","status":"DRAIN","maxconn":7}\n',
       3000,
     );
-    assert.deepEqual(JSON.parse(changed ?? ""), {
+    const reply = JSON.parse(changed ?? "");
+    assert.match(reply.state.changed.at, /^20[0-9-]+T[0-9:.]+Z$/);
+    assert.deepEqual(reply, {
       ok: true,
-      state: { status: "DRAIN", weight: 30, maxconn: 7 },
+      state: {
+        status: "DRAIN",
+        weight: 30,
+        maxconn: 7,
+        // A client that does not say who it is is recorded as the command line, nobody named.
+        changed: { at: reply.state.changed.at, via: "cli" },
+      },
       replaced: null,
       unsaved: null,
       pollers: [],
@@ -183,7 +191,7 @@ describe("control socket of the daemon", () => {
     assert.equal(await d.readState(), '{"status":"DRAIN","weight":30,"maxconn":7}\n');
     assert.equal(await d.probe(), "up drain 30% maxconn:7\n");
     await d.waitForLog(
-      /control: state \{"status":"UP","weight":30\} -> \{"status":"DRAIN","weight":30,"maxconn":7\}/,
+      /control: state \{"status":"UP","weight":30\} -> \{"status":"DRAIN","weight":30,"maxconn":7,"changed":\{"at":"[^"]+","via":"cli"\}\}/,
     );
     const [refused] = await exchange(socket, '{"op":"change","status":"UP","weight":900}\n');
     assert.deepEqual(JSON.parse(refused ?? ""), {

@@ -310,7 +310,7 @@ describe("daemon signals", () => {
       const file = await readFile(d.stateFile, "utf8");
       assert.match(
         file,
-        /^\{"status":"(UP|DOWN)","weight":200\}\n$/,
+        /^\{"status":"(UP|DOWN)","weight":200,"changed":\{"at":"[0-9T:.-]+Z","via":"signal","signal":"SIGUSR[12]"\}\}\n$/,
         `round ${round}: ${JSON.stringify(file)}`,
       );
     }

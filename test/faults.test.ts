@@ -23,6 +23,7 @@ import {
   startDaemon,
   tempDir,
   waitFor,
+  withoutRecord,
 } from "./helpers.js";
 
 const SKIP_MOUNTS = missing("fault injection with tmpfs mounts", {
@@ -85,7 +86,7 @@ async function startOnTmpfs(
     pid,
     stderr: () => stderr,
     probe: () => probe(port),
-    readState: () => readFile(join(inside, "state.json"), "utf8"),
+    readState: async () => withoutRecord(await readFile(join(inside, "state.json"), "utf8")),
     entries: () => readdir(inside),
     remount: (options: string) =>
       execOk("nsenter", [

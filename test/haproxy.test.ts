@@ -208,6 +208,33 @@ describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
     );
   });
 
+  test("a drain --for 2s with a reason: HAProxy shows the reason, then follows the return by itself", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"UP","weight":50}' });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });
+    await h.waitUntil("up at 50%", allShow("UP", 50));
+    const result = await runHapgent(["drain", "--reason", "deploy 1.4.2", "--for", "2s"], {
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_IP: "127.0.0.1",
+      HAPGENT_PORT: String(d.port),
+    });
+    assert.equal(result.code, 0, result.stderr);
+    const changedAt = Date.now();
+    await h.waitUntil(
+      "DRAIN with the reason",
+      (v) =>
+        allShow("DRAIN", 50)(v) &&
+        Object.values(v).every((s) => s.lastAgent === "via agent : up (deploy 1.4.2)"),
+    );
+    await h.waitUntil(
+      "UP at 50% again, without the reason",
+      (v) =>
+        allShow("UP", 50)(v) && Object.values(v).every((s) => s.lastAgent === "via agent : up"),
+    );
+    // The expiry, not some other path, brought it back: not before its two seconds.
+    assert.ok(Date.now() - changedAt >= 1900, `${Date.now() - changedAt} ms`);
+    assert.match(d.stderr(), /expiry: the change expired/);
+  });
+
   test("agent-send payloads: the same answers and never a check error over hundreds of probes", async (t) => {
     const d = await startDaemon(t, { state: '{"status":"DRAIN","weight":50,"maxconn":30}' });
     const servers = Array.from({ length: 10 }, (_, i) => ({

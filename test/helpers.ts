@@ -309,8 +309,13 @@ export interface Daemon {
   probe(options?: { host?: string; payload?: string }): Promise<string>;
   /** Waits until a probe answers `line`. */
   waitForReply(line: string, timeoutMs?: number): Promise<void>;
+  /**
+   * The state file without its audit record (`changed`, which says when: see withoutRecord);
+   * the tests of the record read it with `readRawState`.
+   */
   readState(): Promise<string>;
-  /** Waits until the state file holds exactly `content`. */
+  readRawState(): Promise<string>;
+  /** Waits until the state file holds exactly `content`, the audit record aside. */
   waitForFile(content: string, timeoutMs?: number): Promise<void>;
   signal(name: NodeJS.Signals): void;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -411,13 +416,17 @@ export async function startDaemon(
         throw new Error(`${err.message}; last reply ${JSON.stringify(last)}; stderr:\n${stderr}`);
       });
     },
-    readState: () => readFile(stateFile, "utf8"),
+    readState: async () => withoutRecord(await readFile(stateFile, "utf8")),
+    readRawState: () => readFile(stateFile, "utf8"),
     async waitForFile(content, timeoutMs = 5000) {
       let last = "";
       await waitFor(
         `state file ${JSON.stringify(content)}`,
         async () => {
-          last = await readFile(stateFile, "utf8").catch((err: Error) => `(${err.message})`);
+          last = await readFile(stateFile, "utf8").then(
+            withoutRecord,
+            (err: Error) => `(${err.message})`,
+          );
           return last === content ? true : undefined;
         },
         timeoutMs,
@@ -431,6 +440,23 @@ export async function startDaemon(
   };
   if (ready) await daemon.waitForLog(/listening on/);
   return daemon;
+}
+
+/**
+ * A state file's text without the audit record of the last change, which holds the time it was
+ * made: what the agent answers from, as most tests compare it. Anything that is not a JSON object
+ * is returned as it is.
+ */
+export function withoutRecord(text: string): string {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return text;
+  }
+  if (typeof value !== "object" || value === null || !("changed" in value)) return text;
+  const { changed: _, ...rest } = value as Record<string, unknown>;
+  return `${JSON.stringify(rest)}${text.endsWith("\n") ? "\n" : ""}`;
 }
 
 /** The repository: the compiled tests live in dist/test. */

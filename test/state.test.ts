@@ -472,14 +472,14 @@ describe("services", () => {
 
 describe("the audit record and the pending expiry", () => {
   const full =
-    '{"status":"DRAIN","description":"deploy 1.4.2","changed":{"at":"2026-11-25T14:02:00.000Z","via":"cli","by":"alice","reason":"deploy 1.4.2"},"expires":{"at":"2026-11-25T14:32:00.000Z","then":{"status":"UP"}},"services":{"web":{"status":"UP"}}}\n';
+    '{"status":"DRAIN","description":"deploy 1.4.2","changed":{"at":"2026-11-25T14:02:00.000Z","via":"cli","by":"alice","reason":"deploy 1.4.2"},"expires":{"at":"2026-11-25T14:32:00.000Z","returns":{"status":"UP"}},"services":{"web":{"status":"UP"}}}\n';
   test("a file with both reads back as written, in the agent's order", () => {
     const result = parseState(bytes(full));
     assert.ok(result.ok);
     assert.equal(serialiseState(result.state), full);
     // Any order in, the fixed order out.
     const shuffled = JSON.stringify({
-      expires: { then: { status: "UP" }, at: "2026-11-25T14:32:00.000Z" },
+      expires: { returns: { status: "UP" }, at: "2026-11-25T14:32:00.000Z" },
       services: { web: { status: "UP" } },
       changed: { reason: "deploy 1.4.2", by: "alice", via: "cli", at: "2026-11-25T14:02:00.000Z" },
       description: "deploy 1.4.2",
@@ -501,8 +501,8 @@ describe("the audit record and the pending expiry", () => {
     '{"status":"UP","changed":{"at":"2026-11-25T14:02:00Z","via":"signal","signal":"SIGUSR1"}}',
     '{"status":"UP","changed":{"at":"2026-11-25T14:02:00.5Z","via":"reload"}}',
     '{"status":"UP","changed":{"at":"2026-11-25T14:02:00.000Z","via":"expiry","service":"web"}}',
-    '{"status":"UP","expires":{"at":"2026-11-25T14:02:00.000Z","service":"web","then":null}}',
-    '{"status":"UP","expires":{"at":"2030-01-01T00:00:00.000Z","then":{"status":"MAINT","weight":3,"maxconn":2,"description":"x"}}}',
+    '{"status":"UP","expires":{"at":"2026-11-25T14:02:00.000Z","service":"web","returns":null}}',
+    '{"status":"UP","expires":{"at":"2030-01-01T00:00:00.000Z","returns":{"status":"MAINT","weight":3,"maxconn":2,"description":"x"}}}',
   ];
   for (const text of good) {
     test(`accepts ${text}`, () => assert.ok(parseState(bytes(text)).ok));
@@ -539,28 +539,28 @@ describe("the audit record and the pending expiry", () => {
       "changed: signal must be a signal's name",
     ],
     [
-      '{"status":"UP","expires":{"at":"in 30 minutes","then":{"status":"UP"}}}',
+      '{"status":"UP","expires":{"at":"in 30 minutes","returns":{"status":"UP"}}}',
       'expires: at must be a UTC time such as "2026-11-25T14:32:00.000Z", got "in 30 minutes"',
     ],
     [
-      '{"status":"UP","expires":{"at":1764079920000,"then":{"status":"UP"}}}',
+      '{"status":"UP","expires":{"at":1764079920000,"returns":{"status":"UP"}}}',
       "expires: at must be a UTC time",
     ],
     [
       '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z"}}',
-      "expires: then (the state that returns) is required",
+      "expires: returns (the state that comes back) is required",
     ],
     [
-      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z","then":null}}',
-      "expires: then may be null (the service goes) only with a service",
+      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z","returns":null}}',
+      "expires: returns may be null (the service goes) only with a service",
     ],
     [
-      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z","then":{"status":"up"}}}',
-      "expires: then: status must be one of",
+      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z","returns":{"status":"up"}}}',
+      "expires: returns: status must be one of",
     ],
     [
-      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z","then":{"status":"UP","services":{}}}}',
-      'expires: then: unknown field "services"',
+      '{"status":"UP","expires":{"at":"2026-11-25T14:02:00Z","returns":{"status":"UP","services":{}}}}',
+      'expires: returns: unknown field "services"',
     ],
   ];
   for (const [text, reason] of bad) {

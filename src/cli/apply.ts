@@ -10,11 +10,11 @@ import { formatState, isInService, type State } from "../core/state.js";
 import { createLogger } from "../log.js";
 import { createStateStore } from "../store.js";
 import { ControlError, request } from "./control.js";
-import { userName } from "./user.js";
 import { stillRunning } from "./daemons.js";
 import { CLI_EXIT } from "./exit.js";
 import type { CliIo } from "./io.js";
 import type { Target } from "./target.js";
+import { userName } from "./user.js";
 
 export type Applied =
   | {

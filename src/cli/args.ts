@@ -66,7 +66,10 @@ export function parseOptions(
       throw usage(`--${field} and --no-${field} contradict each other`);
     }
   }
-  if (parsed.values.reason !== undefined && (parsed.values.description !== undefined || parsed.values["no-description"])) {
+  if (
+    parsed.values.reason !== undefined &&
+    (parsed.values.description !== undefined || parsed.values["no-description"])
+  ) {
     throw usage(
       "--reason sets the description HAProxy shows; give --reason or --description (--no-description), not both",
     );

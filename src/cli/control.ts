@@ -76,7 +76,8 @@ export function request(
 /** The wire form: a change's fields beside its op. */
 function flatten(body: ControlRequest | object): object {
   if ("op" in body && body.op === "change" && "change" in body) {
-    return { op: "change", ...(body.change as object) };
+    const by = "by" in body && body.by !== undefined ? { by: body.by } : {};
+    return { op: "change", ...(body.change as object), ...by };
   }
   return body;
 }

@@ -35,9 +35,9 @@ export function describeHistory(
   if (expires !== undefined) {
     const atMs = Date.parse(expires.at);
     const what =
-      expires.then === null
+      expires.returns === null
         ? `service ${expires.service} goes`
-        : `${expires.service === undefined ? "" : `service ${expires.service} `}returns to ${expires.then.status}`;
+        : `${expires.service === undefined ? "" : `service ${expires.service} `}returns to ${expires.returns.status}`;
     const when =
       atMs > nowMs
         ? `in ${formatDuration(atMs - nowMs)}`

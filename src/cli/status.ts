@@ -16,9 +16,9 @@ import { createStateStore, type LoadResult } from "../store.js";
 import type { Values } from "./args.js";
 import { request } from "./control.js";
 import { CLI_EXIT } from "./exit.js";
+import { describeHistory } from "./history.js";
 import type { CliIo } from "./io.js";
 import { type Asked, ask, INSTANCE_PAYLOAD, servicePayload } from "./probe.js";
-import { describeHistory } from "./history.js";
 import { findTarget, type Target } from "./target.js";
 
 interface ServiceView {
@@ -88,7 +88,17 @@ interface View {
   readonly recorded: State | undefined;
 }
 
-function asJson({ target, file, expected, live, services, agree, pollers, history, recorded }: View) {
+function asJson({
+  target,
+  file,
+  expected,
+  live,
+  services,
+  agree,
+  pollers,
+  history,
+  recorded,
+}: View) {
   return {
     stateFile: target.config.stateFile,
     file: file.ok ? { valid: true, state: file.state } : { valid: false, reason: file.reason },

@@ -17,8 +17,8 @@ import {
   type State,
   type Status,
   serialiseState,
-  validateState,
   type Via,
+  validateState,
   withFields,
   withoutService,
   withRecords,
@@ -108,8 +108,7 @@ export function applyChange(
     return { ok: false, code: "invalid", reason: `${where}${validated.reason}` };
   }
   const changed = record(origin, service, reason);
-  const expires =
-    forMs === undefined ? undefined : expiry(origin.atMs + forMs, current, service);
+  const expires = forMs === undefined ? undefined : expiry(origin.atMs + forMs, current, service);
   const next = withRecords(
     service !== undefined && current !== undefined
       ? withService(current, service, validated.state)
@@ -157,14 +156,18 @@ export function applySignal(current: State, status: Status, origin: Origin): Sta
 export function expire(current: State, nowMs: number): State | undefined {
   const expires = current.expires;
   if (expires === undefined || Date.parse(expires.at) > nowMs) return undefined;
-  const { service, then } = expires;
+  const { service, returns } = expires;
   const returned =
     service === undefined
-      ? withFields(current, then ?? FALLBACK_STATE)
-      : then === null
+      ? withFields(current, returns ?? FALLBACK_STATE)
+      : returns === null
         ? withoutService(current, service)
-        : withService(current, service, then);
-  return withRecords(returned, record({ atMs: nowMs, via: "expiry" }, service, undefined), undefined);
+        : withService(current, service, returns);
+  return withRecords(
+    returned,
+    record({ atMs: nowMs, via: "expiry" }, service, undefined),
+    undefined,
+  );
 }
 
 /** Milliseconds until the pending expiry is due (0 when it is), or undefined when none is. */
@@ -173,14 +176,21 @@ export function msUntilExpiry(state: State, nowMs: number): number | undefined {
   return Math.max(0, Date.parse(state.expires.at) - nowMs);
 }
 
-const UNITS_MS: Readonly<Record<string, number>> = { d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000 };
+const UNITS_MS: Readonly<Record<string, number>> = {
+  d: 86_400_000,
+  h: 3_600_000,
+  m: 60_000,
+  s: 1000,
+};
 
 /**
  * `90s`, `30m`, `2h`, `1d`, or several in that order (`1h30m`), in milliseconds; undefined when the
  * text is not a duration above zero and at most a year.
  */
 export function parseDuration(text: string): number | undefined {
-  const match = /^(?:([0-9]{1,6})d)?(?:([0-9]{1,6})h)?(?:([0-9]{1,6})m)?(?:([0-9]{1,7})s)?$/.exec(text);
+  const match = /^(?:([0-9]{1,6})d)?(?:([0-9]{1,6})h)?(?:([0-9]{1,6})m)?(?:([0-9]{1,7})s)?$/.exec(
+    text,
+  );
   if (match === null || text === "") return undefined;
   const [, d = "0", h = "0", m = "0", s = "0"] = match;
   const ms =
@@ -236,10 +246,11 @@ function record(origin: Origin, service: string | undefined, reason: string | un
 /** What returns at `atMs`: the target's state before the change (a service it adds goes). */
 function expiry(atMs: number, current: State | undefined, service: string | undefined): Expiry {
   const at = new Date(atMs).toISOString();
-  if (service === undefined) return Object.freeze({ at, then: makeState(current ?? FALLBACK_STATE) });
-  const then =
+  if (service === undefined)
+    return Object.freeze({ at, returns: makeState(current ?? FALLBACK_STATE) });
+  const returns =
     current !== undefined && hasService(current, service)
       ? makeState(current.services?.[service] as ServiceState)
       : null;
-  return Object.freeze({ at, service, then });
+  return Object.freeze({ at, service, returns });
 }

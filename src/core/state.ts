@@ -38,12 +38,12 @@ export interface Changed {
   readonly reason?: string;
 }
 
-/** A change that undoes itself: at `at`, `then` returns (null: the service it added goes). */
+/** A change that undoes itself: at `at`, `returns` comes back (null: the service it added goes). */
 export interface Expiry {
   readonly at: string;
   /** The service whose state returns; the instance's own fields when absent. */
   readonly service?: string;
-  readonly then: ServiceState | null;
+  readonly returns: ServiceState | null;
 }
 
 /** The whole file: the instance's state and, optionally, one state per agent-send name. */
@@ -69,7 +69,7 @@ export const MAX_DESCRIPTION_CHARS = 200;
 const SERVICE_FIELDS = ["status", "weight", "maxconn", "description"] as const;
 const FIELDS = [...SERVICE_FIELDS, "changed", "expires", "services"] as const;
 const CHANGED_FIELDS = ["at", "via", "signal", "by", "service", "reason"] as const;
-const EXPIRES_FIELDS = ["at", "service", "then"] as const;
+const EXPIRES_FIELDS = ["at", "service", "returns"] as const;
 /** What the command line reports as its user: a login name, perhaps with who ran sudo. */
 const MAX_BY_CHARS = 100;
 /** Signal names, as Node spells them. */
@@ -199,7 +199,8 @@ function validateChanged(value: unknown): Changed | string {
   const fields = objectOf(value, CHANGED_FIELDS, "the last change's record");
   if (typeof fields === "string") return fields;
   const { at, via, signal, by, service, reason } = fields;
-  if (!isTimestamp(at)) return `at must be a UTC time such as "2026-11-25T14:02:00.000Z", got ${describe(at)}`;
+  if (!isTimestamp(at))
+    return `at must be a UTC time such as "2026-11-25T14:02:00.000Z", got ${describe(at)}`;
   if (!(typeof via === "string" && (VIAS as readonly string[]).includes(via))) {
     return `via must be one of ${VIAS.join(", ")}, got ${describe(via)}`;
   }
@@ -229,22 +230,23 @@ function validateChanged(value: unknown): Changed | string {
 function validateExpires(value: unknown): Expiry | string {
   const fields = objectOf(value, EXPIRES_FIELDS, "a pending expiry");
   if (typeof fields === "string") return fields;
-  const { at, service, then } = fields;
-  if (!isTimestamp(at)) return `at must be a UTC time such as "2026-11-25T14:32:00.000Z", got ${describe(at)}`;
+  const { at, service, returns: back } = fields;
+  if (!isTimestamp(at))
+    return `at must be a UTC time such as "2026-11-25T14:32:00.000Z", got ${describe(at)}`;
   if (service !== undefined && !(typeof service === "string" && SERVICE_NAME.test(service))) {
     return `service must be a service name, got ${describe(service)}`;
   }
-  if (!("then" in fields)) return "then (the state that returns) is required";
-  if (then === null) {
-    if (service === undefined) return "then may be null (the service goes) only with a service";
-    return Object.freeze({ at: at as string, service: service as string, then: null });
+  if (!("returns" in fields)) return "returns (the state that comes back) is required";
+  if (back === null) {
+    if (service === undefined) return "returns may be null (the service goes) only with a service";
+    return Object.freeze({ at: at as string, service: service as string, returns: null });
   }
-  const returns = validateFields(then, SERVICE_FIELDS, "then");
-  if (!returns.ok) return returns.reason;
+  const checked = validateFields(back, SERVICE_FIELDS, "returns");
+  if (!checked.ok) return checked.reason;
   return Object.freeze({
     at: at as string,
     ...(service === undefined ? {} : { service: service as string }),
-    then: returns.state,
+    returns: checked.state,
   });
 }
 
@@ -366,7 +368,7 @@ export function serialiseState(state: State): string {
     changed,
     expires === undefined
       ? undefined
-      : { ...expires, then: expires.then === null ? null : makeState(expires.then) },
+      : { ...expires, returns: expires.returns === null ? null : makeState(expires.returns) },
   );
   return `${JSON.stringify(
     withServices(

@@ -204,7 +204,9 @@ export function createCommands({
     const result = await store.load();
     loaded(result.ok);
     if (result.ok) {
-      log.notice(`${cause}: loaded state file ${store.path}: ${set(reloaded(result.state, cause), "reload")}`);
+      log.notice(
+        `${cause}: loaded state file ${store.path}: ${set(reloaded(result.state, cause), "reload")}`,
+      );
       // A deadline that passed while the agent was stopped, or while the file was being edited.
       expireIfDue(cause);
     } else {
@@ -216,14 +218,22 @@ export function createCommands({
   };
 
   /**
-   * A file an operator edited by hand and had read again (HUP) keeps the record of the change
-   * before; the agent records the reload instead, and saves it with the next change.
+   * A file an operator edited by hand and had read again (HUP) still holds the record of an
+   * earlier change (or none): the agent records the reload in its own state (status and the log
+   * show it; the file is not rewritten for it). A file written with its own, newer record (the
+   * command line) keeps it.
    */
   const reloaded = (file: State, cause: string): State => {
-    if (!started || cause === "start-up" || sameState(file, state)) return file;
-    if (JSON.stringify(file.changed) !== JSON.stringify(state.changed)) return file;
-    const record = { at: new Date(now()).toISOString(), via: "reload" as const };
-    return withRecords(file, record, file.expires);
+    if (!started || cause === "start-up") return file;
+    const written = file.changed;
+    const known = state.changed;
+    const stale =
+      written === undefined ||
+      (known !== undefined && Date.parse(written.at) <= Date.parse(known.at));
+    if (!stale) return file;
+    // Read again without an edit that changes the answer: the last record still stands.
+    if (sameState(file, state)) return withRecords(file, known, file.expires);
+    return withRecords(file, { at: new Date(now()).toISOString(), via: "reload" }, file.expires);
   };
 
   const applyRequested = async (

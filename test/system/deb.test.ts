@@ -35,6 +35,7 @@ import {
   REPO,
   startDaemon,
   waitFor,
+  withoutRecord,
 } from "../helpers.js";
 
 const SKIP = missing("the binary and Debian package suite", {
@@ -272,7 +273,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     const expect = async (line: string, file: string) => {
       await waitFor(`reply ${line}`, async () => ((await probe(port)) === line ? true : undefined));
       await waitFor(`file ${file}`, async () =>
-        (await readFile(stateFile, "utf8")) === file ? true : undefined,
+        withoutRecord(await readFile(stateFile, "utf8")) === file ? true : undefined,
       );
     };
     await expect("up ready 100%\n", '{"status":"UP"}\n');
@@ -376,7 +377,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         );
         if (file !== undefined) {
           await waitFor(`file ${file}`, async () =>
-            (await readFile(stateFile, "utf8")) === file ? true : undefined,
+            withoutRecord(await readFile(stateFile, "utf8")) === file ? true : undefined,
           );
         }
       };
