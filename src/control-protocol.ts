@@ -3,7 +3,14 @@
  * per line. Requests are checked here, by both sides' shared rules; the daemon trusts nothing else.
  */
 import type { Change, FieldChange } from "./core/change.js";
-import { isServiceName, isStatus, STATUSES, type State } from "./core/state.js";
+import {
+  type Expiry,
+  isRecordedUser,
+  isServiceName,
+  isStatus,
+  STATUSES,
+  type State,
+} from "./core/state.js";
 
 export type ControlRequest =
   | { readonly op: "status" }
@@ -44,6 +51,8 @@ export type ChangeReply =
       readonly state: State;
       readonly replaced: string | null;
       readonly unsaved: string | null;
+      /** The pending expiry the change replaced. */
+      readonly cancelled: Expiry | null;
       /** The load balancers polling at the moment of the change, after it. */
       readonly pollers: readonly PollerView[];
     }
@@ -66,8 +75,6 @@ const CHANGE_FIELDS = [
   "forMs",
   "by",
 ];
-/** Longer than any user name; the state's rules judge the rest. */
-const MAX_BY_CHARS = 100;
 
 /** Checks one line of a request. Never throws. */
 export function parseRequest(line: string): RequestResult {
@@ -119,8 +126,11 @@ export function parseRequest(line: string): RequestResult {
   if (forMs !== undefined && !(typeof forMs === "number" && Number.isSafeInteger(forMs))) {
     return { ok: false, reason: "forMs must be a whole number of milliseconds" };
   }
-  if (by !== undefined && !(typeof by === "string" && by.length <= MAX_BY_CHARS)) {
-    return { ok: false, reason: `by must be a user's name of at most ${MAX_BY_CHARS} characters` };
+  if (by !== undefined && !isRecordedUser(by)) {
+    return {
+      ok: false,
+      reason: "by must be a user's name: 1-100 printable characters on one line",
+    };
   }
   return {
     ok: true,

@@ -15,7 +15,13 @@ import {
   unlink,
 } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join } from "node:path";
-import { MAX_STATE_FILE_BYTES, parseState, type State, serialiseState } from "./core/state.js";
+import {
+  MAX_STATE_FILE_BYTES,
+  parseState,
+  RECORDS_ALLOWANCE_BYTES,
+  type State,
+  serialiseState,
+} from "./core/state.js";
 import type { Logger } from "./log.js";
 
 /** A state file read and checked: its state, or why it has none. */
@@ -80,7 +86,7 @@ async function loadFile(path: string): Promise<LoadResult> {
     }
     if (!stats.isFile()) return { ok: false, reason: "is not a regular file", code: "EINVAL" };
     // Read one byte past the cap so a file that grew after stat() is still caught.
-    const buffer = Buffer.alloc(MAX_STATE_FILE_BYTES + 1);
+    const buffer = Buffer.alloc(MAX_STATE_FILE_BYTES + RECORDS_ALLOWANCE_BYTES + 1);
     let length = 0;
     while (length < buffer.length) {
       const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);

@@ -114,17 +114,10 @@ test("applyChange: what is refused, and why", () => {
       "invalid",
     ],
     [
-      "a reason and a description",
-      current,
-      { status: "DOWN", reason: "deploy", description: "x" },
-      "a reason is the description HAProxy shows: give a reason or a description, not both",
-      "invalid",
-    ],
-    [
       "a reason HAProxy could not show as written",
       current,
       { status: "DOWN", reason: "two\nlines" },
-      "reason must be 1-200 characters of printable text",
+      "reason must be 1-200 characters of printable text on one line, as a description",
       "invalid",
     ],
     [
@@ -193,36 +186,70 @@ test("applyChange: a user's name the file cannot keep is refused", () => {
   );
 });
 
-test("a reason is the description until the next change; a description stays", () => {
+test("a reason is shown in place of the description until the next change; a description stays", () => {
   const drained = applyChange(current, { status: "DRAIN", reason: "deploy 1.4.2" }, ORIGIN);
   assert.ok(drained.ok);
-  assert.equal(drained.state.description, "deploy 1.4.2");
+  assert.equal(drained.state.reason, "deploy 1.4.2");
+  assert.equal(drained.state.description, "canary", "the standing description is kept");
   assert.deepEqual(drained.state.changed, { ...byAlice(), reason: "deploy 1.4.2" });
 
-  const up = applyChange(drained.state, { status: "UP" }, ORIGIN);
-  assert.ok(up.ok);
-  assert.equal(up.state.description, undefined, "the last change's reason goes with it");
-  assert.deepEqual(up.state.changed, byAlice());
-
-  const labelled = applyChange(current, { status: "DRAIN" }, ORIGIN);
-  assert.ok(labelled.ok);
-  assert.equal(labelled.state.description, "canary", "a description set as such stays");
-  const again = applyChange(labelled.state, { status: "UP" }, ORIGIN);
-  assert.ok(again.ok);
-  assert.equal(again.state.description, "canary");
-
-  // A service's reason is its own: the instance's next change leaves it alone, and the reverse.
-  const web = applyChange(current, { status: "DOWN", service: "web", reason: "disk" }, ORIGIN);
+  // Whatever comes between: another service's change, a signal, an expiry, a reload.
+  const web = applyChange(drained.state, { status: "DRAIN", service: "web" }, ORIGIN);
   assert.ok(web.ok);
-  assert.equal(web.state.services?.web?.description, "disk");
-  assert.equal(web.state.description, "canary");
-  const instance = applyChange(web.state, { status: "DOWN" }, ORIGIN);
+  assert.equal(web.state.reason, "deploy 1.4.2", "another target's change leaves it");
+  const up = applyChange(web.state, { status: "UP" }, ORIGIN);
+  assert.ok(up.ok);
+  assert.equal(up.state.reason, undefined, "the instance's next change removes it");
+  assert.equal(up.state.description, "canary");
+  const signalled = applySignal(drained.state, "UP", {
+    atMs: AT_MS,
+    via: "signal",
+    signal: "SIGUSR1",
+  });
+  assert.equal(signalled.reason, undefined);
+  assert.equal(signalled.description, "canary");
+
+  // A service's reason is its own.
+  const webDown = applyChange(current, { status: "DOWN", service: "web", reason: "disk" }, ORIGIN);
+  assert.ok(webDown.ok);
+  assert.equal(webDown.state.services?.web?.reason, "disk");
+  assert.equal(webDown.state.reason, undefined);
+  const instance = applyChange(webDown.state, { status: "DOWN" }, ORIGIN);
   assert.ok(instance.ok);
-  assert.equal(instance.state.services?.web?.description, "disk");
-  assert.equal(instance.state.description, "canary");
-  const webUp = applyChange(web.state, { status: "UP", service: "web" }, ORIGIN);
+  assert.equal(instance.state.services?.web?.reason, "disk");
+  const webUp = applyChange(webDown.state, { status: "UP", service: "web" }, ORIGIN);
   assert.ok(webUp.ok);
-  assert.equal(webUp.state.services?.web?.description, undefined);
+  assert.equal(webUp.state.services?.web?.reason, undefined);
+  // A reason and a description together: HAProxy shows the reason.
+  const both = applyChange(current, { status: "DOWN", reason: "why", description: "what" }, ORIGIN);
+  assert.ok(both.ok);
+  assert.deepEqual([both.state.reason, both.state.description], ["why", "what"]);
+});
+
+test("a change made after an expiry was due starts from the state that returned", () => {
+  const hour = 3_600_000;
+  const drained = applyChange(
+    { status: "UP", weight: 100 },
+    { status: "DRAIN", weight: 0, forMs: hour },
+    ORIGIN,
+  );
+  assert.ok(drained.ok);
+  // An hour and more later, with no agent to apply the expiry: `hapgent up` on the file.
+  const later: Origin = { ...ORIGIN, atMs: AT_MS + 2 * hour };
+  const up = applyChange(drained.state, { status: "UP" }, later);
+  assert.ok(up.ok);
+  assert.equal(up.state.weight, 100, "the weight of the expired drain does not carry over");
+  assert.equal(up.cancelled, undefined, "an expiry that was due is not cancelled, it happened");
+  // Before the deadline, the change replaces the pending expiry and says so.
+  const early = applyChange(drained.state, { status: "UP" }, ORIGIN);
+  assert.ok(early.ok);
+  assert.equal(early.state.weight, 0);
+  assert.deepEqual(early.cancelled, drained.state.expires);
+  // What returns is `before` when the agent answers something the file does not hold.
+  const answered: State = { status: "DOWN", weight: 5 };
+  const fromAgent = applyChange(undefined, { status: "DRAIN", forMs: hour }, ORIGIN, answered);
+  assert.ok(fromAgent.ok);
+  assert.deepEqual(fromAgent.state.expires?.returns, { status: "DOWN", weight: 5 });
 });
 
 test("--for: what returns, and when", () => {
@@ -234,6 +261,7 @@ test("--for: what returns, and when", () => {
     at,
     returns: { status: "UP", weight: 30, maxconn: 9, description: "canary" },
   });
+  assert.equal(instance.state.reason, "deploy");
   const web = applyChange(current, { status: "MAINT", service: "web", forMs: hour }, ORIGIN);
   assert.ok(web.ok);
   assert.deepEqual(web.state.expires, {
@@ -261,7 +289,8 @@ test("--for: what returns, and when", () => {
     status: "DRAIN",
     weight: 30,
     maxconn: 9,
-    description: "deploy",
+    description: "canary",
+    reason: "deploy",
   });
   // Every state made here is a valid file, and reads back the same.
   for (const made of [instance, web, added, fresh, nested]) {
@@ -309,6 +338,7 @@ test("signals keep the fields but the last reason, and end a pending expiry", ()
     status: "UP",
     weight: 30,
     maxconn: 9,
+    description: "canary",
     changed: { at: "2026-11-25T14:02:01.000Z", via: "signal", signal: "SIGUSR1" },
     services: current.services,
   });

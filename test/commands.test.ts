@@ -317,7 +317,7 @@ describe("reasons and expiring changes", () => {
     assert.equal(agent.state.status, "DRAIN");
     assert.equal(agent.state.changed?.by, "alice");
     assert.equal(agent.state.changed?.reason, "deploy 1.4.2");
-    assert.equal(store.saves.at(-1), '{"status":"DRAIN","weight":40,"description":"deploy 1.4.2"}');
+    assert.equal(store.saves.at(-1), '{"status":"DRAIN","weight":40,"reason":"deploy 1.4.2"}');
     await waitUntil(() => agent.state.status === "UP");
     await agent.settled();
     assert.deepEqual(answered(agent.state), { status: "UP", weight: 40 });
@@ -327,7 +327,7 @@ describe("reasons and expiring changes", () => {
     assert.equal(agent.stats.changes.expiry, 1);
     assert.ok(
       lines.some((line) =>
-        /^<5>expiry: the change expired \(due \S+Z\): state \{"status":"DRAIN","weight":40,"description":"deploy 1\.4\.2"\} -> \{"status":"UP","weight":40,"changed":\{"at":"\S+","via":"expiry"\}\}$/.test(
+        /^<5>expiry: the change expired \(due \S+Z\): state \{"status":"DRAIN","weight":40,"reason":"deploy 1\.4\.2"\} -> \{"status":"UP","weight":40,"changed":\{"at":"\S+","via":"expiry"\}\}$/.test(
           line,
         ),
       ),
@@ -389,13 +389,18 @@ describe("reasons and expiring changes", () => {
     await agent.change({ status: "DRAIN", forMs: 3_600_000 }, "control");
     await sleep(200);
     assert.equal(agent.state.status, "DRAIN");
-    clock += 3_600_000;
+    // This clock stands still but where it is set: set to the deadline, the change runs out.
+    clock += 3_600_000 + 300;
     await waitUntil(() => agent.state.status === "UP");
-    // Set back, a deadline is further away: nothing returns early.
-    await agent.change({ status: "DRAIN", forMs: 60_000 }, "control");
+    // Set back, the deadline is an hour further away: a timer set for the 300 ms the change
+    // asked for has run out, and still nothing returns before the wall clock says so.
+    await agent.change({ status: "DRAIN", forMs: 300 }, "control");
     clock -= 3_600_000;
-    await sleep(200);
+    await sleep(600);
     assert.equal(agent.state.status, "DRAIN");
+    // This clock stands still but where it is set: set to the deadline, the change runs out.
+    clock += 3_600_000 + 300;
+    await waitUntil(() => agent.state.status === "UP");
   });
 
   test("a file edited by hand and read again is recorded as a reload, and saved with the next change", async () => {

@@ -571,3 +571,41 @@ describe("the audit record and the pending expiry", () => {
     });
   }
 });
+
+test("records never push a file the agent writes over what it reads back", () => {
+  // A state of just under 64 KiB, then the largest records a change can add.
+  const long = "d".repeat(190);
+  const services: Record<string, { status: "UP"; description: string }> = {};
+  let state: State = { status: "UP" };
+  for (let i = 0; serialiseState(state).length < MAX_STATE_FILE_BYTES - 300; i++) {
+    services[`s${i}`] = { status: "UP", description: long };
+    state = { status: "UP", services: { ...services } };
+  }
+  const reason = "\u00e9".repeat(200);
+  const recorded: State = {
+    ...state,
+    changed: {
+      at: "2026-11-25T14:02:00.000Z",
+      via: "cli",
+      by: "x".repeat(100),
+      service: "s1",
+      reason,
+    },
+    expires: {
+      at: "2026-11-25T14:32:00.000Z",
+      service: "s1",
+      returns: { status: "MAINT", weight: 255, maxconn: 65535, description: long, reason },
+    },
+  };
+  const text = serialiseState(recorded);
+  assert.ok(text.length > MAX_STATE_FILE_BYTES, `${text.length} bytes`);
+  const read = parseState(bytes(text));
+  assert.ok(read.ok, read.ok ? "" : read.reason);
+  // The state itself over the cap is still refused, records or not.
+  const over = serialiseState({
+    ...recorded,
+    description: long,
+    services: { ...services, extra: { status: "UP", description: long } },
+  });
+  assert.equal(parseState(bytes(over)).ok, false);
+});

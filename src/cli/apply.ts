@@ -6,7 +6,7 @@
  */
 import type { ChangeReply, PollerView } from "../control-protocol.js";
 import { applyChange, type Change } from "../core/change.js";
-import { formatState, isInService, type State } from "../core/state.js";
+import { type Expiry, formatState, isInService, type State } from "../core/state.js";
 import { createLogger } from "../log.js";
 import { createStateStore } from "../store.js";
 import { ControlError, request } from "./control.js";
@@ -83,6 +83,7 @@ function answered(
   }
   io.out(`hapgent pid ${pid} wrote ${path}: ${formatState(reply.state)}\n`);
   noteService(io, change, reply.state);
+  noteCancelled(io, reply.cancelled ?? undefined);
   return { code: CLI_EXIT.OK, state: reply.state, pid, pollers: reply.pollers };
 }
 
@@ -110,6 +111,7 @@ async function viaFile(io: CliIo, target: Target, change: Change): Promise<Appli
   }
   io.out(`wrote ${path}: ${formatState(next.state)}\n`);
   noteService(io, change, next.state);
+  noteCancelled(io, next.cancelled);
   return signal(io, target, next.state);
 }
 
@@ -141,6 +143,15 @@ async function signal(io: CliIo, target: Target, state: State): Promise<Applied>
   }
   io.out(`signalled hapgent pid ${daemon.pid} to reload\n`);
   return { code: CLI_EXIT.OK, state, pid: daemon.pid, pollers: undefined };
+}
+
+function noteCancelled(io: CliIo, expires: Expiry | undefined): void {
+  if (expires === undefined) return;
+  const what =
+    expires.returns === null
+      ? `service ${expires.service} would have gone`
+      : `${expires.service === undefined ? "" : `service ${expires.service} `}${expires.returns.status} would have returned`;
+  io.out(`note: this replaces the pending expiry: ${what} at ${expires.at}\n`);
 }
 
 function noteService(io: CliIo, change: Change, state: State): void {

@@ -66,14 +66,6 @@ export function parseOptions(
       throw usage(`--${field} and --no-${field} contradict each other`);
     }
   }
-  if (
-    parsed.values.reason !== undefined &&
-    (parsed.values.description !== undefined || parsed.values["no-description"])
-  ) {
-    throw usage(
-      "--reason sets the description HAProxy shows; give --reason or --description (--no-description), not both",
-    );
-  }
   return parsed;
 }
 

@@ -68,8 +68,8 @@ const SET = `Usage: hapgent set STATUS [OPTIONS]
        hapgent up | down | ready | drain | maint [OPTIONS]
 
 STATUS is one of ${STATUSES.join(", ")}.
-Fields not named keep their value from the current file (but a reason stays
-only until the next change). Validates first
+Fields not named keep their value from the current file; a reason lasts only
+until the next change. Validates first
 (nothing is written on bad input); the running agent applies and saves the
 change (through its control socket; else the command saves the file and sends
 SIGHUP); then the command probes it until it answers the new state.
@@ -80,9 +80,9 @@ SIGHUP); then the command probes it until it answers the new state.
   --maxconn N        maxconn 0-65535; --no-maxconn removes it
   --description TEXT text HAProxy shows in its stats (1-200 characters);
                      --no-description removes it
-  --reason TEXT      why: recorded with the change (and who made it, and when)
-                     and shown by HAProxy as the description until the next
-                     change; instead of --description
+  --reason TEXT      why (1-200 characters): recorded with the change, with who
+                     made it and when, and shown by HAProxy in place of the
+                     description until the next change
   --for DURATION     the change expires: after 90s, 30m, 2h, 1d or 1h30m the
                      state from before it returns, even across restarts of
                      the agent; a later change cancels it

@@ -9,14 +9,13 @@ import {
   type Expiry,
   FALLBACK_STATE,
   hasService,
-  isDescription,
-  MAX_DESCRIPTION_CHARS,
   MAX_STATE_FILE_BYTES,
   makeState,
   type ServiceState,
   type State,
   type Status,
   serialiseState,
+  stateBytes,
   type Via,
   validateState,
   withFields,
@@ -35,7 +34,7 @@ export interface Change {
   readonly weight?: FieldChange | undefined;
   readonly maxconn?: FieldChange | undefined;
   readonly description?: FieldChange | undefined;
-  /** Why: recorded with the change, and the description HAProxy shows until the next change. */
+  /** Why: recorded with the change, and shown by HAProxy until the next change. */
   readonly reason?: string | undefined;
   /** The change expires after this long, and the state from before it returns. */
   readonly forMs?: number | undefined;
@@ -53,7 +52,12 @@ export interface Origin {
 export const MAX_FOR_MS = 366 * 24 * 3600 * 1000;
 
 export type ChangeResult =
-  | { readonly ok: true; readonly state: State }
+  | {
+      readonly ok: true;
+      readonly state: State;
+      /** The pending expiry this change replaced (one not yet due), if any. */
+      readonly cancelled?: Expiry;
+    }
   | {
       readonly ok: false;
       /** `no-instance`: a service cannot be added to a file without a valid instance state. */
@@ -65,18 +69,28 @@ const CHANGED_FIELDS = ["weight", "maxconn", "description"] as const;
 
 /**
  * The state after `change`, checked by the file's own rules, as the agent will read it.
- * `current` is the file's valid state, or undefined when it is missing or invalid (a change of
- * the instance then starts afresh, and what the agent answered then, MAINT, is what an expiry
- * brings back). A pending expiry is replaced: by this change's, or by none.
+ * `file` is the file's valid state, or undefined when it is missing or invalid (a change of the
+ * instance then starts afresh). A pending expiry that is due is applied first, so nothing of a
+ * change that has run out carries over. `before` is what an expiry brings back: by default the
+ * file's state (MAINT, what a missing file gives, when there is none); the daemon passes what it
+ * answers when the file does not hold that. A pending expiry is replaced, by this change's or by
+ * none; the one replaced is returned, for the operator to hear of it.
  */
 export function applyChange(
-  current: State | undefined,
+  file: State | undefined,
   change: Change,
   origin: Origin,
+  before: State | undefined = undefined,
 ): ChangeResult {
   const { service, reason, forMs } = change;
-  const refused = refuseReasonAndDuration(change);
-  if (refused !== undefined) return { ok: false, code: "invalid", reason: refused };
+  if (forMs !== undefined && !(Number.isInteger(forMs) && forMs > 0 && forMs <= MAX_FOR_MS)) {
+    return {
+      ok: false,
+      code: "invalid",
+      reason: `a change may expire after 1 ms to a year, got ${forMs} ms`,
+    };
+  }
+  const current = file === undefined ? undefined : (expire(file, origin.atMs) ?? file);
   if (service !== undefined && current === undefined) {
     return {
       ok: false,
@@ -93,41 +107,39 @@ export function applyChange(
           ? (current.services?.[service] ?? {})
           : {};
   const candidate: Record<string, unknown> = { status: change.status };
-  // The last change's reason is not this one's: it goes unless this change keeps it on purpose.
-  const stale = lastReason(current, service);
   for (const field of CHANGED_FIELDS) {
-    const given = field === "description" && reason !== undefined ? reason : change[field];
+    const given = change[field];
     if (given === null) continue;
-    const kept = field === "description" && base[field] === stale ? undefined : base[field];
-    const value = given === undefined ? kept : given;
+    const value = given === undefined ? base[field] : given;
     if (value !== undefined) candidate[field] = value;
   }
+  // A reason is this change's own: the last one's is never carried over.
+  if (reason !== undefined) candidate.reason = reason;
   const validated = validateState(candidate);
   if (!validated.ok) {
     const where = service === undefined ? "" : `services[${JSON.stringify(service)}]: `;
     return { ok: false, code: "invalid", reason: `${where}${validated.reason}` };
   }
-  const changed = record(origin, service, reason);
-  const expires = forMs === undefined ? undefined : expiry(origin.atMs + forMs, current, service);
+  const expires =
+    forMs === undefined ? undefined : expiry(origin.atMs + forMs, before ?? current, service);
   const next = withRecords(
     service !== undefined && current !== undefined
       ? withService(current, service, validated.state)
       : current?.services !== undefined
         ? { ...validated.state, services: current.services }
         : validated.state,
-    changed,
+    record(origin, service, reason),
     expires,
   );
   // The whole file, as the agent will read it: the number of services, its size.
-  const text = serialiseState(next);
-  if (new TextEncoder().encode(text).length > MAX_STATE_FILE_BYTES) {
+  if (stateBytes(next) > MAX_STATE_FILE_BYTES) {
     return {
       ok: false,
       code: "invalid",
       reason: `the state file would be larger than ${MAX_STATE_FILE_BYTES} bytes`,
     };
   }
-  const reread = validateState(JSON.parse(text));
+  const reread = validateState(JSON.parse(serialiseState(next)));
   if (!reread.ok) {
     return {
       ok: false,
@@ -135,18 +147,17 @@ export function applyChange(
       reason: `the state file would be invalid: ${reread.reason}`,
     };
   }
-  return reread;
+  const cancelled = current === file ? file?.expires : undefined;
+  return cancelled === undefined ? reread : { ...reread, cancelled };
 }
 
 /**
- * A signal's change: USR1 (UP) and USR2 (DOWN) keep the other fields but the last change's
- * reason, and end a pending expiry.
+ * A signal's change: USR1 (UP) and USR2 (DOWN) keep the other fields but the instance's reason,
+ * which was the last change's, and end a pending expiry.
  */
 export function applySignal(current: State, status: Status, origin: Origin): State {
-  const description =
-    current.description === lastReason(current, undefined) ? undefined : current.description;
   return withRecords(
-    withFields(current, { ...current, status, description }),
+    withFields(current, { ...current, status, reason: undefined }),
     record(origin, undefined, undefined),
     undefined,
   );
@@ -211,25 +222,6 @@ export function formatDuration(ms: number): string {
     left -= count * size;
   }
   return text === "" ? "0s" : text;
-}
-
-function refuseReasonAndDuration({ reason, description, forMs }: Change): string | undefined {
-  if (reason !== undefined && description !== undefined) {
-    return "a reason is the description HAProxy shows: give a reason or a description, not both";
-  }
-  if (reason !== undefined && !isDescription(reason)) {
-    return `reason must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, not beginning or ending with a space, got ${JSON.stringify(String(reason).slice(0, 40))}`;
-  }
-  if (forMs !== undefined && !(Number.isInteger(forMs) && forMs > 0 && forMs <= MAX_FOR_MS)) {
-    return `a change may expire after 1 ms to a year, got ${forMs} ms`;
-  }
-  return undefined;
-}
-
-/** The reason the last change gave to `service` (the instance: undefined), if any. */
-function lastReason(current: State | undefined, service: string | undefined): string | undefined {
-  const changed = current?.changed;
-  return changed !== undefined && changed.service === service ? changed.reason : undefined;
 }
 
 function record(origin: Origin, service: string | undefined, reason: string | undefined): Changed {

@@ -32,6 +32,8 @@ export function reply(state: ServiceState): string {
   // The configured maxconn is unknown to the agent, so an absent maxconn is not mentioned.
   if (state.maxconn !== undefined) words.push(`maxconn:${state.maxconn}`);
   // Everything after `#` is HAProxy's description; it shows it only with a health word (not MAINT).
-  if (state.description !== undefined) words.push(`# ${state.description}`);
+  // A reason says why this state, so it is shown in place of the standing description.
+  const text = state.reason ?? state.description;
+  if (text !== undefined) words.push(`# ${text}`);
   return `${words.join(" ")}\n`;
 }

@@ -17,6 +17,11 @@ export interface ServiceState {
   readonly maxconn?: number;
   /** Shown by HAProxy in its stats, e.g. "via agent : down (deploy 1.4.2)". */
   readonly description?: string;
+  /**
+   * Why it is in this state, as the operator said with the change (`--reason`): shown by HAProxy
+   * in place of the description, and gone with the next change of the same instance or service.
+   */
+  readonly reason?: string;
 }
 
 /** How the last change came about: a signal, a file read again, the command line, an expiry. */
@@ -59,14 +64,19 @@ export type StateResult = { ok: true; state: State } | { ok: false; reason: stri
 /** What the agent falls back to when the file cannot be used; nothing of the old state is kept. */
 export const FALLBACK_STATE: State = Object.freeze({ status: "MAINT" });
 
-/** No valid state comes near this; a larger file is refused before it is parsed. */
+/** No valid state comes near this; a larger state is refused. */
 export const MAX_STATE_FILE_BYTES = 64 * 1024;
+/**
+ * Room in the file for the record of the last change and a pending expiry, on top of the
+ * state's own 64 KiB: a signal's or an expiry's record never makes a valid file too large.
+ */
+export const RECORDS_ALLOWANCE_BYTES = 4 * 1024;
 
 const WEIGHT_MAX = 255;
 const MAXCONN_MAX = 65535;
 /** Long enough for a deploy note, short enough for HAProxy's stats line. */
 export const MAX_DESCRIPTION_CHARS = 200;
-const SERVICE_FIELDS = ["status", "weight", "maxconn", "description"] as const;
+const SERVICE_FIELDS = ["status", "weight", "maxconn", "description", "reason"] as const;
 const FIELDS = [...SERVICE_FIELDS, "changed", "expires", "services"] as const;
 const CHANGED_FIELDS = ["at", "via", "signal", "by", "service", "reason"] as const;
 const EXPIRES_FIELDS = ["at", "service", "returns"] as const;
@@ -108,7 +118,7 @@ export function isStatus(value: unknown): value is Status {
 
 /** Parses the bytes of a state file. Never throws. */
 export function parseState(bytes: Uint8Array): StateResult {
-  if (bytes.length > MAX_STATE_FILE_BYTES) {
+  if (bytes.length > MAX_STATE_FILE_BYTES + RECORDS_ALLOWANCE_BYTES) {
     return fail(`file is larger than ${MAX_STATE_FILE_BYTES} bytes`);
   }
   let text: string;
@@ -133,7 +143,27 @@ export function parseState(bytes: Uint8Array): StateResult {
       `${where}${describe(duplicate.key)} appears more than once; expected each key once`,
     );
   }
-  return validateState(value);
+  const result = validateState(value);
+  // Only a file near the limit pays for measuring what its records add (as the agent writes
+  // them), which the allowance is for: the rest of the file is held to 64 KiB.
+  if (
+    result.ok &&
+    bytes.length > MAX_STATE_FILE_BYTES &&
+    bytes.length - recordsBytes(result.state) > MAX_STATE_FILE_BYTES
+  ) {
+    return fail(`file is larger than ${MAX_STATE_FILE_BYTES} bytes`);
+  }
+  return result;
+}
+
+/** The size of a state's file without the records of its last change and pending expiry. */
+export function stateBytes(state: State): number {
+  return Buffer.byteLength(serialiseState(withRecords(state, undefined, undefined)));
+}
+
+/** How much the records of the last change and a pending expiry add to a state's file. */
+function recordsBytes(state: State): number {
+  return Buffer.byteLength(serialiseState(state)) - stateBytes(state);
 }
 
 /** Checks a parsed JSON value against the state file rules. Never throws. */
@@ -207,7 +237,7 @@ function validateChanged(value: unknown): Changed | string {
   if (signal !== undefined && !(typeof signal === "string" && SIGNAL_NAME.test(signal))) {
     return `signal must be a signal's name such as "SIGUSR2", got ${describe(signal)}`;
   }
-  if (by !== undefined && !(isShownExactly(by) && [...by].length <= MAX_BY_CHARS)) {
+  if (by !== undefined && !isRecordedUser(by)) {
     return `by must be a user's name (1-${MAX_BY_CHARS} printable characters), got ${describe(by)}`;
   }
   if (service !== undefined && !(typeof service === "string" && SERVICE_NAME.test(service))) {
@@ -267,6 +297,11 @@ function objectOf(
   return record;
 }
 
+/** Whether `value` can be the record's `by`: a user's name, printable, on one line. */
+export function isRecordedUser(value: unknown): value is string {
+  return isShownExactly(value) && [...value].length <= MAX_BY_CHARS;
+}
+
 /** A signal's name as the audit record keeps it ("SIGUSR2"). */
 export function isSignalName(value: unknown): value is string {
   return typeof value === "string" && SIGNAL_NAME.test(value);
@@ -296,7 +331,7 @@ function validateFields(value: unknown, fields: readonly string[], where: string
     }
   }
   if (!("status" in record)) return invalid("status is required");
-  const { status, weight, maxconn, description } = record;
+  const { status, weight, maxconn, description, reason } = record;
   if (!isStatus(status)) {
     return invalid(`status must be one of ${STATUSES.join(", ")}, got ${describe(status)}`);
   }
@@ -311,6 +346,11 @@ function validateFields(value: unknown, fields: readonly string[], where: string
       `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got ${describe(description)}`,
     );
   }
+  if ("reason" in record && !isDescription(reason)) {
+    return invalid(
+      `reason must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, as a description, got ${describe(reason)}`,
+    );
+  }
   return {
     ok: true,
     state: makeState({
@@ -318,6 +358,7 @@ function validateFields(value: unknown, fields: readonly string[], where: string
       weight: weight as number | undefined,
       maxconn: maxconn as number | undefined,
       description: description as string | undefined,
+      reason: reason as string | undefined,
     }),
   };
 }
@@ -424,7 +465,16 @@ export function formatState(state: State): string {
   const text = serialiseState(state).trimEnd();
   if (text.length <= MAX_FORMATTED_CHARS || state.services === undefined) return text;
   const count = Object.keys(state.services).length;
-  return `${serialiseState(withServices(state, undefined)).trimEnd()} with ${count} services`;
+  // The services the last change and a pending expiry name are shown: the log is the history.
+  const named = [state.changed?.service, state.expires?.service].filter(
+    (name, i, all): name is string =>
+      name !== undefined && all.indexOf(name) === i && hasService(state, name),
+  );
+  const shown = named.map(
+    (name) =>
+      `, services[${JSON.stringify(name)}]: ${serialiseState(state.services?.[name] as ServiceState).trimEnd()}`,
+  );
+  return `${serialiseState(withServices(state, undefined)).trimEnd()} with ${count} services${shown.join("")}`;
 }
 
 /** What probes are answered from, for logs: the state without its audit record and expiry. */
@@ -452,7 +502,8 @@ function sameFields(a: ServiceState, b: ServiceState): boolean {
     a.status === b.status &&
     a.weight === b.weight &&
     a.maxconn === b.maxconn &&
-    a.description === b.description
+    a.description === b.description &&
+    a.reason === b.reason
   );
 }
 
@@ -489,6 +540,7 @@ export interface Fields {
   readonly weight?: number | undefined;
   readonly maxconn?: number | undefined;
   readonly description?: string | undefined;
+  readonly reason?: string | undefined;
 }
 
 /** A frozen state with exactly these fields (no services), in the file's order. */
@@ -498,11 +550,11 @@ export function makeState(given: Fields): State {
 
 /** The instance's own fields of a state, without its services. */
 function fieldsOf(state: ServiceState): Fields {
-  const { status, weight, maxconn, description } = state;
-  return { status, weight, maxconn, description };
+  const { status, weight, maxconn, description, reason } = state;
+  return { status, weight, maxconn, description, reason };
 }
 
-function fields({ status, weight, maxconn, description }: Fields): {
+function fields({ status, weight, maxconn, description, reason }: Fields): {
   -readonly [K in keyof State]: State[K];
 } {
   // Built field by field so the key order, and so the file, never depends on the input's order.
@@ -511,6 +563,7 @@ function fields({ status, weight, maxconn, description }: Fields): {
   if (weight !== undefined) state.weight = weight + 0;
   if (maxconn !== undefined) state.maxconn = maxconn + 0;
   if (description !== undefined) state.description = description;
+  if (reason !== undefined) state.reason = reason;
   return state;
 }
 

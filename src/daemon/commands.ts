@@ -16,6 +16,7 @@ import {
   type Origin,
 } from "../core/change.js";
 import {
+  type Expiry,
   FALLBACK_STATE,
   formatAnswered,
   formatState,
@@ -54,6 +55,8 @@ export type ChangeOutcome =
       readonly replaced: string | undefined;
       /** Why it could not be saved (it is answered, and the save is retried), or undefined. */
       readonly unsaved: string | undefined;
+      /** The pending expiry the change replaced, if any. */
+      readonly cancelled: Expiry | undefined;
     }
   | { readonly ok: false; readonly code: "invalid" | "no-instance"; readonly reason: string };
 
@@ -90,6 +93,11 @@ export interface CommandsOptions {
   readonly now?: () => number;
   /** How often a pending expiry is checked against the wall clock at least. */
   readonly expiryCheckMs?: number;
+}
+
+/** A note for the log line of a change that replaced a pending expiry. */
+function cancelled(expires: Expiry | undefined): string {
+  return expires === undefined ? "" : `; replaces the pending expiry due ${expires.at}`;
 }
 
 /**
@@ -242,11 +250,15 @@ export function createCommands({
     by: string | undefined,
   ): Promise<ChangeOutcome> => {
     await saves.idle();
+    // A state answered but never saved (a full disk): the file does not hold what is answered.
+    const unsaved = saves.pending;
     saves.abandon();
     const file = await store.load();
     loaded(file.ok);
     const origin: Origin = { atMs: now(), via: "cli", by };
-    const next = applyChange(file.ok ? file.state : undefined, change, origin);
+    // What an expiry brings back is what HAProxy hears now, which the file may not hold.
+    const before = file.ok && !unsaved ? undefined : state;
+    const next = applyChange(file.ok ? file.state : undefined, change, origin, before);
     if (!next.ok) {
       log.warning(`${cause}: refused: ${next.reason}`);
       return next;
@@ -254,10 +266,10 @@ export function createCommands({
     const replaced = file.ok || file.code === "ENOENT" ? undefined : file.reason;
     if (replaced !== undefined)
       log.warning(`${cause}: the state file ${store.path} was invalid (${replaced}); replaced`);
-    log.notice(`${cause}: state ${set(next.state, "control")}`);
+    log.notice(`${cause}: state ${set(next.state, "control")}${cancelled(next.cancelled)}`);
     saves.request();
     await saves.idle();
-    return { ok: true, state, replaced, unsaved: saves.failure };
+    return { ok: true, state, replaced, unsaved: saves.failure, cancelled: next.cancelled };
   };
 
   const enqueue = (queued: Queued): void => {
@@ -288,7 +300,10 @@ export function createCommands({
             via: "signal",
             signal: isSignalName(next.cause) ? next.cause : undefined,
           };
-          log.notice(`${next.cause}: state ${set(applySignal(state, status, origin), "signal")}`);
+          const ended = state.expires;
+          log.notice(
+            `${next.cause}: state ${set(applySignal(state, status, origin), "signal")}${cancelled(ended)}`,
+          );
           saves.request();
         }
         next.applied();

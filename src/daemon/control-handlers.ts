@@ -55,6 +55,7 @@ export function controlHandlers({ commands, ledger, replies, now }: HandlerParts
         state: outcome.state,
         replaced: outcome.replaced ?? null,
         unsaved: outcome.unsaved ?? null,
+        cancelled: outcome.cancelled ?? null,
         pollers: pollers(),
       };
     },
