@@ -186,6 +186,7 @@ describe("control socket of the daemon", () => {
       },
       replaced: null,
       unsaved: null,
+      cancelled: null,
       pollers: [],
     });
     assert.equal(await d.readState(), '{"status":"DRAIN","weight":30,"maxconn":7}\n');
