@@ -20,7 +20,7 @@ import { fileURLToPath } from "node:url";
 import { nodeFlags } from "../scripts/node-flags.js";
 import { measure } from "./measure.js";
 import { parseOptions } from "./options.js";
-import { buildLoadgen, stopChildrenOnSignal } from "./processes.js";
+import { buildLoadgen, stopChildrenOnSignal, useChecks } from "./processes.js";
 import { checks, limits, TARGETS, table } from "./report.js";
 import { node24Path, olderThanSources, targetSpecs } from "./targets.js";
 
@@ -74,8 +74,13 @@ async function main(): Promise<number> {
 
   stopChildrenOnSignal(say);
   const dir = await mkdtemp(join(tmpdir(), "hapgent-bench-"));
-  const results = await measure({ specs, params: options.params, loadgen, dir, say }).finally(() =>
-    rm(dir, { recursive: true, force: true }),
+  // The checks' own target lives in this process, which mostly waits for the load generator.
+  const stopChecks = await useChecks(dir);
+  const results = await measure({ specs, params: options.params, loadgen, dir, say }).finally(
+    async () => {
+      await stopChecks();
+      await rm(dir, { recursive: true, force: true });
+    },
   );
 
   const machine = `${cpus().length} × ${cpus()[0]?.model.trim() ?? "unknown CPU"}, Linux ${release()}, Node ${process.version}`;

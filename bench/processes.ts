@@ -51,6 +51,36 @@ function dropFromPageCache(path: string): void {
 
 let nextPort = 20_000 + (process.pid % 5000) * 2;
 
+/** The checks file of the targets with checks (see useChecks). */
+let checksFile: string | undefined;
+
+/** How many checks a target with checks runs, and how often each. */
+export const BENCH_CHECKS = 10;
+const CHECK_INTERVAL = "1s";
+
+/**
+ * A small HTTP service answering 200, and a checks file in `dir` with BENCH_CHECKS checks of it:
+ * what the targets with checks run. Returns a function that stops the service.
+ */
+export async function useChecks(dir: string): Promise<() => Promise<void>> {
+  const { createServer } = await import("node:http");
+  const server = createServer((_req, res) => res.end("ok"));
+  await new Promise<void>((ready) => server.listen(0, "127.0.0.1", ready));
+  const { port } = server.address() as { port: number };
+  checksFile = join(dir, "checks.json");
+  const checks = Array.from({ length: BENCH_CHECKS }, (_, i) => ({
+    name: `check${i}`,
+    http: `http://127.0.0.1:${port}/health/${i}`,
+    interval: CHECK_INTERVAL,
+  }));
+  await writeFile(checksFile, JSON.stringify({ checks }), { mode: 0o644 });
+  return () =>
+    new Promise<void>((done) => {
+      server.closeAllConnections();
+      server.close(() => done());
+    });
+}
+
 function envFor(spec: TargetSpec, port: number, stateFile: string): NodeJS.ProcessEnv {
   return {
     PATH: process.env.PATH ?? "/usr/bin:/bin",
@@ -59,6 +89,7 @@ function envFor(spec: TargetSpec, port: number, stateFile: string): NodeJS.Proce
     HAPGENT_STATE_FILE: stateFile,
     BASELINE_PORT: String(port),
     ...(spec.metrics ? { HAPGENT_METRICS: `127.0.0.1:${nextPort++}` } : {}),
+    ...(spec.checks && checksFile !== undefined ? { HAPGENT_CHECKS_FILE: checksFile } : {}),
   };
 }
 

@@ -13,6 +13,8 @@ export interface TargetSpec extends Column {
   readonly agent: boolean;
   /** Started with HAPGENT_METRICS (its own port), to show what metrics cost. */
   readonly metrics?: boolean;
+  /** Started with HAPGENT_CHECKS_FILE: ten HTTP checks, each once a second. */
+  readonly checks?: boolean;
 }
 
 export interface Programs {
@@ -51,6 +53,10 @@ export function targetSpecs(p: Programs): TargetSpec[] {
     {
       ...pair("hapgent, metrics on", [p.node, ...p.nodeFlags, p.main], true, false, "baseline"),
       metrics: true,
+    },
+    {
+      ...pair("hapgent, ten checks", [p.node, ...p.nodeFlags, p.main], true, false, "baseline"),
+      checks: true,
     },
     ...(p.binary !== undefined && p.node24 !== undefined
       ? [

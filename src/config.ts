@@ -24,6 +24,8 @@ export interface Config {
   readonly controlSocket: string;
   /** Where to serve Prometheus metrics (HAPGENT_METRICS); undefined: no listener at all. */
   readonly metrics: MetricsAddress | undefined;
+  /** The agent's own checks (HAPGENT_CHECKS_FILE), absolute; undefined: no checks at all. */
+  readonly checksFile: string | undefined;
 }
 
 export interface MetricsAddress {
@@ -51,6 +53,8 @@ export const DEFAULTS = Object.freeze({
   HAPGENT_CONTROL_SOCKET: "",
   /** Empty: no metrics listener. */
   HAPGENT_METRICS: "",
+  /** Empty: no checks. */
+  HAPGENT_CHECKS_FILE: "",
 });
 
 /** Linux's limit on a Unix socket's path (sun_path, less its terminating NUL). */
@@ -63,8 +67,8 @@ export type Variable = keyof typeof DEFAULTS;
 
 /**
  * Reads HAPGENT_IP, HAPGENT_PORT, HAPGENT_STATE_FILE, HAPGENT_SEND_WAIT_MS,
- * HAPGENT_CONTROL_SOCKET and HAPGENT_METRICS, for a process running as `uid`. An unset or empty variable takes its
- * default. The reason of a failure names the variable, its value and what was expected.
+ * HAPGENT_CONTROL_SOCKET, HAPGENT_METRICS and HAPGENT_CHECKS_FILE, for a process running as
+ * `uid`. An unset or empty variable takes its default. The reason of a failure names the variable, its value and what was expected.
  */
 export function parseConfig(
   env: Readonly<Record<string, string | undefined>>,
@@ -121,9 +125,26 @@ export function parseConfig(
       `ADDRESS:PORT to serve metrics on, such as 127.0.0.1:9778, 0.0.0.0:9778 or [::1]:9778, with a port 1-65535 other than HAPGENT_PORT's (${port}); or empty for none`,
     );
   }
+  const checksText = value("HAPGENT_CHECKS_FILE");
+  if (checksText.includes("\0")) {
+    return invalid(
+      "HAPGENT_CHECKS_FILE",
+      checksText,
+      "a file path without NUL bytes, or empty for none",
+    );
+  }
+  const checksFile = checksText === "" ? undefined : resolve(cwd, checksText);
   return {
     ok: true,
-    config: { host, port, stateFile: resolve(cwd, stateFile), sendWaitMs, controlSocket, metrics },
+    config: {
+      host,
+      port,
+      stateFile: resolve(cwd, stateFile),
+      sendWaitMs,
+      controlSocket,
+      metrics,
+      checksFile,
+    },
   };
 }
 

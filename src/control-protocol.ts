@@ -4,13 +4,22 @@
  */
 import type { Change, FieldChange } from "./core/change.js";
 import {
+  answerFor,
+  CHECKS_UNUSABLE,
+  NO_VERDICTS,
+  type Verdict,
+  type Verdicts,
+} from "./core/compose.js";
+import {
   type Expiry,
   isRecordedUser,
   isServiceName,
   isStatus,
+  type ServiceState,
   STATUSES,
   type State,
 } from "./core/state.js";
+import type { CheckView } from "./daemon/checks.js";
 
 export type ControlRequest =
   | { readonly op: "status" }
@@ -39,14 +48,21 @@ export interface PollerView {
   readonly current: boolean;
 }
 
-export interface StatusReply {
+/** The agent's own checks, as the daemon reports them (none without a checks file). */
+export interface ChecksView {
+  readonly checks: readonly CheckView[];
+  /** Why the checks file cannot be used (the agent answers MAINT), or null. */
+  readonly checksProblem: string | null;
+}
+
+export interface StatusReply extends ChecksView {
   readonly ok: true;
   readonly state: State;
   readonly pollers: readonly PollerView[];
 }
 
 export type ChangeReply =
-  | {
+  | ({
       readonly ok: true;
       readonly state: State;
       readonly replaced: string | null;
@@ -55,10 +71,39 @@ export type ChangeReply =
       readonly cancelled: Expiry | null;
       /** The load balancers polling at the moment of the change, after it. */
       readonly pollers: readonly PollerView[];
-    }
+    } & ChecksView)
   | { readonly ok: false; readonly code: "invalid" | "no-instance"; readonly error: string };
 
 export type ErrorReply = { readonly ok: false; readonly error: string };
+
+/**
+ * What the agent answers a probe of `name` (undefined: the instance) in `state`, with the
+ * verdicts of the checks the daemon reported: what a command expects to hear. A checks file
+ * that cannot be used means MAINT, as in the daemon. A daemon that says nothing of checks (one
+ * older than them) has none.
+ */
+export function answerWith(
+  state: State,
+  name: string | undefined,
+  view: Partial<ChecksView> | undefined,
+): ServiceState {
+  return answerFor(state, name, verdictsOf(view));
+}
+
+function verdictsOf(view: Partial<ChecksView> | undefined): Verdicts {
+  if (view === undefined) return NO_VERDICTS;
+  if (typeof view.checksProblem === "string") {
+    return { instance: [CHECKS_UNUSABLE], services: new Map() };
+  }
+  const instance: Verdict[] = [];
+  const services = new Map<string, Verdict[]>();
+  for (const check of view.checks ?? []) {
+    if (check.verdict === undefined) continue;
+    if (check.service === undefined) instance.push(check.verdict);
+    else services.set(check.service, [...(services.get(check.service) ?? []), check.verdict]);
+  }
+  return { instance, services };
+}
 
 export type RequestResult =
   | { readonly ok: true; readonly request: ControlRequest }

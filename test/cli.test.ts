@@ -247,6 +247,8 @@ describe("hapgent status", () => {
       error: null,
       services: [],
       loadBalancers: [],
+      checks: [],
+      checksProblem: null,
       agree: true,
       // The file was written by hand: no record of its change, no expiry.
       changed: null,

@@ -13,8 +13,22 @@ describe("parseConfig", () => {
         sendWaitMs: 100,
         controlSocket: "/tmp/hapgent-1000/9777.sock",
         metrics: undefined,
+        checksFile: undefined,
       },
     });
+  });
+  test("HAPGENT_CHECKS_FILE: absolute, relative to the working directory, or none", () => {
+    const at = (value: string) => {
+      const result = parseConfig({ HAPGENT_CHECKS_FILE: value }, "/srv", 1000);
+      assert.ok(result.ok, result.ok ? "" : result.reason);
+      return result.config.checksFile;
+    };
+    assert.equal(at("/etc/hapgent/checks.json"), "/etc/hapgent/checks.json");
+    assert.equal(at("checks.json"), "/srv/checks.json");
+    assert.equal(at(""), undefined);
+    const bad = parseConfig({ HAPGENT_CHECKS_FILE: "a\0b" }, "/", 1000);
+    assert.ok(!bad.ok);
+    assert.match(bad.reason, /HAPGENT_CHECKS_FILE/);
   });
   const metricsAddresses: [string, { host: string; port: number }][] = [
     ["127.0.0.1:9778", { host: "127.0.0.1", port: 9778 }],

@@ -161,6 +161,8 @@ describe("control socket of the daemon", () => {
       ok: true,
       state: { status: "UP", weight: 30 },
       pollers: [],
+      checks: [],
+      checksProblem: null,
     });
     const junk = await Promise.all(
       Array.from({ length: 40 }, (_, i) =>
@@ -188,6 +190,8 @@ describe("control socket of the daemon", () => {
       unsaved: null,
       cancelled: null,
       pollers: [],
+      checks: [],
+      checksProblem: null,
     });
     assert.equal(await d.readState(), '{"status":"DRAIN","weight":30,"maxconn":7}\n');
     assert.equal(await d.probe(), "up drain 30% maxconn:7\n");

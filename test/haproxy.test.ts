@@ -4,6 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { describe, test } from "node:test";
 import { STATUSES, type Status } from "../src/core/state.js";
 import {
@@ -13,7 +16,7 @@ import {
   startHaproxy,
   type View,
 } from "./haproxy.js";
-import { type Daemon, runHapgent, startDaemon } from "./helpers.js";
+import { type Daemon, runHapgent, startDaemon, tempDir } from "./helpers.js";
 
 /** Configured weights 1, 100 and 200; with and without HAProxy's own check and agent-send. */
 const BACKENDS: readonly BackendSpec[] = [
@@ -233,6 +236,74 @@ describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
     // The expiry, not some other path, brought it back: not before its two seconds.
     assert.ok(Date.now() - changedAt >= 1900, `${Date.now() - changedAt} ms`);
     assert.match(d.stderr(), /expiry: the change expired/);
+  });
+
+  test("the agent's own check: an application answering 503 is drained within fall x interval + one agent interval, back after rise; MAINT stays MAINT", async (t) => {
+    let code = 200;
+    const app = createServer((_req, res) => {
+      res.statusCode = code;
+      res.end();
+    });
+    await new Promise<void>((resolve) => app.listen(0, "127.0.0.1", resolve));
+    t.after(() => {
+      app.closeAllConnections();
+      app.close();
+    });
+    const url = `http://127.0.0.1:${(app.address() as AddressInfo).port}/health`;
+    const dir = await tempDir(t);
+    const checksFile = join(dir, "checks.json");
+    const [intervalMs, fall, rise, agentInterMs] = [300, 3, 2, 300];
+    await writeFile(
+      checksFile,
+      JSON.stringify({
+        checks: [
+          { name: "app", http: url, interval: `${intervalMs}ms`, timeout: "200ms", fall, rise },
+        ],
+      }),
+    );
+    const d = await startDaemon(t, {
+      state: '{"status":"UP"}',
+      env: { HAPGENT_CHECKS_FILE: checksFile },
+    });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS, agentInterMs });
+    await h.waitUntil("up", allShow("UP"));
+    const failedAt = Date.now();
+    code = 503;
+    await h.waitUntil(
+      "drained by the check",
+      (v) =>
+        allShow("DRAIN")(v) &&
+        Object.values(v).every(
+          (s) => s.lastAgent === `via agent : up (check app: ${url}: 503 for 3 checks)`,
+        ),
+    );
+    const drainedAfter = Date.now() - failedAt;
+    // The first failing run comes within one interval, `fall` of them within `fall` intervals;
+    // HAProxy hears it at its next probe; reading HAProxy's view and the checks' own runs take the rest.
+    const bound = fall * intervalMs + agentInterMs + 500;
+    assert.ok(drainedAfter <= bound, `drained after ${drainedAfter} ms, expected at most ${bound}`);
+    const healedAt = Date.now();
+    code = 200;
+    await h.waitUntil("back after rise", allShow("UP"));
+    const backAfter = Date.now() - healedAt;
+    assert.ok(backAfter <= rise * intervalMs + agentInterMs + 300, `back after ${backAfter} ms`);
+    // The operator's MAINT stays MAINT whatever the checks say.
+    const env = {
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_IP: "127.0.0.1",
+      HAPGENT_PORT: String(d.port),
+    };
+    assert.equal((await runHapgent(["maint"], env)).code, 0);
+    await h.waitUntil("MAINT", allShow("MAINT"));
+    code = 503;
+    await new Promise((resolve) => setTimeout(resolve, (fall + 1) * intervalMs + 2 * agentInterMs));
+    code = 200;
+    await new Promise((resolve) => setTimeout(resolve, (rise + 1) * intervalMs + 2 * agentInterMs));
+    const view = await h.waitUntil("still MAINT", allShow("MAINT"));
+    assert.ok(view);
+    console.log(
+      `# drained ${drainedAfter} ms after the application's first 503, back ${backAfter} ms after its first 200`,
+    );
   });
 
   test("agent-send payloads: the same answers and never a check error over hundreds of probes", async (t) => {

@@ -4,7 +4,7 @@
  * older daemon, a socket this user may not use): the command saves the file crash-safely with the
  * daemon's own store and sends SIGHUP.
  */
-import type { ChangeReply, PollerView } from "../control-protocol.js";
+import type { ChangeReply, ChecksView, PollerView } from "../control-protocol.js";
 import { applyChange, type Change } from "../core/change.js";
 import { type Expiry, formatState, isInService, type State } from "../core/state.js";
 import { createLogger } from "../log.js";
@@ -23,6 +23,8 @@ export type Applied =
       readonly pid: number;
       /** The load balancers polling at the change, after it; undefined without the socket. */
       readonly pollers: readonly PollerView[] | undefined;
+      /** The agent's checks at the change; undefined without the socket. */
+      readonly checks: ChecksView | undefined;
     }
   | { readonly code: Exclude<(typeof CLI_EXIT)[keyof typeof CLI_EXIT], 0> };
 
@@ -84,7 +86,8 @@ function answered(
   io.out(`hapgent pid ${pid} wrote ${path}: ${formatState(reply.state)}\n`);
   noteService(io, change, reply.state);
   noteCancelled(io, reply.cancelled ?? undefined);
-  return { code: CLI_EXIT.OK, state: reply.state, pid, pollers: reply.pollers };
+  const checks = { checks: reply.checks ?? [], checksProblem: reply.checksProblem ?? null };
+  return { code: CLI_EXIT.OK, state: reply.state, pid, pollers: reply.pollers, checks };
 }
 
 async function viaFile(io: CliIo, target: Target, change: Change): Promise<Applied> {
@@ -142,7 +145,7 @@ async function signal(io: CliIo, target: Target, state: State): Promise<Applied>
     return { code: CLI_EXIT.NO_AGENT };
   }
   io.out(`signalled hapgent pid ${daemon.pid} to reload\n`);
-  return { code: CLI_EXIT.OK, state, pid: daemon.pid, pollers: undefined };
+  return { code: CLI_EXIT.OK, state, pid: daemon.pid, pollers: undefined, checks: undefined };
 }
 
 function noteCancelled(io: CliIo, expires: Expiry | undefined): void {

@@ -3,6 +3,8 @@
  * or by saving the file and signalling), confirm with a probe, and optionally wait until every
  * load balancer heard it (--wait) and the service's port is idle (--idle PORT).
  */
+
+import { answerWith } from "../control-protocol.js";
 import { type Change, type FieldChange, parseDuration } from "../core/change.js";
 import { reply } from "../core/reply.js";
 import {
@@ -42,7 +44,8 @@ export async function set(io: CliIo, values: Values, status: Status): Promise<nu
   const applied = await apply(io, target, change, timeoutS);
   if (applied.code !== CLI_EXIT.OK) return applied.code;
   if (!values["no-confirm"] && !values["no-wait"]) {
-    const expected = reply(serviceState(applied.state, change.service));
+    // With the agent's checks failing, it answers their verdict, not the file's state.
+    const expected = reply(answerWith(applied.state, change.service, applied.checks));
     const confirmed = await confirm(io, target, applied.pid, change.service, expected, timeoutS);
     if (confirmed !== CLI_EXIT.OK) return confirmed;
   }

@@ -1,16 +1,23 @@
 /** `hapgent status`: the file's state, what the live agent answers, and whether they agree. */
 
 import { formatAddress } from "../config.js";
-import type { PollerView, StatusReply } from "../control-protocol.js";
+import {
+  answerWith,
+  type ChecksView,
+  type PollerView,
+  type StatusReply,
+} from "../control-protocol.js";
 import { reply } from "../core/reply.js";
 import {
   FALLBACK_STATE,
   formatState,
+  hasService,
   printable,
   type ServiceState,
   type State,
   serviceState,
 } from "../core/state.js";
+import type { CheckView } from "../daemon/checks.js";
 import { silentLogger } from "../log.js";
 import { createStateStore, type LoadResult } from "../store.js";
 import type { Values } from "./args.js";
@@ -36,9 +43,11 @@ export async function status(io: CliIo, values: Values): Promise<number> {
   // The daemon's own state carries a record the file may not have yet (a hand edit read again).
   const recorded = daemon?.state ?? (file.ok ? file.state : undefined);
   const history = recorded === undefined ? undefined : describeHistory(recorded, Date.now());
-  const expected = reply(file.ok ? file.state : FALLBACK_STATE);
+  // What the agent should answer: the file's state, with its checks' verdicts when it has any.
+  const answering = file.ok ? file.state : FALLBACK_STATE;
+  const expected = reply(answerWith(answering, undefined, daemon));
   const live = await ask(target.probeHost, target.probePort, INSTANCE_PAYLOAD);
-  const services = file.ok ? await askServices(target, file.state, live) : [];
+  const services = file.ok ? await askServices(target, answering, live, daemon) : [];
   // Something else may listen on the port when no daemon serves the file: its word is no agreement.
   const agree =
     target.agents.length > 0 &&
@@ -51,20 +60,39 @@ export async function status(io: CliIo, values: Values): Promise<number> {
       : agree
         ? CLI_EXIT.OK
         : CLI_EXIT.NOT_CONFIRMED;
-  const view = { target, file, expected, live, services, agree, pollers, history, recorded };
+  const view = {
+    target,
+    file,
+    expected,
+    live,
+    services,
+    agree,
+    pollers,
+    history,
+    recorded,
+    checks: daemon?.checks,
+    checksProblem: daemon?.checksProblem ?? null,
+    fileOnly: reply(file.ok ? file.state : FALLBACK_STATE),
+  };
   io.out(values.json ? `${JSON.stringify(asJson(view))}\n` : asText(view));
   return code;
 }
 
 /** Each service is asked as HAProxy asks it; once the agent does not answer, none is asked. */
-async function askServices(target: Target, state: State, live: Asked): Promise<ServiceView[]> {
+async function askServices(
+  target: Target,
+  state: State,
+  live: Asked,
+  checks: Partial<ChecksView> | undefined,
+): Promise<ServiceView[]> {
   const views: ServiceView[] = [];
   for (const [name, service] of Object.entries(state.services ?? {})) {
     const asked =
       live.answer === undefined
         ? live
         : await ask(target.probeHost, target.probePort, servicePayload(name));
-    views.push({ name, state: service, expected: reply(serviceState(state, name)), asked });
+    const expected = reply(answerWith(state, name, checks));
+    views.push({ name, state: service, expected, asked });
   }
   return views;
 }
@@ -86,6 +114,11 @@ interface View {
   readonly agree: boolean;
   readonly history: string | undefined;
   readonly recorded: State | undefined;
+  /** The daemon's checks; undefined when the daemon did not say. */
+  readonly checks: readonly CheckView[] | undefined;
+  readonly checksProblem: string | null;
+  /** The file's own answer, before the checks. */
+  readonly fileOnly: string;
 }
 
 function asJson({
@@ -98,6 +131,8 @@ function asJson({
   pollers,
   history,
   recorded,
+  checks,
+  checksProblem,
 }: View) {
   return {
     stateFile: target.config.stateFile,
@@ -119,11 +154,25 @@ function asJson({
       agree: service.asked.answer === service.expected,
     })),
     loadBalancers: pollers ?? null,
+    checks: checks ?? null,
+    checksProblem,
     agree,
   };
 }
 
-function asText({ target, file, expected, live, services, agree, pollers, history }: View): string {
+function asText({
+  target,
+  file,
+  expected,
+  live,
+  services,
+  agree,
+  pollers,
+  history,
+  checks,
+  checksProblem,
+  fileOnly,
+}: View): string {
   const address = formatAddress(target.probeHost, target.probePort);
   const lines = [
     `state file  ${target.config.stateFile}: ${file.ok ? formatState(file.state) : `INVALID: ${file.reason}`}`,
@@ -134,11 +183,46 @@ function asText({ target, file, expected, live, services, agree, pollers, histor
       (service) =>
         `service     ${service.name}: expected ${service.expected.trimEnd()}, agent ${answered(service.asked)}${service.asked.answer === service.expected ? "" : " (DIFFERS)"}`,
     ),
+    ...checkLines(
+      checks,
+      checksProblem,
+      fileOnly === expected ? undefined : fileOnly,
+      file.ok ? file.state : undefined,
+    ),
     ...pollerLines(pollers),
     ...target.notes.map((text) => `note        ${text}`),
     agree ? "agreement   yes" : "agreement   NO",
   ];
   return `${lines.join("\n")}\n`;
+}
+
+function checkLines(
+  checks: readonly CheckView[] | undefined,
+  problem: string | null,
+  overruled: string | undefined,
+  state: State | undefined,
+): string[] {
+  if (problem !== null) {
+    return [`checks      UNUSABLE: ${printable(problem)}; the agent answers MAINT`];
+  }
+  const lines = (checks ?? []).map((c) => {
+    const rules =
+      c.service === undefined
+        ? ""
+        : state !== undefined && hasService(state, c.service)
+          ? ` for ${c.service}`
+          : ` for ${c.service} (the state file names no such service: no effect)`;
+    const result =
+      c.last === undefined
+        ? "not run yet"
+        : `last ${printable(c.last.detail)} in ${c.last.durationMs} ms, ${((Date.now() - c.last.atMs) / 1000).toFixed(1)} s ago`;
+    const now = c.passing ? "passing" : `FAILING (${c.verdict?.status ?? "?"})`;
+    return `check       ${c.name}${rules}: ${now}; ${result}; passes ${c.passes}/${c.rise}, failures ${c.fails}/${c.fall}`;
+  });
+  if (overruled !== undefined) {
+    lines.push(`note        the checks decide: the file alone would answer ${overruled.trimEnd()}`);
+  }
+  return lines;
 }
 
 function pollerLines(pollers: readonly PollerView[] | undefined): string[] {

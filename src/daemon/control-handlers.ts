@@ -7,6 +7,7 @@ import { dirname } from "node:path";
 import type { ChangeReply, ControlRequest, PollerView, StatusReply } from "../control-protocol.js";
 import type { Logger } from "../log.js";
 import { controllerOf, walkPath } from "../path-control.js";
+import type { CheckLayer } from "./check-layer.js";
 import type { Commands } from "./commands.js";
 import {
   type ControlHandlers,
@@ -21,6 +22,8 @@ export interface HandlerParts {
   readonly commands: Pick<Commands, "state" | "change">;
   readonly ledger: Pick<Ledger, "pollers">;
   readonly replies: Pick<Replies, "currentFor">;
+  /** The agent's own checks; undefined without a checks file. */
+  readonly checks: Pick<CheckLayer, "views" | "problem"> | undefined;
   readonly now: () => number;
 }
 
@@ -28,7 +31,17 @@ const decoder = new TextDecoder();
 const text = (bytes: Uint8Array | undefined) =>
   bytes === undefined ? null : decoder.decode(bytes).trimEnd();
 
-export function controlHandlers({ commands, ledger, replies, now }: HandlerParts): ControlHandlers {
+export function controlHandlers({
+  commands,
+  ledger,
+  replies,
+  checks,
+  now,
+}: HandlerParts): ControlHandlers {
+  const checksView = () => ({
+    checks: checks?.views() ?? [],
+    checksProblem: checks?.problem ?? null,
+  });
   const pollers = (): PollerView[] => {
     const at = now();
     return ledger.pollers().map((p) => ({
@@ -47,7 +60,9 @@ export function controlHandlers({ commands, ledger, replies, now }: HandlerParts
   };
   return {
     async handle(request: ControlRequest): Promise<StatusReply | ChangeReply> {
-      if (request.op === "status") return { ok: true, state: commands.state, pollers: pollers() };
+      if (request.op === "status") {
+        return { ok: true, state: commands.state, pollers: pollers(), ...checksView() };
+      }
       const outcome = await commands.change(request.change, "control", request.by);
       if (!outcome.ok) return { ok: false, code: outcome.code, error: outcome.reason };
       return {
@@ -57,6 +72,7 @@ export function controlHandlers({ commands, ledger, replies, now }: HandlerParts
         unsaved: outcome.unsaved ?? null,
         cancelled: outcome.cancelled ?? null,
         pollers: pollers(),
+        ...checksView(),
       };
     },
   };

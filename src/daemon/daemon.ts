@@ -11,11 +11,12 @@ import {
   type ProcessContext,
   parseConfig,
 } from "../config.js";
-import { formatState } from "../core/state.js";
+import { formatState, type State } from "../core/state.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
 import { createStateStore } from "../store.js";
 import { VERSION } from "../version.js";
+import { type CheckLayer, createCheckLayer } from "./check-layer.js";
 import { type Commands, createCommands } from "./commands.js";
 import type { ControlServer } from "./control.js";
 import { controlHandlers, startControl } from "./control-handlers.js";
@@ -64,15 +65,22 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const files = createStateStore(config.stateFile, log);
   const store = io.uid === 0 ? guardedStore(files) : files;
   const commands = createCommands({ store, log });
-  const { replies, ledger, probes, server } = agentPort(config, commands, log);
+  // Without a checks file nothing of the checks is made, and probes read the state as it is.
+  const checks =
+    config.checksFile === undefined ? undefined : createCheckLayer(config.checksFile, io.uid, log);
+  const { replies, ledger, probes, server } = agentPort(config, commands, checks, log);
   let control: ControlServer | undefined;
   let metrics: MetricsServer | undefined;
   const stop = stopper(io, log, commands, async () => {
+    checks?.stop();
     await Promise.all([server.close(), control?.close(), metrics?.close()]);
   });
   const handle = (signal: DaemonSignal): void => {
     if (signal === "SIGTERM" || signal === "SIGINT") void stop.now(signal);
-    else void commands.command(SIGNAL_COMMANDS[signal], signal);
+    else {
+      void commands.command(SIGNAL_COMMANDS[signal], signal);
+      if (signal === "SIGHUP") void checks?.load(signal);
+    }
   };
 
   // Before any save can start: a save's own temporary file must never be taken for stale.
@@ -92,14 +100,14 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     });
   }
   io.onSignal(handle);
-  await loaded;
+  await Promise.all([loaded, checks?.load("start-up")]);
   if (stop.stopping) return;
 
   // Before the agent port: an agent that cannot serve its metrics never answers a probe, so it
   // does not come and go while systemd restarts it.
   if (config.metrics !== undefined) {
     try {
-      metrics = await serveMetrics(config.metrics, commands, ledger, probes, log);
+      metrics = await serveMetrics(config.metrics, { commands, checks, ledger, probes }, log);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       log.error(describeMetricsListenError(config.metrics, code));
@@ -117,7 +125,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     await metrics?.close();
     return io.exit(EXIT.CANNOT_LISTEN);
   }
-  const handlers = controlHandlers({ commands, ledger, replies, now: Date.now });
+  const handlers = controlHandlers({ commands, ledger, replies, checks, now: Date.now });
   control = await startControl(config.controlSocket, io.uid, handlers, log);
   if (stop.stopping) return;
   log.notice(
@@ -126,9 +134,15 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
 }
 
 /** The agent port: its replies, and the ledger of the load balancers that poll it. */
-function agentPort(config: Config, commands: Commands, log: Logger) {
+function agentPort(
+  config: Config,
+  commands: Commands,
+  checks: CheckLayer | undefined,
+  log: Logger,
+) {
   const replies = createReplies({
     current: () => commands.state,
+    ...(checks === undefined ? {} : { answer: checks.answer, version: checks.version }),
     log,
     sendWaitMs: config.sendWaitMs,
   });
@@ -154,19 +168,25 @@ function agentPort(config: Config, commands: Commands, log: Logger) {
 /** HAPGENT_METRICS: prom-client and its listener are loaded only now. */
 async function serveMetrics(
   address: MetricsAddress,
-  commands: Commands,
-  ledger: Ledger,
-  probes: ReadonlyMap<string, number> | undefined,
+  parts: {
+    readonly commands: Commands;
+    readonly checks: CheckLayer | undefined;
+    readonly ledger: Ledger;
+    readonly probes: ReadonlyMap<string, number> | undefined;
+  },
   log: Logger,
 ): Promise<MetricsServer> {
+  const { commands, checks, ledger, probes } = parts;
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
     address,
     {
       state: () => commands.state,
+      answer: checks?.answer,
       stats: () => commands.stats,
       probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),
+      checks: checks === undefined ? undefined : () => checks.views(),
     },
     log,
   );

@@ -16,6 +16,7 @@ import { DEFAULT_WEIGHT_PERCENT } from "../core/reply.js";
 import { type ServiceState, STATUSES, type State, serviceState } from "../core/state.js";
 import type { Logger } from "../log.js";
 import { VERSION } from "../version.js";
+import type { CheckView } from "./checks.js";
 import { CHANGE_CAUSES, type CommandStats } from "./commands.js";
 import type { Poller } from "./ledger.js";
 
@@ -29,6 +30,10 @@ export interface MetricsSource {
   /** Probes answered since the start, by service ("" for the instance). */
   readonly probes: () => ReadonlyMap<string, number>;
   readonly pollers: () => readonly Poller[];
+  /** A probe's answer for a name in a state, when checks have a say; else the file's rule. */
+  readonly answer?: ((state: State, name: string | undefined) => ServiceState) | undefined;
+  /** The agent's own checks; undefined without a checks file (no check metrics at all). */
+  readonly checks?: (() => readonly CheckView[]) | undefined;
 }
 
 /** The metrics listener's limits, apart from the agent port's. */
@@ -64,6 +69,7 @@ interface Snapshot {
   readonly probes: ReadonlyMap<string, number>;
   /** Load balancers only: an address seen once (a scan, a curl) is not one. */
   readonly pollers: readonly Poller[];
+  readonly checks: readonly CheckView[];
 }
 
 type Labels = Readonly<Record<string, string>>;
@@ -108,16 +114,18 @@ export function createMetrics(client: PromClient, source: MetricsSource): Metric
 
 function takeSnapshot(source: MetricsSource): Snapshot {
   const state = source.state();
+  const answer = source.answer ?? serviceState;
   return {
     answered: [
-      [{}, state],
+      [{}, answer(state, undefined)],
       ...Object.keys(state.services ?? {}).map(
-        (name) => [serviceLabel(name), serviceState(state, name)] as const,
+        (name) => [serviceLabel(name), answer(state, name)] as const,
       ),
     ],
     stats: source.stats(),
     probes: source.probes(),
     pollers: source.pollers().filter((p) => p.established),
+    checks: source.checks?.() ?? [],
   };
 }
 
@@ -254,7 +262,38 @@ function createRegistry(client: PromClient, current: () => Snapshot): Registry {
     ["address", "service"],
     byPoller((p) => (p.intervalMs === undefined ? undefined : p.intervalMs / 1000)),
   );
+  const byCheck = (value: (c: CheckView) => number | undefined) => (now: Snapshot) =>
+    now.checks.map((c): Sample => [checkLabels(c), value(c)]);
+  metric(
+    "gauge",
+    "hapgent_check_passing",
+    "1 while the agent's check passes (as rise and fall count), 0 while it fails and has its say in the reply; by check, and the service it rules (none: the instance).",
+    ["check", "service"],
+    byCheck((c) => (c.passing ? 1 : 0)),
+  );
+  metric(
+    "gauge",
+    "hapgent_check_duration_seconds",
+    "How long the check's last run took, to its result or its timeout.",
+    ["check", "service"],
+    byCheck((c) => (c.last === undefined ? undefined : c.last.durationMs / 1000)),
+  );
+  metric(
+    "counter",
+    "hapgent_check_runs_total",
+    "Runs of the check since the agent read its checks file, by result: pass, or fail (whatever the failure meant for the reply).",
+    ["check", "service", "result"],
+    (now) =>
+      now.checks.flatMap((c): Sample[] => [
+        [{ ...checkLabels(c), result: "pass" }, c.runs - c.failedRuns],
+        [{ ...checkLabels(c), result: "fail" }, c.failedRuns],
+      ]),
+  );
   return registry;
+}
+
+function checkLabels(check: CheckView): Labels {
+  return { check: check.name, ...serviceLabel(check.service ?? "") };
 }
 
 /** The instance ("") has no service label, as in every hapgent metric. */

@@ -5,7 +5,13 @@
  */
 
 import { reply } from "../core/reply.js";
-import { hasService, printable, type State, serviceState } from "../core/state.js";
+import {
+  hasService,
+  printable,
+  type ServiceState,
+  type State,
+  serviceState,
+} from "../core/state.js";
 import type { Logger } from "../log.js";
 
 export interface Replies {
@@ -25,6 +31,13 @@ export interface Replies {
 export interface RepliesOptions {
   /** The state to answer now; read on every probe, so a change shows at the next one. */
   readonly current: () => State;
+  /**
+   * The answer for a probe of `name` (undefined: the instance) in `state`: by default the
+   * file's rule (serviceState); with checks, their verdicts too.
+   */
+  readonly answer?: (state: State, name: string | undefined) => ServiceState;
+  /** Goes up whenever `answer` would answer differently for the same state (a check's verdict). */
+  readonly version?: () => number;
   readonly log: Logger;
   /** HAPGENT_SEND_WAIT_MS, quoted in the warning about probes that send no line. */
   readonly sendWaitMs: number;
@@ -34,8 +47,15 @@ export interface RepliesOptions {
 export const MAX_UNKNOWN_NAMES_LOGGED = 20;
 
 /** A closure over the lines of the current state; each function inside reads in a screen. */
-export function createReplies({ current, log, sendWaitMs }: RepliesOptions): Replies {
+export function createReplies({
+  current,
+  log,
+  sendWaitMs,
+  answer = serviceState,
+  version = () => 0,
+}: RepliesOptions): Replies {
   let answered: State | undefined;
+  let answeredVersion = 0;
   let line = new Uint8Array(0);
   let named = false;
   let serviceLines = new Map<string, Uint8Array>();
@@ -44,9 +64,11 @@ export function createReplies({ current, log, sendWaitMs }: RepliesOptions): Rep
 
   const refresh = (): State => {
     const state = current();
-    if (state !== answered) {
+    const now = version();
+    if (state !== answered || now !== answeredVersion) {
       answered = state;
-      line = Buffer.from(reply(state));
+      answeredVersion = now;
+      line = Buffer.from(reply(answer(state, undefined)));
       named = state.services !== undefined && Object.keys(state.services).length > 0;
       serviceLines = new Map();
       unknownNames.clear();
@@ -79,7 +101,7 @@ export function createReplies({ current, log, sendWaitMs }: RepliesOptions): Rep
   const serviceLine = (state: State, name: string): Uint8Array => {
     let bytes = serviceLines.get(name);
     if (bytes === undefined) {
-      bytes = Buffer.from(reply(serviceState(state, name)));
+      bytes = Buffer.from(reply(answer(state, name)));
       serviceLines.set(name, bytes);
     }
     return bytes;

@@ -42,6 +42,7 @@ test("npm run bench -- --smoke measures every target without a failed probe", {
     "baseline",
     "hapgent",
     "hapgent, metrics on",
+    "hapgent, ten checks",
   ]) {
     const f = report.results[name];
     assert.ok(f, `${name} measured`);

@@ -1,0 +1,109 @@
+/**
+ * Reading the checks file: the file and every program it runs must be safe to use with the
+ * agent's rights. A check runs commands, so whoever could change the file, or a program it
+ * names, could run their own as the agent: the file and the programs must be the agent's user's
+ * or root's alone (for an agent run as root, root's alone), and a set-user-ID program, which
+ * would run with more privilege than the agent, is refused.
+ */
+import { constants } from "node:fs";
+import { access, open, stat } from "node:fs/promises";
+import {
+  type Check,
+  type ChecksResult,
+  MAX_CHECKS_FILE_BYTES,
+  parseChecks,
+} from "../core/checks.js";
+import { controllerOf, walkPath } from "../path-control.js";
+
+const GROUP_OR_OTHER_WRITE = 0o022;
+const SET_ID = 0o6000;
+
+/** The checks of `path`, or the reason there are none to run (a configuration error). */
+export async function loadChecksFile(path: string, uid: number): Promise<ChecksResult> {
+  const unsafe = await whyUnsafe(path, uid);
+  if (unsafe !== undefined) return { ok: false, reason: unsafe };
+  let bytes: Buffer;
+  try {
+    bytes = await readCapped(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? "EIO";
+    return { ok: false, reason: `cannot read it (${code}); expected a readable JSON file` };
+  }
+  const parsed = parseChecks(bytes);
+  if (!parsed.ok) return parsed;
+  for (const check of parsed.checks) {
+    const program = programOf(check);
+    if (program === undefined) continue;
+    const refused = await whyNotRunnable(program, uid);
+    if (refused !== undefined) return { ok: false, reason: `${check.name}: ${refused}` };
+  }
+  return parsed;
+}
+
+function programOf(check: Check): string | undefined {
+  const { probe } = check;
+  if (probe.kind === "exec") return probe.argv[0];
+  if (probe.kind === "shell") return "/bin/sh";
+  return undefined;
+}
+
+/** Why nobody but the agent's user (or root) may be trusted with `path`, or undefined. */
+async function whyUnsafe(path: string, uid: number): Promise<string | undefined> {
+  let lookups: Awaited<ReturnType<typeof walkPath>>;
+  try {
+    lookups = await walkPath(path);
+  } catch (err) {
+    return `its directories cannot be examined (${(err as NodeJS.ErrnoException).code})`;
+  }
+  const controller = controllerOf(lookups);
+  if (controller.kind === "several" || (controller.kind === "user" && controller.uid !== uid)) {
+    return `${controller.why}, so another user could change what it holds; expected a path only ${uid === 0 ? "root" : "this user or root"} can change`;
+  }
+  const entry = lookups.at(-1)?.entry;
+  if (entry === undefined) return "not found (ENOENT)";
+  if (entry.uid !== 0 && entry.uid !== uid) {
+    return `it is owned by uid ${entry.uid}; expected ${uid === 0 ? "root" : "this user or root"}`;
+  }
+  if ((entry.mode & GROUP_OR_OTHER_WRITE) !== 0) {
+    return `its group or every user may write it (mode ${(entry.mode & 0o7777).toString(8)}); expected it writable by its owner only`;
+  }
+  return undefined;
+}
+
+/** Why a check's program may not run with the agent's rights, or undefined. */
+export async function whyNotRunnable(program: string, uid: number): Promise<string | undefined> {
+  const unsafe = await whyUnsafe(program, uid);
+  if (unsafe !== undefined) return `${program}: ${unsafe}`;
+  try {
+    const stats = await stat(program);
+    if (!stats.isFile()) return `${program} is not a regular file; expected a program`;
+    if (uid !== 0 && (stats.mode & SET_ID) !== 0) {
+      return `${program} is set-user-ID or set-group-ID; a check never runs with more privilege than the agent`;
+    }
+    await access(program, constants.X_OK);
+  } catch (err) {
+    return `${program} cannot be run (${(err as NodeJS.ErrnoException).code}); expected an executable file`;
+  }
+  return undefined;
+}
+
+async function readCapped(path: string): Promise<Buffer> {
+  // O_NONBLOCK: a FIFO put there by mistake must not hang the agent.
+  const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  try {
+    const stats = await handle.stat();
+    if (!stats.isFile()) {
+      throw Object.assign(new Error("not a regular file"), { code: "EINVAL" });
+    }
+    const buffer = Buffer.alloc(MAX_CHECKS_FILE_BYTES + 1);
+    let length = 0;
+    while (length < buffer.length) {
+      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    return buffer.subarray(0, length);
+  } finally {
+    await handle.close();
+  }
+}

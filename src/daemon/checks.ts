@@ -1,0 +1,409 @@
+/**
+ * The agent's own checks of its service: each runs every `interval`, is given `timeout`, and
+ * counts passes and failures in a row as HAProxy counts a server's health: a check starts
+ * passing but fails at its first failure until it has passed once (HAProxy's servers start "UP,
+ * going down"); once it has passed, it fails after `fall` failures in a row, and a failing one
+ * passes again after `rise` passes in a row. Only a change of a verdict is logged and wakes the
+ * replies; probes read the last verdicts and never wait for a check.
+ */
+import { spawn } from "node:child_process";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
+import { connect } from "node:net";
+import { type Check, statusFor, target } from "../core/checks.js";
+import type { Verdict } from "../core/compose.js";
+import { MAX_DESCRIPTION_CHARS, printable, type Status } from "../core/state.js";
+import type { Logger } from "../log.js";
+import { VERSION } from "../version.js";
+import { keyOf } from "./check-key.js";
+import { whyNotRunnable } from "./checks-file.js";
+
+/** One result of one run. */
+export interface CheckResult {
+  readonly status: Status;
+  /** What happened, for logs and status: `http://…/health: 503`, `exit 2: disk 95% full`. */
+  readonly detail: string;
+  readonly atMs: number;
+  readonly durationMs: number;
+}
+
+/** A check as status, metrics and the control socket show it. */
+export interface CheckView {
+  readonly name: string;
+  readonly service: string | undefined;
+  readonly target: string;
+  readonly passing: boolean;
+  /** Its word on the reply while it fails. */
+  readonly verdict: Verdict | undefined;
+  readonly last: CheckResult | undefined;
+  /** Passes and failures in a row, against rise and fall. */
+  readonly passes: number;
+  readonly fails: number;
+  readonly rise: number;
+  readonly fall: number;
+  readonly runs: number;
+  readonly failedRuns: number;
+}
+
+export interface Checks {
+  /** Goes up on every change of a verdict. */
+  readonly version: number;
+  /** The counters of each check by its definition, for the checks that replace these. */
+  carried(): ReadonlyMap<string, Carried>;
+  /** The failing checks' verdicts: the instance's, and each service's. */
+  verdicts(): {
+    readonly instance: readonly Verdict[];
+    readonly services: ReadonlyMap<string, readonly Verdict[]>;
+  };
+  views(): CheckView[];
+  /** Stops every timer and kills every command still running. */
+  stop(): void;
+}
+
+/** Runs one probe; never throws. */
+export type Runner = (check: Check) => Promise<Omit<CheckResult, "atMs">>;
+
+/** What a check defined as before keeps across a reload. */
+export interface Carried {
+  readonly passing: boolean;
+  readonly confirmed: boolean;
+  readonly verdict: Verdict | undefined;
+  readonly last: CheckResult | undefined;
+  readonly passes: number;
+  readonly fails: number;
+  readonly runs: number;
+  readonly failedRuns: number;
+}
+
+export interface ChecksOptions {
+  readonly checks: readonly Check[];
+  readonly log: Logger;
+  /** The agent's uid: a command's program is judged again before each run. */
+  readonly uid?: number;
+  /** The checks these replace: one defined the same keeps its counters. */
+  readonly previous?: Checks | undefined;
+  /** Told when a verdict changes. */
+  readonly onChange?: () => void;
+  /** For tests: how a probe is run. */
+  readonly run?: Runner;
+  readonly now?: () => number;
+}
+
+/** A closure over the checks' counters; each function inside reads in a screen. */
+export function createChecks({
+  checks,
+  log,
+  uid = process.getuid?.() ?? 0,
+  previous,
+  onChange = () => {},
+  run = (check) => runProbe(check, uid),
+  now = Date.now,
+}: ChecksOptions): Checks {
+  let version = 0;
+  let stopped = false;
+  const kept = previous?.carried() ?? new Map<string, Carried>();
+  const states = checks.map((check) => ({
+    check,
+    key: keyOf(check),
+    passing: true,
+    // Passed at least once: until then the first failure fails it, as HAProxy does.
+    confirmed: false,
+    verdict: undefined as Verdict | undefined,
+    last: undefined as CheckResult | undefined,
+    passes: 0,
+    fails: 0,
+    runs: 0,
+    failedRuns: 0,
+    ...kept.get(keyOf(check)),
+    timer: undefined as NodeJS.Timeout | undefined,
+  }));
+  type State = (typeof states)[number];
+
+  const record = (s: State, result: CheckResult): void => {
+    s.last = result;
+    s.runs++;
+    const { check } = s;
+    const before = s.verdict;
+    if (result.status === "UP" || result.status === "READY") {
+      s.fails = 0;
+      s.passes++;
+      if (s.passing) s.confirmed = true;
+      else if (s.passes >= check.rise) {
+        s.passing = true;
+        s.confirmed = true;
+        s.verdict = undefined;
+        log.notice(
+          `check ${check.name}: passing again after ${s.passes} passes in a row: ${result.detail}`,
+        );
+      }
+    } else {
+      s.failedRuns++;
+      s.passes = 0;
+      s.fails++;
+      if (s.passing && (s.fails >= check.fall || !s.confirmed)) s.passing = false;
+      // The reply's words change only with the verdict's status, not with every run's detail
+      // (a plugin's "91% full", then "92%"): status and the log show each run.
+      if (!s.passing && s.verdict?.status !== result.status) {
+        s.verdict = verdictOf(check, result, s.fails);
+        log.warning(
+          `check ${check.name}: failing (${result.status}) after ${s.fails} failure${s.fails === 1 ? "" : "s"} in a row: ${result.detail}`,
+        );
+      }
+    }
+    if (s.verdict !== before) {
+      version++;
+      onChange();
+    }
+  };
+
+  const schedule = (s: State, delayMs: number): void => {
+    if (stopped) return;
+    s.timer = setTimeout(async () => {
+      const started = now();
+      const result = await run(s.check);
+      if (stopped) return;
+      record(s, { ...result, atMs: started });
+      schedule(s, Math.max(0, s.check.intervalMs - (now() - started)));
+    }, delayMs);
+    // The agent's sockets keep the process; its checks alone do not.
+    s.timer.unref();
+  };
+  for (const s of states) schedule(s, 0);
+
+  return {
+    get version() {
+      return version;
+    },
+    carried() {
+      return new Map(
+        states.map((s) => [
+          s.key,
+          {
+            passing: s.passing,
+            confirmed: s.confirmed,
+            verdict: s.verdict,
+            last: s.last,
+            passes: s.passes,
+            fails: s.fails,
+            runs: s.runs,
+            failedRuns: s.failedRuns,
+          },
+        ]),
+      );
+    },
+    verdicts() {
+      const instance: Verdict[] = [];
+      const services = new Map<string, Verdict[]>();
+      for (const s of states) {
+        if (s.verdict === undefined) continue;
+        const service = s.check.service;
+        if (service === undefined) instance.push(s.verdict);
+        else services.set(service, [...(services.get(service) ?? []), s.verdict]);
+      }
+      return { instance, services };
+    },
+    views() {
+      return states.map((s) => ({
+        name: s.check.name,
+        service: s.check.service,
+        target: target(s.check.probe),
+        passing: s.passing,
+        verdict: s.verdict,
+        last: s.last,
+        passes: s.passes,
+        fails: s.fails,
+        rise: s.check.rise,
+        fall: s.check.fall,
+        runs: s.runs,
+        failedRuns: s.failedRuns,
+      }));
+    },
+    stop() {
+      stopped = true;
+      for (const s of states) clearTimeout(s.timer);
+      for (const kill of running) kill();
+    },
+  };
+}
+
+/** What HAProxy shows while a check fails: `check web: http://…/health: 503 for 3 checks`. */
+function verdictOf(check: Check, result: CheckResult, count: number): Verdict {
+  const text = printable(
+    `check ${check.name}: ${result.detail} for ${count} check${count === 1 ? "" : "s"}`,
+  );
+  const chars = [...text];
+  const description = (
+    chars.length > MAX_DESCRIPTION_CHARS
+      ? `${chars.slice(0, MAX_DESCRIPTION_CHARS - 3).join("")}...`
+      : text
+  ).trim();
+  return Object.freeze({ status: result.status, description });
+}
+
+/** Commands still running, by the function that kills them: stop() ends them all. */
+const running = new Set<() => void>();
+
+/** Runs a check's probe once, within its timeout. Never throws. */
+export async function runProbe(check: Check, uid: number): Promise<Omit<CheckResult, "atMs">> {
+  const started = performance.now();
+  const outcome = await probeOnce(check, uid);
+  return {
+    status: outcome.status,
+    detail: outcome.detail,
+    durationMs: Math.round((performance.now() - started) * 10) / 10,
+  };
+}
+
+type Outcome = { status: Status; detail: string };
+
+async function probeOnce(check: Check, uid: number): Promise<Outcome> {
+  const { probe } = check;
+  switch (probe.kind) {
+    case "http":
+      return httpProbe(check, probe.url);
+    case "tcp":
+      return tcpProbe(check, probe.host, probe.port);
+    case "exec":
+    case "shell": {
+      const argv = probe.kind === "exec" ? probe.argv : [SHELL, "-c", probe.command];
+      // Judged again before each run: what is on its path may have changed since the load.
+      const refused = await whyNotRunnable(argv[0] ?? "", uid);
+      if (refused !== undefined) {
+        return { status: statusFor(check, undefined), detail: `not run: ${refused}` };
+      }
+      return execProbe(check, argv);
+    }
+  }
+}
+
+function httpProbe(check: Check, url: string): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const request = url.startsWith("https:") ? httpsRequest : httpRequest;
+    const failed = (why: string) =>
+      resolve({ status: statusFor(check, undefined), detail: `${url}: ${why}` });
+    const req = request(url, {
+      method: "GET",
+      agent: false,
+      timeout: check.timeoutMs,
+      headers: { "user-agent": `hapgent/${VERSION}`, connection: "close" },
+    });
+    const timer = setTimeout(() => {
+      req.destroy();
+      failed(`no answer within ${check.timeoutMs} ms`);
+    }, check.timeoutMs);
+    req.on("response", (res) => {
+      clearTimeout(timer);
+      const code = res.statusCode ?? 0;
+      resolve({ status: statusFor(check, code), detail: `${url}: ${code}` });
+      // The status line is the answer; the body is not read.
+      res.destroy();
+    });
+    req.on("error", (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      failed(err.code ?? err.message);
+    });
+    req.end();
+  });
+}
+
+function tcpProbe(check: Check, host: string, port: number): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const where = target(check.probe);
+    const socket = connect({ host, port });
+    const done = (outcome: Outcome) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(outcome);
+    };
+    const timer = setTimeout(
+      () =>
+        done({
+          status: statusFor(check, undefined),
+          detail: `${where}: no connection within ${check.timeoutMs} ms`,
+        }),
+      check.timeoutMs,
+    );
+    socket.on("connect", () => done({ status: "UP", detail: `${where}: connected` }));
+    socket.on("error", (err: NodeJS.ErrnoException) =>
+      done({ status: statusFor(check, undefined), detail: `${where}: ${err.code ?? err.message}` }),
+    );
+  });
+}
+
+/** The first line a command prints is its detail, as Nagios plugins do; more is not read. */
+const MAX_OUTPUT_BYTES = 4096;
+/** Only directories of the system's own packages: /usr/local may be writable by group staff. */
+const COMMAND_PATH = "/usr/sbin:/usr/bin:/sbin:/bin";
+/** After a command exits, how long what it printed may take to arrive. */
+const OUTPUT_GRACE_MS = 100;
+const SHELL = "/bin/sh";
+
+function execProbe(check: Check, argv: readonly string[]): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const [file = "", ...args] = argv;
+    let output = "";
+    let settled = false;
+    const child = spawn(file, args, {
+      stdio: ["ignore", "pipe", "ignore"],
+      // Its own process group, so a timeout ends whatever it started too.
+      detached: true,
+      cwd: "/",
+      env: { PATH: COMMAND_PATH, LANG: "C.UTF-8", HAPGENT_CHECK: check.name },
+    });
+    const kill = () => {
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+    };
+    running.add(kill);
+    const finish = (outcome: Outcome) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      running.delete(kill);
+      resolve(outcome);
+    };
+    const timer = setTimeout(() => {
+      kill();
+      finish({
+        status: statusFor(check, undefined),
+        detail: `no exit within ${check.timeoutMs} ms (killed)`,
+      });
+    }, check.timeoutMs);
+    child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+      if (output.length < MAX_OUTPUT_BYTES)
+        output += chunk.slice(0, MAX_OUTPUT_BYTES - output.length);
+    });
+    child.on("error", (err: NodeJS.ErrnoException) =>
+      finish({
+        status: statusFor(check, undefined),
+        detail: `cannot run ${file}: ${err.code ?? err.message}`,
+      }),
+    );
+    // The exit decides, not the end of its output: something it started may hold the pipe.
+    // Whatever it left running is ended with it, so a check leaves nothing behind.
+    let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+    const exited = () => {
+      if (exit === undefined) return;
+      const line = output.split("\n", 1)[0]?.trim() ?? "";
+      const said = line === "" ? "" : `: ${line}`;
+      if (exit.code === null) {
+        finish({ status: statusFor(check, undefined), detail: `killed by ${exit.signal}${said}` });
+      } else {
+        finish({ status: statusFor(check, exit.code), detail: `exit ${exit.code}${said}` });
+      }
+    };
+    child.on("exit", (code, signal) => {
+      exit = { code, signal };
+      kill();
+      // A process it started in a session of its own escapes the kill and may hold the pipe.
+      setTimeout(() => {
+        child.stdout?.destroy();
+        exited();
+      }, OUTPUT_GRACE_MS).unref();
+    });
+    child.on("close", exited);
+  });
+}
