@@ -32,7 +32,7 @@ function capture() {
 async function service(t: { after: (fn: () => Promise<void>) => void }) {
   let mode: "ok" | "503" | "500" | "slow" = "ok";
   const served = new Map<string, number>();
-  const server = createHttpServer((req, res) => {
+  const server = createHttpServer((_req, res) => {
     const now = mode;
     served.set(now, (served.get(now) ?? 0) + 1);
     if (now === "slow") {

@@ -13,7 +13,6 @@ import {
   MAX_DESCRIPTION_CHARS,
   MAX_SERVICE_NAME_CHARS,
   type Status,
-  serviceState,
 } from "../core/state.js";
 import { apply } from "./apply.js";
 import type { Values } from "./args.js";

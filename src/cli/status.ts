@@ -15,7 +15,6 @@ import {
   printable,
   type ServiceState,
   type State,
-  serviceState,
 } from "../core/state.js";
 import type { CheckView } from "../daemon/checks.js";
 import { silentLogger } from "../log.js";

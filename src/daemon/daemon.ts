@@ -11,7 +11,7 @@ import {
   type ProcessContext,
   parseConfig,
 } from "../config.js";
-import { formatState, type State } from "../core/state.js";
+import { formatState } from "../core/state.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
 import { createStateStore } from "../store.js";
