@@ -551,6 +551,50 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       await writeFile(stateFile, saved);
       await insideOk(["systemctl", "reload", "hapgent"]);
       await expect("down ready 30% # deploy 2.0\n", saved);
+
+      // The agent's own checks under the unit's sandbox: a TCP check of the application and a
+      // shell check of a flag file (a fork, a new session, /bin/sh), from a root-owned file.
+      await writeFile(
+        join(root, "etc/hapgent/checks.json"),
+        JSON.stringify({
+          checks: [
+            { name: "app", tcp: `127.0.0.1:${appPort}`, interval: "1s", fall: 1, rise: 1 },
+            {
+              name: "flag",
+              shell: "test ! -e /etc/hapgent/flag",
+              interval: "1s",
+              fall: 1,
+              rise: 1,
+            },
+          ],
+        }),
+        { mode: 0o644 },
+      );
+      await writeFile(
+        join(root, "etc/systemd/system/hapgent.service.d/checks.conf"),
+        "[Service]\nEnvironment=HAPGENT_CHECKS_FILE=/etc/hapgent/checks.json\n",
+      );
+      await insideOk(["systemctl", "daemon-reload"]);
+      await insideOk(["systemctl", "restart", "hapgent"]);
+      await insideOk(["hapgent", "up", "--no-confirm"]);
+      await expect(
+        `down ready 30% # check app: tcp 127.0.0.1:${appPort}: ECONNREFUSED for 1 check\n`,
+      );
+      await insideOk(["systemctl", "start", "app"]);
+      await expect("up ready 30% # deploy 2.0\n");
+      // The command line confirms what the agent answers, checks included.
+      await insideOk(["hapgent", "drain"]);
+      await insideOk(["touch", "/etc/hapgent/flag"]);
+      await expect("down ready 30% # check flag: exit 1 for 1 check\n");
+      await insideOk(["rm", "/etc/hapgent/flag"]);
+      await expect("up drain 30% # deploy 2.0\n");
+      await insideOk(["systemctl", "stop", "app"]);
+      await rm(join(root, "etc/systemd/system/hapgent.service.d/checks.conf"));
+      await insideOk(["systemctl", "daemon-reload"]);
+      await insideOk(["systemctl", "restart", "hapgent"]);
+      await writeFile(stateFile, saved);
+      await insideOk(["systemctl", "reload", "hapgent"]);
+      await expect("down ready 30% # deploy 2.0\n", saved);
       const journal = await insideOk([
         "journalctl",
         "--unit=hapgent",
@@ -569,7 +613,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       // existed (systemd restarted them); the service account's symlink made a save fail until
       // the file was put back: those are expected, nothing else.
       const expected =
-        /closed the Node debugger|^hapgent\.service: (Main process exited, code=killed, status=10\/USR1|Failed with result 'signal')|^Failed to start hapgent\.service|^control: the state file \/etc\/hapgent\/state\.json was invalid \(cannot be read: permission denied\); replaced|^cannot save state file \/etc\/hapgent\/state\.json: (EACCES|EROFS)|the state file \/etc\/hapgent\/state\.json was never saved with/;
+        /closed the Node debugger|^check (app|flag): failing|^hapgent\.service: (Main process exited, code=killed, status=10\/USR1|Failed with result 'signal')|^Failed to start hapgent\.service|^control: the state file \/etc\/hapgent\/state\.json was invalid \(cannot be read: permission denied\); replaced|^cannot save state file \/etc\/hapgent\/state\.json: (EACCES|EROFS)|the state file \/etc\/hapgent\/state\.json was never saved with/;
       const unexpected = problems
         .split("\n")
         .filter((line) => /hapgent/i.test(line) && !expected.test(line));
