@@ -309,7 +309,7 @@ describe("reasons and expiring changes", () => {
     const agent = createCommands({ store, log });
     await agent.command("reload", "start-up");
     const drained = await agent.change(
-      { status: "DRAIN", reason: "deploy 1.4.2", forMs: 150 },
+      { status: "DRAIN", reason: "deploy 1.4.2", forMs: 400 },
       "control",
       "alice",
     );
