@@ -33,9 +33,11 @@ Without a command, runs the agent: it answers HAProxy agent checks from the
 state file. Environment: HAPGENT_IP (default 0.0.0.0), HAPGENT_PORT (9777),
 HAPGENT_STATE_FILE (/etc/hapgent/state.json), HAPGENT_SEND_WAIT_MS (100: how
 long a probe may take to send its agent-send line when the file has services),
-HAPGENT_CONTROL_SOCKET (/run/hapgent/PORT.sock for root and the service).
-Signals: USR1 sets UP, USR2 sets DOWN (both saved), HUP re-reads the file,
-TERM and INT stop.
+HAPGENT_CONTROL_SOCKET (/run/hapgent/PORT.sock for root and the service),
+HAPGENT_METRICS (ADDRESS:PORT for Prometheus), HAPGENT_CHECKS_FILE (the agent's
+own checks of its service).
+Signals: USR1 sets UP, USR2 sets DOWN (both saved), HUP re-reads the file (and
+the checks file), TERM and INT stop.
 
 Commands:
   status               the file's state, the agent's live answers, and whether

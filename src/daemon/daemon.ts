@@ -16,7 +16,7 @@ import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
 import { createStateStore } from "../store.js";
 import { VERSION } from "../version.js";
-import { type CheckLayer, createCheckLayer } from "./check-layer.js";
+import type { CheckLayer } from "./check-layer.js";
 import { type Commands, createCommands } from "./commands.js";
 import type { ControlServer } from "./control.js";
 import { controlHandlers, startControl } from "./control-handlers.js";
@@ -67,7 +67,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const commands = createCommands({ store, log });
   // Without a checks file nothing of the checks is made, and probes read the state as it is.
   const checks =
-    config.checksFile === undefined ? undefined : createCheckLayer(config.checksFile, io.uid, log);
+    config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io.uid, log);
   const { replies, ledger, probes, server } = agentPort(config, commands, checks, log);
   let control: ControlServer | undefined;
   let metrics: MetricsServer | undefined;
@@ -163,6 +163,12 @@ function agentPort(
     },
   });
   return { replies, ledger, probes, server };
+}
+
+/** HAPGENT_CHECKS_FILE: the checks, and Node's HTTP client they use, are loaded only now. */
+async function checkLayer(path: string, uid: number, log: Logger): Promise<CheckLayer> {
+  const { createCheckLayer } = await import("./check-layer.js");
+  return createCheckLayer(path, uid, log);
 }
 
 /** HAPGENT_METRICS: prom-client and its listener are loaded only now. */
