@@ -61,7 +61,18 @@ export function createStateStore(path: string, log: Logger): StateStore {
   return {
     path,
     load: () => loadFile(path),
-    save: (state) => saveFile(path, serialiseState(state), inPlace),
+    async save(state) {
+      const text = serialiseState(state);
+      try {
+        await saveFile(path, text, inPlace);
+      } catch (err) {
+        // An agent starting beside this save (the command line's, as systemd restarts the
+        // agent) removes the temporary files a crashed save left, this one too: once more.
+        const { code, syscall } = err as NodeJS.ErrnoException;
+        if (code !== "ENOENT" || syscall !== "rename") throw err;
+        await saveFile(path, text, inPlace);
+      }
+    },
     async removeStaleTemporaries() {
       const target = await resolveSymlinks(path).catch(() => path);
       const prefix = temporaryPrefix(target);

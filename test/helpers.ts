@@ -6,7 +6,17 @@ import {
   type SpawnOptions,
   spawn,
 } from "node:child_process";
-import { readFileSync, rmSync } from "node:fs";
+import {
+  accessSync,
+  chmodSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { chmod, copyFile, cp, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -101,7 +111,61 @@ export async function freePort(host = "127.0.0.1"): Promise<number> {
   const high = Math.max(low + 1000, EPHEMERAL_LOW - 1);
   for (;;) {
     const port = low + Math.floor(Math.random() * (high - low));
-    if (await bindable(port, host)) return port;
+    if (reservePort(port) && (await bindable(port, host))) return port;
+  }
+}
+
+/**
+ * Test files run in parallel, each in its own process: two that pick the same free port in the
+ * same moment would both start a daemon on it. A port handed out is reserved for the life of the
+ * process that took it (a file named after it, holding that process's pid; one whose process is
+ * gone is taken over), so no other test process picks it meanwhile.
+ */
+const PORTS_DIR = join(tmpdir(), "hapgent-test-ports");
+const reserved = new Set<number>();
+let reservations: "on" | "off" | undefined;
+
+function reservePort(port: number): boolean {
+  if (reservations === undefined) {
+    try {
+      mkdirSync(PORTS_DIR, { recursive: true });
+      if (statSync(PORTS_DIR).uid === process.getuid?.()) chmodSync(PORTS_DIR, 0o1777);
+      accessSync(PORTS_DIR, constants.W_OK);
+      reservations = "on";
+      process.on("exit", () => {
+        for (const taken of reserved) rmSync(join(PORTS_DIR, String(taken)), { force: true });
+      });
+    } catch {
+      // Nowhere to keep reservations: ports are only checked as free.
+      reservations = "off";
+    }
+  }
+  if (reservations === "off" || reserved.has(port)) return reservations === "off";
+  const file = join(PORTS_DIR, String(port));
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: "wx", mode: 0o644 });
+      reserved.add(port);
+      return true;
+    } catch {
+      const holder = Number(readFileSafe(file));
+      if (holder > 0 && existsSync(`/proc/${holder}`)) return false;
+      // Left by a process that is gone: take it over (if the sticky directory lets us).
+      try {
+        rmSync(file, { force: true });
+      } catch {
+        return false;
+      }
+    }
+  }
+  return false;
+}
+
+function readFileSafe(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch {
+    return "";
   }
 }
 

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { rmSync, watch } from "node:fs";
 import {
   chmod,
   chown,
@@ -215,4 +216,27 @@ describe("store save", () => {
       "s.json",
     ]);
   });
+});
+
+test("a save whose temporary file an agent starting beside it removed is made once more", async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, "s.json");
+  await writeFile(file, '{"status":"UP"}');
+  const store = createStateStore(file, silentLogger);
+  // What an agent's start does, at the moment a temporary file appears: removes it.
+  let removed = 0;
+  let armed = true;
+  const watcher = watch(dir, (_event, name) => {
+    if (!armed || typeof name !== "string" || !name.startsWith(".s.json.tmp-")) return;
+    armed = false;
+    rmSync(join(dir, name), { force: true });
+    removed++;
+  });
+  t.after(() => watcher.close());
+  for (let i = 0; i < 50 && removed === 0; i++) {
+    armed = true;
+    await store.save({ status: "DOWN", weight: i });
+    assert.equal(await readFile(file, "utf8"), `{"status":"DOWN","weight":${i}}\n`);
+  }
+  assert.ok(removed > 0, "a temporary file was removed under a save");
 });

@@ -576,6 +576,8 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       );
       await insideOk(["systemctl", "daemon-reload"]);
       await insideOk(["systemctl", "restart", "hapgent"]);
+      // The file says DOWN, as the failing check does: the operator's words stand on a tie.
+      await expect("down ready 30% # deploy 2.0\n");
       await insideOk(["hapgent", "up", "--no-confirm"]);
       await expect(
         `down ready 30% # check app: tcp 127.0.0.1:${appPort}: ECONNREFUSED for 1 check\n`,
