@@ -6,17 +6,7 @@ import {
   type SpawnOptions,
   spawn,
 } from "node:child_process";
-import {
-  accessSync,
-  chmodSync,
-  constants,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  rmSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { chmod, copyFile, cp, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -119,43 +109,47 @@ export async function freePort(host = "127.0.0.1"): Promise<number> {
  * Test files run in parallel, each in its own process: two that pick the same free port in the
  * same moment would both start a daemon on it. A port handed out is reserved for the life of the
  * process that took it (a file named after it, holding that process's pid; one whose process is
- * gone is taken over), so no other test process picks it meanwhile.
+ * gone is taken over), so no other test process picks it meanwhile. The files live in a
+ * directory of this user's own (mode 0700): tests run as root, and a directory in /tmp that
+ * another user made, or a symlink they put there, must never decide where root writes. If the
+ * directory is not ours and ours alone, ports are only checked as free.
  */
-const PORTS_DIR = join(tmpdir(), "hapgent-test-ports");
+const PORTS_DIR = join(tmpdir(), `hapgent-test-ports-${process.getuid?.() ?? 0}`);
 const reserved = new Set<number>();
 let reservations: "on" | "off" | undefined;
 
+function ownPortsDirectory(): boolean {
+  try {
+    mkdirSync(PORTS_DIR, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") return false;
+  }
+  const stats = lstatSync(PORTS_DIR);
+  return stats.isDirectory() && stats.uid === process.getuid?.() && (stats.mode & 0o077) === 0;
+}
+
 function reservePort(port: number): boolean {
   if (reservations === undefined) {
-    try {
-      mkdirSync(PORTS_DIR, { recursive: true });
-      if (statSync(PORTS_DIR).uid === process.getuid?.()) chmodSync(PORTS_DIR, 0o1777);
-      accessSync(PORTS_DIR, constants.W_OK);
-      reservations = "on";
+    reservations = ownPortsDirectory() ? "on" : "off";
+    if (reservations === "on") {
       process.on("exit", () => {
         for (const taken of reserved) rmSync(join(PORTS_DIR, String(taken)), { force: true });
       });
-    } catch {
-      // Nowhere to keep reservations: ports are only checked as free.
-      reservations = "off";
     }
   }
-  if (reservations === "off" || reserved.has(port)) return reservations === "off";
+  if (reservations === "off") return true;
+  if (reserved.has(port)) return false;
   const file = join(PORTS_DIR, String(port));
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      writeFileSync(file, String(process.pid), { flag: "wx", mode: 0o644 });
+      writeFileSync(file, String(process.pid), { flag: "wx", mode: 0o600 });
       reserved.add(port);
       return true;
     } catch {
       const holder = Number(readFileSafe(file));
       if (holder > 0 && existsSync(`/proc/${holder}`)) return false;
-      // Left by a process that is gone: take it over (if the sticky directory lets us).
-      try {
-        rmSync(file, { force: true });
-      } catch {
-        return false;
-      }
+      // Left by a test process that is gone: take it over.
+      rmSync(file, { force: true });
     }
   }
   return false;
