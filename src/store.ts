@@ -87,24 +87,36 @@ export function createStateStore(path: string, log: Logger): StateStore {
 }
 
 async function loadFile(path: string): Promise<LoadResult> {
+  const read = await readCapped(path, MAX_STATE_FILE_BYTES + RECORDS_ALLOWANCE_BYTES);
+  return read.ok ? parseState(read.bytes) : read;
+}
+
+export type ReadResult =
+  | { readonly ok: true; readonly bytes: Uint8Array }
+  | { readonly ok: false; readonly reason: string; readonly code: string };
+
+/**
+ * A regular file's bytes, at most `maxBytes` and one more (so a file over the cap, or one that
+ * grew after stat(), is seen to be), or why it cannot be read, in an operator's words. A FIFO put
+ * there by mistake never hangs the agent (O_NONBLOCK). Never throws.
+ */
+export async function readCapped(path: string, maxBytes: number): Promise<ReadResult> {
   let handle: FileHandle | undefined;
   try {
-    // O_NONBLOCK: opening a FIFO by mistake must not hang the agent.
     handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
     const stats = await handle.stat();
     if (stats.isDirectory()) {
       return { ok: false, reason: "is a directory, expected a file", code: "EISDIR" };
     }
     if (!stats.isFile()) return { ok: false, reason: "is not a regular file", code: "EINVAL" };
-    // Read one byte past the cap so a file that grew after stat() is still caught.
-    const buffer = Buffer.alloc(MAX_STATE_FILE_BYTES + RECORDS_ALLOWANCE_BYTES + 1);
+    const buffer = Buffer.alloc(maxBytes + 1);
     let length = 0;
     while (length < buffer.length) {
       const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
       if (bytesRead === 0) break;
       length += bytesRead;
     }
-    return parseState(buffer.subarray(0, length));
+    return { ok: true, bytes: buffer.subarray(0, length) };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? "EIO";
     return { ok: false, reason: describeFsError(err), code };

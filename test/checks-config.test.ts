@@ -52,7 +52,8 @@ test("parseChecks: each kind with its defaults", () => {
 
 test("parseChecks: every mistake is a reason", () => {
   const bad: [unknown, string][] = [
-    ["", "file is not valid JSON"],
+    ["", "file is empty"],
+    ["{", "file is not valid JSON"],
     ["[]", 'the file must be a JSON object such as {"checks":[…]}'],
     [{ check: [] }, 'unknown field "check"; expected checks'],
     [{ checks: {} }, "checks must be a JSON array of checks"],

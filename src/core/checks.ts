@@ -3,7 +3,7 @@
  * with what its results mean for the reply. Read and validated here, with the same strictness as
  * the state file: every mistake is a reason, never a silent default. Pure.
  */
-import { findDuplicateKey } from "./json.js";
+import { parseJsonFile } from "./json.js";
 import { isServiceName, isStatus, printable, STATUSES, type Status } from "./state.js";
 
 export interface HttpProbe {
@@ -87,29 +87,11 @@ const DEFAULT_RESULTS: Readonly<Record<"http" | "tcp" | "exec" | "shell", Record
     shell: { "0": "UP", default: "DOWN" },
   };
 
-const UTF8 = new TextDecoder("utf-8", { fatal: true });
-
 /** Parses the bytes of a checks file. Never throws. */
 export function parseChecks(bytes: Uint8Array): ChecksResult {
-  if (bytes.length > MAX_CHECKS_FILE_BYTES) {
-    return fail(`file is larger than ${MAX_CHECKS_FILE_BYTES} bytes`);
-  }
-  let text: string;
-  try {
-    text = UTF8.decode(bytes);
-  } catch {
-    return fail("file is not valid UTF-8");
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    return fail(`file is not valid JSON (${(err as Error).message})`);
-  }
-  const duplicate = findDuplicateKey(text);
-  if (duplicate !== undefined) {
-    return fail(`${JSON.stringify(duplicate.key)} appears more than once; expected each key once`);
-  }
+  const read = parseJsonFile(bytes, MAX_CHECKS_FILE_BYTES);
+  if (!read.ok) return fail(read.reason);
+  const { value } = read;
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     return fail('the file must be a JSON object such as {"checks":[…]}');
   }

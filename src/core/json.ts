@@ -1,5 +1,6 @@
 /**
- * What JSON.parse forgives and a state file must not: the same key twice in one object, where
+ * Reading the agent's JSON files (the state file, the checks file) strictly, and what JSON.parse
+ * forgives and such a file must not: the same key twice in one object, where
  * JSON.parse silently keeps the last (`{"status":"UP","status":"DOWN"}` would be DOWN, and an
  * operator's typo would go unnoticed). Pure.
  */
@@ -60,4 +61,48 @@ function nextNonBlank(text: string, from: number): string | undefined {
     if (c !== " " && c !== "\t" && c !== "\n" && c !== "\r") return c;
   }
   return undefined;
+}
+
+const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
+
+export type JsonResult =
+  | { readonly ok: true; readonly value: unknown }
+  | { readonly ok: false; readonly reason: string };
+
+/**
+ * The value of a JSON file's bytes, or why there is none: larger than `maxBytes`, not UTF-8 (a
+ * leading byte-order mark, which some editors add, is dropped), empty, not JSON, or a key twice
+ * in one object (refused rather than last-wins: the file would say two things). `quote` shows a
+ * key in a reason. Never throws.
+ */
+export function parseJsonFile(
+  bytes: Uint8Array,
+  maxBytes: number,
+  quote: (key: string) => string = (key) => JSON.stringify(key),
+): JsonResult {
+  const fail = (reason: string): JsonResult => ({ ok: false, reason });
+  if (bytes.length > maxBytes) return fail(`file is larger than ${maxBytes} bytes`);
+  let text: string;
+  try {
+    text = UTF8.decode(bytes);
+  } catch {
+    return fail("file is not valid UTF-8");
+  }
+  if (text.trim() === "") return fail("file is empty");
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return fail(`file is not valid JSON (${(err as Error).message})`);
+  }
+  const duplicate = findDuplicateKey(text);
+  if (duplicate !== undefined) {
+    const [first = "", ...rest] = duplicate.path;
+    const where =
+      duplicate.path.length === 0
+        ? ""
+        : `${first}${rest.map((key) => `[${quote(key)}]`).join("")}: `;
+    return fail(`${where}${quote(duplicate.key)} appears more than once; expected each key once`);
+  }
+  return { ok: true, value };
 }

@@ -2,7 +2,7 @@
  * The state model: what the state file may contain, how it is read and how it is written.
  * Pure: text or values in, values out.
  */
-import { findDuplicateKey } from "./json.js";
+import { parseJsonFile } from "./json.js";
 
 /** Every status the state file accepts, spelled exactly so. */
 export const STATUSES = ["UP", "DOWN", "READY", "DRAIN", "FAIL", "MAINT", "STOPPED"] as const;
@@ -110,39 +110,22 @@ const SHOWN_EXACTLY =
 /** A reason quotes the file; however large the file, a reason stays one readable log line. */
 const MAX_REASON_CHARS = 300;
 
-const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
-
 export function isStatus(value: unknown): value is Status {
   return typeof value === "string" && (STATUSES as readonly string[]).includes(value);
 }
 
 /** Parses the bytes of a state file. Never throws. */
 export function parseState(bytes: Uint8Array): StateResult {
-  if (bytes.length > MAX_STATE_FILE_BYTES + RECORDS_ALLOWANCE_BYTES) {
-    return fail(`file is larger than ${MAX_STATE_FILE_BYTES} bytes`);
-  }
-  let text: string;
-  try {
-    // The decoder drops a leading byte-order mark, which some editors add.
-    text = UTF8.decode(bytes);
-  } catch {
-    return fail("file is not valid UTF-8");
-  }
-  if (text.trim() === "") return fail("file is empty");
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    return fail(`file is not valid JSON (${(err as Error).message})`);
-  }
-  // Refused rather than last-wins: the file would say two things, and HAProxy would hear one.
-  const duplicate = findDuplicateKey(text);
-  if (duplicate !== undefined) {
-    const where = duplicate.path.length === 0 ? "" : `${jsonPath(duplicate.path)}: `;
+  // The size is judged below, records apart; this only keeps a huge file from being parsed.
+  const read = parseJsonFile(bytes, MAX_STATE_FILE_BYTES + RECORDS_ALLOWANCE_BYTES, describe);
+  if (!read.ok) {
     return fail(
-      `${where}${describe(duplicate.key)} appears more than once; expected each key once`,
+      read.reason.startsWith("file is larger")
+        ? `file is larger than ${MAX_STATE_FILE_BYTES} bytes`
+        : read.reason,
     );
   }
+  const { value } = read;
   const result = validateState(value);
   // Only a file near the limit pays for measuring what its records add (as the agent writes
   // them), which the allowance is for: the rest of the file is held to 64 KiB.
@@ -606,12 +589,6 @@ export function printable(text: string): string {
     /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]/gu,
     (c) => `\\u${(c.codePointAt(0) ?? 0).toString(16).padStart(4, "0")}`,
   );
-}
-
-/** `services["web"]` for the path ["services", "web"]. */
-function jsonPath(path: readonly string[]): string {
-  const [first = "", ...rest] = path;
-  return `${first}${rest.map((key) => `[${describe(key)}]`).join("")}`;
 }
 
 function fail(reason: string): StateResult {

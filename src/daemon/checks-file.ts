@@ -6,7 +6,7 @@
  * would run with more privilege than the agent, is refused.
  */
 import { constants } from "node:fs";
-import { access, open, stat } from "node:fs/promises";
+import { access, stat } from "node:fs/promises";
 import {
   type Check,
   type ChecksResult,
@@ -14,6 +14,7 @@ import {
   parseChecks,
 } from "../core/checks.js";
 import { controllerOf, walkPath } from "../path-control.js";
+import { readCapped } from "../store.js";
 
 const GROUP_OR_OTHER_WRITE = 0o022;
 const SET_ID = 0o6000;
@@ -22,14 +23,9 @@ const SET_ID = 0o6000;
 export async function loadChecksFile(path: string, uid: number): Promise<ChecksResult> {
   const unsafe = await whyUnsafe(path, uid);
   if (unsafe !== undefined) return { ok: false, reason: unsafe };
-  let bytes: Buffer;
-  try {
-    bytes = await readCapped(path);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? "EIO";
-    return { ok: false, reason: `cannot read it (${code}); expected a readable JSON file` };
-  }
-  const parsed = parseChecks(bytes);
+  const read = await readCapped(path, MAX_CHECKS_FILE_BYTES);
+  if (!read.ok) return { ok: false, reason: `it ${read.reason}` };
+  const parsed = parseChecks(read.bytes);
   if (!parsed.ok) return parsed;
   for (const check of parsed.checks) {
     const program = programOf(check);
@@ -85,25 +81,4 @@ export async function whyNotRunnable(program: string, uid: number): Promise<stri
     return `${program} cannot be run (${(err as NodeJS.ErrnoException).code}); expected an executable file`;
   }
   return undefined;
-}
-
-async function readCapped(path: string): Promise<Buffer> {
-  // O_NONBLOCK: a FIFO put there by mistake must not hang the agent.
-  const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-  try {
-    const stats = await handle.stat();
-    if (!stats.isFile()) {
-      throw Object.assign(new Error("not a regular file"), { code: "EINVAL" });
-    }
-    const buffer = Buffer.alloc(MAX_CHECKS_FILE_BYTES + 1);
-    let length = 0;
-    while (length < buffer.length) {
-      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-    }
-    return buffer.subarray(0, length);
-  } finally {
-    await handle.close();
-  }
 }
