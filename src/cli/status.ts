@@ -37,11 +37,9 @@ interface ServiceView {
 export async function status(io: CliIo, values: Values): Promise<number> {
   const target = await findTarget(io, values);
   const daemon = await daemonStatus(target);
-  const pollers = daemon?.pollers;
   const file = await createStateStore(target.config.stateFile, silentLogger).load();
-  // The daemon's own state carries a record the file may not have yet (a hand edit read again).
-  const recorded = daemon?.state ?? (file.ok ? file.state : undefined);
-  const history = recorded === undefined ? undefined : describeHistory(recorded, Date.now());
+  const last = recorded(file, daemon);
+  const history = last === undefined ? undefined : describeHistory(last, Date.now());
   // What the agent should answer: the file's state, with its checks' verdicts when it has any.
   const answering = file.ok ? file.state : FALLBACK_STATE;
   const expected = reply(answerWith(answering, undefined, daemon));
@@ -59,19 +57,16 @@ export async function status(io: CliIo, values: Values): Promise<number> {
       : agree
         ? CLI_EXIT.OK
         : CLI_EXIT.NOT_CONFIRMED;
-  const view = {
+  const view: View = {
     target,
     file,
     expected,
+    fileOnly: reply(file.ok ? file.state : FALLBACK_STATE),
     live,
     services,
     agree,
-    pollers,
+    daemon,
     history,
-    recorded,
-    checks: daemon?.checks,
-    checksProblem: daemon?.checksProblem ?? null,
-    fileOnly: reply(file.ok ? file.state : FALLBACK_STATE),
   };
   io.out(values.json ? `${JSON.stringify(asJson(view))}\n` : asText(view));
   return code;
@@ -104,40 +99,32 @@ async function daemonStatus(target: Target): Promise<StatusReply | undefined> {
 }
 
 interface View {
-  readonly pollers: readonly PollerView[] | undefined;
   readonly target: Target;
   readonly file: LoadResult;
   readonly expected: string;
+  /** The file's own answer, before the checks. */
+  readonly fileOnly: string;
   readonly live: Asked;
   readonly services: readonly ServiceView[];
   readonly agree: boolean;
+  /** What the daemon said through its control socket: the load balancers, the checks. */
+  readonly daemon: Partial<StatusReply> | undefined;
+  /** The last change and a pending expiry, as one line. */
   readonly history: string | undefined;
-  readonly recorded: State | undefined;
-  /** The daemon's checks; undefined when the daemon did not say. */
-  readonly checks: readonly CheckView[] | undefined;
-  readonly checksProblem: string | null;
-  /** The file's own answer, before the checks. */
-  readonly fileOnly: string;
 }
 
-function asJson({
-  target,
-  file,
-  expected,
-  live,
-  services,
-  agree,
-  pollers,
-  history,
-  recorded,
-  checks,
-  checksProblem,
-}: View) {
+/** The state whose record to show: the daemon's, which may hold one the file has not yet (a hand
+ * edit read again), else the file's. */
+function recorded(file: LoadResult, daemon: Partial<StatusReply> | undefined): State | undefined {
+  return daemon?.state ?? (file.ok ? file.state : undefined);
+}
+
+function asJson({ target, file, expected, live, services, agree, daemon, history }: View) {
   return {
     stateFile: target.config.stateFile,
     file: file.ok ? { valid: true, state: file.state } : { valid: false, reason: file.reason },
-    changed: recorded?.changed ?? null,
-    expires: recorded?.expires ?? null,
+    changed: recorded(file, daemon)?.changed ?? null,
+    expires: recorded(file, daemon)?.expires ?? null,
     history: history ?? null,
     expectedReply: expected.trimEnd(),
     agents: target.agents,
@@ -152,26 +139,15 @@ function asJson({
       error: service.asked.error ?? null,
       agree: service.asked.answer === service.expected,
     })),
-    loadBalancers: pollers ?? null,
-    checks: checks ?? null,
-    checksProblem,
+    loadBalancers: daemon?.pollers ?? null,
+    checks: daemon?.checks ?? null,
+    checksProblem: daemon?.checksProblem ?? null,
     agree,
   };
 }
 
-function asText({
-  target,
-  file,
-  expected,
-  live,
-  services,
-  agree,
-  pollers,
-  history,
-  checks,
-  checksProblem,
-  fileOnly,
-}: View): string {
+function asText(view: View): string {
+  const { target, file, expected, fileOnly, live, services, agree, daemon, history } = view;
   const address = formatAddress(target.probeHost, target.probePort);
   const lines = [
     `state file  ${target.config.stateFile}: ${file.ok ? formatState(file.state) : `INVALID: ${file.reason}`}`,
@@ -183,12 +159,12 @@ function asText({
         `service     ${service.name}: expected ${service.expected.trimEnd()}, agent ${answered(service.asked)}${service.asked.answer === service.expected ? "" : " (DIFFERS)"}`,
     ),
     ...checkLines(
-      checks,
-      checksProblem,
+      daemon?.checks,
+      daemon?.checksProblem ?? null,
       fileOnly === expected ? undefined : fileOnly,
       file.ok ? file.state : undefined,
     ),
-    ...pollerLines(pollers),
+    ...pollerLines(daemon?.pollers),
     ...target.notes.map((text) => `note        ${text}`),
     agree ? "agreement   yes" : "agreement   NO",
   ];
