@@ -5,9 +5,9 @@
 import type { Change, FieldChange } from "./core/change.js";
 import {
   answerFor,
-  CHECKS_UNUSABLE,
+  groupVerdicts,
   NO_VERDICTS,
-  type Verdict,
+  UNUSABLE_VERDICTS,
   type Verdicts,
 } from "./core/compose.js";
 import {
@@ -92,17 +92,8 @@ export function answerWith(
 
 function verdictsOf(view: Partial<ChecksView> | undefined): Verdicts {
   if (view === undefined) return NO_VERDICTS;
-  if (typeof view.checksProblem === "string") {
-    return { instance: [CHECKS_UNUSABLE], services: new Map() };
-  }
-  const instance: Verdict[] = [];
-  const services = new Map<string, Verdict[]>();
-  for (const check of view.checks ?? []) {
-    if (check.verdict === undefined) continue;
-    if (check.service === undefined) instance.push(check.verdict);
-    else services.set(check.service, [...(services.get(check.service) ?? []), check.verdict]);
-  }
-  return { instance, services };
+  if (typeof view.checksProblem === "string") return UNUSABLE_VERDICTS;
+  return groupVerdicts(view.checks ?? []);
 }
 
 export type RequestResult =

@@ -60,6 +60,29 @@ export interface Verdicts {
 
 export const NO_VERDICTS: Verdicts = Object.freeze({ instance: [], services: new Map() });
 
+/** While the checks file cannot be used: MAINT for every answer. */
+export const UNUSABLE_VERDICTS: Verdicts = Object.freeze({
+  instance: [CHECKS_UNUSABLE],
+  services: new Map(),
+});
+
+/** The verdicts of checks, each of the instance or of one service, grouped as answers need them. */
+export function groupVerdicts(
+  checks: Iterable<{
+    readonly service?: string | undefined;
+    readonly verdict?: Verdict | undefined;
+  }>,
+): Verdicts {
+  const instance: Verdict[] = [];
+  const services = new Map<string, Verdict[]>();
+  for (const { service, verdict } of checks) {
+    if (verdict === undefined) continue;
+    if (service === undefined) instance.push(verdict);
+    else services.set(service, [...(services.get(service) ?? []), verdict]);
+  }
+  return { instance, services };
+}
+
 /**
  * What a probe that asks for `name` (undefined: the instance) is answered: the operator's state
  * for it, as the file decides (an instance out of service answers every service), with the

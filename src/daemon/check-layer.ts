@@ -4,7 +4,7 @@
  * checks' verdicts (core/compose.ts). A checks file that cannot be used is a configuration error,
  * as a bad state file is: the agent answers MAINT until it is fixed.
  */
-import { answerFor, CHECKS_UNUSABLE, NO_VERDICTS, type Verdicts } from "../core/compose.js";
+import { answerFor, NO_VERDICTS, UNUSABLE_VERDICTS, type Verdicts } from "../core/compose.js";
 import type { ServiceState, State } from "../core/state.js";
 import type { Logger } from "../log.js";
 import { keyOf } from "./check-key.js";
@@ -24,8 +24,6 @@ export interface CheckLayer {
   stop(): void;
 }
 
-const UNUSABLE: Verdicts = Object.freeze({ instance: [CHECKS_UNUSABLE], services: new Map() });
-
 export function createCheckLayer(path: string, uid: number, log: Logger): CheckLayer {
   let checks: Checks | undefined;
   let problem: string | undefined;
@@ -37,7 +35,7 @@ export function createCheckLayer(path: string, uid: number, log: Logger): CheckL
   let verdicts: { version: number; value: Verdicts } | undefined;
 
   const current = (): Verdicts => {
-    if (problem !== undefined) return UNUSABLE;
+    if (problem !== undefined) return UNUSABLE_VERDICTS;
     if (checks === undefined) return NO_VERDICTS;
     if (verdicts?.version !== version) verdicts = { version, value: checks.verdicts() };
     return verdicts.value;

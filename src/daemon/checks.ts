@@ -11,7 +11,7 @@ import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { connect } from "node:net";
 import { type Check, statusFor, target } from "../core/checks.js";
-import type { Verdict } from "../core/compose.js";
+import { groupVerdicts, type Verdict } from "../core/compose.js";
 import { MAX_DESCRIPTION_CHARS, printable, type Status } from "../core/state.js";
 import type { Logger } from "../log.js";
 import { VERSION } from "../version.js";
@@ -192,15 +192,7 @@ export function createChecks({
       );
     },
     verdicts() {
-      const instance: Verdict[] = [];
-      const services = new Map<string, Verdict[]>();
-      for (const s of states) {
-        if (s.verdict === undefined) continue;
-        const service = s.check.service;
-        if (service === undefined) instance.push(s.verdict);
-        else services.set(service, [...(services.get(service) ?? []), s.verdict]);
-      }
-      return { instance, services };
+      return groupVerdicts(states.map((s) => ({ service: s.check.service, verdict: s.verdict })));
     },
     views() {
       return states.map((s) => ({
