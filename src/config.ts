@@ -2,7 +2,8 @@
  * The daemon's configuration, from environment variables. Pure: the environment is passed in.
  */
 import { isIP } from "node:net";
-import { resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
+import { isFleetKey, MAX_FLEET_KEYS } from "./core/fleet.js";
 
 /** Where a process stands: what both the daemon and a command start from. */
 export interface ProcessContext {
@@ -26,6 +27,23 @@ export interface Config {
   readonly metrics: MetricsAddress | undefined;
   /** The agent's own checks (HAPGENT_CHECKS_FILE), absolute; undefined: no checks at all. */
   readonly checksFile: string | undefined;
+  /** The fleet's word from etcd (HAPGENT_ETCD_*); undefined: nothing of etcd is loaded. */
+  readonly fleet: FleetConfig | undefined;
+}
+
+/** Where the fleet's word is kept and how to reach it. */
+export interface FleetConfig {
+  readonly endpoints: readonly URL[];
+  /** Most specific first; the first that exists speaks for this host. */
+  readonly keys: readonly string[];
+  /** The last word, kept on disk so a restart without etcd keeps it; absolute. */
+  readonly cacheFile: string;
+  readonly username: string | undefined;
+  /** The password itself (HAPGENT_ETCD_PASSWORD) or the file that holds it. */
+  readonly password: { readonly text: string } | { readonly file: string } | undefined;
+  readonly caFile: string | undefined;
+  readonly certFile: string | undefined;
+  readonly keyFile: string | undefined;
 }
 
 export interface MetricsAddress {
@@ -55,6 +73,17 @@ export const DEFAULTS = Object.freeze({
   HAPGENT_METRICS: "",
   /** Empty: no checks. */
   HAPGENT_CHECKS_FILE: "",
+  /** Empty: no fleet; nothing of etcd is loaded. */
+  HAPGENT_ETCD_ENDPOINTS: "",
+  HAPGENT_ETCD_KEYS: "",
+  /** Empty: beside the state file, state.fleet.json for state.json. */
+  HAPGENT_ETCD_CACHE_FILE: "",
+  HAPGENT_ETCD_USERNAME: "",
+  HAPGENT_ETCD_PASSWORD: "",
+  HAPGENT_ETCD_PASSWORD_FILE: "",
+  HAPGENT_ETCD_CA_FILE: "",
+  HAPGENT_ETCD_CERT_FILE: "",
+  HAPGENT_ETCD_KEY_FILE: "",
 });
 
 /** Linux's limit on a Unix socket's path (sun_path, less its terminating NUL). */
@@ -134,6 +163,8 @@ export function parseConfig(
     );
   }
   const checksFile = checksText === "" ? undefined : resolve(cwd, checksText);
+  const fleet = parseFleetConfig(env, cwd, resolve(cwd, stateFile));
+  if (fleet !== undefined && "variable" in fleet) return fleet;
   return {
     ok: true,
     config: {
@@ -144,8 +175,148 @@ export function parseConfig(
       controlSocket,
       metrics,
       checksFile,
+      fleet,
     },
   };
+}
+
+/**
+ * HAPGENT_ETCD_*: the fleet's endpoints, keys, cache and credentials; undefined when
+ * HAPGENT_ETCD_ENDPOINTS is unset. `hapgent fleet` reads the same variables (its keys optional).
+ */
+export function parseFleetConfig(
+  env: Readonly<Record<string, string | undefined>>,
+  cwd: string,
+  stateFile: string,
+  keysNeeded = true,
+): FleetConfig | (ConfigResult & { ok: false }) | undefined {
+  const value = (name: Variable): string => {
+    const raw = env[name];
+    return raw === undefined || raw === "" ? DEFAULTS[name] : raw;
+  };
+  const endpointsText = value("HAPGENT_ETCD_ENDPOINTS");
+  const keysText = value("HAPGENT_ETCD_KEYS");
+  if (endpointsText === "") {
+    return keysText === "" || !keysNeeded
+      ? undefined
+      : invalid(
+          "HAPGENT_ETCD_ENDPOINTS",
+          endpointsText,
+          "etcd's client URLs, comma-separated (such as http://10.0.0.1:2379,http://10.0.0.2:2379), since HAPGENT_ETCD_KEYS is set",
+        );
+  }
+  const endpoints = parseEndpoints(endpointsText);
+  if (endpoints === undefined) {
+    return invalid(
+      "HAPGENT_ETCD_ENDPOINTS",
+      // A password written into a URL is never repeated in a log.
+      endpointsText.replace(/\/\/[^/@,]*@/g, "//…@"),
+      "etcd's client URLs, comma-separated, each http:// or https:// with a host and port and nothing else (credentials go in HAPGENT_ETCD_USERNAME and HAPGENT_ETCD_PASSWORD_FILE)",
+    );
+  }
+  const keys = keysText === "" ? [] : keysText.split(",").map((key) => key.trim());
+  if (
+    (keysNeeded && keys.length === 0) ||
+    keys.length > MAX_FLEET_KEYS ||
+    !keys.every(isFleetKey) ||
+    new Set(keys).size !== keys.length
+  ) {
+    return invalid(
+      "HAPGENT_ETCD_KEYS",
+      keysText,
+      `1-${MAX_FLEET_KEYS} distinct etcd keys, comma-separated, most specific first, each starting with / and of printable ASCII (such as /hapgent/host/web-12,/hapgent/group/web,/hapgent/all)`,
+    );
+  }
+  const cacheText = value("HAPGENT_ETCD_CACHE_FILE");
+  if (cacheText.includes("\0")) {
+    return invalid("HAPGENT_ETCD_CACHE_FILE", cacheText, "a file path without NUL bytes");
+  }
+  const username = value("HAPGENT_ETCD_USERNAME");
+  const passwordText = env.HAPGENT_ETCD_PASSWORD ?? "";
+  const passwordFile = value("HAPGENT_ETCD_PASSWORD_FILE");
+  if (passwordText !== "" && passwordFile !== "") {
+    return invalid(
+      "HAPGENT_ETCD_PASSWORD_FILE",
+      passwordFile,
+      "only one of HAPGENT_ETCD_PASSWORD and HAPGENT_ETCD_PASSWORD_FILE",
+    );
+  }
+  if ((passwordText !== "" || passwordFile !== "") !== (username !== "")) {
+    return invalid(
+      "HAPGENT_ETCD_USERNAME",
+      username,
+      "a user name exactly when HAPGENT_ETCD_PASSWORD or HAPGENT_ETCD_PASSWORD_FILE is set",
+    );
+  }
+  const files: Partial<Record<Variable, string>> = {};
+  for (const name of [
+    "HAPGENT_ETCD_PASSWORD_FILE",
+    "HAPGENT_ETCD_CA_FILE",
+    "HAPGENT_ETCD_CERT_FILE",
+    "HAPGENT_ETCD_KEY_FILE",
+  ] as const) {
+    const text = value(name);
+    if (text.includes("\0")) return invalid(name, text, "a file path without NUL bytes");
+    if (text !== "") files[name] = resolve(cwd, text);
+  }
+  if (
+    (files.HAPGENT_ETCD_CERT_FILE === undefined) !==
+    (files.HAPGENT_ETCD_KEY_FILE === undefined)
+  ) {
+    return invalid(
+      "HAPGENT_ETCD_CERT_FILE",
+      value("HAPGENT_ETCD_CERT_FILE"),
+      "a client certificate together with its key (HAPGENT_ETCD_KEY_FILE), or neither",
+    );
+  }
+  return {
+    endpoints,
+    keys,
+    cacheFile: cacheText === "" ? defaultCacheFile(stateFile) : resolve(cwd, cacheText),
+    username: username === "" ? undefined : username,
+    password:
+      passwordText !== ""
+        ? { text: passwordText }
+        : files.HAPGENT_ETCD_PASSWORD_FILE !== undefined
+          ? { file: files.HAPGENT_ETCD_PASSWORD_FILE }
+          : undefined,
+    caFile: files.HAPGENT_ETCD_CA_FILE,
+    certFile: files.HAPGENT_ETCD_CERT_FILE,
+    keyFile: files.HAPGENT_ETCD_KEY_FILE,
+  };
+}
+
+/** state.json -> state.fleet.json beside it; another name gets .fleet.json added. */
+export function defaultCacheFile(stateFile: string): string {
+  const name = basename(stateFile);
+  const stem = name.endsWith(".json") ? name.slice(0, -".json".length) : name;
+  return join(dirname(stateFile), `${stem}.fleet.json`);
+}
+
+/** Client URLs, without credentials, paths or queries; undefined when any is not one. */
+function parseEndpoints(text: string): URL[] | undefined {
+  const urls: URL[] = [];
+  for (const part of text.split(",")) {
+    let url: URL;
+    try {
+      url = new URL(part.trim());
+    } catch {
+      return undefined;
+    }
+    if (
+      (url.protocol !== "http:" && url.protocol !== "https:") ||
+      url.hostname === "" ||
+      url.username !== "" ||
+      url.password !== "" ||
+      (url.pathname !== "/" && url.pathname !== "") ||
+      url.search !== "" ||
+      url.hash !== ""
+    ) {
+      return undefined;
+    }
+    urls.push(url);
+  }
+  return urls.length === 0 || urls.length > 16 ? undefined : urls;
 }
 
 /** `127.0.0.1:9777`, `[::1]:9777`: an address and port as operators write them. */
@@ -208,7 +379,11 @@ export function describeListenError(
   }
 }
 
-function invalid(variable: Variable, value: string, expected: string): ConfigResult {
+function invalid(
+  variable: Variable,
+  value: string,
+  expected: string,
+): ConfigResult & { ok: false } {
   return {
     ok: false,
     reason: `${variable}=${JSON.stringify(value)} is invalid; expected ${expected}`,

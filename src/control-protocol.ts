@@ -10,6 +10,7 @@ import {
   UNUSABLE_VERDICTS,
   type Verdicts,
 } from "./core/compose.js";
+import { fleetVerdict } from "./core/fleet.js";
 import {
   type Expiry,
   isRecordedUser,
@@ -20,6 +21,7 @@ import {
   type State,
 } from "./core/state.js";
 import type { CheckView } from "./daemon/checks.js";
+import type { FleetView } from "./daemon/fleet-layer.js";
 
 export type ControlRequest =
   | { readonly op: "status" }
@@ -53,6 +55,8 @@ export interface ChecksView {
   readonly checks: readonly CheckView[];
   /** Why the checks file cannot be used (the agent answers MAINT), or null. */
   readonly checksProblem: string | null;
+  /** The fleet's word from etcd, or null without HAPGENT_ETCD_ENDPOINTS. */
+  readonly fleet: FleetView | null;
 }
 
 export interface StatusReply extends ChecksView {
@@ -78,16 +82,22 @@ export type ErrorReply = { readonly ok: false; readonly error: string };
 
 /**
  * What the agent answers a probe of `name` (undefined: the instance) in `state`, with the
- * verdicts of the checks the daemon reported: what a command expects to hear. A checks file
- * that cannot be used means MAINT, as in the daemon. A daemon that says nothing of checks (one
- * older than them) has none.
+ * verdicts of the checks and the fleet's word the daemon reported: what a command expects to
+ * hear. A checks file that cannot be used means MAINT, as in the daemon. A daemon that says
+ * nothing of checks or the fleet (one older than them) has none.
  */
 export function answerWith(
   state: State,
   name: string | undefined,
   view: Partial<ChecksView> | undefined,
 ): ServiceState {
-  return answerFor(state, name, verdictsOf(view));
+  const word = view?.fleet?.word ?? undefined;
+  return answerFor(
+    state,
+    name,
+    verdictsOf(view),
+    word === undefined ? undefined : (named) => fleetVerdict(word, named),
+  );
 }
 
 function verdictsOf(view: Partial<ChecksView> | undefined): Verdicts {

@@ -137,3 +137,32 @@ function components(path: string): string[] {
 function pick({ uid, gid, mode }: Owner): Owner {
   return { uid, gid, mode };
 }
+
+const GROUP_OR_OTHER_WRITE = 0o022;
+
+/**
+ * Why a file must not be trusted by a process of `uid` (what it holds decides what that process
+ * does: checks it runs, credentials it sends): unless only that user or root could have changed
+ * the file or its path (for root, root alone), or undefined when it may be.
+ */
+export async function whyUntrusted(path: string, uid: number): Promise<string | undefined> {
+  let lookups: Awaited<ReturnType<typeof walkPath>>;
+  try {
+    lookups = await walkPath(path);
+  } catch (err) {
+    return `its directories cannot be examined (${(err as NodeJS.ErrnoException).code})`;
+  }
+  const controller = controllerOf(lookups);
+  if (controller.kind === "several" || (controller.kind === "user" && controller.uid !== uid)) {
+    return `${controller.why}, so another user could change what it holds; expected a path only ${uid === 0 ? "root" : "this user or root"} can change`;
+  }
+  const entry = lookups.at(-1)?.entry;
+  if (entry === undefined) return "not found (ENOENT)";
+  if (entry.uid !== 0 && entry.uid !== uid) {
+    return `it is owned by uid ${entry.uid}; expected ${uid === 0 ? "root" : "this user or root"}`;
+  }
+  if ((entry.mode & GROUP_OR_OTHER_WRITE) !== 0) {
+    return `its group or every user may write it (mode ${(entry.mode & 0o7777).toString(8)}); expected it writable by its owner only`;
+  }
+  return undefined;
+}

@@ -50,6 +50,24 @@ const NEW_FILE_MODE = 0o644;
 const MAX_SYMLINKS = 40;
 
 export function createStateStore(path: string, log: Logger): StateStore {
+  const file = createTextFile(path, log);
+  return {
+    path,
+    load: () => loadFile(path),
+    save: (state) => file.save(serialiseState(state)),
+    removeStaleTemporaries: () => file.removeStaleTemporaries(),
+  };
+}
+
+/** A file the agent rewrites whole, crash-safely: the state file, the fleet's cache. */
+export interface TextFile {
+  /** Writes `text` crash-safely where the directory allows. Throws Node's fs error when it cannot. */
+  save(text: string): Promise<void>;
+  /** Removes temporary files that a crash in the middle of a save left behind. */
+  removeStaleTemporaries(): Promise<void>;
+}
+
+export function createTextFile(path: string, log: Logger): TextFile {
   let warnedInPlace = false;
   const inPlace = (directory: string, target: string): void => {
     if (warnedInPlace) return;
@@ -59,10 +77,7 @@ export function createStateStore(path: string, log: Logger): StateStore {
     );
   };
   return {
-    path,
-    load: () => loadFile(path),
-    async save(state) {
-      const text = serialiseState(state);
+    async save(text) {
       try {
         await saveFile(path, text, inPlace);
       } catch (err) {

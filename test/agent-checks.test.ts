@@ -9,9 +9,15 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { CLI_EXIT } from "../src/cli/exit.js";
-import { cliFor as cli, type Daemon, execOk, freePort, startDaemon, tempDir } from "./helpers.js";
+import {
+  cliFor as cli,
+  type Daemon,
+  freePort,
+  httpModulesLoaded,
+  startDaemon,
+  tempDir,
+} from "./helpers.js";
 
 async function app(t: { after: (fn: () => Promise<void>) => void }) {
   let code = 200;
@@ -186,42 +192,6 @@ test("metrics: each check's result, last duration and runs", async (t) => {
   // hapgent_status is what HAProxy is given: the check's DRAIN.
   assert.match(text, /^hapgent_status\{status="DRAIN"\} 1$/m);
 });
-
-/** Node's HTTP modules a daemon started with `env` has loaded once it listens. */
-async function httpModulesLoaded(
-  t: { after: (fn: () => Promise<void>) => void },
-  env: Record<string, string>,
-): Promise<string[]> {
-  const dir = await tempDir(t);
-  await writeFile(join(dir, "state.json"), '{"status":"UP"}');
-  const main = fileURLToPath(new URL("../src/main.js", import.meta.url));
-  const port = await freePort();
-  // The daemon runs in this child; once it answers a probe, the child reports and exits.
-  const script = `
-    import { connect } from "node:net";
-    const answered = () => new Promise((resolve) => {
-      const socket = connect(${port}, "127.0.0.1");
-      socket.on("data", () => { socket.destroy(); resolve(true); });
-      socket.on("error", () => resolve(false));
-    });
-    await import(${JSON.stringify(main)});
-    while (!(await answered())) await new Promise((next) => setTimeout(next, 20));
-    const loaded = process.moduleLoadList.filter((m) => /^NativeModule (_?https?|_http_\\w+)$/.test(m));
-    process.stdout.write(JSON.stringify(loaded), () => process.exit(0));
-  `;
-  const result = await execOk(process.execPath, ["--input-type=module", "-e", script], {
-    env: {
-      PATH: process.env.PATH ?? "/usr/bin:/bin",
-      HAPGENT_IP: "127.0.0.1",
-      HAPGENT_PORT: String(port),
-      HAPGENT_STATE_FILE: join(dir, "state.json"),
-      HAPGENT_CONTROL_SOCKET: join(dir, "control.sock"),
-      ...env,
-    },
-    timeoutMs: 20_000,
-  });
-  return JSON.parse(result.stdout) as string[];
-}
 
 test("without a checks file, nothing of the checks is loaded: not even Node's HTTP client", async (t) => {
   assert.deepEqual(await httpModulesLoaded(t, {}), []);

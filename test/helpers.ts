@@ -618,3 +618,39 @@ export function poller(
     },
   };
 }
+
+/** Node's HTTP modules a daemon started with `env` has loaded once it listens. */
+export async function httpModulesLoaded(
+  t: { after: (fn: () => Promise<void>) => void },
+  env: Record<string, string>,
+): Promise<string[]> {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, "state.json"), '{"status":"UP"}');
+  const main = MAIN;
+  const port = await freePort();
+  // The daemon runs in this child; once it answers a probe, the child reports and exits.
+  const script = `
+    import { connect } from "node:net";
+    const answered = () => new Promise((resolve) => {
+      const socket = connect(${port}, "127.0.0.1");
+      socket.on("data", () => { socket.destroy(); resolve(true); });
+      socket.on("error", () => resolve(false));
+    });
+    await import(${JSON.stringify(main)});
+    while (!(await answered())) await new Promise((next) => setTimeout(next, 20));
+    const loaded = process.moduleLoadList.filter((m) => /^NativeModule (_?https?|_http_\\w+)$/.test(m));
+    process.stdout.write(JSON.stringify(loaded), () => process.exit(0));
+  `;
+  const result = await execOk(process.execPath, ["--input-type=module", "-e", script], {
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HAPGENT_IP: "127.0.0.1",
+      HAPGENT_PORT: String(port),
+      HAPGENT_STATE_FILE: join(dir, "state.json"),
+      HAPGENT_CONTROL_SOCKET: join(dir, "control.sock"),
+      ...env,
+    },
+    timeoutMs: 20_000,
+  });
+  return JSON.parse(result.stdout) as string[];
+}

@@ -86,7 +86,11 @@ function answered(
   io.out(`hapgent pid ${pid} wrote ${path}: ${formatState(reply.state)}\n`);
   noteService(io, change, reply.state);
   noteCancelled(io, reply.cancelled ?? undefined);
-  const checks = { checks: reply.checks ?? [], checksProblem: reply.checksProblem ?? null };
+  const checks = {
+    checks: reply.checks ?? [],
+    checksProblem: reply.checksProblem ?? null,
+    fleet: reply.fleet ?? null,
+  };
   return { code: CLI_EXIT.OK, state: reply.state, pid, pollers: reply.pollers, checks };
 }
 

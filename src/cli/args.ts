@@ -25,6 +25,7 @@ export const OPTIONS = {
   "state-file": { type: "string" },
   ip: { type: "string" },
   port: { type: "string" },
+  endpoints: { type: "string" },
 } as const;
 
 export type Option = keyof typeof OPTIONS;

@@ -7,6 +7,7 @@ import { VERSION } from "../version.js";
 import { expectPositionals, type Option, parseOptions, TARGET_OPTIONS } from "./args.js";
 import { check } from "./check.js";
 import { CLI_EXIT, CliError, usage } from "./exit.js";
+import { fleet } from "./fleet.js";
 import { HELP } from "./help.js";
 import type { CliIo } from "./io.js";
 import { set } from "./set.js";
@@ -44,10 +45,24 @@ const CHANGE_OPTIONS: readonly Option[] = [
 ];
 
 /** Each command and the options it takes. */
-const COMMANDS: Readonly<Record<"status" | "check" | "set", readonly Option[]>> = {
+const COMMANDS: Readonly<Record<"status" | "check" | "set" | "fleet", readonly Option[]>> = {
   status: [...TARGET_OPTIONS, "json"],
   check: ["state-file", "help"],
   set: CHANGE_OPTIONS,
+  fleet: [
+    "endpoints",
+    "json",
+    "help",
+    "service",
+    "weight",
+    "no-weight",
+    "maxconn",
+    "no-maxconn",
+    "description",
+    "no-description",
+    "reason",
+    "for",
+  ],
 };
 
 /** Runs one command; resolves with its exit code. Bad input is a message, never a stack trace. */
@@ -92,6 +107,8 @@ async function dispatch(io: CliIo): Promise<number> {
     case "set":
       expectPositionals(positionals, short === undefined ? 1 : 0, command);
       return set(io, values, short ?? statusWord(positionals[0]));
+    case "fleet":
+      return fleet(io, values, positionals, statusWord);
   }
 }
 

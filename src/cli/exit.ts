@@ -10,6 +10,7 @@ export const CLI_EXIT = Object.freeze({
   UNSAFE_PATH: 7,
   NOT_HEARD: 8,
   NOT_IDLE: 9,
+  ETCD: 10,
 });
 
 export type CliExit = (typeof CLI_EXIT)[keyof typeof CLI_EXIT];

@@ -25,7 +25,8 @@ const EXIT_HELP = `Exit codes:
   7  another user could redirect the state file's path; nothing was read or
      written
   8  --wait: a load balancer did not hear the new state in time
-  9  --idle: connections to the port were still open in time`;
+  9  --idle: connections to the port were still open in time
+ 10  fleet: etcd cannot be reached, or refused the request`;
 
 const MAIN = `Usage: hapgent [COMMAND] [OPTIONS]
 
@@ -35,7 +36,8 @@ HAPGENT_STATE_FILE (/etc/hapgent/state.json), HAPGENT_SEND_WAIT_MS (100: how
 long a probe may take to send its agent-send line when the file has services),
 HAPGENT_CONTROL_SOCKET (/run/hapgent/PORT.sock for root and the service),
 HAPGENT_METRICS (ADDRESS:PORT for Prometheus), HAPGENT_CHECKS_FILE (the agent's
-own checks of its service).
+own checks of its service), HAPGENT_ETCD_ENDPOINTS and HAPGENT_ETCD_KEYS (the
+fleet's word from etcd; see hapgent(8) for the credentials).
 Signals: USR1 sets UP, USR2 sets DOWN (both saved), HUP re-reads the file (and
 the checks file), TERM and INT stop.
 
@@ -49,6 +51,9 @@ Commands:
   set … --service NAME the same for one service (what HAProxy's agent-send NAME
                        gets)
   check [FILE]         validate a state file; changes nothing
+  fleet set KEY STATUS | fleet clear KEY | fleet status [KEY…]
+                       the fleet's words in etcd, which every agent watching
+                       KEY follows (within what its own state file allows)
 
 Options: --help, --version; hapgent COMMAND --help for a command's options.
 
@@ -111,9 +116,37 @@ the state when it is valid, else the precise reason.
 ${EXIT_HELP}
 `;
 
-export const HELP: Readonly<Record<"main" | "status" | "set" | "check", string>> = {
+const FLEET = `Usage: hapgent fleet set KEY STATUS [OPTIONS]
+       hapgent fleet clear KEY [--endpoints URLS]
+       hapgent fleet status [KEY…] [--json] [--endpoints URLS]
+
+The fleet's words, kept in etcd: each agent watches the keys of its
+HAPGENT_ETCD_KEYS (most specific first, e.g. /hapgent/host/web-12,
+/hapgent/group/web,/hapgent/all) and follows the first that exists. A word can
+take a server out, drain it or lower its weight, never put back one its
+operator took out. A value is a state in the state file's format.
+  set KEY STATUS     write KEY: STATUS is one of ${STATUSES.join(", ")}; fields not
+                     named keep KEY's values; written only if nobody changed KEY
+                     meanwhile
+  clear KEY          remove KEY: the next key of each agent speaks again
+  status [KEY…]      what each key holds (default $HAPGENT_ETCD_KEYS), and
+                     which one a host with these keys follows
+  --service NAME, --weight N, --no-weight, --maxconn N, --no-maxconn,
+  --description TEXT, --no-description, --reason TEXT: as for hapgent set
+  --for DURATION     the key is removed after 90s, 30m, 2h, 1d … (an etcd lease)
+  --endpoints URLS   etcd's client URLs, comma-separated; default
+                     $HAPGENT_ETCD_ENDPOINTS. Credentials as the agent's:
+                     HAPGENT_ETCD_USERNAME, HAPGENT_ETCD_PASSWORD_FILE,
+                     HAPGENT_ETCD_CA_FILE, HAPGENT_ETCD_CERT_FILE/_KEY_FILE
+  --json             status as one JSON object
+
+${EXIT_HELP}
+`;
+
+export const HELP: Readonly<Record<"main" | "status" | "set" | "check" | "fleet", string>> = {
   main: MAIN,
   status: STATUS,
   set: SET,
   check: CHECK,
+  fleet: FLEET,
 };

@@ -79,7 +79,7 @@ function port(text: string): number {
   return value;
 }
 
-function changeOf(values: Values, status: Status): Change {
+export function changeOf(values: Values, status: Status): Change {
   const service = values.service;
   if (service !== undefined && !isServiceName(service)) {
     throw usage(

@@ -10,6 +10,7 @@ import {
 import { reply } from "../core/reply.js";
 import {
   FALLBACK_STATE,
+  formatAnswered,
   formatState,
   hasService,
   printable,
@@ -17,6 +18,7 @@ import {
   type State,
 } from "../core/state.js";
 import type { CheckView } from "../daemon/checks.js";
+import type { FleetView } from "../daemon/fleet-layer.js";
 import { silentLogger } from "../log.js";
 import { createStateStore, type LoadResult } from "../store.js";
 import type { Values } from "./args.js";
@@ -43,6 +45,8 @@ export async function status(io: CliIo, values: Values): Promise<number> {
   // What the agent should answer: the file's state, with its checks' verdicts when it has any.
   const answering = file.ok ? file.state : FALLBACK_STATE;
   const expected = reply(answerWith(answering, undefined, daemon));
+  // The same without the fleet's word: which layer decided.
+  const checksOnly = reply(answerWith(answering, undefined, { ...daemon, fleet: null }));
   const live = await ask(target.probeHost, target.probePort, INSTANCE_PAYLOAD);
   const services = file.ok ? await askServices(target, answering, live, daemon) : [];
   // Something else may listen on the port when no daemon serves the file: its word is no agreement.
@@ -62,6 +66,7 @@ export async function status(io: CliIo, values: Values): Promise<number> {
     file,
     expected,
     fileOnly: reply(file.ok ? file.state : FALLBACK_STATE),
+    checksOnly,
     live,
     services,
     agree,
@@ -102,8 +107,9 @@ interface View {
   readonly target: Target;
   readonly file: LoadResult;
   readonly expected: string;
-  /** The file's own answer, before the checks. */
+  /** The file's own answer, before the checks and the fleet; and with the checks alone. */
   readonly fileOnly: string;
+  readonly checksOnly: string;
   readonly live: Asked;
   readonly services: readonly ServiceView[];
   readonly agree: boolean;
@@ -142,12 +148,14 @@ function asJson({ target, file, expected, live, services, agree, daemon, history
     loadBalancers: daemon?.pollers ?? null,
     checks: daemon?.checks ?? null,
     checksProblem: daemon?.checksProblem ?? null,
+    fleet: daemon?.fleet ?? null,
     agree,
   };
 }
 
 function asText(view: View): string {
-  const { target, file, expected, fileOnly, live, services, agree, daemon, history } = view;
+  const { target, file, expected, fileOnly, checksOnly, live, services, agree, daemon, history } =
+    view;
   const address = formatAddress(target.probeHost, target.probePort);
   const lines = [
     `state file  ${target.config.stateFile}: ${file.ok ? formatState(file.state) : `INVALID: ${file.reason}`}`,
@@ -158,12 +166,9 @@ function asText(view: View): string {
       (service) =>
         `service     ${service.name}: expected ${service.expected.trimEnd()}, agent ${answered(service.asked)}${service.asked.answer === service.expected ? "" : " (DIFFERS)"}`,
     ),
-    ...checkLines(
-      daemon?.checks,
-      daemon?.checksProblem ?? null,
-      fileOnly === expected ? undefined : fileOnly,
-      file.ok ? file.state : undefined,
-    ),
+    ...checkLines(daemon?.checks, daemon?.checksProblem ?? null, file.ok ? file.state : undefined),
+    ...fleetLines(daemon?.fleet ?? null, Date.now()),
+    ...decidedLines(fileOnly, checksOnly, expected),
     ...pollerLines(daemon?.pollers),
     ...target.notes.map((text) => `note        ${text}`),
     agree ? "agreement   yes" : "agreement   NO",
@@ -171,10 +176,51 @@ function asText(view: View): string {
   return `${lines.join("\n")}\n`;
 }
 
+/** Which layers made the answer differ from the file's own, and what the file alone says. */
+function decidedLines(fileOnly: string, checksOnly: string, expected: string): string[] {
+  if (fileOnly === expected) return [];
+  const who = [
+    ...(checksOnly === fileOnly ? [] : ["the checks"]),
+    ...(checksOnly === expected ? [] : ["the fleet"]),
+  ];
+  return [
+    `note        ${who.join(" and ")} decide${who.length === 1 && who[0] === "the fleet" ? "s" : ""}: the file alone would answer ${fileOnly.trimEnd()}`,
+  ];
+}
+
+/** The fleet's word and how fresh it is; nothing without HAPGENT_ETCD_ENDPOINTS. */
+function fleetLines(fleet: FleetView | null, nowMs: number): string[] {
+  if (fleet === null) return [];
+  const word =
+    fleet.word === null
+      ? `no word (none of ${fleet.keys.join(", ")} exists)`
+      : `${formatAnswered(fleet.word.state)} from ${fleet.word.key} (revision ${fleet.word.revision})${fleet.fromCache ? ", from the cache" : ""}`;
+  const heard =
+    fleet.heardAt === null
+      ? "never heard from etcd"
+      : `heard ${ago(nowMs - Date.parse(fleet.heardAt))}`;
+  const link = fleet.connected
+    ? `etcd ${fleet.endpoint} watched, ${heard}`
+    : fleet.lostAt === null
+      ? `etcd ${fleet.endpoint} not watched yet, ${heard}`
+      : `etcd UNREACHABLE since ${fleet.lostAt} (${ago(nowMs - Date.parse(fleet.lostAt))}): ${printable(fleet.lostReason ?? "")}; the last word stands, ${heard}`;
+  return [
+    `fleet       ${printable(word)}; ${link}`,
+    ...(fleet.problem === null ? [] : [`fleet       NOT FOLLOWED: ${printable(fleet.problem)}`]),
+  ];
+}
+
+/** 4.2 s ago, 3m ago, 2h ago. */
+function ago(ms: number): string {
+  const s = Math.max(0, ms) / 1000;
+  if (s < 120) return `${s.toFixed(1)} s ago`;
+  if (s < 7200) return `${Math.round(s / 60)}m ago`;
+  return `${Math.round(s / 3600)}h ago`;
+}
+
 function checkLines(
   checks: readonly CheckView[] | undefined,
   problem: string | null,
-  overruled: string | undefined,
   state: State | undefined,
 ): string[] {
   if (problem !== null) {
@@ -194,9 +240,6 @@ function checkLines(
     const now = c.passing ? "passing" : `FAILING (${c.verdict?.status ?? "?"})`;
     return `check       ${c.name}${rules}: ${now}; ${result}; passes ${c.passes}/${c.rise}, failures ${c.fails}/${c.fall}`;
   });
-  if (overruled !== undefined) {
-    lines.push(`note        the checks decide: the file alone would answer ${overruled.trimEnd()}`);
-  }
   return lines;
 }
 

@@ -1,17 +1,22 @@
 /**
- * What the agent answers when its own checks have a say: the operator's state is the ceiling.
- * Each failing check yields a status (its verdict); the most restrictive of the operator's status
- * and the verdicts wins, so a failing check can take a server out, and a passing one can never
- * put back a server its operator took out. The weight and maxconn stay the operator's; the
- * description comes from whoever decided, so HAProxy's stats say why. Pure.
+ * What the agent answers when other layers than the operator's have a say (its own checks, the
+ * fleet's word from etcd): the operator's state is the ceiling. Each layer yields verdicts; per
+ * axis the most restrictive wins: the status (a failing check or the fleet can take a server out,
+ * never put back one its operator took out), and the lowest weight and maxconn. The description
+ * comes from whoever decided, so HAProxy's stats say why. Pure.
  */
+import { DEFAULT_WEIGHT_PERCENT } from "./reply.js";
 import { hasService, type ServiceState, type State, type Status, serviceState } from "./state.js";
 
-/** A failing check's word on the reply. A passing check has none. */
+/** A layer's word on the reply: a failing check's, the fleet's. A passing check has none. */
 export interface Verdict {
   readonly status: Status;
   /** Why, as HAProxy shows it: `check web: http://127.0.0.1:8080/health: 503 for 3 checks`. */
   readonly description: string;
+  /** A weight (percent) this layer allows at most; the lower of it and the operator's is sent. */
+  readonly weight?: number | undefined;
+  /** A maxconn this layer allows at most. */
+  readonly maxconn?: number | undefined;
 }
 
 /** What the agent answers while its checks file cannot be used: a configuration error. */
@@ -35,20 +40,36 @@ export const RESTRICTION: Readonly<Record<Status, number>> = {
   MAINT: 5,
 };
 
-/** The operator's state with the verdicts applied: the same object when none outranks it. */
+/**
+ * The operator's state with the verdicts applied, per axis: the most restrictive status, the
+ * lowest weight (the operator's absent weight is 100%) and maxconn; the first of equals keeps
+ * its place. The description is the verdict's that decided the status, else the weight, else the
+ * maxconn. The same object when no verdict outranks the operator on any axis.
+ */
 export function compose(operator: ServiceState, verdicts: readonly Verdict[]): ServiceState {
   let decider: Verdict | undefined;
+  let weightBy: Verdict | undefined;
+  let maxconnBy: Verdict | undefined;
+  let { weight, maxconn } = operator;
   for (const verdict of verdicts) {
-    const bar = decider === undefined ? RESTRICTION[operator.status] : RESTRICTION[decider.status];
+    const bar = RESTRICTION[(decider ?? operator).status];
     if (RESTRICTION[verdict.status] > bar) decider = verdict;
+    if (verdict.weight !== undefined && verdict.weight < (weight ?? DEFAULT_WEIGHT_PERCENT)) {
+      weight = verdict.weight;
+      weightBy = verdict;
+    }
+    if (verdict.maxconn !== undefined && (maxconn === undefined || verdict.maxconn < maxconn)) {
+      maxconn = verdict.maxconn;
+      maxconnBy = verdict;
+    }
   }
-  if (decider === undefined) return operator;
-  const { weight, maxconn } = operator;
+  const by = decider ?? weightBy ?? maxconnBy;
+  if (by === undefined) return operator;
   return Object.freeze({
-    status: decider.status,
+    status: (decider ?? operator).status,
     ...(weight === undefined ? {} : { weight }),
     ...(maxconn === undefined ? {} : { maxconn }),
-    description: decider.description,
+    description: by.description,
   });
 }
 
@@ -86,17 +107,20 @@ export function groupVerdicts(
 /**
  * What a probe that asks for `name` (undefined: the instance) is answered: the operator's state
  * for it, as the file decides (an instance out of service answers every service), with the
- * instance's verdicts and, for a service the file names, its own. Each answer is composed on its
- * own, so a check of the instance can take every service out but never loosen one.
+ * instance's verdicts and, for a service the file names, its own, and the fleet's word for that
+ * name (`fleet`, see core/fleet.ts). Each answer is composed on its own, so a check of the
+ * instance can take every service out but never loosen one.
  */
 export function answerFor(
   state: State,
   name: string | undefined,
   verdicts: Verdicts,
+  fleet?: (name: string | undefined) => Verdict | undefined,
 ): ServiceState {
   const own = serviceState(state, name);
-  const mine =
-    name !== undefined && hasService(state, name) ? verdicts.services.get(name) : undefined;
-  const all = mine === undefined ? verdicts.instance : [...verdicts.instance, ...mine];
+  const named = name !== undefined && hasService(state, name) ? name : undefined;
+  const mine = named === undefined ? undefined : verdicts.services.get(named);
+  const word = fleet?.(named);
+  const all = [...verdicts.instance, ...(mine ?? []), ...(word === undefined ? [] : [word])];
   return all.length === 0 ? own : compose(own, all);
 }

@@ -4,16 +4,15 @@
  * checks' verdicts (core/compose.ts). A checks file that cannot be used is a configuration error,
  * as a bad state file is: the agent answers MAINT until it is fixed.
  */
-import { answerFor, NO_VERDICTS, UNUSABLE_VERDICTS, type Verdicts } from "../core/compose.js";
-import type { ServiceState, State } from "../core/state.js";
+import { NO_VERDICTS, UNUSABLE_VERDICTS, type Verdicts } from "../core/compose.js";
 import type { Logger } from "../log.js";
 import { keyOf } from "./check-key.js";
 import { type Checks, type CheckView, createChecks } from "./checks.js";
 import { loadChecksFile } from "./checks-file.js";
 
 export interface CheckLayer {
-  /** A probe's answer for `name` (undefined: the instance) in `state`, with the verdicts now. */
-  answer(state: State, name: string | undefined): ServiceState;
+  /** The failing checks' verdicts now (MAINT for all while the checks file cannot be used). */
+  verdicts(): Verdicts;
   /** Goes up whenever an answer may have changed: a verdict, a load. */
   version(): number;
   views(): CheckView[];
@@ -78,7 +77,7 @@ export function createCheckLayer(path: string, uid: number, log: Logger): CheckL
   };
 
   return {
-    answer: (state, name) => answerFor(state, name, current()),
+    verdicts: current,
     version: () => version,
     views: () => checks?.views() ?? [],
     get problem() {

@@ -13,15 +13,14 @@ import {
   MAX_CHECKS_FILE_BYTES,
   parseChecks,
 } from "../core/checks.js";
-import { controllerOf, walkPath } from "../path-control.js";
+import { whyUntrusted } from "../path-control.js";
 import { readCapped } from "../store.js";
 
-const GROUP_OR_OTHER_WRITE = 0o022;
 const SET_ID = 0o6000;
 
 /** The checks of `path`, or the reason there are none to run (a configuration error). */
 export async function loadChecksFile(path: string, uid: number): Promise<ChecksResult> {
-  const unsafe = await whyUnsafe(path, uid);
+  const unsafe = await whyUntrusted(path, uid);
   if (unsafe !== undefined) return { ok: false, reason: unsafe };
   const read = await readCapped(path, MAX_CHECKS_FILE_BYTES);
   if (!read.ok) return { ok: false, reason: `it ${read.reason}` };
@@ -43,32 +42,9 @@ function programOf(check: Check): string | undefined {
   return undefined;
 }
 
-/** Why nobody but the agent's user (or root) may be trusted with `path`, or undefined. */
-async function whyUnsafe(path: string, uid: number): Promise<string | undefined> {
-  let lookups: Awaited<ReturnType<typeof walkPath>>;
-  try {
-    lookups = await walkPath(path);
-  } catch (err) {
-    return `its directories cannot be examined (${(err as NodeJS.ErrnoException).code})`;
-  }
-  const controller = controllerOf(lookups);
-  if (controller.kind === "several" || (controller.kind === "user" && controller.uid !== uid)) {
-    return `${controller.why}, so another user could change what it holds; expected a path only ${uid === 0 ? "root" : "this user or root"} can change`;
-  }
-  const entry = lookups.at(-1)?.entry;
-  if (entry === undefined) return "not found (ENOENT)";
-  if (entry.uid !== 0 && entry.uid !== uid) {
-    return `it is owned by uid ${entry.uid}; expected ${uid === 0 ? "root" : "this user or root"}`;
-  }
-  if ((entry.mode & GROUP_OR_OTHER_WRITE) !== 0) {
-    return `its group or every user may write it (mode ${(entry.mode & 0o7777).toString(8)}); expected it writable by its owner only`;
-  }
-  return undefined;
-}
-
 /** Why a check's program may not run with the agent's rights, or undefined. */
 export async function whyNotRunnable(program: string, uid: number): Promise<string | undefined> {
-  const unsafe = await whyUnsafe(program, uid);
+  const unsafe = await whyUntrusted(program, uid);
   if (unsafe !== undefined) return `${program}: ${unsafe}`;
   try {
     const stats = await stat(program);

@@ -15,6 +15,7 @@ import {
   ControlSocketError,
   createControlServer,
 } from "./control.js";
+import type { FleetLayer } from "./fleet-layer.js";
 import type { Ledger } from "./ledger.js";
 import type { Replies } from "./replies.js";
 
@@ -24,6 +25,8 @@ export interface HandlerParts {
   readonly replies: Pick<Replies, "currentFor">;
   /** The agent's own checks; undefined without a checks file. */
   readonly checks: Pick<CheckLayer, "views" | "problem"> | undefined;
+  /** The fleet's word from etcd; undefined without HAPGENT_ETCD_ENDPOINTS. */
+  readonly fleet: Pick<FleetLayer, "view"> | undefined;
   readonly now: () => number;
 }
 
@@ -36,11 +39,13 @@ export function controlHandlers({
   ledger,
   replies,
   checks,
+  fleet,
   now,
 }: HandlerParts): ControlHandlers {
   const checksView = () => ({
     checks: checks?.views() ?? [],
     checksProblem: checks?.problem ?? null,
+    fleet: fleet?.view() ?? null,
   });
   const pollers = (): PollerView[] => {
     const at = now();

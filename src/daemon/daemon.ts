@@ -11,7 +11,9 @@ import {
   type ProcessContext,
   parseConfig,
 } from "../config.js";
-import { formatState } from "../core/state.js";
+import { answerFor, NO_VERDICTS } from "../core/compose.js";
+import { formatState, type ServiceState, type State } from "../core/state.js";
+import { etcdOptions } from "../etcd-options.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
 import { createStateStore } from "../store.js";
@@ -20,6 +22,7 @@ import type { CheckLayer } from "./check-layer.js";
 import { type Commands, createCommands } from "./commands.js";
 import type { ControlServer } from "./control.js";
 import { controlHandlers, startControl } from "./control-handlers.js";
+import type { FleetLayer } from "./fleet-layer.js";
 import { createLedger, type Ledger } from "./ledger.js";
 import type { MetricsServer } from "./metrics.js";
 import { createReplies } from "./replies.js";
@@ -68,11 +71,16 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   // Without a checks file nothing of the checks is made, and probes read the state as it is.
   const checks =
     config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io.uid, log);
-  const { replies, ledger, probes, server } = agentPort(config, commands, checks, log);
+  // Without HAPGENT_ETCD_ENDPOINTS nothing of etcd is loaded.
+  const fleet = config.fleet === undefined ? undefined : await fleetLayer(config, io.uid, log);
+  if (fleet === null) return io.exit(EXIT.INVALID_CONFIG);
+  const layers = composeLayers(checks, fleet);
+  const { replies, ledger, probes, server } = agentPort(config, commands, layers, log);
   let control: ControlServer | undefined;
   let metrics: MetricsServer | undefined;
   const stop = stopper(io, log, commands, async () => {
     checks?.stop();
+    fleet?.stop();
     await Promise.all([server.close(), control?.close(), metrics?.close()]);
   });
   const handle = (signal: DaemonSignal): void => {
@@ -100,14 +108,18 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     });
   }
   io.onSignal(handle);
-  await Promise.all([loaded, checks?.load("start-up")]);
+  await Promise.all([loaded, checks?.load("start-up"), fleet?.start()]);
   if (stop.stopping) return;
 
   // Before the agent port: an agent that cannot serve its metrics never answers a probe, so it
   // does not come and go while systemd restarts it.
   if (config.metrics !== undefined) {
     try {
-      metrics = await serveMetrics(config.metrics, { commands, checks, ledger, probes }, log);
+      metrics = await serveMetrics(
+        config.metrics,
+        { commands, checks, answer: layers?.answer, ledger, probes },
+        log,
+      );
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       log.error(describeMetricsListenError(config.metrics, code));
@@ -125,7 +137,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     await metrics?.close();
     return io.exit(EXIT.CANNOT_LISTEN);
   }
-  const handlers = controlHandlers({ commands, ledger, replies, checks, now: Date.now });
+  const handlers = controlHandlers({ commands, ledger, replies, checks, fleet, now: Date.now });
   control = await startControl(config.controlSocket, io.uid, handlers, log);
   if (stop.stopping) return;
   log.notice(
@@ -133,16 +145,31 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   );
 }
 
-/** The agent port: its replies, and the ledger of the load balancers that poll it. */
-function agentPort(
-  config: Config,
-  commands: Commands,
+/** How a probe's answer is composed when other layers than the operator's have a say. */
+interface Layers {
+  readonly answer: (state: State, name: string | undefined) => ServiceState;
+  /** Goes up whenever an answer may have changed without the state changing. */
+  readonly version: () => number;
+}
+
+/** The operator's state with the checks' verdicts and the fleet's word; undefined: neither. */
+function composeLayers(
   checks: CheckLayer | undefined,
-  log: Logger,
-) {
+  fleet: FleetLayer | undefined,
+): Layers | undefined {
+  if (checks === undefined && fleet === undefined) return undefined;
+  return {
+    answer: (state, name) =>
+      answerFor(state, name, checks?.verdicts() ?? NO_VERDICTS, fleet?.verdict),
+    version: () => (checks?.version() ?? 0) + (fleet?.version() ?? 0),
+  };
+}
+
+/** The agent port: its replies, and the ledger of the load balancers that poll it. */
+function agentPort(config: Config, commands: Commands, layers: Layers | undefined, log: Logger) {
   const replies = createReplies({
     current: () => commands.state,
-    ...(checks === undefined ? {} : { answer: checks.answer, version: checks.version }),
+    ...(layers === undefined ? {} : { answer: layers.answer, version: layers.version }),
     log,
     sendWaitMs: config.sendWaitMs,
   });
@@ -171,24 +198,44 @@ async function checkLayer(path: string, uid: number, log: Logger): Promise<Check
   return createCheckLayer(path, uid, log);
 }
 
+/**
+ * HAPGENT_ETCD_ENDPOINTS: the fleet's layer and its etcd client are loaded only now. Null when
+ * its credentials cannot be used: a configuration error, logged.
+ */
+async function fleetLayer(config: Config, uid: number, log: Logger): Promise<FleetLayer | null> {
+  const fleet = config.fleet;
+  if (fleet === undefined) return null;
+  const options = await etcdOptions(fleet, uid, FLEET_REQUEST_TIMEOUT_MS);
+  if (!options.ok) {
+    log.error(options.reason);
+    return null;
+  }
+  const { createFleetLayer } = await import("./fleet-layer.js");
+  return createFleetLayer({ config: fleet, options: options.options, log, uid });
+}
+
+/** How long one request to etcd may take before its endpoint counts as unreachable. */
+const FLEET_REQUEST_TIMEOUT_MS = 2000;
+
 /** HAPGENT_METRICS: prom-client and its listener are loaded only now. */
 async function serveMetrics(
   address: MetricsAddress,
   parts: {
     readonly commands: Commands;
     readonly checks: CheckLayer | undefined;
+    readonly answer: Layers["answer"] | undefined;
     readonly ledger: Ledger;
     readonly probes: ReadonlyMap<string, number> | undefined;
   },
   log: Logger,
 ): Promise<MetricsServer> {
-  const { commands, checks, ledger, probes } = parts;
+  const { commands, checks, answer, ledger, probes } = parts;
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
     address,
     {
       state: () => commands.state,
-      answer: checks?.answer,
+      answer,
       stats: () => commands.stats,
       probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),
@@ -213,10 +260,17 @@ async function configure(io: DaemonIo, log: Logger): Promise<Config | undefined>
     return undefined;
   }
   if (io.uid === 0) {
-    const refused = await refuseForeignPath(configured.config.stateFile);
-    if (refused !== undefined) {
-      log.error(refused);
-      return undefined;
+    const { stateFile, fleet } = configured.config;
+    for (const [variable, path] of [
+      ["HAPGENT_STATE_FILE", stateFile],
+      ["HAPGENT_ETCD_CACHE_FILE", fleet?.cacheFile],
+    ] as const) {
+      if (path === undefined) continue;
+      const refused = await refuseForeignPath(path, variable);
+      if (refused !== undefined) {
+        log.error(refused);
+        return undefined;
+      }
     }
   }
   return configured.config;

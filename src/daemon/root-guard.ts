@@ -9,15 +9,18 @@ import { controllerOf, walkPath } from "../path-control.js";
 import type { StateStore } from "../store.js";
 
 /** Why root must not use `stateFile`, or undefined when only root controls it. */
-export async function refuseForeignPath(stateFile: string): Promise<string | undefined> {
+export async function refuseForeignPath(
+  stateFile: string,
+  variable = "HAPGENT_STATE_FILE",
+): Promise<string | undefined> {
   let controller: ReturnType<typeof controllerOf>;
   try {
     controller = controllerOf(await walkPath(stateFile));
   } catch (err) {
-    return `HAPGENT_STATE_FILE=${JSON.stringify(stateFile)}: its directories cannot be examined (${(err as NodeJS.ErrnoException).code}); expected a path root can look up`;
+    return `${variable}=${JSON.stringify(stateFile)}: its directories cannot be examined (${(err as NodeJS.ErrnoException).code}); expected a path root can look up`;
   }
   if (controller.kind === "root") return undefined;
-  return `HAPGENT_STATE_FILE=${JSON.stringify(stateFile)} is not safe for a daemon running as root: ${controller.why}, so another user could point it at any file; expected a path only root can change, or run hapgent as that user (User= in the unit)`;
+  return `${variable}=${JSON.stringify(stateFile)} is not safe for a daemon running as root: ${controller.why}, so another user could point it at any file; expected a path only root can change, or run hapgent as that user (User= in the unit)`;
 }
 
 /** The same store, which refuses to load or save while the path is not root's alone. */

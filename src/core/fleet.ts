@@ -1,0 +1,93 @@
+/**
+ * The fleet's word: states kept in etcd under keys that name this host, its groups and the whole
+ * fleet (HAPGENT_ETCD_KEYS, most specific first). The first key that exists speaks for this host;
+ * its value is a state in the state file's format. Pure: values in, the word and its verdicts out.
+ */
+import type { Verdict } from "./compose.js";
+import { parseState, type State, type StateResult, serviceState } from "./state.js";
+
+/** What one key holds: nothing, a valid state, or bytes that are not one (and why). */
+export type KeyValue =
+  | { readonly kind: "absent"; readonly revision: number }
+  | { readonly kind: "state"; readonly revision: number; readonly state: State }
+  | { readonly kind: "invalid"; readonly revision: number; readonly reason: string };
+
+/** The word this host follows: the state of the first key that holds one. */
+export interface FleetWord {
+  readonly key: string;
+  /** The revision at which the key got this value (etcd's mod_revision). */
+  readonly revision: number;
+  readonly state: State;
+}
+
+/** Keys a host may follow; each is one watch. */
+export const MAX_FLEET_KEYS = 16;
+export const MAX_FLEET_KEY_BYTES = 512;
+
+/** A fleet value: a state file's text, with no pending expiry (an expiring word is a lease). */
+export function parseFleetValue(bytes: Uint8Array, revision: number): KeyValue {
+  const parsed: StateResult = parseState(bytes);
+  if (!parsed.ok) {
+    return { kind: "invalid", revision, reason: parsed.reason.replace(/^file /, "value ") };
+  }
+  if (parsed.state.expires !== undefined) {
+    return {
+      kind: "invalid",
+      revision,
+      reason:
+        "expires is not applied to a fleet value (an expiring fleet word is written with hapgent fleet set --for, as an etcd lease)",
+    };
+  }
+  return { kind: "state", revision, state: parsed.state };
+}
+
+/**
+ * What the host follows, given each key's value in order, and the word it followed before.
+ * The first key that exists decides. When that key holds an invalid value, the word before stands
+ * (one typo in a group key must not take a fleet out, nor put back in what it had out, nor let a
+ * less specific key speak instead); with no word before, the fleet has none (the operator's state
+ * alone). `problem` says why a value is not followed.
+ */
+export function chooseWord(
+  keys: readonly string[],
+  values: ReadonlyMap<string, KeyValue>,
+  before: FleetWord | undefined,
+): { readonly word: FleetWord | undefined; readonly problem: string | undefined } {
+  for (const key of keys) {
+    const value = values.get(key);
+    if (value === undefined || value.kind === "absent") continue;
+    if (value.kind === "state") {
+      const same = before?.key === key && before.revision === value.revision;
+      return {
+        word: same ? before : Object.freeze({ key, revision: value.revision, state: value.state }),
+        problem: undefined,
+      };
+    }
+    return {
+      word: before,
+      problem: `${key} (revision ${value.revision}) is not a valid state: ${value.reason}; ${
+        before === undefined
+          ? "no fleet word was followed before, so the operator's state alone decides"
+          : `still following ${before.key} (revision ${before.revision})`
+      }`,
+    };
+  }
+  return { word: undefined, problem: undefined };
+}
+
+/** The fleet's verdict on an answer for `name` (undefined: the instance), as a layer of compose. */
+export function fleetVerdict(word: FleetWord, name: string | undefined): Verdict {
+  const own = serviceState(word.state, name);
+  const why = own.reason ?? own.description;
+  return {
+    status: own.status,
+    weight: own.weight,
+    maxconn: own.maxconn,
+    description: `fleet ${word.key}${why === undefined ? "" : `: ${why}`}`,
+  };
+}
+
+/** Whether `key` can be an etcd key the fleet follows: printable ASCII, starting with `/`. */
+export function isFleetKey(key: string): boolean {
+  return /^\/[\x21-\x7e]*$/.test(key) && key.length <= MAX_FLEET_KEY_BYTES;
+}

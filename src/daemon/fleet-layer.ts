@@ -1,0 +1,433 @@
+/**
+ * The fleet's layer of the reply (HAPGENT_ETCD_ENDPOINTS, HAPGENT_ETCD_KEYS): the keys read in one
+ * transaction, then watched from the revision read, each on one endpoint at a time. A stream that
+ * breaks, or an endpoint that stops answering the health read, ends the session: the next endpoint
+ * is tried, with backoff once all have failed, and the watches resume after the last revision seen
+ * of each key, so no change is missed or applied twice. A revision etcd has compacted meanwhile
+ * means the keys are read again. While etcd cannot be reached the last word stands, and it is kept
+ * in a cache file, so a restart without etcd keeps it too.
+ */
+import type { FleetConfig } from "../config.js";
+import type { Verdict } from "../core/compose.js";
+import {
+  chooseWord,
+  type FleetWord,
+  fleetVerdict,
+  type KeyValue,
+  parseFleetValue,
+} from "../core/fleet.js";
+import { parseJsonFile } from "../core/json.js";
+import { formatAnswered, isTimestamp, type State, validateState } from "../core/state.js";
+import { createEtcd, type Etcd, type EtcdError, type EtcdOptions, type Snapshot } from "../etcd.js";
+import type { Logger } from "../log.js";
+import { createTextFile, readCapped } from "../store.js";
+import { refuseForeignPath } from "./root-guard.js";
+
+/** What `hapgent status` and the metrics show of the fleet. */
+export interface FleetView {
+  readonly keys: readonly string[];
+  readonly endpoint: string;
+  /** Every key is watched on a live endpoint now. */
+  readonly connected: boolean;
+  /** The word followed: the key, its revision and its state; null: no key holds one. */
+  readonly word: { readonly key: string; readonly revision: number; readonly state: State } | null;
+  /** Why a key's value is not followed, or null. */
+  readonly problem: string | null;
+  /** When etcd last confirmed the word (an event, a read, the health read); null: never. */
+  readonly heardAt: string | null;
+  readonly heardAgoMs: number | null;
+  /** Since when etcd cannot be reached, and why; null while connected. */
+  readonly lostAt: string | null;
+  readonly lostReason: string | null;
+  /** The word came from the cache file and etcd has not confirmed it since the start. */
+  readonly fromCache: boolean;
+}
+
+export interface FleetLayer {
+  /** The fleet's verdict on an answer for `name` (undefined: the instance); none without a word. */
+  verdict(name: string | undefined): Verdict | undefined;
+  /** Goes up whenever the word changes. */
+  version(): number;
+  view(): FleetView;
+  /** Reads the cache, starts watching; resolves once etcd was read, or soon without it. */
+  start(): Promise<void>;
+  stop(): void;
+}
+
+export interface FleetTiming {
+  /** How often the endpoint in use must answer a read, or it is left. */
+  readonly healthMs: number;
+  /** First pause after every endpoint failed; doubles up to maxBackoffMs. */
+  readonly backoffMs: number;
+  readonly maxBackoffMs: number;
+  /** How long a start without a cached word waits for etcd before answering probes. */
+  readonly startWaitMs: number;
+}
+
+export const FLEET_TIMING: FleetTiming = Object.freeze({
+  healthMs: 3000,
+  backoffMs: 250,
+  maxBackoffMs: 5000,
+  startWaitMs: 1500,
+});
+
+/** How a session on one endpoint ended. */
+interface Outcome {
+  readonly error?: EtcdError;
+  /** etcd no longer holds the revisions to resume from: read again. */
+  readonly compacted?: number;
+  /** Every watch was made: etcd was reachable. */
+  readonly online: boolean;
+}
+
+/** A cache larger than this was not written by the agent. */
+const MAX_CACHE_BYTES = 256 * 1024;
+const CACHE_FORMAT = 1;
+
+export function createFleetLayer(parts: {
+  readonly config: FleetConfig;
+  readonly options: EtcdOptions;
+  readonly log: Logger;
+  /** The agent's uid: root writes the cache only while its path is root's alone. */
+  readonly uid: number;
+  readonly now?: () => number;
+  readonly timing?: FleetTiming;
+}): FleetLayer {
+  const { config, options, log, uid, now = Date.now, timing = FLEET_TIMING } = parts;
+  const { keys } = config;
+  const cache = createTextFile(config.cacheFile, log);
+  const values = new Map<string, KeyValue>();
+  /** Per key, the revision up to which its changes are applied: a watch resumes after it. */
+  const applied = new Map<string, number>();
+  let etcd: Etcd | undefined;
+  let word: FleetWord | undefined;
+  let problem: string | undefined;
+  let version = 0;
+  let connected = false;
+  let fromCache = false;
+  let heardAt: number | undefined;
+  let lost: { at: number; reason: string } | undefined;
+  let needRead = true;
+  let stopped = false;
+  let endSession: (() => void) | undefined;
+  let wake: (() => void) | undefined;
+  let firstRead: (() => void) | undefined;
+  let saving = Promise.resolve();
+  let saveFailed = false;
+
+  const heard = () => {
+    heardAt = now();
+  };
+
+  const saveCache = () => {
+    const text = `${JSON.stringify({
+      format: CACHE_FORMAT,
+      keys,
+      word: word === undefined ? null : word,
+      heardAt: new Date(heardAt ?? now()).toISOString(),
+    })}\n`;
+    const save = async () => {
+      const refused =
+        uid === 0
+          ? await refuseForeignPath(config.cacheFile, "HAPGENT_ETCD_CACHE_FILE")
+          : undefined;
+      if (refused !== undefined) throw Object.assign(new Error(refused), { code: "EPERM" });
+      await cache.save(text);
+    };
+    saving = saving.then(() =>
+      save().then(
+        () => {
+          if (saveFailed) log.notice(`fleet: saved the cache ${config.cacheFile} again`);
+          saveFailed = false;
+        },
+        (err: NodeJS.ErrnoException) => {
+          if (saveFailed) return;
+          saveFailed = true;
+          log.warning(
+            `fleet: cannot save the cache ${config.cacheFile} (${err.code === "EPERM" ? err.message : (err.code ?? err.message)}); a restart while etcd is unreachable would not know the fleet's word`,
+          );
+        },
+      ),
+    );
+  };
+
+  /** Decides the word from the values; logs and caches what changed. */
+  const decide = (cause: string) => {
+    const chosen = chooseWord(keys, values, word);
+    if (chosen.problem !== problem) {
+      problem = chosen.problem;
+      if (problem !== undefined) log.warning(`fleet: ${problem}`);
+    }
+    if (chosen.word === word) return;
+    word = chosen.word;
+    fromCache = false;
+    version++;
+    if (word === undefined) {
+      log.notice(
+        `fleet: ${cause}: no key holds a word (${keys.join(", ")}); the operator's state alone decides`,
+      );
+    } else {
+      log.notice(
+        `fleet: ${cause}: following ${word.key} (revision ${word.revision}): ${formatAnswered(word.state)}`,
+      );
+    }
+    saveCache();
+  };
+
+  const applyRead = (snapshot: Snapshot) => {
+    for (const key of keys) {
+      const record = snapshot.values.get(key);
+      values.set(
+        key,
+        record === undefined
+          ? { kind: "absent", revision: snapshot.revision }
+          : parseFleetValue(record.value, record.modRevision),
+      );
+      applied.set(key, snapshot.revision);
+    }
+    heard();
+    decide(`read at revision ${snapshot.revision}`);
+  };
+
+  /** One session on the current endpoint; resolves with why it ended. */
+  const session = async (client: Etcd): Promise<Outcome> => {
+    if (needRead) {
+      applyRead(await client.read(keys));
+      needRead = false;
+      firstRead?.();
+    }
+    return new Promise((resolve) => {
+      let done = false;
+      let created = 0;
+      const watches: { close(): void }[] = [];
+      const finish = (outcome: Omit<Outcome, "online">) => {
+        if (done) return;
+        done = true;
+        clearInterval(health);
+        for (const watch of watches) watch.close();
+        connected = false;
+        endSession = undefined;
+        resolve({ ...outcome, online: created === keys.length });
+      };
+      endSession = () => finish({});
+      for (const key of keys) {
+        const after = applied.get(key) ?? 0;
+        watches.push(
+          client.watch(key, after + 1, {
+            created(revision) {
+              if (revision < after) {
+                // etcd's history is younger than what was read: a cluster made anew.
+                needRead = true;
+                return finish({ compacted: revision });
+              }
+              heard();
+              if (++created === keys.length) online();
+            },
+            events(events) {
+              heard();
+              // Each change in its order, as the history says it: a resumed watch delivers all
+              // that happened while it was away, in one message.
+              for (const event of events) {
+                if (event.key !== key || event.modRevision <= (applied.get(key) ?? 0)) continue;
+                applied.set(key, event.modRevision);
+                values.set(
+                  key,
+                  event.type === "delete"
+                    ? { kind: "absent", revision: event.modRevision }
+                    : parseFleetValue(event.value, event.modRevision),
+                );
+                decide(`${key} changed at revision ${event.modRevision}`);
+              }
+            },
+            compacted(revision) {
+              needRead = true;
+              finish({ compacted: revision });
+            },
+            ended(error) {
+              finish({ error });
+            },
+          }),
+        );
+      }
+      const health = setInterval(() => {
+        client.read(keys.slice(0, 1)).then(heard, (error: EtcdError) => finish({ error }));
+      }, timing.healthMs);
+    });
+  };
+
+  const online = () => {
+    connected = true;
+    if (lost !== undefined) {
+      log.notice(
+        `fleet: etcd at ${etcd?.endpoint} answers again after ${Math.round((now() - lost.at) / 1000)} s; watching ${keys.length} key${keys.length === 1 ? "" : "s"} from the revisions last seen`,
+      );
+      lost = undefined;
+    }
+  };
+
+  const offline = (reason: string) => {
+    if (lost !== undefined) return;
+    lost = { at: now(), reason };
+    const kept =
+      word === undefined
+        ? "no fleet word is followed"
+        : `keeping the fleet's last word, ${word.key} (revision ${word.revision})`;
+    // Once per loss: retries go on quietly until etcd answers.
+    log.warning(`fleet: cannot reach etcd: ${reason}; ${kept}, and retrying every endpoint`);
+    saveCache();
+  };
+
+  const pause = (ms: number) =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+
+  const run = async (client: Etcd) => {
+    let failures = 0;
+    while (!stopped) {
+      let outcome: Outcome;
+      try {
+        outcome = await session(client);
+      } catch (error) {
+        outcome = { error: error as EtcdError, online: false };
+      }
+      if (stopped) return;
+      if (outcome.compacted !== undefined && outcome.error === undefined) {
+        log.notice(
+          `fleet: etcd compacted its history past the revisions last seen (compacted to ${outcome.compacted}); reading the keys again`,
+        );
+        failures = 0;
+        continue;
+      }
+      // A session that had all its watches was a success, whatever ended it.
+      if (outcome.online) failures = 0;
+      failures++;
+      offline(outcome.error?.message ?? "the session ended");
+      client.rotate();
+      // Each endpoint once at once; then, round after round, a growing pause.
+      const rounds = Math.floor(failures / options.endpoints.length);
+      if (rounds === 0) continue;
+      const backoff = Math.min(timing.maxBackoffMs, timing.backoffMs * 2 ** (rounds - 1));
+      await pause(backoff * (0.8 + Math.random() * 0.4));
+    }
+  };
+
+  return {
+    verdict: (name) => (word === undefined ? undefined : fleetVerdict(word, name)),
+    version: () => version,
+    view() {
+      const at = now();
+      return {
+        keys,
+        endpoint: etcd?.endpoint ?? options.endpoints[0]?.origin ?? "",
+        connected,
+        word:
+          word === undefined ? null : { key: word.key, revision: word.revision, state: word.state },
+        problem: problem ?? null,
+        heardAt: heardAt === undefined ? null : new Date(heardAt).toISOString(),
+        heardAgoMs: heardAt === undefined ? null : at - heardAt,
+        lostAt: lost === undefined ? null : new Date(lost.at).toISOString(),
+        lostReason: lost?.reason ?? null,
+        fromCache,
+      };
+    },
+    async start() {
+      const cached = await readCache(config.cacheFile, keys, log);
+      if (cached !== undefined) {
+        word = cached.word;
+        heardAt = cached.heardAt;
+        fromCache = true;
+        version++;
+        log.notice(
+          word === undefined
+            ? `fleet: the cache ${config.cacheFile} says no key held a word when etcd was last heard`
+            : `fleet: following the cached word until etcd answers: ${word.key} (revision ${word.revision}): ${formatAnswered(word.state)}`,
+        );
+      }
+      etcd = await createEtcd(options);
+      const read = new Promise<void>((resolve) => {
+        firstRead = resolve;
+      });
+      void run(etcd);
+      // Without a cached word, the first probes should already hear the fleet's: wait a little.
+      if (cached === undefined) {
+        await Promise.race([
+          read,
+          new Promise((resolve) => setTimeout(resolve, timing.startWaitMs)),
+        ]);
+      }
+    },
+    stop() {
+      stopped = true;
+      endSession?.();
+      wake?.();
+      etcd?.close();
+    },
+  };
+}
+
+/** The cached word, if the cache is the agent's for these keys; undefined otherwise (logged). */
+async function readCache(
+  path: string,
+  keys: readonly string[],
+  log: Logger,
+): Promise<{ word: FleetWord | undefined; heardAt: number } | undefined> {
+  const read = await readCapped(path, MAX_CACHE_BYTES);
+  if (!read.ok) {
+    if (read.code !== "ENOENT") log.warning(`fleet: the cache ${path} ${read.reason}; not used`);
+    return undefined;
+  }
+  const parsed = parseJsonFile(read.bytes, MAX_CACHE_BYTES);
+  const why = parsed.ok ? whyNotCache(parsed.value, keys) : parsed.reason;
+  if (why !== undefined) {
+    log.warning(`fleet: the cache ${path} is not used: ${why}`);
+    return undefined;
+  }
+  const cache = (parsed as { value: Record<string, unknown> }).value;
+  const heardAt = Date.parse(cache.heardAt as string);
+  const raw = cache.word as Record<string, unknown> | null;
+  if (raw === null) return { word: undefined, heardAt };
+  const state = validateState(raw.state);
+  if (!state.ok) {
+    log.warning(
+      `fleet: the cache ${path} is not used: its word is not a valid state: ${state.reason}`,
+    );
+    return undefined;
+  }
+  return {
+    word: Object.freeze({
+      key: raw.key as string,
+      revision: raw.revision as number,
+      state: state.state,
+    }),
+    heardAt,
+  };
+}
+
+function whyNotCache(value: unknown, keys: readonly string[]): string | undefined {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return "not an object";
+  const cache = value as Record<string, unknown>;
+  if (cache.format !== CACHE_FORMAT)
+    return `format ${String(cache.format)}, expected ${CACHE_FORMAT}`;
+  if (
+    !Array.isArray(cache.keys) ||
+    cache.keys.length !== keys.length ||
+    cache.keys.some((key, i) => key !== keys[i])
+  ) {
+    return `it was kept for other keys (${JSON.stringify(cache.keys)}), not HAPGENT_ETCD_KEYS`;
+  }
+  if (!isTimestamp(cache.heardAt)) return "heardAt is not a timestamp";
+  if (cache.word === null) return undefined;
+  const word = cache.word as Record<string, unknown>;
+  if (typeof word !== "object" || typeof word.key !== "string" || !keys.includes(word.key)) {
+    return "its word names none of the keys";
+  }
+  if (!Number.isSafeInteger(word.revision) || (word.revision as number) < 1) {
+    return "its word has no revision";
+  }
+  return undefined;
+}

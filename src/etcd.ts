@@ -1,0 +1,504 @@
+/**
+ * A small etcd v3 client over etcd's JSON gateway (`/v3/…`, served on every client URL since
+ * etcd 3.3): reads in one transaction, puts, deletes, leases, and watches that resume from a
+ * revision. Node's own http/https carry it; nothing else is loaded. Used by the daemon's fleet
+ * layer and `hapgent fleet`. Passwords and tokens never appear in an error or a log line.
+ */
+import type { Agent as HttpAgent, IncomingMessage } from "node:http";
+
+export interface EtcdTls {
+  readonly ca?: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+}
+
+export interface EtcdOptions {
+  /** Client URLs, e.g. http://10.0.0.1:2379; tried in turn. */
+  readonly endpoints: readonly URL[];
+  readonly username?: string | undefined;
+  readonly password?: string | undefined;
+  readonly tls?: EtcdTls | undefined;
+  /** How long a request (not a watch) may take. */
+  readonly timeoutMs: number;
+}
+
+/** Why a request failed: etcd's own error (with its gRPC code), or the connection's. */
+export class EtcdError extends Error {
+  /** etcd's gRPC status code (11: compacted, 16: unauthenticated …); undefined: no answer. */
+  readonly code: number | undefined;
+  /** The endpoint that failed, as text. */
+  readonly endpoint: string;
+  constructor(message: string, code: number | undefined, endpoint: string) {
+    super(message);
+    this.code = code;
+    this.endpoint = endpoint;
+  }
+  /** etcd answered: another endpoint would most likely say the same. */
+  get answered(): boolean {
+    return this.code !== undefined;
+  }
+}
+
+/** gRPC status codes etcd answers with, as far as a client acts on them. */
+export const GRPC = Object.freeze({ OUT_OF_RANGE: 11, UNAVAILABLE: 14, UNAUTHENTICATED: 16 });
+
+export interface KeyValueRecord {
+  readonly key: string;
+  readonly value: Buffer;
+  readonly modRevision: number;
+  readonly lease: string | undefined;
+}
+
+export interface Snapshot {
+  /** The store's revision the values were read at. */
+  readonly revision: number;
+  /** Per key asked, its value then; undefined: absent. */
+  readonly values: ReadonlyMap<string, KeyValueRecord | undefined>;
+}
+
+export interface WatchEvent {
+  readonly type: "put" | "delete";
+  readonly key: string;
+  readonly value: Buffer;
+  readonly modRevision: number;
+}
+
+export interface WatchHandlers {
+  /** The watch exists; etcd's revision then (header). */
+  readonly created: (revision: number) => void;
+  readonly events: (events: readonly WatchEvent[], revision: number) => void;
+  /** The revision asked for is compacted: read again, then watch after what was read. */
+  readonly compacted: (compactRevision: number) => void;
+  /** The stream ended or failed; it is closed. Not called after close(). */
+  readonly ended: (error: EtcdError) => void;
+}
+
+export interface Watch {
+  close(): void;
+}
+
+export interface Etcd {
+  /** The endpoint requests go to now, as text. */
+  readonly endpoint: string;
+  /** Moves on to the next endpoint. */
+  rotate(): void;
+  /** Reads `keys` in one transaction: one revision for all. */
+  read(keys: readonly string[]): Promise<Snapshot>;
+  put(key: string, value: string, lease?: string): Promise<number>;
+  /**
+   * Puts `value` only if `key` is still at `modRevision` (0: still absent); resolves with the new
+   * revision, or undefined when someone changed the key meanwhile.
+   */
+  putIfUnchanged(
+    key: string,
+    value: string,
+    modRevision: number,
+    lease?: string,
+  ): Promise<number | undefined>;
+  /** Deletes `key`; resolves with how many keys it removed (0 or 1) and the revision. */
+  remove(key: string): Promise<{ deleted: number; revision: number }>;
+  /** A lease of `ttlSeconds`: a key put with it is removed when it runs out. */
+  grantLease(ttlSeconds: number): Promise<string>;
+  /** Watches `key` from `startRevision` on the current endpoint. */
+  watch(key: string, startRevision: number, handlers: WatchHandlers): Watch;
+  close(): void;
+}
+
+/** A gateway reply larger than this is not etcd's (16 values of 64 KiB fit easily). */
+const MAX_REPLY_BYTES = 8 * 1024 * 1024;
+/** One watch message larger than this is not one etcd sends for these keys. */
+const MAX_WATCH_LINE_BYTES = 2 * 1024 * 1024;
+
+/**
+ * With `failover`, a request (never a watch) that finds its endpoint dead moves on to the next:
+ * what a command wants. The daemon's watcher moves on itself, session by session.
+ */
+export async function createEtcd(options: EtcdOptions, failover = false): Promise<Etcd> {
+  if (options.endpoints.length === 0) throw new Error("no etcd endpoint");
+  const http = await import("node:http");
+  const https = options.endpoints.some((u) => u.protocol === "https:")
+    ? await import("node:https")
+    : undefined;
+  const agents = new Map<string, HttpAgent>();
+  const agentFor = (url: URL): HttpAgent => {
+    let agent = agents.get(url.origin);
+    if (agent === undefined) {
+      agent =
+        url.protocol === "https:" && https !== undefined
+          ? new https.Agent({ keepAlive: true, maxSockets: 64, ...options.tls })
+          : new http.Agent({ keepAlive: true, maxSockets: 64 });
+      agents.set(url.origin, agent);
+    }
+    return agent;
+  };
+  let index = 0;
+  let token: string | undefined;
+  let authenticating: Promise<string> | undefined;
+
+  const current = (): URL => options.endpoints[index % options.endpoints.length] as URL;
+
+  /** One POST to the current endpoint; resolves with the reply's JSON. */
+  const post = (
+    path: string,
+    body: unknown,
+    headers: Record<string, string>,
+  ): Promise<Record<string, unknown>> =>
+    new Promise((resolve, reject) => {
+      const url = current();
+      const fail = (message: string, code?: number) =>
+        reject(new EtcdError(message, code, url.origin));
+      const request = (url.protocol === "https:" && https !== undefined ? https : http).request(
+        new URL(path, url),
+        {
+          method: "POST",
+          agent: agentFor(url),
+          headers: { "content-type": "application/json", ...headers },
+          timeout: options.timeoutMs,
+        },
+        (response) => {
+          readReply(response, MAX_REPLY_BYTES).then(
+            (text) => {
+              const parsed = parseObject(text);
+              if (parsed === undefined) {
+                return fail(`${url.origin}${path}: HTTP ${response.statusCode}, not etcd's JSON`);
+              }
+              if (response.statusCode !== 200 || typeof parsed.error === "string") {
+                const code = typeof parsed.code === "number" ? parsed.code : -1;
+                return fail(`${url.origin}: ${String(parsed.error ?? parsed.message)}`, code);
+              }
+              resolve(parsed);
+            },
+            (err: Error) => fail(`${url.origin}: ${err.message}`),
+          );
+        },
+      );
+      const deadline = setTimeout(() => {
+        request.destroy(new Error(`no answer within ${options.timeoutMs} ms`));
+      }, options.timeoutMs);
+      request.on("close", () => clearTimeout(deadline));
+      request.on("timeout", () =>
+        request.destroy(new Error(`no answer within ${options.timeoutMs} ms`)),
+      );
+      request.on("error", (err: NodeJS.ErrnoException) =>
+        fail(`${url.origin}: ${err.code ?? err.message}`),
+      );
+      request.end(JSON.stringify(body));
+    });
+
+  const authenticate = async (): Promise<string> => {
+    const reply = await post(
+      "/v3/auth/authenticate",
+      { name: options.username, password: options.password },
+      {},
+    );
+    if (typeof reply.token !== "string" || reply.token === "") {
+      throw new EtcdError(
+        `${current().origin}: authentication gave no token`,
+        -1,
+        current().origin,
+      );
+    }
+    return reply.token;
+  };
+
+  const authHeaders = async (): Promise<Record<string, string>> => {
+    if (options.username === undefined) return {};
+    if (token === undefined) {
+      authenticating ??= authenticate().finally(() => {
+        authenticating = undefined;
+      });
+      token = await authenticating;
+    }
+    return { authorization: token };
+  };
+
+  /**
+   * A call with the token; an expired token (etcd's simple tokens last minutes) is renewed once.
+   * With `failover`, an endpoint that does not answer hands the call to the next, once each.
+   */
+  const call = async (path: string, body: unknown): Promise<Record<string, unknown>> => {
+    if (!failover) return callOnce(path, body);
+    for (let tried = 1; ; tried++) {
+      try {
+        return await callOnce(path, body);
+      } catch (err) {
+        if (!(err instanceof EtcdError) || err.answered || tried >= options.endpoints.length) {
+          throw err;
+        }
+        index = (index + 1) % options.endpoints.length;
+        token = undefined;
+      }
+    }
+  };
+
+  const callOnce = async (path: string, body: unknown): Promise<Record<string, unknown>> => {
+    try {
+      return await post(path, body, await authHeaders());
+    } catch (err) {
+      if (!(err instanceof EtcdError) || !isTokenError(err) || options.username === undefined) {
+        throw err;
+      }
+      token = undefined;
+      return post(path, body, await authHeaders());
+    }
+  };
+
+  return {
+    get endpoint() {
+      return current().origin;
+    },
+    rotate() {
+      index = (index + 1) % options.endpoints.length;
+      token = undefined;
+    },
+    async read(keys) {
+      const reply = await call("/v3/kv/txn", {
+        success: keys.map((key) => ({ request_range: { key: b64(key) } })),
+      });
+      const revision = revisionOf(reply);
+      const responses = Array.isArray(reply.responses) ? reply.responses : [];
+      const values = new Map<string, KeyValueRecord | undefined>();
+      keys.forEach((key, i) => {
+        const range = (responses[i] as Record<string, unknown> | undefined)?.response_range as
+          | Record<string, unknown>
+          | undefined;
+        const kvs = Array.isArray(range?.kvs) ? range.kvs : [];
+        values.set(key, kvs.length === 0 ? undefined : record(kvs[0]));
+      });
+      return { revision, values };
+    },
+    async put(key, value, lease) {
+      const reply = await call("/v3/kv/put", {
+        key: b64(key),
+        value: b64(value),
+        ...(lease === undefined ? {} : { lease }),
+      });
+      return revisionOf(reply);
+    },
+    async putIfUnchanged(key, value, modRevision, lease) {
+      const compare =
+        modRevision === 0
+          ? { key: b64(key), target: "VERSION", result: "EQUAL", version: "0" }
+          : { key: b64(key), target: "MOD", result: "EQUAL", mod_revision: String(modRevision) };
+      const reply = await call("/v3/kv/txn", {
+        compare: [compare],
+        success: [
+          {
+            request_put: {
+              key: b64(key),
+              value: b64(value),
+              ...(lease === undefined ? {} : { lease }),
+            },
+          },
+        ],
+      });
+      return reply.succeeded === true ? revisionOf(reply) : undefined;
+    },
+    async remove(key) {
+      const reply = await call("/v3/kv/deleterange", { key: b64(key) });
+      return { deleted: Number(reply.deleted ?? 0), revision: revisionOf(reply) };
+    },
+    async grantLease(ttlSeconds) {
+      const reply = await call("/v3/lease/grant", { TTL: String(ttlSeconds) });
+      if (typeof reply.ID !== "string") {
+        throw new EtcdError(`${current().origin}: lease grant gave no ID`, -1, current().origin);
+      }
+      return reply.ID;
+    },
+    watch(key, startRevision, handlers) {
+      const url = current();
+      let closed = false;
+      let request: ReturnType<typeof http.request> | undefined;
+      const end = (message: string, code?: number) => {
+        if (closed) return;
+        closed = true;
+        request?.destroy();
+        handlers.ended(new EtcdError(message, code, url.origin));
+      };
+      authHeaders().then(
+        (headers) => {
+          if (closed) return;
+          request = (url.protocol === "https:" && https !== undefined ? https : http).request(
+            new URL("/v3/watch", url),
+            {
+              method: "POST",
+              agent: agentFor(url),
+              headers: { "content-type": "application/json", ...headers },
+              // Until etcd answers the request; the stream itself may stay quiet for hours.
+              timeout: options.timeoutMs,
+            },
+            (response) => {
+              request?.setTimeout(0);
+              if (response.statusCode !== 200) {
+                readReply(response, MAX_REPLY_BYTES).then(
+                  (text) => {
+                    const parsed = parseObject(text);
+                    if (parsed !== undefined && isTokenText(String(parsed.error ?? ""))) {
+                      token = undefined;
+                    }
+                    end(
+                      `${url.origin}: watch: HTTP ${response.statusCode}${parsed?.error === undefined ? "" : `: ${String(parsed.error)}`}`,
+                      typeof parsed?.code === "number" ? parsed.code : -1,
+                    );
+                  },
+                  (err: Error) => end(`${url.origin}: watch: ${err.message}`),
+                );
+                return;
+              }
+              readLines(response, MAX_WATCH_LINE_BYTES, (line) => {
+                if (closed) return;
+                const message = parseObject(line);
+                if (message === undefined) return end(`${url.origin}: watch: not etcd's JSON`);
+                if (message.error !== undefined) {
+                  const error = message.error as Record<string, unknown>;
+                  if (isTokenText(String(error.message ?? ""))) token = undefined;
+                  return end(
+                    `${url.origin}: watch: ${String(error.message ?? "error")}`,
+                    typeof error.grpc_code === "number" ? error.grpc_code : -1,
+                  );
+                }
+                const result = (message.result ?? {}) as Record<string, unknown>;
+                if (result.compact_revision !== undefined && Number(result.compact_revision) > 0) {
+                  closed = true;
+                  request?.destroy();
+                  return handlers.compacted(Number(result.compact_revision));
+                }
+                if (result.canceled === true) {
+                  return end(
+                    `${url.origin}: watch canceled${typeof result.cancel_reason === "string" ? `: ${result.cancel_reason}` : ""}`,
+                    -1,
+                  );
+                }
+                const revision = revisionOf(result);
+                if (result.created === true) handlers.created(revision);
+                const events = Array.isArray(result.events) ? result.events.map(event) : [];
+                if (events.length > 0) handlers.events(events, revision);
+              }).then(
+                () => end(`${url.origin}: watch: etcd closed the stream`),
+                (err: Error) => end(`${url.origin}: watch: ${err.message}`),
+              );
+            },
+          );
+          request.on("timeout", () => request?.destroy(new Error("no answer")));
+          request.on("error", (err: NodeJS.ErrnoException) =>
+            end(`${url.origin}: watch: ${err.code ?? err.message}`),
+          );
+          request.end(
+            JSON.stringify({
+              create_request: { key: b64(key), start_revision: String(startRevision) },
+            }),
+          );
+        },
+        (err: unknown) =>
+          end(err instanceof Error ? err.message : String(err), (err as EtcdError).code),
+      );
+      return {
+        close() {
+          closed = true;
+          request?.destroy();
+        },
+      };
+    },
+    close() {
+      for (const agent of agents.values()) agent.destroy();
+    },
+  };
+}
+
+function isTokenText(text: string): boolean {
+  return /auth token|token is invalid|invalid token/i.test(text);
+}
+
+function isTokenError(err: EtcdError): boolean {
+  return err.code === GRPC.UNAUTHENTICATED || isTokenText(err.message);
+}
+
+const b64 = (text: string) => Buffer.from(text, "utf8").toString("base64");
+
+function revisionOf(reply: Record<string, unknown>): number {
+  const header = reply.header as Record<string, unknown> | undefined;
+  return Number(header?.revision ?? 0);
+}
+
+function record(value: unknown): KeyValueRecord {
+  const kv = value as Record<string, unknown>;
+  return {
+    key: Buffer.from(String(kv.key ?? ""), "base64").toString("utf8"),
+    value: Buffer.from(String(kv.value ?? ""), "base64"),
+    modRevision: Number(kv.mod_revision ?? 0),
+    lease: typeof kv.lease === "string" && kv.lease !== "0" ? kv.lease : undefined,
+  };
+}
+
+function event(value: unknown): WatchEvent {
+  const raw = value as Record<string, unknown>;
+  const kv = record(raw.kv);
+  return {
+    type: raw.type === "DELETE" ? "delete" : "put",
+    key: kv.key,
+    value: kv.value,
+    modRevision: kv.modRevision,
+  };
+}
+
+function parseObject(text: string): Record<string, unknown> | undefined {
+  try {
+    const value: unknown = JSON.parse(text);
+    return typeof value === "object" && value !== null && !Array.isArray(value)
+      ? (value as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The reply's body as text, at most `max` bytes. */
+function readReply(response: IncomingMessage, max: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    response.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > max) response.destroy(new Error(`reply larger than ${max} bytes`));
+      else chunks.push(chunk);
+    });
+    response.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    response.on("error", reject);
+    response.on("close", () => {
+      if (!response.complete) reject(new Error("connection closed mid-reply"));
+    });
+  });
+}
+
+/** Calls `line` with each newline-ended line of a stream; resolves when it ends. */
+function readLines(
+  response: IncomingMessage,
+  max: number,
+  line: (text: string) => void,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let pending: Buffer[] = [];
+    let size = 0;
+    response.on("data", (chunk: Buffer) => {
+      let start = 0;
+      for (let at = chunk.indexOf(10); at !== -1; at = chunk.indexOf(10, start)) {
+        pending.push(chunk.subarray(start, at));
+        line(Buffer.concat(pending).toString("utf8"));
+        pending = [];
+        size = 0;
+        start = at + 1;
+      }
+      if (start < chunk.length) {
+        pending.push(chunk.subarray(start));
+        size += chunk.length - start;
+        if (size > max) response.destroy(new Error(`a message larger than ${max} bytes`));
+      }
+    });
+    response.on("end", resolve);
+    response.on("error", reject);
+    response.on("close", () => {
+      if (!response.complete) reject(new Error("connection closed"));
+      else resolve();
+    });
+  });
+}

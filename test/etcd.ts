@@ -1,0 +1,244 @@
+/**
+ * Real etcd for the fleet tests: Debian's etcd-server started on loopback as one member or a
+ * cluster of three, written with Debian's etcdctl (not with hapgent's own client), and a TCP
+ * relay in front of it that a test can cut and restore, as a network partition would.
+ */
+import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort, waitFor } from "./helpers.js";
+
+const ETCD = ["etcd", "/usr/bin/etcd"].find((c) => runs(c, "--version"));
+const ETCDCTL = ["etcdctl", "/usr/bin/etcdctl"].find((c) => runs(c, "version"));
+
+function runs(command: string, version: string): boolean {
+  try {
+    execFileSync(command, [version], {
+      stdio: "ignore",
+      env: { ...process.env, ETCDCTL_API: "3" },
+    });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Outside CI a missing etcd skips, loudly; in CI it fails. */
+export const SKIP_ETCD = (() => {
+  if (ETCD !== undefined && ETCDCTL !== undefined) return false;
+  const which = "etcd (etcd-server) or etcdctl (etcd-client) is not installed";
+  if (process.env.CI === "true") {
+    throw new Error(
+      `${which}, and CI must run the fleet suite: apt-get install etcd-server etcd-client`,
+    );
+  }
+  process.stderr.write(`\n*** ${which}: the fleet suite is SKIPPED ***\n\n`);
+  return which;
+})();
+
+export interface Member {
+  readonly name: string;
+  readonly clientUrl: string;
+  /** Starts it (again, on the same data and ports). */
+  start(): Promise<void>;
+  /** Ends it: SIGKILL by default, a crash. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  readonly running: boolean;
+}
+
+export interface Cluster {
+  readonly members: readonly Member[];
+  /** Every member's client URL, comma-separated. */
+  readonly endpoints: string;
+  /** etcdctl against the members that run. */
+  ctl(...args: string[]): Promise<string>;
+  put(key: string, value: string): Promise<void>;
+  /**
+   * The same through etcd's JSON gateway with fetch, resolving when etcd has committed it: no
+   * process to start, for measuring how fast a write reaches the agents.
+   */
+  putNow(key: string, value: string): Promise<void>;
+  /** The store's revision now. */
+  revision(): Promise<number>;
+  /** The member that leads now. */
+  leader(): Promise<Member>;
+}
+
+type After = { after: (fn: () => Promise<void> | void) => void };
+
+/** Starts `size` members on loopback and waits until the cluster answers. */
+export async function startEtcd(t: After, size = 1): Promise<Cluster> {
+  const dir = await mkdtemp(join(tmpdir(), "hapgent-etcd-"));
+  const ports: { client: number; peer: number }[] = [];
+  for (let i = 0; i < size; i++) ports.push({ client: await freePort(), peer: await freePort() });
+  const names = ports.map((_, i) => `m${i}`);
+  const initial = ports.map((p, i) => `${names[i]}=http://127.0.0.1:${p.peer}`).join(",");
+  const members: (Member & { child?: ChildProcess })[] = ports.map((p, i) => {
+    const name = names[i] as string;
+    const clientUrl = `http://127.0.0.1:${p.client}`;
+    let child: ChildProcess | undefined;
+    let exited: Promise<void> = Promise.resolve();
+    let output = "";
+    const member = {
+      name,
+      clientUrl,
+      get running() {
+        return child !== undefined && child.exitCode === null && child.signalCode === null;
+      },
+      async start() {
+        const c = spawn(
+          ETCD as string,
+          [
+            `--name=${name}`,
+            `--data-dir=${join(dir, name)}`,
+            `--listen-client-urls=${clientUrl}`,
+            `--advertise-client-urls=${clientUrl}`,
+            `--listen-peer-urls=http://127.0.0.1:${p.peer}`,
+            `--initial-advertise-peer-urls=http://127.0.0.1:${p.peer}`,
+            `--initial-cluster=${initial}`,
+            "--initial-cluster-state=new",
+            `--initial-cluster-token=hapgent-test-${ports[0]?.peer}`,
+            // Elections within a second on a loaded machine, not etcd's production defaults.
+            "--heartbeat-interval=100",
+            "--election-timeout=1000",
+            "--logger=zap",
+            "--log-level=error",
+          ],
+          { stdio: ["ignore", "ignore", "pipe"] },
+        );
+        child = c;
+        c.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+          output = (output + chunk).slice(-4000);
+        });
+        exited = new Promise((resolve) => c.on("close", () => resolve()));
+      },
+      async stop(signal: NodeJS.Signals = "SIGKILL") {
+        if (!member.running) return;
+        child?.kill(signal);
+        await exited;
+      },
+      output: () => output,
+    };
+    return member;
+  });
+  t.after(async () => {
+    await Promise.all(members.map((m) => m.stop()));
+    await rm(dir, { recursive: true, force: true });
+  });
+  await Promise.all(members.map((m) => m.start()));
+  const endpoints = members.map((m) => m.clientUrl).join(",");
+  const ctl = (...args: string[]) =>
+    new Promise<string>((resolve, reject) => {
+      const live = members.filter((m) => m.running).map((m) => m.clientUrl);
+      execFile(
+        ETCDCTL as string,
+        [`--endpoints=${live.join(",")}`, "--dial-timeout=2s", "--command-timeout=5s", ...args],
+        { env: { ETCDCTL_API: "3", PATH: process.env.PATH ?? "/usr/bin:/bin" } },
+        (err, stdout, stderr) =>
+          err
+            ? reject(new Error(`etcdctl ${args.join(" ")}: ${stderr || err.message}`))
+            : resolve(stdout),
+      );
+    });
+  const cluster: Cluster = {
+    members,
+    endpoints,
+    ctl,
+    async put(key, value) {
+      // "--" so a value never reads as an option.
+      await ctl("put", "--", key, value);
+    },
+    async putNow(key, value) {
+      const b64 = (text: string) => Buffer.from(text).toString("base64");
+      const response = await fetch(`${members.find((m) => m.running)?.clientUrl}/v3/kv/put`, {
+        method: "POST",
+        body: JSON.stringify({ key: b64(key), value: b64(value) }),
+      });
+      if (!response.ok) throw new Error(`put ${key}: HTTP ${response.status}`);
+      await response.arrayBuffer();
+    },
+    async revision() {
+      const out = JSON.parse(
+        await ctl("get", "/", "--prefix", "--keys-only", "--limit=1", "-w", "json"),
+      );
+      return Number(out.header.revision);
+    },
+    async leader() {
+      const status = JSON.parse(await ctl("endpoint", "status", "-w", "json")) as {
+        Endpoint: string;
+        Status: { header: { member_id: number }; leader: number };
+      }[];
+      const lead = status.find((s) => s.Status.header.member_id === s.Status.leader);
+      const member = members.find((m) => m.clientUrl === lead?.Endpoint);
+      if (member === undefined) throw new Error(`no leader in ${JSON.stringify(status)}`);
+      return member;
+    },
+  };
+  await waitFor(
+    "etcd answering",
+    async () =>
+      await ctl("endpoint", "health").then(
+        () => true,
+        () => undefined,
+      ),
+    20_000,
+  ).catch((err: Error) => {
+    throw new Error(
+      `${err.message}: ${members.map((m) => (m as { output?: () => string }).output?.()).join("\n")}`,
+    );
+  });
+  return cluster;
+}
+
+export interface Relay {
+  /** The relay's URL, to give the agent instead of etcd's. */
+  readonly url: string;
+  /** Drops every connection and refuses new ones, as a partition would. */
+  cut(): void;
+  restore(): void;
+}
+
+/** A TCP relay to `target` (etcd's client URL) on a loopback port of its own. */
+export async function startRelay(t: After, target: string): Promise<Relay> {
+  const { hostname, port: targetPort } = new URL(target);
+  const sockets = new Set<Socket>();
+  let open = true;
+  const server: Server = createServer((client) => {
+    if (!open) return client.destroy();
+    const upstream = connect(Number(targetPort), hostname);
+    sockets.add(client);
+    sockets.add(upstream);
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on("error", drop).on("close", drop);
+    upstream.on("error", drop).on("close", drop);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  const port = await freePort();
+  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
+  t.after(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  );
+  return {
+    url: `http://127.0.0.1:${port}`,
+    cut() {
+      open = false;
+      for (const socket of sockets) socket.destroy();
+      sockets.clear();
+    },
+    restore() {
+      open = true;
+    },
+  };
+}

@@ -1,0 +1,374 @@
+/**
+ * The fleet's word from real etcd (Debian's etcd-server, started here on loopback), followed by
+ * real agents: one key changing, a bad value, etcd gone and back, a partition with compaction
+ * behind it, the leader of three killed, and one write reaching twenty agents and HAProxy.
+ */
+import assert from "node:assert/strict";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { SKIP_ETCD, startEtcd, startRelay } from "./etcd.js";
+import { SKIP_HAPROXY, startHaproxy, type View } from "./haproxy.js";
+import {
+  cliFor,
+  type Daemon,
+  httpModulesLoaded,
+  runHapgent,
+  startDaemon,
+  tempDir,
+  waitFor,
+} from "./helpers.js";
+
+const KEYS = "/hapgent/host/a,/hapgent/group/web,/hapgent/all";
+
+type T = Parameters<typeof startDaemon>[0] & { after: (fn: () => Promise<void> | void) => void };
+
+function fleetEnv(endpoints: string, extra: Record<string, string> = {}) {
+  return { HAPGENT_ETCD_ENDPOINTS: endpoints, HAPGENT_ETCD_KEYS: KEYS, ...extra };
+}
+
+/** Lines of the daemon's log matching `pattern`. */
+const lines = (d: Daemon, pattern: RegExp) =>
+  d
+    .stderr()
+    .split("\n")
+    .filter((l) => pattern.test(l));
+
+describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, () => {
+  test("the first key that exists speaks; the more restrictive of it and the file wins; the file is never written", async (t) => {
+    const etcd = await startEtcd(t);
+    await etcd.put("/hapgent/all", '{"status":"DRAIN","description":"zone b"}');
+    const d = await startDaemon(t, {
+      state: '{"status":"UP","weight":80}',
+      env: fleetEnv(etcd.endpoints),
+    });
+    const raw = await d.readRawState();
+    // Read before the first probe: a start without a cached word waits for etcd a moment.
+    assert.equal(await d.probe(), "up drain 80% # fleet /hapgent/all: zone b\n");
+    await etcd.put("/hapgent/group/web", '{"status":"UP","weight":50,"maxconn":20}');
+    await d.waitForReply("up ready 50% maxconn:20 # fleet /hapgent/group/web\n");
+    await etcd.put("/hapgent/host/a", '{"status":"UP"}');
+    await d.waitForReply("up ready 80%\n");
+    // The operator's word is the ceiling: a fleet UP never puts back a server taken out.
+    await cliFor(d, "maint", "--reason", "disk swap");
+    await d.waitForReply("maint 80% # disk swap\n");
+    await etcd.ctl("del", "/hapgent/host/a");
+    await etcd.put("/hapgent/group/web", '{"status":"DOWN","reason":"web tier off"}');
+    await d.waitForReply("maint 80% # disk swap\n");
+    const status = await runHapgent(["status"], {
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_PORT: String(d.port),
+    });
+    assert.match(
+      status.stdout,
+      /^fleet {7}\{"status":"DOWN","reason":"web tier off"\} from \/hapgent\/group\/web \(revision \d+\); etcd http:\/\/127\.0\.0\.1:\d+ watched, heard [\d.]+ s ago$/m,
+    );
+    await cliFor(d, "up");
+    await d.waitForReply("down ready 80% # fleet /hapgent/group/web: web tier off\n");
+    const up = await runHapgent(["status"], {
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_PORT: String(d.port),
+    });
+    assert.match(
+      up.stdout,
+      /^note {8}the fleet decides: the file alone would answer up ready 80%$/m,
+    );
+    assert.match(up.stdout, /^agreement {3}yes$/m);
+    // Only the operator's changes reached the file.
+    assert.doesNotMatch(await d.readRawState(), /fleet|DOWN|DRAIN/);
+    assert.notEqual(raw, await d.readRawState());
+    await etcd.ctl("del", "/hapgent/group/web");
+    await etcd.ctl("del", "/hapgent/all");
+    await d.waitForReply("up ready 80%\n");
+    assert.equal(lines(d, /no key holds a word/).length, 1, d.stderr());
+  });
+
+  test("a malformed value: the last good word stands, the reason is logged and shown, never MAINT", async (t) => {
+    const etcd = await startEtcd(t);
+    // A typo before any good word: the operator's state alone.
+    await etcd.put("/hapgent/group/web", '{"status":"DRAIN",}');
+    await etcd.put("/hapgent/all", '{"status":"DOWN"}');
+    const d = await startDaemon(t, { env: fleetEnv(etcd.endpoints) });
+    assert.equal(await d.probe(), "up ready 100%\n", "neither MAINT nor the less specific key");
+    await d.waitForLog(
+      /fleet: \/hapgent\/group\/web \(revision \d+\) is not a valid state: value is not valid JSON.*the operator's state alone decides/,
+    );
+    await etcd.put("/hapgent/group/web", '{"status":"DRAIN","reason":"rolling"}');
+    await d.waitForReply("up drain 100% # fleet /hapgent/group/web: rolling\n");
+    await etcd.put("/hapgent/group/web", '{"status":"UP","weight":"50%"}');
+    await d.waitForLog(
+      /is not a valid state: .*weight.*; still following \/hapgent\/group\/web \(revision \d+\)/,
+    );
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/group/web: rolling\n");
+    const status = await runHapgent(["status"], {
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_PORT: String(d.port),
+    });
+    assert.match(status.stdout, /^fleet {7}NOT FOLLOWED: \/hapgent\/group\/web .*weight/m);
+    // hapgent fleet refuses to write what the agents would refuse, and says why.
+    const bad = await runHapgent(["fleet", "set", "/hapgent/group/web", "up", "--weight", "300"], {
+      HAPGENT_ETCD_ENDPOINTS: etcd.endpoints,
+    });
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /weight.*nothing was written/);
+    const shown = await runHapgent(["fleet", "status"], fleetEnv(etcd.endpoints));
+    assert.equal(shown.code, 1, "an invalid value is exit 1, as an invalid file");
+    assert.match(shown.stdout, /^\/hapgent\/group\/web +INVALID \(revision \d+\): .*weight/m);
+    // Fixed with the command line: it replaces the bad value.
+    const fixed = await runHapgent(
+      ["fleet", "set", "/hapgent/group/web", "drain", "--weight", "40"],
+      {
+        HAPGENT_ETCD_ENDPOINTS: etcd.endpoints,
+      },
+    );
+    assert.equal(fixed.code, 0, fixed.stderr);
+    assert.match(fixed.stderr, /held an invalid value .*; replaced/);
+    await d.waitForReply("up drain 40% # fleet /hapgent/group/web\n");
+  });
+
+  test("etcd gone: the last word stands, logged once; a restarted agent keeps it from its cache; etcd back: watched again", async (t) => {
+    const etcd = await startEtcd(t);
+    await etcd.put("/hapgent/group/web", '{"status":"DRAIN","reason":"zone b"}');
+    const dir = await tempDir(t);
+    const env = fleetEnv(etcd.endpoints);
+    const first = await startDaemon(t, { dir, env });
+    assert.equal(await first.probe(), "up drain 100% # fleet /hapgent/group/web: zone b\n");
+    await etcd.members[0]?.stop();
+    await first.waitForLog(
+      /fleet: cannot reach etcd: .*; keeping the fleet's last word, \/hapgent\/group\/web/,
+      10_000,
+    );
+    // Retries go on quietly: a few more seconds of them log nothing more.
+    await new Promise((resolve) => setTimeout(resolve, 4000));
+    assert.equal(lines(first, /cannot reach etcd/).length, 1, first.stderr());
+    assert.equal(await first.probe(), "up drain 100% # fleet /hapgent/group/web: zone b\n");
+    const status = await runHapgent(["status"], {
+      HAPGENT_STATE_FILE: first.stateFile,
+      HAPGENT_PORT: String(first.port),
+    });
+    assert.match(
+      status.stdout,
+      /^fleet {7}\{"status":"DRAIN","reason":"zone b"\} from \/hapgent\/group\/web \(revision \d+\); etcd UNREACHABLE since .*; the last word stands, heard [\d.]+ s ago$/m,
+    );
+    const cache = JSON.parse(await readFile(join(dir, "state.fleet.json"), "utf8"));
+    assert.equal(cache.word.key, "/hapgent/group/web");
+
+    // A restart while etcd is down: the first probe already hears the fleet's word.
+    first.signal("SIGTERM");
+    await first.exited;
+    const second = await startDaemon(t, { dir, env, port: first.port });
+    assert.equal(await second.probe(), "up drain 100% # fleet /hapgent/group/web: zone b\n");
+    await second.waitForLog(/following the cached word until etcd answers: \/hapgent\/group\/web/);
+
+    await etcd.members[0]?.start();
+    await second.waitForLog(/fleet: etcd at http:\S+ answers again after \d+ s/, 15_000);
+    await etcd.put("/hapgent/group/web", '{"status":"UP"}');
+    await second.waitForReply("up ready 100%\n", 10_000);
+  });
+
+  test("a partition: the watch resumes after the last revision seen, and a compaction behind it means one fresh read", async (t) => {
+    const etcd = await startEtcd(t);
+    const relay = await startRelay(t, etcd.endpoints);
+    await etcd.put("/hapgent/all", '{"status":"UP","weight":10}');
+    const d = await startDaemon(t, { env: fleetEnv(relay.url) });
+    await d.waitForReply("up ready 10% # fleet /hapgent/all\n");
+
+    // Changes while cut off arrive in order once the relay is back, each once.
+    relay.cut();
+    await d.waitForLog(/cannot reach etcd/, 10_000);
+    await etcd.put("/hapgent/all", '{"status":"UP","weight":20}');
+    await etcd.put("/hapgent/all", '{"status":"UP","weight":30}');
+    relay.restore();
+    await d.waitForReply("up ready 30% # fleet /hapgent/all\n", 15_000);
+    await d.waitForLog(/answers again after/);
+    const applied = lines(d, /fleet: \/hapgent\/all changed at revision/);
+    assert.deepEqual(
+      applied.map((l) => /"weight":(\d+)/.exec(l)?.[1]),
+      ["20", "30"],
+      `resumed from the last revision, nothing missed or applied twice:\n${d.stderr()}`,
+    );
+    assert.equal(lines(d, /fleet: read at revision/).length, 1, "no fresh read was needed");
+
+    // Cut again; etcd moves on and compacts its history past the revision the watch resumes from.
+    relay.cut();
+    await waitFor(
+      "the second loss",
+      () => (lines(d, /cannot reach etcd/).length === 2 ? true : undefined),
+      10_000,
+    );
+    await etcd.put("/hapgent/all", '{"status":"UP","weight":40}');
+    await etcd.put("/hapgent/all", '{"status":"DRAIN","weight":50}');
+    await etcd.ctl("compact", String(await etcd.revision()));
+    relay.restore();
+    await d.waitForReply("up drain 50% # fleet /hapgent/all\n", 15_000);
+    await d.waitForLog(
+      /etcd compacted its history past the revisions last seen .*reading the keys again/,
+    );
+    assert.equal(lines(d, /"weight":40/).length, 0, "a compacted change is not replayed");
+    assert.equal(lines(d, /following \/hapgent\/all .*"weight":50/).length, 1, d.stderr());
+    // The watch made after the read follows the next change.
+    await etcd.put("/hapgent/all", '{"status":"UP"}');
+    await d.waitForReply("up ready 100%\n");
+  });
+
+  test("three members, the leader killed mid-watch: every agent follows the next write", async (t) => {
+    const etcd = await startEtcd(t, 3);
+    const urls = etcd.members.map((m) => m.clientUrl);
+    await etcd.put("/hapgent/group/web", '{"status":"UP"}');
+    const leader = await etcd.leader();
+    // Each agent starts on another member, so one of them watches the leader.
+    const agents: Daemon[] = [];
+    for (let i = 0; i < 3; i++) {
+      const order = [...urls.slice(i), ...urls.slice(0, i)].join(",");
+      agents.push(await startDaemon(t, { env: fleetEnv(order) }));
+    }
+    for (const a of agents) await a.waitForLog(/fleet: read at revision/);
+    await leader.stop("SIGKILL");
+    const killed = Date.now();
+    await waitFor(
+      "a new leader",
+      async () => (await etcd.leader().catch(() => undefined)) ?? undefined,
+      20_000,
+    );
+    await etcd.put("/hapgent/group/web", '{"status":"DRAIN","reason":"after failover"}');
+    for (const a of agents)
+      await a.waitForReply("up drain 100% # fleet /hapgent/group/web: after failover\n", 20_000);
+    process.stdout.write(
+      `# leader ${leader.name} killed; all 3 agents followed the next write ${Date.now() - killed} ms later\n`,
+    );
+    // The agent that watched the leader lost it, and watches another member now.
+    const watcher = agents[urls.indexOf(leader.clientUrl)] as Daemon;
+    assert.match(watcher.stderr(), new RegExp(`cannot reach etcd: ${leader.clientUrl}`));
+    assert.match(watcher.stderr(), /fleet: etcd at http:\/\/127\.0\.0\.1:\d+ answers again/);
+    assert.doesNotMatch(watcher.stderr(), new RegExp(`etcd at ${leader.clientUrl} answers again`));
+  });
+
+  test("one write to a group key reaches 20 agents and HAProxy in front of five of them; latency reported", {
+    skip: SKIP_HAPROXY,
+  }, async (t) => {
+    const etcd = await startEtcd(t);
+    await etcd.put("/hapgent/group/web", '{"status":"UP"}');
+    const agents = await Promise.all(
+      Array.from({ length: 20 }, () => startDaemon(t, { env: fleetEnv(etcd.endpoints) })),
+    );
+    const agentInterMs = 100;
+    const watched = agents.slice(0, 5);
+    const haproxies = await Promise.all(
+      watched.map((a) =>
+        startHaproxy(t as T, {
+          agentPort: a.port,
+          agentInterMs,
+          backends: [{ name: "web", servers: [{ name: "s", weight: 100 }] }],
+        }),
+      ),
+    );
+    for (const h of haproxies)
+      await h.waitUntil("in rotation", (v: View) => v["web/s"]?.status === "no check");
+    // Node's fetch loads its HTTP client at first use: not a cost of the write.
+    await etcd.putNow("/warm-up", "1");
+    const written = Date.now();
+    await etcd.putNow("/hapgent/group/web", '{"status":"DRAIN","reason":"deploy"}');
+    const committed = Date.now() - written;
+    const line = "up drain 100% # fleet /hapgent/group/web: deploy\n";
+    const firstProbe = Date.now() - written;
+    const answered = await Promise.all(
+      agents.map(async (a) => {
+        await waitFor(
+          "drain",
+          async () => ((await a.probe().catch(() => "")) === line ? true : undefined),
+          10_000,
+        );
+        return Date.now() - written;
+      }),
+    );
+    const drained = await Promise.all(
+      haproxies.map(async (h) => {
+        await h.waitUntil("DRAIN", (v: View) => v["web/s"]?.status === "DRAIN (agent)", 10_000);
+        return Date.now() - written;
+      }),
+    );
+    // When each agent applied it, by its own log line's time stamp (one clock, this host's).
+    const applied = agents.map((a) => {
+      const line = lines(a, /following \/hapgent\/group\/web .*DRAIN/)[0] ?? "";
+      return Date.parse(line.slice(0, 24)) - written;
+    });
+    const spread = (ms: number[]) => {
+      const sorted = [...ms].sort((a, b) => a - b);
+      return `min ${sorted[0]} ms, median ${sorted[Math.floor(sorted.length / 2)]} ms, max ${sorted.at(-1)} ms`;
+    };
+    process.stdout.write(
+      `# one write (etcd committed it in ${committed} ms) -> 20 agents: applied ${spread(applied)}; answering probes ${spread(answered)}; 5 HAProxy (agent-inter ${agentInterMs} ms) showing DRAIN: ${spread(drained)} (probing began at ${firstProbe} ms)\n`,
+    );
+    for (const a of agents)
+      assert.equal(lines(a, /following \/hapgent\/group\/web .*DRAIN/).length, 1);
+    await etcd.ctl("del", "/hapgent/group/web");
+    for (const h of haproxies)
+      await h.waitUntil("back", (v: View) => v["web/s"]?.status === "no check", 10_000);
+  });
+
+  test("credentials: a password file, never logged; a wrong one is a clear error and the agent still answers", async (t) => {
+    const etcd = await startEtcd(t);
+    const password = "s3cret-Fleet-pw";
+    await etcd.ctl("user", "add", `root:${password}`);
+    await etcd.ctl("user", "add", "agent:agent-pw-xyz");
+    await etcd.ctl("role", "add", "reader");
+    await etcd.ctl("role", "grant-permission", "reader", "read", "/hapgent/", "--prefix=true");
+    await etcd.ctl("user", "grant-role", "agent", "reader");
+    await etcd.ctl("auth", "enable");
+    const dir = await tempDir(t);
+    const file = join(dir, "etcd-password");
+    await writeFile(file, "agent-pw-xyz\n", { mode: 0o600 });
+    const adminFile = join(dir, "admin-password");
+    await writeFile(adminFile, `${password}\n`, { mode: 0o600 });
+    const admin = {
+      HAPGENT_ETCD_ENDPOINTS: etcd.endpoints,
+      HAPGENT_ETCD_USERNAME: "root",
+      HAPGENT_ETCD_PASSWORD_FILE: adminFile,
+    };
+    const set = await runHapgent(
+      ["fleet", "set", "/hapgent/all", "drain", "--reason", "auth"],
+      admin,
+    );
+    assert.equal(set.code, 0, set.stderr);
+    const d = await startDaemon(t, {
+      env: fleetEnv(etcd.endpoints, {
+        HAPGENT_ETCD_USERNAME: "agent",
+        HAPGENT_ETCD_PASSWORD_FILE: file,
+      }),
+    });
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/all: auth\n");
+    // The agent may read, not write: its user's own limits hold.
+    const denied = await runHapgent(["fleet", "set", "/hapgent/all", "up"], {
+      HAPGENT_ETCD_ENDPOINTS: etcd.endpoints,
+      HAPGENT_ETCD_USERNAME: "agent",
+      HAPGENT_ETCD_PASSWORD: "agent-pw-xyz",
+    });
+    assert.equal(denied.code, 10);
+    assert.match(denied.stderr, /etcd refused: .*permission denied/);
+    assert.doesNotMatch(denied.stderr, /agent-pw-xyz/);
+    await writeFile(file, "wrong-pw-abc\n");
+    const wrong = await startDaemon(t, {
+      env: fleetEnv(etcd.endpoints, {
+        HAPGENT_ETCD_USERNAME: "agent",
+        HAPGENT_ETCD_PASSWORD_FILE: file,
+      }),
+    });
+    await wrong.waitForLog(/fleet: cannot reach etcd: .*authentication failed/);
+    assert.equal(
+      await wrong.probe(),
+      "up ready 100%\n",
+      "the operator's state, answered all along",
+    );
+    for (const daemon of [d, wrong]) {
+      assert.doesNotMatch(daemon.stderr(), /agent-pw-xyz|wrong-pw-abc|s3cret/);
+    }
+    assert.doesNotMatch(set.stderr + set.stdout, /s3cret/);
+  });
+
+  test("without HAPGENT_ETCD_ENDPOINTS nothing of the fleet is loaded, not even Node's HTTP client; with it, its client is", async (t) => {
+    const etcd = await startEtcd(t);
+    assert.deepEqual(await httpModulesLoaded(t, {}), []);
+    const loaded = await httpModulesLoaded(t, fleetEnv(etcd.endpoints));
+    assert.ok(loaded.includes("NativeModule http"), JSON.stringify(loaded));
+  });
+});
