@@ -20,7 +20,7 @@ import { fileURLToPath } from "node:url";
 import { nodeFlags } from "../scripts/node-flags.js";
 import { measure } from "./measure.js";
 import { parseOptions } from "./options.js";
-import { buildLoadgen, stopChildrenOnSignal, useChecks } from "./processes.js";
+import { buildLoadgen, stopChildrenOnSignal, useChecks, useFleet } from "./processes.js";
 import { checks, limits, TARGETS, table } from "./report.js";
 import { node24Path, olderThanSources, targetSpecs } from "./targets.js";
 
@@ -63,22 +63,28 @@ async function main(): Promise<number> {
   const binary = options.binary ?? (existsSync(built) && !stale ? built : undefined);
   const node24 = node24Path(options.node24, process.env);
   const flags = nodeFlags(MAIN);
-  const specs = targetSpecs({
+  const programs = {
     node: process.execPath,
     nodeFlags: flags,
     main: MAIN,
     baseline: join(REPO, "dist/bench/baseline.js"),
     binary,
     node24: binary !== undefined && existsSync(node24) ? node24 : undefined,
-  });
+  };
 
   stopChildrenOnSignal(say);
   const dir = await mkdtemp(join(tmpdir(), "hapgent-bench-"));
   // The checks' own target lives in this process, which mostly waits for the load generator.
   const stopChecks = await useChecks(dir);
+  // The fleet's target watches a local etcd, when one is installed.
+  const stopFleet = await useFleet(dir);
+  if (stopFleet === undefined)
+    say("bench: etcd is not installed: the fleet's target is not measured");
+  const specs = targetSpecs({ ...programs, etcd: stopFleet !== undefined });
   const results = await measure({ specs, params: options.params, loadgen, dir, say }).finally(
     async () => {
       await stopChecks();
+      await stopFleet?.();
       await rm(dir, { recursive: true, force: true });
     },
   );

@@ -81,6 +81,54 @@ export async function useChecks(dir: string): Promise<() => Promise<void>> {
     });
 }
 
+/** The etcd of the targets that follow a fleet (see useFleet). */
+let fleetEndpoint: string | undefined;
+/** What those targets watch: a host key that does not exist and a fleet key that says UP. */
+export const BENCH_FLEET_KEYS = "/bench/host,/bench/all";
+
+/**
+ * A single etcd member on loopback (Debian's etcd-server) with `/bench/all` saying UP: what the
+ * targets with a fleet watch. Undefined when etcd is not installed; else a function that stops it.
+ */
+export async function useFleet(dir: string): Promise<(() => Promise<void>) | undefined> {
+  if (spawnSync("etcd", ["--version"], { stdio: "ignore" }).status !== 0) return undefined;
+  const client = nextPort++;
+  const peer = nextPort++;
+  const url = `http://127.0.0.1:${client}`;
+  const etcd = track(
+    spawn(
+      "etcd",
+      [
+        "--name=bench",
+        `--data-dir=${join(dir, "etcd")}`,
+        `--listen-client-urls=${url}`,
+        `--advertise-client-urls=${url}`,
+        `--listen-peer-urls=http://127.0.0.1:${peer}`,
+        `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
+        `--initial-cluster=bench=http://127.0.0.1:${peer}`,
+        "--logger=zap",
+        "--log-level=error",
+      ],
+      { stdio: "ignore" },
+    ),
+  );
+  const b64 = (text: string) => Buffer.from(text).toString("base64");
+  const put = () =>
+    fetch(`${url}/v3/kv/put`, {
+      method: "POST",
+      body: JSON.stringify({ key: b64("/bench/all"), value: b64(PLAIN_FILE) }),
+    }).then((r) => r.ok);
+  for (let i = 0; !(await put().catch(() => false)); i++) {
+    if (i > 200) throw new Error("bench: etcd did not start");
+    await new Promise((next) => setTimeout(next, 50));
+  }
+  fleetEndpoint = url;
+  return async () => {
+    etcd.kill("SIGKILL");
+    await new Promise((done) => etcd.on("close", done));
+  };
+}
+
 function envFor(spec: TargetSpec, port: number, stateFile: string): NodeJS.ProcessEnv {
   return {
     PATH: process.env.PATH ?? "/usr/bin:/bin",
@@ -90,6 +138,9 @@ function envFor(spec: TargetSpec, port: number, stateFile: string): NodeJS.Proce
     BASELINE_PORT: String(port),
     ...(spec.metrics ? { HAPGENT_METRICS: `127.0.0.1:${nextPort++}` } : {}),
     ...(spec.checks && checksFile !== undefined ? { HAPGENT_CHECKS_FILE: checksFile } : {}),
+    ...(spec.fleet && fleetEndpoint !== undefined
+      ? { HAPGENT_ETCD_ENDPOINTS: fleetEndpoint, HAPGENT_ETCD_KEYS: BENCH_FLEET_KEYS }
+      : {}),
   };
 }
 

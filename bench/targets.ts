@@ -15,6 +15,8 @@ export interface TargetSpec extends Column {
   readonly metrics?: boolean;
   /** Started with HAPGENT_CHECKS_FILE: ten HTTP checks, each once a second. */
   readonly checks?: boolean;
+  /** Started with HAPGENT_ETCD_ENDPOINTS: two keys watched on a local etcd. */
+  readonly fleet?: boolean;
 }
 
 export interface Programs {
@@ -26,6 +28,8 @@ export interface Programs {
   readonly binary: string | undefined;
   /** The Node 24 of the binary's baseline, when there is one. */
   readonly node24: string | undefined;
+  /** An etcd runs for the fleet's target. */
+  readonly etcd: boolean;
 }
 
 /** Every target, in the table's order. */
@@ -58,6 +62,20 @@ export function targetSpecs(p: Programs): TargetSpec[] {
       ...pair("hapgent, ten checks", [p.node, ...p.nodeFlags, p.main], true, false, "baseline"),
       checks: true,
     },
+    ...(p.etcd
+      ? [
+          {
+            ...pair(
+              "hapgent, fleet from etcd",
+              [p.node, ...p.nodeFlags, p.main],
+              true,
+              false,
+              "baseline",
+            ),
+            fleet: true,
+          },
+        ]
+      : []),
     ...(p.binary !== undefined && p.node24 !== undefined
       ? [
           pair(

@@ -249,6 +249,7 @@ describe("hapgent status", () => {
       loadBalancers: [],
       checks: [],
       checksProblem: null,
+      fleet: null,
       agree: true,
       // The file was written by hand: no record of its change, no expiry.
       changed: null,

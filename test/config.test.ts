@@ -14,6 +14,7 @@ describe("parseConfig", () => {
         controlSocket: "/tmp/hapgent-1000/9777.sock",
         metrics: undefined,
         checksFile: undefined,
+        fleet: undefined,
       },
     });
   });
@@ -29,6 +30,140 @@ describe("parseConfig", () => {
     const bad = parseConfig({ HAPGENT_CHECKS_FILE: "a\0b" }, "/", 1000);
     assert.ok(!bad.ok);
     assert.match(bad.reason, /HAPGENT_CHECKS_FILE/);
+  });
+  test("HAPGENT_ETCD_*: endpoints, keys, the cache beside the state file, credentials", () => {
+    const result = parseConfig(
+      {
+        HAPGENT_STATE_FILE: "/etc/hapgent/state.json",
+        HAPGENT_ETCD_ENDPOINTS: "http://10.0.0.1:2379, https://[2001:db8::1]:2379",
+        HAPGENT_ETCD_KEYS: "/hapgent/host/web-12,/hapgent/group/web,/hapgent/all",
+        HAPGENT_ETCD_USERNAME: "agent",
+        HAPGENT_ETCD_PASSWORD_FILE: "secret",
+        HAPGENT_ETCD_CA_FILE: "/etc/hapgent/ca.pem",
+      },
+      "/srv",
+      1000,
+    );
+    assert.ok(result.ok, result.ok ? "" : result.reason);
+    const fleet = result.config.fleet;
+    assert.deepEqual(
+      fleet?.endpoints.map((u) => u.origin),
+      ["http://10.0.0.1:2379", "https://[2001:db8::1]:2379"],
+    );
+    assert.deepEqual(fleet?.keys, ["/hapgent/host/web-12", "/hapgent/group/web", "/hapgent/all"]);
+    assert.equal(fleet?.cacheFile, "/etc/hapgent/state.fleet.json");
+    assert.deepEqual(fleet?.password, { file: "/srv/secret" });
+    assert.equal(fleet?.caFile, "/etc/hapgent/ca.pem");
+    const other = parseConfig(
+      {
+        HAPGENT_STATE_FILE: "/var/lib/x/agent",
+        HAPGENT_ETCD_ENDPOINTS: "http://e:2379",
+        HAPGENT_ETCD_KEYS: "/a",
+      },
+      "/",
+      1000,
+    );
+    assert.ok(other.ok);
+    assert.equal(other.config.fleet?.cacheFile, "/var/lib/x/agent.fleet.json");
+  });
+  const badFleet: [Record<string, string>, string, RegExp][] = [
+    [{ HAPGENT_ETCD_KEYS: "/a" }, "HAPGENT_ETCD_ENDPOINTS", /since HAPGENT_ETCD_KEYS is set/],
+    [{ HAPGENT_ETCD_ENDPOINTS: "http://e:2379" }, "HAPGENT_ETCD_KEYS", /1-16 distinct etcd keys/],
+    [
+      { HAPGENT_ETCD_ENDPOINTS: "e:2379", HAPGENT_ETCD_KEYS: "/a" },
+      "HAPGENT_ETCD_ENDPOINTS",
+      /http:\/\/ or https:\/\//,
+    ],
+    [
+      { HAPGENT_ETCD_ENDPOINTS: "ftp://e:2379", HAPGENT_ETCD_KEYS: "/a" },
+      "HAPGENT_ETCD_ENDPOINTS",
+      /http/,
+    ],
+    [
+      { HAPGENT_ETCD_ENDPOINTS: "http://e:2379/v3", HAPGENT_ETCD_KEYS: "/a" },
+      "HAPGENT_ETCD_ENDPOINTS",
+      /nothing else/,
+    ],
+    [
+      { HAPGENT_ETCD_ENDPOINTS: "http://e:2379", HAPGENT_ETCD_KEYS: "a" },
+      "HAPGENT_ETCD_KEYS",
+      /starting with \//,
+    ],
+    [
+      { HAPGENT_ETCD_ENDPOINTS: "http://e:2379", HAPGENT_ETCD_KEYS: "/a,/a" },
+      "HAPGENT_ETCD_KEYS",
+      /distinct/,
+    ],
+    [
+      { HAPGENT_ETCD_ENDPOINTS: "http://e:2379", HAPGENT_ETCD_KEYS: "/a b" },
+      "HAPGENT_ETCD_KEYS",
+      /printable/,
+    ],
+    [
+      {
+        HAPGENT_ETCD_ENDPOINTS: "http://e:2379",
+        HAPGENT_ETCD_KEYS: Array.from({ length: 17 }, (_, i) => `/k${i}`).join(","),
+      },
+      "HAPGENT_ETCD_KEYS",
+      /1-16/,
+    ],
+    [
+      {
+        HAPGENT_ETCD_ENDPOINTS: "http://e:2379",
+        HAPGENT_ETCD_KEYS: "/a",
+        HAPGENT_ETCD_USERNAME: "u",
+      },
+      "HAPGENT_ETCD_USERNAME",
+      /exactly when/,
+    ],
+    [
+      {
+        HAPGENT_ETCD_ENDPOINTS: "http://e:2379",
+        HAPGENT_ETCD_KEYS: "/a",
+        HAPGENT_ETCD_PASSWORD: "p",
+      },
+      "HAPGENT_ETCD_USERNAME",
+      /exactly when/,
+    ],
+    [
+      {
+        HAPGENT_ETCD_ENDPOINTS: "http://e:2379",
+        HAPGENT_ETCD_KEYS: "/a",
+        HAPGENT_ETCD_USERNAME: "u",
+        HAPGENT_ETCD_PASSWORD: "p",
+        HAPGENT_ETCD_PASSWORD_FILE: "/f",
+      },
+      "HAPGENT_ETCD_PASSWORD_FILE",
+      /only one/,
+    ],
+    [
+      {
+        HAPGENT_ETCD_ENDPOINTS: "https://e:2379",
+        HAPGENT_ETCD_KEYS: "/a",
+        HAPGENT_ETCD_CERT_FILE: "/c",
+      },
+      "HAPGENT_ETCD_CERT_FILE",
+      /together with its key/,
+    ],
+  ];
+  for (const [env, variable, reason] of badFleet) {
+    test(`${JSON.stringify(env)} is refused by ${variable}`, () => {
+      const result = parseConfig(env, "/", 1000);
+      assert.ok(!result.ok);
+      assert.equal(result.variable, variable);
+      assert.match(result.reason, reason);
+    });
+  }
+  test("a password written into an endpoint's URL is refused and never repeated", () => {
+    const result = parseConfig(
+      { HAPGENT_ETCD_ENDPOINTS: "http://root:hunter2@e:2379", HAPGENT_ETCD_KEYS: "/a" },
+      "/",
+      1000,
+    );
+    assert.ok(!result.ok);
+    assert.match(result.reason, /HAPGENT_ETCD_ENDPOINTS="http:\/\/…@e:2379" is invalid/);
+    assert.doesNotMatch(result.reason, /hunter2/);
+    assert.doesNotMatch(result.value, /hunter2/);
   });
   const metricsAddresses: [string, { host: string; port: number }][] = [
     ["127.0.0.1:9778", { host: "127.0.0.1", port: 9778 }],

@@ -163,6 +163,7 @@ describe("control socket of the daemon", () => {
       pollers: [],
       checks: [],
       checksProblem: null,
+      fleet: null,
     });
     const junk = await Promise.all(
       Array.from({ length: 40 }, (_, i) =>
@@ -192,6 +193,7 @@ describe("control socket of the daemon", () => {
       pollers: [],
       checks: [],
       checksProblem: null,
+      fleet: null,
     });
     assert.equal(await d.readState(), '{"status":"DRAIN","weight":30,"maxconn":7}\n');
     assert.equal(await d.probe(), "up drain 30% maxconn:7\n");

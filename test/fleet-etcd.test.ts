@@ -4,7 +4,7 @@
  * behind it, the leader of three killed, and one write reaching twenty agents and HAProxy.
  */
 import assert from "node:assert/strict";
-import { readFile, writeFile } from "node:fs/promises";
+import { chown, mkdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { SKIP_ETCD, startEtcd, startRelay } from "./etcd.js";
@@ -13,6 +13,8 @@ import {
   cliFor,
   type Daemon,
   httpModulesLoaded,
+  IS_ROOT,
+  NOBODY,
   runHapgent,
   startDaemon,
   tempDir,
@@ -371,4 +373,29 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     const loaded = await httpModulesLoaded(t, fleetEnv(etcd.endpoints));
     assert.ok(loaded.includes("NativeModule http"), JSON.stringify(loaded));
   });
+});
+
+test("a root agent refuses credentials another user could have chosen (a symlink to root's own file sent as a password)", {
+  skip: IS_ROOT ? false : "needs root",
+}, async (t) => {
+  const dir = await tempDir(t);
+  const theirs = join(dir, "theirs");
+  await mkdir(theirs);
+  await chown(theirs, NOBODY, NOBODY);
+  // Their directory, their symlink: root's agent would read /etc/shadow and send it to etcd.
+  await symlink("/etc/shadow", join(theirs, "password"));
+  const d = await startDaemon(t, {
+    ready: false,
+    env: fleetEnv("http://127.0.0.1:9", {
+      HAPGENT_ETCD_USERNAME: "agent",
+      HAPGENT_ETCD_PASSWORD_FILE: join(theirs, "password"),
+    }),
+  });
+  const { code } = await d.exited;
+  assert.equal(code, 2, d.stderr());
+  assert.match(
+    d.stderr(),
+    /HAPGENT_ETCD_PASSWORD_FILE=".*\/theirs\/password": .*owned by uid 65534.*expected a path only root can change/,
+  );
+  assert.doesNotMatch(d.stderr(), /root:/, "nothing of the file it points at");
 });

@@ -4,6 +4,7 @@
  * measures fails; the figures themselves are judged by a full run, not here.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -43,6 +44,10 @@ test("npm run bench -- --smoke measures every target without a failed probe", {
     "hapgent",
     "hapgent, metrics on",
     "hapgent, ten checks",
+    // Measured where etcd is installed, as in CI.
+    ...(spawnSync("etcd", ["--version"], { stdio: "ignore" }).status === 0
+      ? ["hapgent, fleet from etcd"]
+      : []),
   ]) {
     const f = report.results[name];
     assert.ok(f, `${name} measured`);
