@@ -12,6 +12,7 @@ import { SKIP_HAPROXY, startHaproxy, type View } from "./haproxy.js";
 import {
   cliFor,
   type Daemon,
+  freePort,
   httpModulesLoaded,
   IS_ROOT,
   NOBODY,
@@ -172,12 +173,27 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     const etcd = await startEtcd(t);
     const relay = await startRelay(t, etcd.endpoints);
     await etcd.put("/hapgent/all", '{"status":"UP","weight":10}');
-    const d = await startDaemon(t, { env: fleetEnv(relay.url) });
+    const metricsPort = await freePort();
+    const d = await startDaemon(t, {
+      env: fleetEnv(relay.url, { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` }),
+    });
     await d.waitForReply("up ready 10% # fleet /hapgent/all\n");
+    const scrape = async () => (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    await waitFor("connected", async () =>
+      /^hapgent_fleet_connected 1$/m.test(await scrape()) ? true : undefined,
+    );
+    const before = await scrape();
+    assert.match(before, /^hapgent_fleet_following\{key="\/hapgent\/all",revision="\d+"\} 1$/m);
+    assert.match(before, /^hapgent_fleet_value_valid 1$/m);
+    assert.match(before, /^hapgent_status\{status="UP"\} 1$/m);
 
     // Changes while cut off arrive in order once the relay is back, each once.
     relay.cut();
     await d.waitForLog(/cannot reach etcd/, 10_000);
+    // Scrapes are rendered at most once a second.
+    await waitFor("disconnected", async () =>
+      /^hapgent_fleet_connected 0$/m.test(await scrape()) ? true : undefined,
+    );
     await etcd.put("/hapgent/all", '{"status":"UP","weight":20}');
     await etcd.put("/hapgent/all", '{"status":"UP","weight":30}');
     relay.restore();

@@ -117,7 +117,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     try {
       metrics = await serveMetrics(
         config.metrics,
-        { commands, checks, answer: layers?.answer, ledger, probes },
+        { commands, checks, fleet, answer: layers?.answer, ledger, probes },
         log,
       );
     } catch (err) {
@@ -223,13 +223,14 @@ async function serveMetrics(
   parts: {
     readonly commands: Commands;
     readonly checks: CheckLayer | undefined;
+    readonly fleet: FleetLayer | undefined;
     readonly answer: Layers["answer"] | undefined;
     readonly ledger: Ledger;
     readonly probes: ReadonlyMap<string, number> | undefined;
   },
   log: Logger,
 ): Promise<MetricsServer> {
-  const { commands, checks, answer, ledger, probes } = parts;
+  const { commands, checks, fleet, answer, ledger, probes } = parts;
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
     address,
@@ -240,6 +241,7 @@ async function serveMetrics(
       probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),
       checks: checks === undefined ? undefined : () => checks.views(),
+      fleet: fleet === undefined ? undefined : () => fleet.view(),
     },
     log,
   );

@@ -18,6 +18,7 @@ import type { Logger } from "../log.js";
 import { VERSION } from "../version.js";
 import type { CheckView } from "./checks.js";
 import { CHANGE_CAUSES, type CommandStats } from "./commands.js";
+import type { FleetView } from "./fleet-layer.js";
 import type { Poller } from "./ledger.js";
 
 type PromClient = typeof import("prom-client");
@@ -34,6 +35,8 @@ export interface MetricsSource {
   readonly answer?: ((state: State, name: string | undefined) => ServiceState) | undefined;
   /** The agent's own checks; undefined without a checks file (no check metrics at all). */
   readonly checks?: (() => readonly CheckView[]) | undefined;
+  /** The fleet's word; undefined without HAPGENT_ETCD_ENDPOINTS (no fleet metrics at all). */
+  readonly fleet?: (() => FleetView) | undefined;
 }
 
 /** The metrics listener's limits, apart from the agent port's. */
@@ -70,6 +73,7 @@ interface Snapshot {
   /** Load balancers only: an address seen once (a scan, a curl) is not one. */
   readonly pollers: readonly Poller[];
   readonly checks: readonly CheckView[];
+  readonly fleet: FleetView | undefined;
 }
 
 type Labels = Readonly<Record<string, string>>;
@@ -126,6 +130,7 @@ function takeSnapshot(source: MetricsSource): Snapshot {
     probes: source.probes(),
     pollers: source.pollers().filter((p) => p.established),
     checks: source.checks?.() ?? [],
+    fleet: source.fleet?.(),
   };
 }
 
@@ -288,6 +293,38 @@ function createRegistry(client: PromClient, current: () => Snapshot): Registry {
         [{ ...checkLabels(c), result: "pass" }, c.runs - c.failedRuns],
         [{ ...checkLabels(c), result: "fail" }, c.failedRuns],
       ]),
+  );
+  const fleet = (value: (f: FleetView) => Sample[]) => (now: Snapshot) =>
+    now.fleet === undefined ? [] : value(now.fleet);
+  metric(
+    "gauge",
+    "hapgent_fleet_connected",
+    "1 while every fleet key is watched on a live etcd endpoint, 0 while etcd cannot be reached (the last word stands).",
+    [],
+    fleet((f) => [[{}, f.connected ? 1 : 0]]),
+  );
+  metric(
+    "gauge",
+    "hapgent_fleet_heard_seconds",
+    "When etcd last confirmed the fleet's word (a change, a read, the health read), Unix time; from the cache file after a start without etcd.",
+    [],
+    fleet((f) => [[{}, f.heardAt === null ? undefined : Date.parse(f.heardAt) / 1000]]),
+  );
+  metric(
+    "gauge",
+    "hapgent_fleet_following",
+    "1 for the fleet key whose word the agent follows, with its etcd revision as a label; no series while no key holds a word.",
+    ["key", "revision"],
+    fleet((f) =>
+      f.word === null ? [] : [[{ key: f.word.key, revision: String(f.word.revision) }, 1]],
+    ),
+  );
+  metric(
+    "gauge",
+    "hapgent_fleet_value_valid",
+    "0 while the first fleet key that exists holds a value that is not a valid state (the word before stands), else 1.",
+    [],
+    fleet((f) => [[{}, f.problem === null ? 1 : 0]]),
   );
   return registry;
 }
