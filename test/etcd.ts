@@ -4,7 +4,7 @@
  * relay in front of it that a test can cut and restore, as a network partition would.
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -68,8 +68,93 @@ export interface Cluster {
 
 type After = { after: (fn: () => Promise<void> | void) => void };
 
+/** PEM files for a TLS etcd that asks its clients for a certificate signed by `ca`. */
+export interface EtcdTlsFiles {
+  readonly ca: string;
+  readonly serverCert: string;
+  readonly serverKey: string;
+  readonly clientCert: string;
+  readonly clientKey: string;
+}
+
+/**
+ * A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl in `dir`.
+ * With --client-cert-auth, etcd's JSON gateway calls etcd itself with the server's certificate,
+ * which must then be good for client authentication too (as etcd's own TLS guide says).
+ */
+export async function makeCertificates(dir: string): Promise<EtcdTlsFiles> {
+  const f = (name: string) => join(dir, name);
+  const openssl = (...args: string[]) =>
+    new Promise<void>((resolve, reject) =>
+      execFile("openssl", args, (err, _out, stderr) =>
+        err ? reject(new Error(`openssl ${args[0]}: ${stderr}`)) : resolve(),
+      ),
+    );
+  await openssl(
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-keyout",
+    f("ca.key"),
+    "-out",
+    f("ca.pem"),
+    "-days",
+    "2",
+    "-subj",
+    "/CN=hapgent test CA",
+  );
+  for (const [name, extra] of [
+    ["server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"],
+    ["client", "extendedKeyUsage=clientAuth"],
+  ] as const) {
+    await openssl(
+      "req",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-keyout",
+      f(`${name}.key`),
+      "-out",
+      f(`${name}.csr`),
+      "-subj",
+      `/CN=hapgent test ${name}`,
+    );
+    await writeFile(f(`${name}.ext`), `${extra.replace("\\n", "\n")}\n`);
+    await openssl(
+      "x509",
+      "-req",
+      "-in",
+      f(`${name}.csr`),
+      "-CA",
+      f("ca.pem"),
+      "-CAkey",
+      f("ca.key"),
+      "-CAcreateserial",
+      "-out",
+      f(`${name}.pem`),
+      "-days",
+      "2",
+      "-extfile",
+      f(`${name}.ext`),
+    );
+  }
+  return {
+    ca: f("ca.pem"),
+    serverCert: f("server.pem"),
+    serverKey: f("server.key"),
+    clientCert: f("client.pem"),
+    clientKey: f("client.key"),
+  };
+}
+
 /** Starts `size` members on loopback and waits until the cluster answers. */
-export async function startEtcd(t: After, size = 1): Promise<Cluster> {
+export async function startEtcd(t: After, size = 1, tls?: EtcdTlsFiles): Promise<Cluster> {
   const dir = await mkdtemp(join(tmpdir(), "hapgent-etcd-"));
   const ports: { client: number; peer: number }[] = [];
   for (let i = 0; i < size; i++) ports.push({ client: await freePort(), peer: await freePort() });
@@ -77,7 +162,7 @@ export async function startEtcd(t: After, size = 1): Promise<Cluster> {
   const initial = ports.map((p, i) => `${names[i]}=http://127.0.0.1:${p.peer}`).join(",");
   const members: (Member & { child?: ChildProcess })[] = ports.map((p, i) => {
     const name = names[i] as string;
-    const clientUrl = `http://127.0.0.1:${p.client}`;
+    const clientUrl = `${tls === undefined ? "http" : "https"}://127.0.0.1:${p.client}`;
     let child: ChildProcess | undefined;
     let exited: Promise<void> = Promise.resolve();
     let output = "";
@@ -105,6 +190,14 @@ export async function startEtcd(t: After, size = 1): Promise<Cluster> {
             "--election-timeout=1000",
             "--logger=zap",
             "--log-level=error",
+            ...(tls === undefined
+              ? []
+              : [
+                  `--cert-file=${tls.serverCert}`,
+                  `--key-file=${tls.serverKey}`,
+                  `--trusted-ca-file=${tls.ca}`,
+                  "--client-cert-auth",
+                ]),
           ],
           { stdio: ["ignore", "ignore", "pipe"] },
         );
@@ -134,7 +227,15 @@ export async function startEtcd(t: After, size = 1): Promise<Cluster> {
       const live = members.filter((m) => m.running).map((m) => m.clientUrl);
       execFile(
         ETCDCTL as string,
-        [`--endpoints=${live.join(",")}`, "--dial-timeout=2s", "--command-timeout=5s", ...args],
+        [
+          `--endpoints=${live.join(",")}`,
+          "--dial-timeout=2s",
+          "--command-timeout=5s",
+          ...(tls === undefined
+            ? []
+            : [`--cacert=${tls.ca}`, `--cert=${tls.clientCert}`, `--key=${tls.clientKey}`]),
+          ...args,
+        ],
         { env: { ETCDCTL_API: "3", PATH: process.env.PATH ?? "/usr/bin:/bin" } },
         (err, stdout, stderr) =>
           err

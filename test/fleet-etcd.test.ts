@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { chown, mkdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import { SKIP_ETCD, startEtcd, startRelay } from "./etcd.js";
+import { makeCertificates, SKIP_ETCD, startEtcd, startRelay } from "./etcd.js";
 import { SKIP_HAPROXY, startHaproxy, type View } from "./haproxy.js";
 import {
   cliFor,
@@ -381,6 +381,37 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       assert.doesNotMatch(daemon.stderr(), /agent-pw-xyz|wrong-pw-abc|s3cret/);
     }
     assert.doesNotMatch(set.stderr + set.stdout, /s3cret/);
+  });
+
+  test("TLS: etcd asks for a client certificate; the agent and hapgent fleet present theirs and check etcd's", async (t) => {
+    const dir = await tempDir(t);
+    const files = await makeCertificates(dir);
+    const etcd = await startEtcd(t, 1, files);
+    assert.match(etcd.endpoints, /^https:/);
+    const tls = {
+      HAPGENT_ETCD_CA_FILE: files.ca,
+      HAPGENT_ETCD_CERT_FILE: files.clientCert,
+      HAPGENT_ETCD_KEY_FILE: files.clientKey,
+    };
+    const set = await runHapgent(["fleet", "set", "/hapgent/all", "drain", "--reason", "tls"], {
+      HAPGENT_ETCD_ENDPOINTS: etcd.endpoints,
+      ...tls,
+    });
+    assert.equal(set.code, 0, set.stderr);
+    const d = await startDaemon(t, { env: fleetEnv(etcd.endpoints, tls) });
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/all: tls\n");
+    await etcd.put("/hapgent/all", '{"status":"UP","weight":25}');
+    await d.waitForReply("up ready 25% # fleet /hapgent/all\n");
+    // Without a client certificate etcd refuses; without the CA the agent refuses etcd.
+    const { HAPGENT_ETCD_CA_FILE: _, ...noCa } = tls;
+    for (const env of [{ HAPGENT_ETCD_CA_FILE: files.ca }, noCa]) {
+      const shown = await runHapgent(["fleet", "status", "/hapgent/all"], {
+        HAPGENT_ETCD_ENDPOINTS: etcd.endpoints,
+        ...env,
+      });
+      assert.equal(shown.code, 10, shown.stdout);
+      assert.match(shown.stderr, /cannot reach etcd: https:\/\/127\.0\.0\.1:\d+: \w+/);
+    }
   });
 
   test("without HAPGENT_ETCD_ENDPOINTS nothing of the fleet is loaded, not even Node's HTTP client; with it, its client is", async (t) => {
