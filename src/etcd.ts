@@ -255,17 +255,24 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       const reply = await call("/v3/kv/txn", {
         success: keys.map((key) => ({ request_range: { key: b64(key) } })),
       });
-      const revision = revisionOf(reply);
-      const responses = Array.isArray(reply.responses) ? reply.responses : [];
-      const values = new Map<string, KeyValueRecord | undefined>();
-      keys.forEach((key, i) => {
-        const range = (responses[i] as Record<string, unknown> | undefined)?.response_range as
-          | Record<string, unknown>
-          | undefined;
-        const kvs = Array.isArray(range?.kvs) ? range.kvs : [];
-        values.set(key, kvs.length === 0 ? undefined : record(kvs[0]));
+      return shaped(current().origin, () => {
+        const revision = revisionOf(reply);
+        const responses = reply.responses;
+        if (!Array.isArray(responses) || responses.length !== keys.length) {
+          throw new Malformed(`${keys.length} responses expected`);
+        }
+        const values = new Map<string, KeyValueRecord | undefined>();
+        keys.forEach((key, i) => {
+          const range = objectOf(objectOf(responses[i], "response").response_range, "range");
+          const kvs = range.kvs ?? [];
+          if (!Array.isArray(kvs) || kvs.length > 1) throw new Malformed("kvs is not one key");
+          const found = kvs.length === 0 ? undefined : record(kvs[0]);
+          if (found !== undefined && found.key !== key)
+            throw new Malformed("another key came back");
+          values.set(key, found);
+        });
+        return { revision, values };
       });
-      return { revision, values };
     },
     async put(key, value, lease) {
       const reply = await call("/v3/kv/put", {
@@ -273,7 +280,7 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
         value: b64(value),
         ...(lease === undefined ? {} : { lease }),
       });
-      return revisionOf(reply);
+      return shaped(current().origin, () => revisionOf(reply));
     },
     async putIfUnchanged(key, value, modRevision, lease) {
       const compare =
@@ -292,11 +299,16 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
           },
         ],
       });
-      return reply.succeeded === true ? revisionOf(reply) : undefined;
+      return reply.succeeded === true
+        ? shaped(current().origin, () => revisionOf(reply))
+        : undefined;
     },
     async remove(key) {
       const reply = await call("/v3/kv/deleterange", { key: b64(key) });
-      return { deleted: Number(reply.deleted ?? 0), revision: revisionOf(reply) };
+      return shaped(current().origin, () => ({
+        deleted: reply.deleted === "1" ? 1 : 0,
+        revision: revisionOf(reply),
+      }));
     },
     async grantLease(ttlSeconds) {
       const reply = await call("/v3/lease/grant", { TTL: String(ttlSeconds) });
@@ -358,10 +370,10 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
                   );
                 }
                 const result = (message.result ?? {}) as Record<string, unknown>;
-                if (result.compact_revision !== undefined && Number(result.compact_revision) > 0) {
+                if (result.compact_revision !== undefined && result.compact_revision !== "0") {
                   closed = true;
                   request?.destroy();
-                  return handlers.compacted(Number(result.compact_revision));
+                  return handlers.compacted(Number(result.compact_revision) || 0);
                 }
                 if (result.canceled === true) {
                   return end(
@@ -369,9 +381,18 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
                     -1,
                   );
                 }
-                const revision = revisionOf(result);
+                let revision: number;
+                let events: WatchEvent[];
+                try {
+                  revision = revisionOf(result);
+                  const raw = result.events ?? [];
+                  if (!Array.isArray(raw)) throw new Malformed("events is not a list");
+                  events = raw.map(event);
+                } catch (err) {
+                  if (!(err instanceof Malformed)) throw err;
+                  return end(`${url.origin}: watch: not etcd's answer (${err.message})`);
+                }
                 if (result.created === true) handlers.created(revision);
-                const events = Array.isArray(result.events) ? result.events.map(event) : [];
                 if (events.length > 0) handlers.events(events, revision);
               }).then(
                 () => end(`${url.origin}: watch: etcd closed the stream`),
@@ -415,23 +436,58 @@ function isTokenError(err: EtcdError): boolean {
 
 const b64 = (text: string) => Buffer.from(text, "utf8").toString("base64");
 
+/** A reply that is JSON but not of etcd's shape: whoever answered is not etcd, or is broken. */
+class Malformed extends Error {}
+
+/** The value of `make()`, or an EtcdError saying `origin` did not answer as etcd does. */
+function shaped<T>(origin: string, make: () => T): T {
+  try {
+    return make();
+  } catch (err) {
+    if (!(err instanceof Malformed)) throw err;
+    throw new EtcdError(`${origin}: not etcd's answer (${err.message})`, undefined, origin);
+  }
+}
+
+/** etcd's 64-bit integers come as decimal strings; a revision is at least 1. */
+function revisionText(value: unknown, what: string): number {
+  const n = typeof value === "string" && /^[0-9]{1,15}$/.test(value) ? Number(value) : Number.NaN;
+  if (!(n >= 1)) throw new Malformed(`${what} is not a revision`);
+  return n;
+}
+
+function objectOf(value: unknown, what: string): Record<string, unknown> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new Malformed(`${what} is not an object`);
+  }
+  return value as Record<string, unknown>;
+}
+
 function revisionOf(reply: Record<string, unknown>): number {
-  const header = reply.header as Record<string, unknown> | undefined;
-  return Number(header?.revision ?? 0);
+  return revisionText(objectOf(reply.header, "header").revision, "header.revision");
+}
+
+/** etcd leaves out empty fields: an absent value is an empty one. */
+function base64Field(value: unknown, what: string): Buffer {
+  if (value === undefined) return Buffer.alloc(0);
+  if (typeof value !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(value)) {
+    throw new Malformed(`${what} is not base64`);
+  }
+  return Buffer.from(value, "base64");
 }
 
 function record(value: unknown): KeyValueRecord {
-  const kv = value as Record<string, unknown>;
+  const kv = objectOf(value, "kv");
   return {
-    key: Buffer.from(String(kv.key ?? ""), "base64").toString("utf8"),
-    value: Buffer.from(String(kv.value ?? ""), "base64"),
-    modRevision: Number(kv.mod_revision ?? 0),
+    key: base64Field(kv.key, "kv.key").toString("utf8"),
+    value: base64Field(kv.value, "kv.value"),
+    modRevision: revisionText(kv.mod_revision, "kv.mod_revision"),
     lease: typeof kv.lease === "string" && kv.lease !== "0" ? kv.lease : undefined,
   };
 }
 
 function event(value: unknown): WatchEvent {
-  const raw = value as Record<string, unknown>;
+  const raw = objectOf(value, "event");
   const kv = record(raw.kv);
   return {
     type: raw.type === "DELETE" ? "delete" : "put",

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { chown, mkdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { createServer, type ServerResponse } from "node:http";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { makeCertificates, SKIP_ETCD, startEtcd, startRelay } from "./etcd.js";
@@ -411,6 +412,56 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       });
       assert.equal(shown.code, 10, shown.stdout);
       assert.match(shown.stderr, /cannot reach etcd: https:\/\/127\.0\.0\.1:\d+: \w+/);
+    }
+  });
+
+  test("an endpoint that is not etcd (garbage, wrong shapes, silence, a huge body) never crashes the agent; the next endpoint serves", async (t) => {
+    const etcd = await startEtcd(t);
+    await etcd.put("/hapgent/all", '{"status":"DRAIN","reason":"real etcd"}');
+    let mode = 0;
+    const modes = [
+      (res: ServerResponse) => res.end("not json at all"),
+      (res: ServerResponse) => res.end('{"header":{"revision":"abc"},"responses":"x"}'),
+      (res: ServerResponse) =>
+        res.end(
+          '{"header":{"revision":"5"},"responses":[{"response_range":{"kvs":[{"key":"!!","mod_revision":"-1"}]}}]}',
+        ),
+      (res: ServerResponse) =>
+        res.end(`{"header":{"revision":"5"},"x":"${"y".repeat(9 * 1024 * 1024)}"}`),
+      (res: ServerResponse) => {
+        res.writeHead(500);
+        res.end("{}");
+      },
+      // Accepts, answers nothing.
+      () => {},
+    ];
+    const fake = createServer((req, res) => {
+      req.resume();
+      modes[mode % modes.length]?.(res);
+    });
+    const fakePort = await freePort();
+    await new Promise<void>((resolve) => fake.listen(fakePort, "127.0.0.1", resolve));
+    t.after(
+      () =>
+        new Promise<void>((resolve) => {
+          fake.closeAllConnections();
+          fake.close(() => resolve());
+        }),
+    );
+    for (mode = 0; mode < modes.length; mode++) {
+      const d = await startDaemon(t, {
+        env: fleetEnv(`http://127.0.0.1:${fakePort},${etcd.endpoints}`),
+      });
+      // Whatever the first endpoint says, the agent answers, and follows the real etcd.
+      await d.waitForReply("up drain 100% # fleet /hapgent/all: real etcd\n", 10_000);
+      assert.match(
+        d.stderr(),
+        new RegExp(`cannot reach etcd: http://127\\.0\\.0\\.1:${fakePort}`),
+        `mode ${mode}`,
+      );
+      assert.doesNotMatch(d.stderr(), /TypeError|at .*\.js:\d+/, `mode ${mode}: no stack trace`);
+      d.signal("SIGTERM");
+      assert.equal((await d.exited).code, 0);
     }
   });
 

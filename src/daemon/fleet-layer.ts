@@ -112,43 +112,54 @@ export function createFleetLayer(parts: {
   let endSession: (() => void) | undefined;
   let wake: (() => void) | undefined;
   let firstRead: (() => void) | undefined;
-  let saving = Promise.resolve();
+  /** One save at a time; changes meanwhile are written together by the next. */
+  let saving = false;
+  let dirty = false;
   let saveFailed = false;
 
   const heard = () => {
     heardAt = now();
   };
 
-  const saveCache = () => {
-    const text = `${JSON.stringify({
+  const cacheText = () =>
+    `${JSON.stringify({
       format: CACHE_FORMAT,
       keys,
       word: word === undefined ? null : word,
       heardAt: new Date(heardAt ?? now()).toISOString(),
     })}\n`;
-    const save = async () => {
-      const refused =
-        uid === 0
-          ? await refuseForeignPath(config.cacheFile, "HAPGENT_ETCD_CACHE_FILE")
-          : undefined;
-      if (refused !== undefined) throw Object.assign(new Error(refused), { code: "EPERM" });
-      await cache.save(text);
-    };
-    saving = saving.then(() =>
-      save().then(
-        () => {
+
+  const saveOnce = async () => {
+    const refused =
+      uid === 0 ? await refuseForeignPath(config.cacheFile, "HAPGENT_ETCD_CACHE_FILE") : undefined;
+    if (refused !== undefined) throw Object.assign(new Error(refused), { code: "EPERM" });
+    await cache.save(cacheText());
+  };
+
+  /** Saves the word now followed; a burst of changes costs one save at a time, the last wins. */
+  const saveCache = () => {
+    dirty = true;
+    if (saving) return;
+    saving = true;
+    void (async () => {
+      while (dirty && !stopped) {
+        dirty = false;
+        try {
+          await saveOnce();
           if (saveFailed) log.notice(`fleet: saved the cache ${config.cacheFile} again`);
           saveFailed = false;
-        },
-        (err: NodeJS.ErrnoException) => {
-          if (saveFailed) return;
+        } catch (err) {
+          const { code, message } = err as NodeJS.ErrnoException;
+          if (!saveFailed) {
+            log.warning(
+              `fleet: cannot save the cache ${config.cacheFile} (${code === "EPERM" ? message : (code ?? message)}); a restart while etcd is unreachable would not know the fleet's word`,
+            );
+          }
           saveFailed = true;
-          log.warning(
-            `fleet: cannot save the cache ${config.cacheFile} (${err.code === "EPERM" ? err.message : (err.code ?? err.message)}); a restart while etcd is unreachable would not know the fleet's word`,
-          );
-        },
-      ),
-    );
+        }
+      }
+      saving = false;
+    })();
   };
 
   /** Decides the word from the values; logs and caches what changed. */
@@ -192,7 +203,9 @@ export function createFleetLayer(parts: {
   /** One session on the current endpoint; resolves with why it ended. */
   const session = async (client: Etcd): Promise<Outcome> => {
     if (needRead) {
-      applyRead(await client.read(keys));
+      const snapshot = await client.read(keys);
+      if (stopped) return { online: false };
+      applyRead(snapshot);
       needRead = false;
       firstRead?.();
     }
