@@ -67,17 +67,19 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       status.stdout,
       /^fleet {7}\{"status":"DOWN","reason":"web tier off"\} from \/hapgent\/group\/web \(revision \d+\); etcd http:\/\/127\.0\.0\.1:\d+ watched, heard [\d.]+ s ago$/m,
     );
-    await cliFor(d, "up");
-    await d.waitForReply("down ready 80% # fleet /hapgent/group/web: web tier off\n");
-    const up = await runHapgent(["status"], {
+    // The command confirms against what the agent really answers: the fleet's DOWN.
+    const up = await cliFor(d, "up");
+    assert.equal(up.code, 0, up.stderr);
+    assert.equal(await d.probe(), "down ready 80% # fleet /hapgent/group/web: web tier off\n");
+    const shown = await runHapgent(["status"], {
       HAPGENT_STATE_FILE: d.stateFile,
       HAPGENT_PORT: String(d.port),
     });
     assert.match(
-      up.stdout,
+      shown.stdout,
       /^note {8}the fleet decides: the file alone would answer up ready 80%$/m,
     );
-    assert.match(up.stdout, /^agreement {3}yes$/m);
+    assert.match(shown.stdout, /^agreement {3}yes$/m);
     // Only the operator's changes reached the file.
     assert.doesNotMatch(await d.readRawState(), /fleet|DOWN|DRAIN/);
     assert.notEqual(raw, await d.readRawState());

@@ -96,7 +96,7 @@ export function createMetrics(client: PromClient, source: MetricsSource): Metric
     snapshot ??= takeSnapshot(source);
     return snapshot;
   };
-  const registry = createRegistry(client, current);
+  const registry = createRegistry(client, current, source.fleet !== undefined);
   let rendered: { readonly atMs: number; readonly text: Promise<string> } | undefined;
   return {
     contentType: registry.contentType,
@@ -139,7 +139,7 @@ function takeSnapshot(source: MetricsSource): Snapshot {
  * samples (label sets with values), so a series that is gone from the state is gone from the
  * scrape too.
  */
-function createRegistry(client: PromClient, current: () => Snapshot): Registry {
+function createRegistry(client: PromClient, current: () => Snapshot, withFleet: boolean): Registry {
   const registry = new client.Registry();
   client.collectDefaultMetrics({
     register: registry,
@@ -294,6 +294,21 @@ function createRegistry(client: PromClient, current: () => Snapshot): Registry {
         [{ ...checkLabels(c), result: "fail" }, c.failedRuns],
       ]),
   );
+  // Registered only with a fleet: a metric without labels shows 0 even with no sample.
+  if (withFleet) fleetMetrics(metric);
+  return registry;
+}
+
+/** The fleet's metrics, through `createRegistry`'s `metric`. */
+function fleetMetrics(
+  metric: (
+    type: "gauge",
+    name: string,
+    help: string,
+    labelNames: readonly string[],
+    samples: (now: Snapshot) => Iterable<Sample>,
+  ) => void,
+): void {
   const fleet = (value: (f: FleetView) => Sample[]) => (now: Snapshot) =>
     now.fleet === undefined ? [] : value(now.fleet);
   metric(
@@ -326,7 +341,6 @@ function createRegistry(client: PromClient, current: () => Snapshot): Registry {
     [],
     fleet((f) => [[{}, f.problem === null ? 1 : 0]]),
   );
-  return registry;
 }
 
 function checkLabels(check: CheckView): Labels {
