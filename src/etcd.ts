@@ -67,7 +67,10 @@ export interface WatchHandlers {
   /** The watch exists; etcd's revision then (header). */
   readonly created: (revision: number) => void;
   readonly events: (events: readonly WatchEvent[], revision: number) => void;
-  /** The revision asked for is compacted: read again, then watch after what was read. */
+  /**
+   * The changes since the revision asked for cannot be had (compacted, or one message too large
+   * to read): read again, then watch after what was read. 0 when etcd named no revision.
+   */
   readonly compacted: (compactRevision: number) => void;
   /** The stream ended or failed; it is closed. Not called after close(). */
   readonly ended: (error: EtcdError) => void;
@@ -104,10 +107,19 @@ export interface Etcd {
   close(): void;
 }
 
-/** A gateway reply larger than this is not etcd's (16 values of 64 KiB fit easily). */
-const MAX_REPLY_BYTES = 8 * 1024 * 1024;
-/** One watch message larger than this is not one etcd sends for these keys. */
-const MAX_WATCH_LINE_BYTES = 2 * 1024 * 1024;
+/**
+ * A gateway reply larger than this is not one the agent reads: 16 values of 68 KiB, in base64,
+ * fit with room to spare. The agent runs in a small heap (main.js's flags): JSON of this size,
+ * and no more than MAX_JSON_OBJECTS objects in it, parses in a few MiB.
+ */
+const MAX_REPLY_BYTES = 2 * 1024 * 1024;
+/**
+ * One watch message larger than this (a watch resumed after many large changes) is not parsed:
+ * the keys are read afresh instead, as after a compaction.
+ */
+const MAX_WATCH_LINE_BYTES = 1024 * 1024;
+/** Objects in one reply or message; etcd's for these keys have a few per key and event. */
+const MAX_JSON_OBJECTS = 20_000;
 
 /**
  * With `failover`, a request (never a watch) that finds its endpoint dead moves on to the next:
@@ -327,6 +339,38 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
         request?.destroy();
         handlers.ended(new EtcdError(message, code, url.origin));
       };
+      /** One message of the stream; throws on one that is not etcd's. */
+      const watchMessage = (line: string) => {
+        const message = parseObject(line);
+        if (message === undefined) throw new Malformed("not JSON");
+        if (message.error !== undefined) {
+          const error = objectOf(message.error, "error");
+          const text = typeof error.message === "string" ? error.message : "error";
+          if (isTokenText(text)) token = undefined;
+          return end(
+            `${url.origin}: watch: ${text}`,
+            typeof error.grpc_code === "number" ? error.grpc_code : -1,
+          );
+        }
+        const result = objectOf(message.result, "result");
+        if (result.compact_revision !== undefined && result.compact_revision !== "0") {
+          closed = true;
+          request?.destroy();
+          return handlers.compacted(revisionText(result.compact_revision, "compact_revision"));
+        }
+        if (result.canceled === true) {
+          return end(
+            `${url.origin}: watch canceled${typeof result.cancel_reason === "string" ? `: ${result.cancel_reason}` : ""}`,
+            -1,
+          );
+        }
+        const revision = revisionOf(result);
+        const raw = result.events ?? [];
+        if (!Array.isArray(raw)) throw new Malformed("events is not a list");
+        const events = raw.map(event);
+        if (result.created === true) handlers.created(revision);
+        if (events.length > 0) handlers.events(events, revision);
+      };
       authHeaders().then(
         (headers) => {
           if (closed) return;
@@ -357,44 +401,27 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
                 );
                 return;
               }
-              readLines(response, MAX_WATCH_LINE_BYTES, (line) => {
-                if (closed) return;
-                const message = parseObject(line);
-                if (message === undefined) return end(`${url.origin}: watch: not etcd's JSON`);
-                if (message.error !== undefined) {
-                  const error = message.error as Record<string, unknown>;
-                  if (isTokenText(String(error.message ?? ""))) token = undefined;
-                  return end(
-                    `${url.origin}: watch: ${String(error.message ?? "error")}`,
-                    typeof error.grpc_code === "number" ? error.grpc_code : -1,
-                  );
-                }
-                const result = (message.result ?? {}) as Record<string, unknown>;
-                if (result.compact_revision !== undefined && result.compact_revision !== "0") {
+              readLines(
+                response,
+                MAX_WATCH_LINE_BYTES,
+                (line) => {
+                  if (closed) return;
+                  try {
+                    watchMessage(line);
+                  } catch (err) {
+                    end(
+                      `${url.origin}: watch: not etcd's answer (${err instanceof Malformed ? err.message : String(err)})`,
+                    );
+                  }
+                },
+                () => {
+                  // Too much at once to read in this heap: read the keys afresh.
+                  if (closed) return;
                   closed = true;
                   request?.destroy();
-                  return handlers.compacted(Number(result.compact_revision) || 0);
-                }
-                if (result.canceled === true) {
-                  return end(
-                    `${url.origin}: watch canceled${typeof result.cancel_reason === "string" ? `: ${result.cancel_reason}` : ""}`,
-                    -1,
-                  );
-                }
-                let revision: number;
-                let events: WatchEvent[];
-                try {
-                  revision = revisionOf(result);
-                  const raw = result.events ?? [];
-                  if (!Array.isArray(raw)) throw new Malformed("events is not a list");
-                  events = raw.map(event);
-                } catch (err) {
-                  if (!(err instanceof Malformed)) throw err;
-                  return end(`${url.origin}: watch: not etcd's answer (${err.message})`);
-                }
-                if (result.created === true) handlers.created(revision);
-                if (events.length > 0) handlers.events(events, revision);
-              }).then(
+                  handlers.compacted(0);
+                },
+              ).then(
                 () => end(`${url.origin}: watch: etcd closed the stream`),
                 (err: Error) => end(`${url.origin}: watch: ${err.message}`),
               );
@@ -497,7 +524,12 @@ function event(value: unknown): WatchEvent {
   };
 }
 
+/** A JSON object, if `text` is one of at most MAX_JSON_OBJECTS objects (a small heap's worth). */
 function parseObject(text: string): Record<string, unknown> | undefined {
+  let objects = 0;
+  for (let at = text.indexOf("{"); at !== -1; at = text.indexOf("{", at + 1)) {
+    if (++objects > MAX_JSON_OBJECTS) return undefined;
+  }
   try {
     const value: unknown = JSON.parse(text);
     return typeof value === "object" && value !== null && !Array.isArray(value)
@@ -526,28 +558,40 @@ function readReply(response: IncomingMessage, max: number): Promise<string> {
   });
 }
 
-/** Calls `line` with each newline-ended line of a stream; resolves when it ends. */
+/**
+ * Calls `line` with each newline-ended line of a stream; resolves when it ends. A line longer
+ * than `max` bytes is never gathered: `tooLong` is called and the stream ends.
+ */
 function readLines(
   response: IncomingMessage,
   max: number,
   line: (text: string) => void,
+  tooLong: () => void,
 ): Promise<void> {
   return new Promise((resolve, reject) => {
     let pending: Buffer[] = [];
     let size = 0;
+    const over = () => {
+      response.destroy();
+      tooLong();
+      resolve();
+    };
     response.on("data", (chunk: Buffer) => {
       let start = 0;
       for (let at = chunk.indexOf(10); at !== -1; at = chunk.indexOf(10, start)) {
+        if (size + (at - start) > max) return over();
         pending.push(chunk.subarray(start, at));
-        line(Buffer.concat(pending).toString("utf8"));
+        const text = Buffer.concat(pending).toString("utf8");
         pending = [];
         size = 0;
         start = at + 1;
+        line(text);
+        if (response.destroyed) return;
       }
       if (start < chunk.length) {
         pending.push(chunk.subarray(start));
         size += chunk.length - start;
-        if (size > max) response.destroy(new Error(`a message larger than ${max} bytes`));
+        if (size > max) over();
       }
     });
     response.on("end", resolve);

@@ -45,6 +45,8 @@ export interface Member {
   start(): Promise<void>;
   /** Ends it: SIGKILL by default, a crash. */
   stop(signal?: NodeJS.Signals): Promise<void>;
+  /** Ends it and removes its data: the next start makes a new store. */
+  wipe(): Promise<void>;
   readonly running: boolean;
 }
 
@@ -211,6 +213,10 @@ export async function startEtcd(t: After, size = 1, tls?: EtcdTlsFiles): Promise
         if (!member.running) return;
         child?.kill(signal);
         await exited;
+      },
+      async wipe() {
+        await member.stop();
+        await rm(join(dir, name), { recursive: true, force: true });
       },
       output: () => output,
     };

@@ -201,7 +201,8 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await etcd.put("/hapgent/all", '{"status":"UP","weight":30}');
     relay.restore();
     await d.waitForReply("up ready 30% # fleet /hapgent/all\n", 15_000);
-    await d.waitForLog(/answers again after/);
+    // Said once the endpoint has passed a health read (every 3 s).
+    await d.waitForLog(/answers again after/, 10_000);
     const applied = lines(d, /fleet: \/hapgent\/all changed at revision/);
     assert.deepEqual(
       applied.map((l) => /"weight":(\d+)/.exec(l)?.[1]),
@@ -260,7 +261,7 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     // The agent that watched the leader lost it, and watches another member now.
     const watcher = agents[urls.indexOf(leader.clientUrl)] as Daemon;
     assert.match(watcher.stderr(), new RegExp(`cannot reach etcd: ${leader.clientUrl}`));
-    assert.match(watcher.stderr(), /fleet: etcd at http:\/\/127\.0\.0\.1:\d+ answers again/);
+    await watcher.waitForLog(/fleet: etcd at http:\/\/127\.0\.0\.1:\d+ answers again/, 10_000);
     assert.doesNotMatch(watcher.stderr(), new RegExp(`etcd at ${leader.clientUrl} answers again`));
   });
 
@@ -465,6 +466,94 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       d.signal("SIGTERM");
       assert.equal((await d.exited).code, 0);
     }
+  });
+
+  test("watch streams that are not etcd's (bad shapes, a line without end, streams that open and close) never crash the agent nor flood its log", async (t) => {
+    const streams: ((res: ServerResponse) => void)[] = [
+      (res) => res.write('{"result":{"header":{"revision":"11"},"events":[null]}}\n'),
+      (res) => res.write('{"error":null}\n'),
+      (res) => res.write('{"result":{"header":{"revision":"11"},"events":[{"type":"PUT"}]}}\n'),
+      (res) => res.write('{"result":{"header":{"revision":"NaN"},"created":true}}\n'),
+      (res) => res.write(`{"result":${"[".repeat(1000)}`),
+      (res) => res.write(`{"result":{"x":"${"y".repeat(3 * 1024 * 1024)}`),
+      // Made, then closed at once: a session that never proves itself.
+      (res) => res.end('{"result":{"header":{"revision":"11"},"created":true}}\n'),
+    ];
+    let mode = 0;
+    const txn =
+      '{"header":{"revision":"10"},"succeeded":true,"responses":[{"response_range":{"header":{"revision":"10"}}},{"response_range":{"header":{"revision":"10"}}},{"response_range":{"header":{"revision":"10"}}}]}';
+    const fake = createServer((req, res) => {
+      req.resume();
+      if (req.url === "/v3/watch") {
+        res.writeHead(200);
+        streams[mode]?.(res);
+      } else res.end(txn);
+    });
+    const port = await freePort();
+    await new Promise<void>((resolve) => fake.listen(port, "127.0.0.1", resolve));
+    t.after(
+      () =>
+        new Promise<void>((resolve) => {
+          fake.closeAllConnections();
+          fake.close(() => resolve());
+        }),
+    );
+    for (mode = 0; mode < streams.length; mode++) {
+      const d = await startDaemon(t, { env: fleetEnv(`http://127.0.0.1:${port}`) });
+      const pid = d.pid;
+      const cpu = async () => {
+        const stat = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1]?.split(" ") ?? [];
+        return (Number(stat[11]) + Number(stat[12])) * 10;
+      };
+      const before = await cpu();
+      await new Promise((resolve) => setTimeout(resolve, 4000));
+      const used = (await cpu()) - before;
+      assert.equal(await d.probe(), "up ready 100%\n", `mode ${mode}: still answering`);
+      assert.equal(d.child.exitCode, null, `mode ${mode}: still running`);
+      assert.doesNotMatch(d.stderr(), /internal error|TypeError|at .*\.js:\d+/, `mode ${mode}`);
+      const logged = lines(d, /fleet:/).length;
+      assert.ok(logged <= 3, `mode ${mode}: ${logged} fleet lines in 4 s:\n${d.stderr()}`);
+      // Retries back off: a loop without pause would take most of a core.
+      assert.ok(used < 1500, `mode ${mode}: ${used} ms of CPU in 4 s`);
+      d.signal("SIGTERM");
+      assert.equal((await d.exited).code, 0);
+    }
+  });
+
+  test("etcd's data made anew under the same revisions: the health read finds the values differ and the keys are read again", async (t) => {
+    const etcd = await startEtcd(t);
+    await etcd.put("/hapgent/all", '{"status":"MAINT","reason":"old cluster"}');
+    for (let i = 0; i < 8; i++) await etcd.put("/pad", String(i));
+    const relay = await startRelay(t, etcd.endpoints);
+    const d = await startDaemon(t, { env: fleetEnv(relay.url) });
+    assert.equal(await d.probe(), "maint 100% # fleet /hapgent/all: old cluster\n");
+    const member = etcd.members[0];
+    assert.ok(member);
+    // Out of the agent's sight until the new store is past every revision it saw.
+    relay.cut();
+    await member.wipe();
+    await member.start();
+    await waitFor(
+      "etcd anew",
+      async () =>
+        (await etcd.ctl("endpoint", "health").then(
+          () => true,
+          () => false,
+        ))
+          ? true
+          : undefined,
+      20_000,
+    );
+    // The same key at the same revision (the new store's first write), with another value.
+    await etcd.put("/hapgent/all", '{"status":"UP","weight":10}');
+    for (let i = 0; i < 12; i++) await etcd.put("/pad", String(i));
+    relay.restore();
+    await d.waitForReply("up ready 10% # fleet /hapgent/all\n", 20_000);
+    await d
+      .waitForLog(/etcd holds other values than its watches delivered .*; reading the keys again/)
+      .catch((err: Error) => {
+        throw new Error(`${err.message}:\n${d.stderr()}`);
+      });
   });
 
   test("without HAPGENT_ETCD_ENDPOINTS nothing of the fleet is loaded, not even Node's HTTP client; with it, its client is", async (t) => {

@@ -65,6 +65,11 @@ test("chooseWord: a bad value keeps the word before, never lets a less specific 
   const none = chooseWord(KEYS, values, undefined);
   assert.equal(none.word, undefined);
   assert.match(none.problem ?? "", /operator's state alone decides/);
+  // A cached word and etcd's value at the same revision but different (etcd made anew): etcd's.
+  const anew = new Map<string, KeyValue>([
+    ["/hapgent/group/web", { kind: "state", revision: 3, state: { status: "UP", weight: 10 } }],
+  ]);
+  assert.deepEqual(chooseWord(KEYS, anew, before).word?.state, { status: "UP", weight: 10 });
   // The same word read again is the same object: nothing to log or save.
   const same = new Map<string, KeyValue>([
     ["/hapgent/group/web", { kind: "state", revision: 3, state: { status: "DRAIN" } }],

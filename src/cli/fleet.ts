@@ -97,6 +97,8 @@ async function set(io: CliIo, values: Values, key: string, status: Status): Prom
   const { forMs, ...change } = changeOf(values, status);
   const { etcd } = await connect(io, values);
   try {
+    // One lease, however many attempts the write takes.
+    const lease = forMs === undefined ? undefined : await etcd.grantLease(Math.ceil(forMs / 1000));
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
       const read = await etcd.read([key]);
       const record = read.values.get(key);
@@ -111,15 +113,22 @@ async function set(io: CliIo, values: Values, key: string, status: Status): Prom
         by: userName(io.env),
       });
       if (!next.ok) {
-        io.err(`hapgent: ${next.reason}; nothing was written\n`);
+        io.err(
+          next.code === "no-instance"
+            ? `hapgent: ${key} holds no valid state to add service ${change.service} to; set the key first (hapgent fleet set ${key} up); nothing was written\n`
+            : `hapgent: ${next.reason}; nothing was written\n`,
+        );
         return next.code === "no-instance" ? CLI_EXIT.INVALID_FILE : CLI_EXIT.USAGE;
       }
       const text = serialiseState(next.state);
-      const lease =
-        forMs === undefined ? undefined : await etcd.grantLease(Math.ceil(forMs / 1000));
       const revision = await etcd.putIfUnchanged(key, text, record?.modRevision ?? 0, lease);
       if (revision === undefined) continue;
       io.out(`wrote ${key} at revision ${revision}: ${formatAnswered(next.state)}\n`);
+      if (record?.lease !== undefined && lease === undefined) {
+        io.err(
+          `hapgent: note: ${key} was to be removed with its lease (an earlier --for); this write has none, so it stays until changed or cleared\n`,
+        );
+      }
       if (forMs !== undefined) {
         io.out(
           `etcd removes ${key} in ${formatDuration(forMs)} (at ${new Date(Date.now() + forMs).toISOString()}); the next key then speaks\n`,

@@ -4,7 +4,7 @@
  * its value is a state in the state file's format. Pure: values in, the word and its verdicts out.
  */
 import type { Verdict } from "./compose.js";
-import { parseState, type State, type StateResult, serviceState } from "./state.js";
+import { parseState, type State, type StateResult, sameState, serviceState } from "./state.js";
 
 /** What one key holds: nothing, a valid state, or bytes that are not one (and why). */
 export type KeyValue =
@@ -57,7 +57,12 @@ export function chooseWord(
     const value = values.get(key);
     if (value === undefined || value.kind === "absent") continue;
     if (value.kind === "state") {
-      const same = before?.key === key && before.revision === value.revision;
+      // The same word read again (a cached one confirmed): nothing to log or save. Its content
+      // is compared too: etcd's data made anew can reuse a revision for another value.
+      const same =
+        before?.key === key &&
+        before.revision === value.revision &&
+        sameState(before.state, value.state);
       return {
         word: same ? before : Object.freeze({ key, revision: value.revision, state: value.state }),
         problem: undefined,

@@ -74,10 +74,10 @@ export const FLEET_TIMING: FleetTiming = Object.freeze({
 /** How a session on one endpoint ended. */
 interface Outcome {
   readonly error?: EtcdError;
-  /** etcd no longer holds the revisions to resume from: read again. */
-  readonly compacted?: number;
-  /** Every watch was made: etcd was reachable. */
-  readonly online: boolean;
+  /** Why the keys must be read afresh (a compaction, etcd's data replaced). */
+  readonly reread?: string;
+  /** It had every watch and passed a health read: etcd was there. */
+  readonly stable: boolean;
 }
 
 /** A cache larger than this was not written by the agent. */
@@ -185,6 +185,9 @@ export function createFleetLayer(parts: {
     saveCache();
   };
 
+  /** Per key, the bytes and revision last applied (null: absent), to check etcd against. */
+  const seen = new Map<string, { readonly modRevision: number; readonly value: Buffer } | null>();
+
   const applyRead = (snapshot: Snapshot) => {
     for (const key of keys) {
       const record = snapshot.values.get(key);
@@ -194,17 +197,36 @@ export function createFleetLayer(parts: {
           ? { kind: "absent", revision: snapshot.revision }
           : parseFleetValue(record.value, record.modRevision),
       );
+      seen.set(key, record === undefined ? null : record);
       applied.set(key, snapshot.revision);
     }
     heard();
+    // What etcd says now, even where it is what the cache said.
+    fromCache = false;
     decide(`read at revision ${snapshot.revision}`);
   };
 
-  /** One session on the current endpoint; resolves with why it ended. */
+  /**
+   * Whether etcd holds, at revisions the watches have passed, other values than they delivered:
+   * its data was replaced (restored from a backup, made anew) under the same revisions.
+   */
+  const differs = (snapshot: Snapshot): boolean =>
+    keys.some((key) => {
+      const theirs = snapshot.values.get(key);
+      const mine = seen.get(key);
+      const upTo = applied.get(key) ?? 0;
+      if (theirs === undefined) return snapshot.revision <= upTo && mine != null;
+      if (theirs.modRevision > upTo) return false;
+      return (
+        mine == null || mine.modRevision !== theirs.modRevision || !mine.value.equals(theirs.value)
+      );
+    });
+
+  /** One session on the current endpoint; resolves with how it ended. */
   const session = async (client: Etcd): Promise<Outcome> => {
     if (needRead) {
       const snapshot = await client.read(keys);
-      if (stopped) return { online: false };
+      if (stopped) return { stable: false };
       applyRead(snapshot);
       needRead = false;
       firstRead?.();
@@ -212,15 +234,20 @@ export function createFleetLayer(parts: {
     return new Promise((resolve) => {
       let done = false;
       let created = 0;
+      let stable = false;
       const watches: { close(): void }[] = [];
-      const finish = (outcome: Omit<Outcome, "online">) => {
+      const finish = (outcome: Omit<Outcome, "stable">) => {
         if (done) return;
         done = true;
         clearInterval(health);
         for (const watch of watches) watch.close();
         connected = false;
         endSession = undefined;
-        resolve({ ...outcome, online: created === keys.length });
+        resolve({ ...outcome, stable });
+      };
+      const reread = (why: string) => {
+        needRead = true;
+        finish({ reread: why });
       };
       endSession = () => finish({});
       for (const key of keys) {
@@ -229,12 +256,12 @@ export function createFleetLayer(parts: {
           client.watch(key, after + 1, {
             created(revision) {
               if (revision < after) {
-                // etcd's history is younger than what was read: a cluster made anew.
-                needRead = true;
-                return finish({ compacted: revision });
+                return reread(
+                  `etcd's revision ${revision} is below the ${after} already seen (its data was made anew)`,
+                );
               }
               heard();
-              if (++created === keys.length) online();
+              if (++created === keys.length) connected = true;
             },
             events(events) {
               heard();
@@ -243,6 +270,12 @@ export function createFleetLayer(parts: {
               for (const event of events) {
                 if (event.key !== key || event.modRevision <= (applied.get(key) ?? 0)) continue;
                 applied.set(key, event.modRevision);
+                seen.set(
+                  key,
+                  event.type === "delete"
+                    ? null
+                    : { modRevision: event.modRevision, value: event.value },
+                );
                 values.set(
                   key,
                   event.type === "delete"
@@ -253,8 +286,11 @@ export function createFleetLayer(parts: {
               }
             },
             compacted(revision) {
-              needRead = true;
-              finish({ compacted: revision });
+              reread(
+                revision === 0
+                  ? "a watch message was too large to read"
+                  : `etcd compacted its history past the revisions last seen (to ${revision})`,
+              );
             },
             ended(error) {
               finish({ error });
@@ -262,30 +298,45 @@ export function createFleetLayer(parts: {
           }),
         );
       }
+      // The endpoint must keep answering, and agree with what the watches delivered.
       const health = setInterval(() => {
-        client.read(keys.slice(0, 1)).then(heard, (error: EtcdError) => finish({ error }));
+        client.read(keys).then(
+          (snapshot) => {
+            if (done) return;
+            if (differs(snapshot)) {
+              return reread(
+                "etcd holds other values than its watches delivered (its data was replaced)",
+              );
+            }
+            heard();
+            if (connected && !stable) {
+              stable = true;
+              settled();
+            }
+          },
+          (error: EtcdError) => finish({ error }),
+        );
       }, timing.healthMs);
     });
   };
 
-  const online = () => {
-    connected = true;
-    if (lost !== undefined) {
-      log.notice(
-        `fleet: etcd at ${etcd?.endpoint} answers again after ${Math.round((now() - lost.at) / 1000)} s; watching ${keys.length} key${keys.length === 1 ? "" : "s"} from the revisions last seen`,
-      );
-      lost = undefined;
-    }
+  /** A session that passed a health read: the outage, if any, is over. */
+  const settled = () => {
+    if (lost === undefined) return;
+    log.notice(
+      `fleet: etcd at ${etcd?.endpoint} answers again after ${Math.round((now() - lost.at) / 1000)} s; watching ${keys.length} key${keys.length === 1 ? "" : "s"} from the revisions last seen`,
+    );
+    lost = undefined;
   };
 
   const offline = (reason: string) => {
+    // Once per outage: sessions that end before they prove themselves are the same outage.
     if (lost !== undefined) return;
     lost = { at: now(), reason };
     const kept =
       word === undefined
         ? "no fleet word is followed"
         : `keeping the fleet's last word, ${word.key} (revision ${word.revision})`;
-    // Once per loss: retries go on quietly until etcd answers.
     log.warning(`fleet: cannot reach etcd: ${reason}; ${kept}, and retrying every endpoint`);
     saveCache();
   };
@@ -300,30 +351,36 @@ export function createFleetLayer(parts: {
     });
 
   const run = async (client: Etcd) => {
+    // Sessions in a row that ended before passing a health read.
     let failures = 0;
+    let rereadLogged = false;
     while (!stopped) {
       let outcome: Outcome;
       try {
         outcome = await session(client);
       } catch (error) {
-        outcome = { error: error as EtcdError, online: false };
+        outcome = { error: error as EtcdError, stable: false };
       }
       if (stopped) return;
-      if (outcome.compacted !== undefined && outcome.error === undefined) {
-        log.notice(
-          `fleet: etcd compacted its history past the revisions last seen (compacted to ${outcome.compacted}); reading the keys again`,
-        );
+      if (outcome.stable) {
         failures = 0;
-        continue;
+        rereadLogged = false;
       }
-      // A session that had all its watches was a success, whatever ended it.
-      if (outcome.online) failures = 0;
       failures++;
-      offline(outcome.error?.message ?? "the session ended");
-      client.rotate();
-      // Each endpoint once at once; then, round after round, a growing pause.
-      const rounds = Math.floor(failures / options.endpoints.length);
-      if (rounds === 0) continue;
+      let immediate: boolean;
+      if (outcome.reread !== undefined) {
+        if (!rereadLogged) log.notice(`fleet: ${outcome.reread}; reading the keys again`);
+        rereadLogged = true;
+        // At once the first time; a reason that comes back session after session waits.
+        immediate = failures === 1;
+      } else {
+        offline(outcome.error?.message ?? "the session ended");
+        client.rotate();
+        // Each endpoint once at once; then, round after round, a growing pause.
+        immediate = failures < options.endpoints.length;
+      }
+      if (immediate) continue;
+      const rounds = Math.max(1, Math.floor(failures / options.endpoints.length));
       const backoff = Math.min(timing.maxBackoffMs, timing.backoffMs * 2 ** (rounds - 1));
       await pause(backoff * (0.8 + Math.random() * 0.4));
     }
@@ -349,6 +406,7 @@ export function createFleetLayer(parts: {
       };
     },
     async start() {
+      await cache.removeStaleTemporaries();
       const cached = await readCache(config.cacheFile, keys, log);
       if (cached !== undefined) {
         word = cached.word;
