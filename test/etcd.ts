@@ -95,11 +95,7 @@ export async function makeCertificates(dir: string): Promise<EtcdTlsFiles> {
   await openssl(
     "req",
     "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
+    ...NEW_KEY,
     "-keyout",
     f("ca.key"),
     "-out",
@@ -115,11 +111,7 @@ export async function makeCertificates(dir: string): Promise<EtcdTlsFiles> {
   ] as const) {
     await openssl(
       "req",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
+      ...NEW_KEY,
       "-keyout",
       f(`${name}.key`),
       "-out",
@@ -154,6 +146,9 @@ export async function makeCertificates(dir: string): Promise<EtcdTlsFiles> {
     clientKey: f("client.key"),
   };
 }
+
+/** openssl req: a new P-256 key, unencrypted. */
+const NEW_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
 
 /** Starts `size` members on loopback and waits until the cluster answers. */
 export async function startEtcd(t: After, size = 1, tls?: EtcdTlsFiles): Promise<Cluster> {

@@ -24,8 +24,8 @@ const SHORT_FORMS: Readonly<Record<string, Status>> = {
   maint: "MAINT",
 };
 
-const CHANGE_OPTIONS: readonly Option[] = [
-  ...TARGET_OPTIONS,
+/** What a change says of the state: the same for the file's and for a fleet key's. */
+const FIELD_OPTIONS: readonly Option[] = [
   "service",
   "weight",
   "no-weight",
@@ -35,6 +35,11 @@ const CHANGE_OPTIONS: readonly Option[] = [
   "no-description",
   "reason",
   "for",
+];
+
+const CHANGE_OPTIONS: readonly Option[] = [
+  ...TARGET_OPTIONS,
+  ...FIELD_OPTIONS,
   "timeout",
   "no-wait",
   "no-confirm",
@@ -49,20 +54,7 @@ const COMMANDS: Readonly<Record<"status" | "check" | "set" | "fleet", readonly O
   status: [...TARGET_OPTIONS, "json"],
   check: ["state-file", "help"],
   set: CHANGE_OPTIONS,
-  fleet: [
-    "endpoints",
-    "json",
-    "help",
-    "service",
-    "weight",
-    "no-weight",
-    "maxconn",
-    "no-maxconn",
-    "description",
-    "no-description",
-    "reason",
-    "for",
-  ],
+  fleet: ["endpoints", "json", "help", ...FIELD_OPTIONS],
 };
 
 /** Runs one command; resolves with its exit code. Bad input is a message, never a stack trace. */

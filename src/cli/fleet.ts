@@ -7,7 +7,13 @@
  */
 import { parseFleetConfig } from "../config.js";
 import { applyChange, formatDuration } from "../core/change.js";
-import { chooseWord, isFleetKey, type KeyValue, parseFleetValue } from "../core/fleet.js";
+import {
+  chooseWord,
+  isFleetKey,
+  type KeyValue,
+  parseFleetValue,
+  readValue,
+} from "../core/fleet.js";
 import { formatAnswered, printable, type Status, serialiseState } from "../core/state.js";
 import { createEtcd, type Etcd, EtcdError } from "../etcd.js";
 import { etcdOptions } from "../etcd-options.js";
@@ -168,15 +174,7 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
   try {
     const read = await etcd.read(keys);
     const parsed = new Map<string, KeyValue>();
-    for (const key of keys) {
-      const record = read.values.get(key);
-      parsed.set(
-        key,
-        record === undefined
-          ? { kind: "absent", revision: read.revision }
-          : parseFleetValue(record.value, record.modRevision),
-      );
-    }
+    for (const key of keys) parsed.set(key, readValue(read.values.get(key), read.revision));
     const chosen = chooseWord(keys, parsed, undefined);
     if (values.json) {
       io.out(

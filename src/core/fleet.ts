@@ -41,6 +41,16 @@ export function parseFleetValue(bytes: Uint8Array, revision: number): KeyValue {
   return { kind: "state", revision, state: parsed.state };
 }
 
+/** What a read found for a key: its value at its revision, or nothing as of the read's revision. */
+export function readValue(
+  found: { readonly value: Uint8Array; readonly modRevision: number } | undefined,
+  readRevision: number,
+): KeyValue {
+  return found === undefined
+    ? { kind: "absent", revision: readRevision }
+    : parseFleetValue(found.value, found.modRevision);
+}
+
 /**
  * What the host follows, given each key's value in order, and the word it followed before.
  * The first key that exists decides. When that key holds an invalid value, the word before stands

@@ -15,6 +15,7 @@ import {
   fleetVerdict,
   type KeyValue,
   parseFleetValue,
+  readValue,
 } from "../core/fleet.js";
 import { parseJsonFile } from "../core/json.js";
 import { formatAnswered, isTimestamp, type State, validateState } from "../core/state.js";
@@ -191,13 +192,8 @@ export function createFleetLayer(parts: {
   const applyRead = (snapshot: Snapshot) => {
     for (const key of keys) {
       const record = snapshot.values.get(key);
-      values.set(
-        key,
-        record === undefined
-          ? { kind: "absent", revision: snapshot.revision }
-          : parseFleetValue(record.value, record.modRevision),
-      );
-      seen.set(key, record === undefined ? null : record);
+      values.set(key, readValue(record, snapshot.revision));
+      seen.set(key, record ?? null);
       applied.set(key, snapshot.revision);
     }
     heard();
