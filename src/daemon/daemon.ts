@@ -6,6 +6,7 @@ import {
   type Config,
   describeListenError,
   describeMetricsListenError,
+  type FleetConfig,
   formatAddress,
   type MetricsAddress,
   type ProcessContext,
@@ -16,7 +17,7 @@ import { formatState, type ServiceState, type State } from "../core/state.js";
 import { etcdOptions } from "../etcd-options.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
-import { createStateStore } from "../store.js";
+import { createStateStore, createTextFile } from "../store.js";
 import { VERSION } from "../version.js";
 import type { CheckLayer } from "./check-layer.js";
 import { type Commands, createCommands } from "./commands.js";
@@ -26,7 +27,7 @@ import type { FleetLayer } from "./fleet-layer.js";
 import { createLedger, type Ledger } from "./ledger.js";
 import type { MetricsServer } from "./metrics.js";
 import { createReplies } from "./replies.js";
-import { guardedStore, refuseForeignPath } from "./root-guard.js";
+import { guardedStore, guardedTextFile, refuseForeignPath } from "./root-guard.js";
 import { createAgentServer } from "./server.js";
 
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
@@ -72,7 +73,8 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const checks =
     config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io.uid, log);
   // Without HAPGENT_ETCD_ENDPOINTS nothing of etcd is loaded.
-  const fleet = config.fleet === undefined ? undefined : await fleetLayer(config, io.uid, log);
+  const fleet =
+    config.fleet === undefined ? undefined : await fleetLayer(config.fleet, io.uid, log);
   if (fleet === null) return io.exit(EXIT.INVALID_CONFIG);
   const layers = composeLayers(checks, fleet);
   const { replies, ledger, probes, server } = agentPort(config, commands, layers, log);
@@ -202,16 +204,21 @@ async function checkLayer(path: string, uid: number, log: Logger): Promise<Check
  * HAPGENT_ETCD_ENDPOINTS: the fleet's layer and its etcd client are loaded only now. Null when
  * its credentials cannot be used: a configuration error, logged.
  */
-async function fleetLayer(config: Config, uid: number, log: Logger): Promise<FleetLayer | null> {
-  const fleet = config.fleet;
-  if (fleet === undefined) return null;
+async function fleetLayer(
+  fleet: FleetConfig,
+  uid: number,
+  log: Logger,
+): Promise<FleetLayer | null> {
   const options = await etcdOptions(fleet, uid, FLEET_REQUEST_TIMEOUT_MS);
   if (!options.ok) {
     log.error(options.reason);
     return null;
   }
+  const file = createTextFile(fleet.cacheFile, log);
+  const cache =
+    uid === 0 ? guardedTextFile(file, fleet.cacheFile, "HAPGENT_ETCD_CACHE_FILE") : file;
   const { createFleetLayer } = await import("./fleet-layer.js");
-  return createFleetLayer({ config: fleet, options: options.options, log, uid });
+  return createFleetLayer({ config: fleet, options: options.options, log, cache });
 }
 
 /** How long one request to etcd may take before its endpoint counts as unreachable. */

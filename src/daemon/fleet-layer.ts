@@ -21,8 +21,7 @@ import { parseJsonFile } from "../core/json.js";
 import { formatAnswered, isTimestamp, type State, validateState } from "../core/state.js";
 import { createEtcd, type Etcd, type EtcdError, type EtcdOptions, type Snapshot } from "../etcd.js";
 import type { Logger } from "../log.js";
-import { createTextFile, readCapped } from "../store.js";
-import { refuseForeignPath } from "./root-guard.js";
+import { readCapped, type TextFile } from "../store.js";
 
 /** What `hapgent status` and the metrics show of the fleet. */
 export interface FleetView {
@@ -89,14 +88,13 @@ export function createFleetLayer(parts: {
   readonly config: FleetConfig;
   readonly options: EtcdOptions;
   readonly log: Logger;
-  /** The agent's uid: root writes the cache only while its path is root's alone. */
-  readonly uid: number;
+  /** Where the word is cached (config.cacheFile; for root, guarded as the state file is). */
+  readonly cache: TextFile;
   readonly now?: () => number;
   readonly timing?: FleetTiming;
 }): FleetLayer {
-  const { config, options, log, uid, now = Date.now, timing = FLEET_TIMING } = parts;
+  const { config, options, log, cache, now = Date.now, timing = FLEET_TIMING } = parts;
   const { keys } = config;
-  const cache = createTextFile(config.cacheFile, log);
   const values = new Map<string, KeyValue>();
   /** Per key, the revision up to which its changes are applied: a watch resumes after it. */
   const applied = new Map<string, number>();
@@ -130,13 +128,6 @@ export function createFleetLayer(parts: {
       heardAt: new Date(heardAt ?? now()).toISOString(),
     })}\n`;
 
-  const saveOnce = async () => {
-    const refused =
-      uid === 0 ? await refuseForeignPath(config.cacheFile, "HAPGENT_ETCD_CACHE_FILE") : undefined;
-    if (refused !== undefined) throw Object.assign(new Error(refused), { code: "EPERM" });
-    await cache.save(cacheText());
-  };
-
   /** Saves the word now followed; a burst of changes costs one save at a time, the last wins. */
   const saveCache = () => {
     dirty = true;
@@ -146,7 +137,7 @@ export function createFleetLayer(parts: {
       while (dirty && !stopped) {
         dirty = false;
         try {
-          await saveOnce();
+          await cache.save(cacheText());
           if (saveFailed) log.notice(`fleet: saved the cache ${config.cacheFile} again`);
           saveFailed = false;
         } catch (err) {

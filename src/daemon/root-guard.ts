@@ -6,7 +6,7 @@
  * cleaner may remove root's file, and another user create one of the same name.
  */
 import { controllerOf, walkPath } from "../path-control.js";
-import type { StateStore } from "../store.js";
+import type { StateStore, TextFile } from "../store.js";
 
 /** Why root must not use `stateFile`, or undefined when only root controls it. */
 export async function refuseForeignPath(
@@ -25,17 +25,41 @@ export async function refuseForeignPath(
 
 /** The same store, which refuses to load or save while the path is not root's alone. */
 export function guardedStore(store: StateStore): StateStore {
+  const file = guardedFile(store, store.path, "HAPGENT_STATE_FILE");
   return {
     path: store.path,
     async load() {
       const refused = await refuseForeignPath(store.path);
       return refused === undefined ? store.load() : { ok: false, reason: refused, code: "EPERM" };
     },
-    async save(state) {
-      const refused = await refuseForeignPath(store.path);
-      if (refused !== undefined) throw Object.assign(new Error(refused), { code: "EPERM" });
-      return store.save(state);
-    },
+    save: (state) => file.save(state),
     removeStaleTemporaries: () => store.removeStaleTemporaries(),
+  };
+}
+
+/**
+ * A file root saves (the state file, the fleet's cache) that refuses to be written while `path`
+ * is not root's alone: the save fails with EPERM and the reason, as a failed write would.
+ */
+export function guardedFile<T>(
+  file: { save(value: T): Promise<void> },
+  path: string,
+  variable: string,
+): { save(value: T): Promise<void> } {
+  return {
+    async save(value) {
+      const refused = await refuseForeignPath(path, variable);
+      if (refused !== undefined) throw Object.assign(new Error(refused), { code: "EPERM" });
+      return file.save(value);
+    },
+  };
+}
+
+/** A text file (the fleet's cache) guarded as the state file is, for a daemon run as root. */
+export function guardedTextFile(file: TextFile, path: string, variable: string): TextFile {
+  const guarded = guardedFile(file, path, variable);
+  return {
+    save: (text) => guarded.save(text),
+    removeStaleTemporaries: () => file.removeStaleTemporaries(),
   };
 }
