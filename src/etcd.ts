@@ -4,7 +4,7 @@
  * revision. Node's own http/https carry it; nothing else is loaded. Used by the daemon's fleet
  * layer and `hapgent fleet`. Passwords and tokens never appear in an error or a log line.
  */
-import type { Agent as HttpAgent, IncomingMessage } from "node:http";
+import type { ClientRequest, Agent as HttpAgent, IncomingMessage } from "node:http";
 
 export interface EtcdTls {
   readonly ca?: Buffer;
@@ -149,7 +149,28 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
 
   const current = (): URL => options.endpoints[index % options.endpoints.length] as URL;
 
-  /** One POST to the current endpoint; resolves with the reply's JSON. */
+  /** A POST of `body` to `path` on `url`, as JSON; the caller reads the response. */
+  const open = (
+    url: URL,
+    path: string,
+    headers: Record<string, string>,
+    body: unknown,
+    onResponse: (response: IncomingMessage) => void,
+  ): ClientRequest => {
+    const request = (url.protocol === "https:" && https !== undefined ? https : http).request(
+      new URL(path, url),
+      {
+        method: "POST",
+        agent: agentFor(url),
+        headers: { "content-type": "application/json", ...headers },
+      },
+      onResponse,
+    );
+    request.end(JSON.stringify(body));
+    return request;
+  };
+
+  /** One POST to the current endpoint; resolves with the reply's JSON, within the timeout. */
   const post = (
     path: string,
     body: unknown,
@@ -159,42 +180,30 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       const url = current();
       const fail = (message: string, code?: number) =>
         reject(new EtcdError(message, code, url.origin));
-      const request = (url.protocol === "https:" && https !== undefined ? https : http).request(
-        new URL(path, url),
-        {
-          method: "POST",
-          agent: agentFor(url),
-          headers: { "content-type": "application/json", ...headers },
-          timeout: options.timeoutMs,
-        },
-        (response) => {
-          readReply(response, MAX_REPLY_BYTES).then(
-            (text) => {
-              const parsed = parseObject(text);
-              if (parsed === undefined) {
-                return fail(`${url.origin}${path}: HTTP ${response.statusCode}, not etcd's JSON`);
-              }
-              if (response.statusCode !== 200 || typeof parsed.error === "string") {
-                const code = typeof parsed.code === "number" ? parsed.code : -1;
-                return fail(`${url.origin}: ${String(parsed.error ?? parsed.message)}`, code);
-              }
-              resolve(parsed);
-            },
-            (err: Error) => fail(`${url.origin}: ${err.message}`),
-          );
-        },
-      );
+      const request = open(url, path, headers, body, (response) => {
+        readReply(response, MAX_REPLY_BYTES).then(
+          (text) => {
+            const parsed = parseObject(text);
+            if (parsed === undefined) {
+              return fail(`${url.origin}${path}: HTTP ${response.statusCode}, not etcd's JSON`);
+            }
+            if (response.statusCode !== 200 || typeof parsed.error === "string") {
+              const code = typeof parsed.code === "number" ? parsed.code : -1;
+              return fail(`${url.origin}: ${String(parsed.error ?? parsed.message)}`, code);
+            }
+            resolve(parsed);
+          },
+          (err: Error) => fail(`${url.origin}: ${err.message}`),
+        );
+      });
+      // The whole exchange, connecting included, not only a silent socket.
       const deadline = setTimeout(() => {
         request.destroy(new Error(`no answer within ${options.timeoutMs} ms`));
       }, options.timeoutMs);
       request.on("close", () => clearTimeout(deadline));
-      request.on("timeout", () =>
-        request.destroy(new Error(`no answer within ${options.timeoutMs} ms`)),
-      );
       request.on("error", (err: NodeJS.ErrnoException) =>
         fail(`${url.origin}: ${err.code ?? err.message}`),
       );
-      request.end(JSON.stringify(body));
     });
 
   const authenticate = async (): Promise<string> => {
@@ -374,67 +383,59 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       authHeaders().then(
         (headers) => {
           if (closed) return;
-          request = (url.protocol === "https:" && https !== undefined ? https : http).request(
-            new URL("/v3/watch", url),
-            {
-              method: "POST",
-              agent: agentFor(url),
-              headers: { "content-type": "application/json", ...headers },
-              // Until etcd answers the request; the stream itself may stay quiet for hours.
-              timeout: options.timeoutMs,
-            },
-            (response) => {
-              request?.setTimeout(0);
-              if (response.statusCode !== 200) {
-                readReply(response, MAX_REPLY_BYTES).then(
-                  (text) => {
-                    const parsed = parseObject(text);
-                    if (parsed !== undefined && isTokenText(String(parsed.error ?? ""))) {
-                      token = undefined;
-                    }
-                    end(
-                      `${url.origin}: watch: HTTP ${response.statusCode}${parsed?.error === undefined ? "" : `: ${String(parsed.error)}`}`,
-                      typeof parsed?.code === "number" ? parsed.code : -1,
-                    );
-                  },
-                  (err: Error) => end(`${url.origin}: watch: ${err.message}`),
-                );
-                return;
-              }
-              readLines(
-                response,
-                MAX_WATCH_LINE_BYTES,
-                (line) => {
-                  if (closed) return;
-                  try {
-                    watchMessage(line);
-                  } catch (err) {
-                    end(
-                      `${url.origin}: watch: not etcd's answer (${err instanceof Malformed ? err.message : String(err)})`,
-                    );
+          const body = {
+            create_request: { key: b64(key), start_revision: String(startRevision) },
+          };
+          request = open(url, "/v3/watch", headers, body, (response) => {
+            clearTimeout(deadline);
+            if (response.statusCode !== 200) {
+              readReply(response, MAX_REPLY_BYTES).then(
+                (text) => {
+                  const parsed = parseObject(text);
+                  if (parsed !== undefined && isTokenText(String(parsed.error ?? ""))) {
+                    token = undefined;
                   }
+                  end(
+                    `${url.origin}: watch: HTTP ${response.statusCode}${parsed?.error === undefined ? "" : `: ${String(parsed.error)}`}`,
+                    typeof parsed?.code === "number" ? parsed.code : -1,
+                  );
                 },
-                () => {
-                  // Too much at once to read in this heap: read the keys afresh.
-                  if (closed) return;
-                  closed = true;
-                  request?.destroy();
-                  handlers.compacted(0);
-                },
-              ).then(
-                () => end(`${url.origin}: watch: etcd closed the stream`),
                 (err: Error) => end(`${url.origin}: watch: ${err.message}`),
               );
-            },
-          );
-          request.on("timeout", () => request?.destroy(new Error("no answer")));
+              return;
+            }
+            readLines(
+              response,
+              MAX_WATCH_LINE_BYTES,
+              (line) => {
+                if (closed) return;
+                try {
+                  watchMessage(line);
+                } catch (err) {
+                  end(
+                    `${url.origin}: watch: not etcd's answer (${err instanceof Malformed ? err.message : String(err)})`,
+                  );
+                }
+              },
+              () => {
+                // Too much at once to read in this heap: read the keys afresh.
+                if (closed) return;
+                closed = true;
+                request?.destroy();
+                handlers.compacted(0);
+              },
+            ).then(
+              () => end(`${url.origin}: watch: etcd closed the stream`),
+              (err: Error) => end(`${url.origin}: watch: ${err.message}`),
+            );
+          });
+          // Until etcd answers the request; the stream itself may stay quiet for hours.
+          const deadline = setTimeout(() => {
+            request?.destroy(new Error(`no answer within ${options.timeoutMs} ms`));
+          }, options.timeoutMs);
+          request.on("close", () => clearTimeout(deadline));
           request.on("error", (err: NodeJS.ErrnoException) =>
             end(`${url.origin}: watch: ${err.code ?? err.message}`),
-          );
-          request.end(
-            JSON.stringify({
-              create_request: { key: b64(key), start_revision: String(startRevision) },
-            }),
           );
         },
         (err: unknown) =>
