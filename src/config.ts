@@ -32,12 +32,16 @@ export interface Config {
 }
 
 /** Where the fleet's word is kept and how to reach it. */
-export interface FleetConfig {
-  readonly endpoints: readonly URL[];
+export interface FleetConfig extends EtcdAccess {
   /** Most specific first; the first that exists speaks for this host. */
   readonly keys: readonly string[];
   /** The last word, kept on disk so a restart without etcd keeps it; absolute. */
   readonly cacheFile: string;
+}
+
+/** How to reach etcd: its endpoints and the credentials, as paths or the password itself. */
+export interface EtcdAccess {
+  readonly endpoints: readonly URL[];
   readonly username: string | undefined;
   /** The password itself (HAPGENT_ETCD_PASSWORD) or the file that holds it. */
   readonly password: { readonly text: string } | { readonly file: string } | undefined;
@@ -182,29 +186,70 @@ export function parseConfig(
 
 /**
  * HAPGENT_ETCD_*: the fleet's endpoints, keys, cache and credentials; undefined when
- * HAPGENT_ETCD_ENDPOINTS is unset. `hapgent fleet` reads the same variables (its keys optional).
+ * HAPGENT_ETCD_ENDPOINTS and HAPGENT_ETCD_KEYS are both unset.
  */
 export function parseFleetConfig(
   env: Readonly<Record<string, string | undefined>>,
   cwd: string,
   stateFile: string,
-  keysNeeded = true,
-): FleetConfig | (ConfigResult & { ok: false }) | undefined {
+): FleetConfig | Invalid | undefined {
+  const keysText = env.HAPGENT_ETCD_KEYS ?? "";
+  const access = parseEtcdAccess(env, cwd);
+  if (access === undefined) {
+    return keysText === ""
+      ? undefined
+      : invalid(
+          "HAPGENT_ETCD_ENDPOINTS",
+          "",
+          "etcd's client URLs, comma-separated (such as http://10.0.0.1:2379,http://10.0.0.2:2379), since HAPGENT_ETCD_KEYS is set",
+        );
+  }
+  if ("variable" in access) return access;
+  const keys = parseFleetKeys(keysText);
+  if (keys === undefined || keys.length === 0) return invalidKeys(keysText);
+  const cacheText = env.HAPGENT_ETCD_CACHE_FILE ?? "";
+  if (cacheText.includes("\0")) {
+    return invalid("HAPGENT_ETCD_CACHE_FILE", cacheText, "a file path without NUL bytes");
+  }
+  return {
+    ...access,
+    keys,
+    cacheFile: cacheText === "" ? defaultCacheFile(stateFile) : resolve(cwd, cacheText),
+  };
+}
+
+/** HAPGENT_ETCD_KEYS as a list (empty when unset); undefined when it is not one. */
+export function parseFleetKeys(text: string): string[] | undefined {
+  const keys = text === "" ? [] : text.split(",").map((key) => key.trim());
+  return keys.length > MAX_FLEET_KEYS ||
+    !keys.every(isFleetKey) ||
+    new Set(keys).size !== keys.length
+    ? undefined
+    : keys;
+}
+
+export function invalidKeys(text: string): Invalid {
+  return invalid(
+    "HAPGENT_ETCD_KEYS",
+    text,
+    `1-${MAX_FLEET_KEYS} distinct etcd keys, comma-separated, most specific first, each starting with / and of printable ASCII (such as /hapgent/host/web-12,/hapgent/group/web,/hapgent/all)`,
+  );
+}
+
+/**
+ * How to reach etcd (HAPGENT_ETCD_ENDPOINTS and the credentials): what the daemon and
+ * `hapgent fleet` share. Undefined when HAPGENT_ETCD_ENDPOINTS is unset.
+ */
+export function parseEtcdAccess(
+  env: Readonly<Record<string, string | undefined>>,
+  cwd: string,
+): EtcdAccess | Invalid | undefined {
   const value = (name: Variable): string => {
     const raw = env[name];
     return raw === undefined || raw === "" ? DEFAULTS[name] : raw;
   };
   const endpointsText = value("HAPGENT_ETCD_ENDPOINTS");
-  const keysText = value("HAPGENT_ETCD_KEYS");
-  if (endpointsText === "") {
-    return keysText === "" || !keysNeeded
-      ? undefined
-      : invalid(
-          "HAPGENT_ETCD_ENDPOINTS",
-          endpointsText,
-          "etcd's client URLs, comma-separated (such as http://10.0.0.1:2379,http://10.0.0.2:2379), since HAPGENT_ETCD_KEYS is set",
-        );
-  }
+  if (endpointsText === "") return undefined;
   const endpoints = parseEndpoints(endpointsText);
   if (endpoints === undefined) {
     return invalid(
@@ -213,23 +258,6 @@ export function parseFleetConfig(
       endpointsText.replace(/\/\/[^/@,]*@/g, "//…@"),
       "etcd's client URLs, comma-separated, each http:// or https:// with a host and port and nothing else (credentials go in HAPGENT_ETCD_USERNAME and HAPGENT_ETCD_PASSWORD_FILE)",
     );
-  }
-  const keys = keysText === "" ? [] : keysText.split(",").map((key) => key.trim());
-  if (
-    (keysNeeded && keys.length === 0) ||
-    keys.length > MAX_FLEET_KEYS ||
-    !keys.every(isFleetKey) ||
-    new Set(keys).size !== keys.length
-  ) {
-    return invalid(
-      "HAPGENT_ETCD_KEYS",
-      keysText,
-      `1-${MAX_FLEET_KEYS} distinct etcd keys, comma-separated, most specific first, each starting with / and of printable ASCII (such as /hapgent/host/web-12,/hapgent/group/web,/hapgent/all)`,
-    );
-  }
-  const cacheText = value("HAPGENT_ETCD_CACHE_FILE");
-  if (cacheText.includes("\0")) {
-    return invalid("HAPGENT_ETCD_CACHE_FILE", cacheText, "a file path without NUL bytes");
   }
   const username = value("HAPGENT_ETCD_USERNAME");
   const passwordText = env.HAPGENT_ETCD_PASSWORD ?? "";
@@ -271,8 +299,6 @@ export function parseFleetConfig(
   }
   return {
     endpoints,
-    keys,
-    cacheFile: cacheText === "" ? defaultCacheFile(stateFile) : resolve(cwd, cacheText),
     username: username === "" ? undefined : username,
     password:
       passwordText !== ""
@@ -379,11 +405,9 @@ export function describeListenError(
   }
 }
 
-function invalid(
-  variable: Variable,
-  value: string,
-  expected: string,
-): ConfigResult & { ok: false } {
+type Invalid = ConfigResult & { ok: false };
+
+function invalid(variable: Variable, value: string, expected: string): Invalid {
   return {
     ok: false,
     reason: `${variable}=${JSON.stringify(value)} is invalid; expected ${expected}`,

@@ -5,7 +5,7 @@
  * file of root's (a symlink to /etc/shadow sent to their etcd as a password) nor swap the CA.
  * What the files hold never appears in a message.
  */
-import type { FleetConfig } from "./config.js";
+import type { EtcdAccess } from "./config.js";
 import type { EtcdOptions } from "./etcd.js";
 import { whyUntrusted } from "./path-control.js";
 import { readCapped } from "./store.js";
@@ -18,7 +18,7 @@ export type OptionsResult =
   | { readonly ok: false; readonly reason: string };
 
 export async function etcdOptions(
-  config: FleetConfig,
+  config: EtcdAccess,
   uid: number,
   timeoutMs: number,
 ): Promise<OptionsResult> {

@@ -5,7 +5,7 @@
  * what each key holds and which one the host follows. etcd is reached as the agents reach it:
  * HAPGENT_ETCD_ENDPOINTS (or --endpoints) and the same credentials.
  */
-import { parseFleetConfig } from "../config.js";
+import { invalidKeys, parseEtcdAccess, parseFleetKeys } from "../config.js";
 import { applyChange, formatDuration } from "../core/change.js";
 import {
   chooseWord,
@@ -70,7 +70,7 @@ async function connect(io: CliIo, values: Values): Promise<{ etcd: Etcd; keys: s
     ...io.env,
     ...(values.endpoints === undefined ? {} : { HAPGENT_ETCD_ENDPOINTS: values.endpoints }),
   };
-  const config = parseFleetConfig(env, io.cwd, `${io.cwd}/state.json`, false);
+  const config = parseEtcdAccess(env, io.cwd);
   if (config === undefined) {
     throw usage(
       "fleet needs etcd's client URLs: --endpoints URLS or HAPGENT_ETCD_ENDPOINTS (such as http://10.0.0.1:2379)",
@@ -83,9 +83,12 @@ async function connect(io: CliIo, values: Values): Promise<{ etcd: Etcd; keys: s
         : config.reason.replace("HAPGENT_ETCD_ENDPOINTS=", "--endpoints "),
     );
   }
+  const keysText = io.env.HAPGENT_ETCD_KEYS ?? "";
+  const keys = parseFleetKeys(keysText);
+  if (keys === undefined) throw usage(invalidKeys(keysText).reason);
   const options = await etcdOptions(config, io.uid, REQUEST_TIMEOUT_MS);
   if (!options.ok) throw usage(options.reason);
-  return { etcd: await createEtcd(options.options, true), keys: [...config.keys] };
+  return { etcd: await createEtcd(options.options, true), keys };
 }
 
 /** etcd's own refusal, or no endpoint answering, as the command's last word. */
