@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { chown, mkdir, readFile, symlink, writeFile } from "node:fs/promises";
-import { createServer, type ServerResponse } from "node:http";
+import { createServer, type RequestListener, type ServerResponse } from "node:http";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { makeCertificates, SKIP_ETCD, startEtcd, startRelay } from "./etcd.js";
@@ -29,6 +29,21 @@ type T = Parameters<typeof startDaemon>[0] & { after: (fn: () => Promise<void> |
 
 function fleetEnv(endpoints: string, extra: Record<string, string> = {}) {
   return { HAPGENT_ETCD_ENDPOINTS: endpoints, HAPGENT_ETCD_KEYS: KEYS, ...extra };
+}
+
+/** An HTTP server on loopback that plays etcd (badly); its port. Closed after the test. */
+async function fakeEtcd(t: T, handler: RequestListener): Promise<number> {
+  const fake = createServer(handler);
+  const port = await freePort();
+  await new Promise<void>((resolve) => fake.listen(port, "127.0.0.1", resolve));
+  t.after(
+    () =>
+      new Promise<void>((resolve) => {
+        fake.closeAllConnections();
+        fake.close(() => resolve());
+      }),
+  );
+  return port;
 }
 
 /** Lines of the daemon's log matching `pattern`. */
@@ -59,10 +74,7 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await etcd.ctl("del", "/hapgent/host/a");
     await etcd.put("/hapgent/group/web", '{"status":"DOWN","reason":"web tier off"}');
     await d.waitForReply("maint 80% # disk swap\n");
-    const status = await runHapgent(["status"], {
-      HAPGENT_STATE_FILE: d.stateFile,
-      HAPGENT_PORT: String(d.port),
-    });
+    const status = await cliFor(d, "status");
     assert.match(
       status.stdout,
       /^fleet {7}\{"status":"DOWN","reason":"web tier off"\} from \/hapgent\/group\/web \(revision \d+\); etcd http:\/\/127\.0\.0\.1:\d+ watched, heard [\d.]+ s ago$/m,
@@ -71,10 +83,7 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     const up = await cliFor(d, "up");
     assert.equal(up.code, 0, up.stderr);
     assert.equal(await d.probe(), "down ready 80% # fleet /hapgent/group/web: web tier off\n");
-    const shown = await runHapgent(["status"], {
-      HAPGENT_STATE_FILE: d.stateFile,
-      HAPGENT_PORT: String(d.port),
-    });
+    const shown = await cliFor(d, "status");
     assert.match(
       shown.stdout,
       /^note {8}the fleet decides: the file alone would answer up ready 80%$/m,
@@ -106,10 +115,7 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       /is not a valid state: .*weight.*; still following \/hapgent\/group\/web \(revision \d+\)/,
     );
     assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/group/web: rolling\n");
-    const status = await runHapgent(["status"], {
-      HAPGENT_STATE_FILE: d.stateFile,
-      HAPGENT_PORT: String(d.port),
-    });
+    const status = await cliFor(d, "status");
     assert.match(status.stdout, /^fleet {7}NOT FOLLOWED: \/hapgent\/group\/web .*weight/m);
     // hapgent fleet refuses to write what the agents would refuse, and says why.
     const bad = await runHapgent(["fleet", "set", "/hapgent/group/web", "up", "--weight", "300"], {
@@ -148,10 +154,7 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await new Promise((resolve) => setTimeout(resolve, 4000));
     assert.equal(lines(first, /cannot reach etcd/).length, 1, first.stderr());
     assert.equal(await first.probe(), "up drain 100% # fleet /hapgent/group/web: zone b\n");
-    const status = await runHapgent(["status"], {
-      HAPGENT_STATE_FILE: first.stateFile,
-      HAPGENT_PORT: String(first.port),
-    });
+    const status = await cliFor(first, "status");
     assert.match(
       status.stdout,
       /^fleet {7}\{"status":"DRAIN","reason":"zone b"\} from \/hapgent\/group\/web \(revision \d+\); etcd UNREACHABLE since .*; the last word stands, heard [\d.]+ s ago$/m,
@@ -438,19 +441,10 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       // Accepts, answers nothing.
       () => {},
     ];
-    const fake = createServer((req, res) => {
+    const fakePort = await fakeEtcd(t, (req, res) => {
       req.resume();
       modes[mode % modes.length]?.(res);
     });
-    const fakePort = await freePort();
-    await new Promise<void>((resolve) => fake.listen(fakePort, "127.0.0.1", resolve));
-    t.after(
-      () =>
-        new Promise<void>((resolve) => {
-          fake.closeAllConnections();
-          fake.close(() => resolve());
-        }),
-    );
     for (mode = 0; mode < modes.length; mode++) {
       const d = await startDaemon(t, {
         env: fleetEnv(`http://127.0.0.1:${fakePort},${etcd.endpoints}`),
@@ -482,22 +476,13 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     let mode = 0;
     const txn =
       '{"header":{"revision":"10"},"succeeded":true,"responses":[{"response_range":{"header":{"revision":"10"}}},{"response_range":{"header":{"revision":"10"}}},{"response_range":{"header":{"revision":"10"}}}]}';
-    const fake = createServer((req, res) => {
+    const port = await fakeEtcd(t, (req, res) => {
       req.resume();
       if (req.url === "/v3/watch") {
         res.writeHead(200);
         streams[mode]?.(res);
       } else res.end(txn);
     });
-    const port = await freePort();
-    await new Promise<void>((resolve) => fake.listen(port, "127.0.0.1", resolve));
-    t.after(
-      () =>
-        new Promise<void>((resolve) => {
-          fake.closeAllConnections();
-          fake.close(() => resolve());
-        }),
-    );
     for (mode = 0; mode < streams.length; mode++) {
       const d = await startDaemon(t, { env: fleetEnv(`http://127.0.0.1:${port}`) });
       const pid = d.pid;

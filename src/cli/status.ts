@@ -196,9 +196,7 @@ function fleetLines(fleet: FleetView | null, nowMs: number): string[] {
       ? `no word (none of ${fleet.keys.join(", ")} exists)`
       : `${formatAnswered(fleet.word.state)} from ${fleet.word.key} (revision ${fleet.word.revision})${fleet.fromCache ? ", from the cache" : ""}`;
   const heard =
-    fleet.heardAt === null
-      ? "never heard from etcd"
-      : `heard ${ago(nowMs - Date.parse(fleet.heardAt))}`;
+    fleet.heardAgoMs === null ? "never heard from etcd" : `heard ${ago(fleet.heardAgoMs)}`;
   const link = fleet.connected
     ? `etcd ${fleet.endpoint} watched, ${heard}`
     : fleet.lostAt === null
