@@ -77,28 +77,34 @@ export function createTextFile(path: string, log: Logger): TextFile {
     );
   };
   return {
-    async save(text) {
-      try {
-        await saveFile(path, text, inPlace);
-      } catch (err) {
-        // An agent starting beside this save (the command line's, as systemd restarts the
-        // agent) removes the temporary files a crashed save left, this one too: once more.
-        const { code, syscall } = err as NodeJS.ErrnoException;
-        if (code !== "ENOENT" || syscall !== "rename") throw err;
-        await saveFile(path, text, inPlace);
-      }
-    },
+    save: (text) => saveFile(path, text, inPlace),
     async removeStaleTemporaries() {
       const target = await resolveSymlinks(path).catch(() => path);
       const prefix = temporaryPrefix(target);
       const names = await readdir(dirname(target)).catch(() => [] as string[]);
       for (const name of names) {
-        if (name.startsWith(prefix) && /^[0-9a-f]{12}$/.test(name.slice(prefix.length))) {
-          await unlink(join(dirname(target), name)).catch(() => {});
-        }
+        if (!name.startsWith(prefix)) continue;
+        // pid-random as made now; 12 hex digits as older versions made them.
+        const made = /^(?:([1-9][0-9]{0,9})-)?[0-9a-f]{12}$/.exec(name.slice(prefix.length));
+        if (made === null) continue;
+        // A save in progress (the command line's, as an agent starts beside it) is not stale.
+        // This process's own pid is one reused (a container's pid 1): it saves nothing yet.
+        const pid = Number(made[1]);
+        if (made[1] !== undefined && pid !== process.pid && isAlive(pid)) continue;
+        await unlink(join(dirname(target), name)).catch(() => {});
       }
     },
   };
+}
+
+/** Whether a process of that pid exists (of any user). */
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
 }
 
 async function loadFile(path: string): Promise<LoadResult> {
@@ -152,7 +158,12 @@ async function saveFile(
     throw err;
   });
   const directory = dirname(target);
-  const temporary = join(directory, `${temporaryPrefix(target)}${randomBytes(6).toString("hex")}`);
+  // Named after the process that writes it, so that an agent starting beside this save (the
+  // command line's, as systemd restarts the agent) leaves it alone.
+  const temporary = join(
+    directory,
+    `${temporaryPrefix(target)}${process.pid}-${randomBytes(6).toString("hex")}`,
+  );
   let handle: FileHandle;
   try {
     handle = await open(temporary, "wx", NEW_FILE_MODE);

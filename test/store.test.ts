@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { rmSync, watch } from "node:fs";
+import { spawn } from "node:child_process";
+import { watch } from "node:fs";
 import {
   chmod,
   chown,
@@ -15,6 +16,7 @@ import {
 } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { createLogger, silentLogger } from "../src/log.js";
 import { createStateStore } from "../src/store.js";
 import { IS_ROOT, NOBODY, run, runUnprivileged, tempDir } from "./helpers.js";
@@ -197,10 +199,15 @@ describe("store save", () => {
     assert.equal(await readFile(file, "utf8"), '{"status":"UP"}');
   });
 
-  test("removes only its own stale temporaries", async (t) => {
+  test("removes only its own stale temporaries: not another file's, nor a live process's save", async (t) => {
     const dir = await tempDir(t);
+    // A pid no process has (above the kernel's pid_max), and one that lives: this test's parent.
+    const gone = 4_194_305;
     const names = [
       ".s.json.tmp-0123456789ab",
+      `.s.json.tmp-${gone}-0123456789ab`,
+      `.s.json.tmp-${process.pid}-0123456789ab`,
+      `.s.json.tmp-${process.ppid}-0123456789ab`,
       ".s.json.tmp-zzz",
       ".other.json.tmp-0123456789ab",
       "s.json",
@@ -212,31 +219,45 @@ describe("store save", () => {
     ).removeStaleTemporaries();
     assert.deepEqual((await readdir(dir)).sort(), [
       ".other.json.tmp-0123456789ab",
+      `.s.json.tmp-${process.ppid}-0123456789ab`,
       ".s.json.tmp-zzz",
       "s.json",
     ]);
   });
 });
 
-test("a save whose temporary file an agent starting beside it removed is made once more", async (t) => {
+test("an agent starting beside a save (its stale temporaries removed) leaves that save's temporary alone", async (t) => {
   const dir = await tempDir(t);
   const file = join(dir, "s.json");
   await writeFile(file, '{"status":"UP"}');
   const store = createStateStore(file, silentLogger);
-  // What an agent's start does, at the moment a temporary file appears: removes it.
-  let removed = 0;
-  let armed = true;
+  // The saver is another process, as the command line is beside a starting agent.
+  const saver = spawn(
+    process.execPath,
+    [
+      "--input-type=module",
+      "-e",
+      `import { createStateStore } from ${JSON.stringify(fileURLToPath(new URL("../src/store.js", import.meta.url)))};
+       import { silentLogger } from ${JSON.stringify(fileURLToPath(new URL("../src/log.js", import.meta.url)))};
+       const store = createStateStore(${JSON.stringify(file)}, silentLogger);
+       for (let i = 0; i < 200; i++) await store.save({ status: "DOWN", weight: i });`,
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  let stderr = "";
+  saver.stderr?.on("data", (chunk) => {
+    stderr += chunk;
+  });
+  // What an agent's start does, each time a temporary file appears.
+  let seen = 0;
   const watcher = watch(dir, (_event, name) => {
-    if (!armed || typeof name !== "string" || !name.startsWith(".s.json.tmp-")) return;
-    armed = false;
-    rmSync(join(dir, name), { force: true });
-    removed++;
+    if (typeof name !== "string" || !name.startsWith(".s.json.tmp-")) return;
+    seen++;
+    void store.removeStaleTemporaries();
   });
   t.after(() => watcher.close());
-  for (let i = 0; i < 50 && removed === 0; i++) {
-    armed = true;
-    await store.save({ status: "DOWN", weight: i });
-    assert.equal(await readFile(file, "utf8"), `{"status":"DOWN","weight":${i}}\n`);
-  }
-  assert.ok(removed > 0, "a temporary file was removed under a save");
+  const code = await new Promise((resolve) => saver.on("close", resolve));
+  assert.equal(code, 0, stderr);
+  assert.ok(seen > 0, "temporary files appeared under the removals");
+  assert.equal(await readFile(file, "utf8"), '{"status":"DOWN","weight":199}\n');
 });
