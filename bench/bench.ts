@@ -1,6 +1,7 @@
 /**
- * `npm run bench`: hapgent against a bare Node `net` server (the floor for any Node agent),
- * driven by the same load generator in the same run and shown side by side.
+ * `npm run bench`: hapgent against a bare Node `net` server (the floor for any Node agent) and a
+ * C epoll responder (the floor for any agent at all), driven by the same load generator in the
+ * same run and shown side by side.
  *
  * For each target: start-up to the first answered probe; RSS idle; closed-loop throughput at
  * concurrency 32 and open-loop latency at 2,000 probes/s, without and with an agent-send
@@ -15,12 +16,12 @@
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { cpus, release, tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { nodeFlags } from "../scripts/node-flags.js";
 import { measure } from "./measure.js";
 import { parseOptions } from "./options.js";
-import { buildLoadgen, stopChildrenOnSignal, useChecks, useFleet } from "./processes.js";
+import { buildC, stopChildrenOnSignal, useChecks, useFleet } from "./processes.js";
 import { checks, limits, TARGETS, table } from "./report.js";
 import { node24Path, olderThanSources, targetSpecs } from "./targets.js";
 
@@ -44,10 +45,22 @@ async function main(): Promise<number> {
   }
   const { options } = parsed;
   const loadgen = join(REPO, "dist/bench/loadgen");
-  const failed = await buildLoadgen(join(REPO, "bench/loadgen.c"), loadgen);
-  if (failed !== undefined) {
-    say(`bench: cannot build the load generator with cc: ${failed}`);
-    return 2;
+  const floor = join(REPO, "dist/bench/floor");
+  for (const [program, what] of [
+    [loadgen, "the load generator"],
+    [floor, "the C floor"],
+  ] as const) {
+    const failed = await buildC(join(REPO, `bench/${basename(program)}.c`), program);
+    if (failed !== undefined) {
+      say(`bench: cannot build ${what} with cc: ${failed}`);
+      return 2;
+    }
+  }
+  for (const { name, path } of options.compare) {
+    if (!existsSync(path)) {
+      say(`bench: --compare ${name}=${path}: ${path} does not exist`);
+      return 2;
+    }
   }
   if (options.binary !== undefined && !existsSync(options.binary)) {
     say(`bench: --binary ${options.binary} does not exist; build it with npm run build:binary`);
@@ -64,12 +77,14 @@ async function main(): Promise<number> {
   const node24 = node24Path(options.node24, process.env);
   const flags = nodeFlags(MAIN);
   const programs = {
+    floor,
     node: process.execPath,
     nodeFlags: flags,
     main: MAIN,
     baseline: join(REPO, "dist/bench/baseline.js"),
     binary,
     node24: binary !== undefined && existsSync(node24) ? node24 : undefined,
+    compare: options.compare,
   };
 
   stopChildrenOnSignal(say);

@@ -19,6 +19,8 @@ export interface Options {
   readonly params: Params;
   readonly binary: string | undefined;
   readonly node24: string | undefined;
+  /** Other builds of hapgent measured beside the rest, each judged by the C floor only. */
+  readonly compare: readonly { readonly name: string; readonly path: string }[];
   readonly json: string;
   readonly smoke: boolean;
 }
@@ -39,12 +41,15 @@ export const HELP = `Usage: npm run bench -- [OPTIONS]
   --binary PATH     also measure this standalone binary (default build/hapgent if built)
   --node24 PATH     the Node 24 that runs the binary's baseline (default: the one
                     build:binary uses, from ~/.cache/hapgent-ci/node24)
+  --compare NAME=PATH
+                    also measure this build of hapgent (another runtime, other flags) as
+                    a column named NAME, set against the C floor; may be repeated
   --json PATH       where to write the figures (default bench-results.json)
   --smoke           a few seconds in all, to check that the benchmark works
 `;
 
 export function parseOptions(args: readonly string[]): Parsed {
-  let values: Record<string, string | boolean | undefined>;
+  let values: Record<string, string | boolean | string[] | undefined>;
   try {
     values = parseArgs({
       args: [...args],
@@ -58,6 +63,7 @@ export function parseOptions(args: readonly string[]): Parsed {
         signals: { type: "string", default: "20" },
         binary: { type: "string" },
         node24: { type: "string" },
+        compare: { type: "string", multiple: true, default: [] },
         json: { type: "string", default: "bench-results.json" },
         smoke: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
@@ -86,6 +92,15 @@ export function parseOptions(args: readonly string[]): Parsed {
     starts: smoke ? 2 : Math.round(positive("starts")),
     signals: smoke ? 4 : Math.round(positive("signals")),
   };
+  const compare = (values.compare as string[]).map((text) => {
+    const at = text.indexOf("=");
+    const name = text.slice(0, at).trim();
+    const path = text.slice(at + 1);
+    if (at < 1 || name === "" || path === "") {
+      bad.push(`--compare must be NAME=PATH, got ${JSON.stringify(text)}`);
+    }
+    return { name, path };
+  });
   if (bad.length > 0) return { kind: "error", message: bad.join("; ") };
   return {
     kind: "run",
@@ -93,6 +108,7 @@ export function parseOptions(args: readonly string[]): Parsed {
       params,
       binary: values.binary as string | undefined,
       node24: values.node24 as string | undefined,
+      compare,
       json: values.json as string,
       smoke,
     },

@@ -33,7 +33,7 @@ export function stopChildrenOnSignal(say: (text: string) => void): void {
 }
 
 /** Builds `source` into `out` with cc unless `out` is newer; returns why it could not. */
-export async function buildLoadgen(source: string, out: string): Promise<string | undefined> {
+export async function buildC(source: string, out: string): Promise<string | undefined> {
   if (existsSync(out) && statSync(out).mtimeMs >= statSync(source).mtimeMs) return undefined;
   await mkdir(dirname(out), { recursive: true });
   const built = spawnSync("cc", ["-O2", "-Wall", "-o", out, source], { encoding: "utf8" });

@@ -49,6 +49,9 @@ export interface Column {
   readonly baseline: string;
 }
 
+/** The column set beside every other in the row "× the floor", when the run has it. */
+export const FLOOR_COLUMN = "floor: C, epoll";
+
 export interface ReportParams {
   readonly concurrency: number;
   readonly rate: number;
@@ -120,6 +123,19 @@ export function table(columns: readonly Column[], results: Results, params: Repo
     [`throughput, ${params.concurrency} in flight (× its baseline)`, through("plain")],
     ["  with agent-send payload", through("payload")],
     ["  with payload naming a service", through("service")],
+    ...(results.has(FLOOR_COLUMN)
+      ? [
+          [
+            "  × the C floor (plain / with payload)",
+            (_f: Figures, c: Column) =>
+              (["plain", "payload"] as const)
+                .map(
+                  (kind) => `${ratio(results, { ...c, baseline: FLOOR_COLUMN }, kind).toFixed(2)}×`,
+                )
+                .join(" / "),
+          ] as [string, (f: Figures, c: Column) => string],
+        ]
+      : []),
     [
       "  CPU: target / load generator",
       (f) =>

@@ -1,11 +1,13 @@
 /**
  * What the benchmark measures: each hapgent beside the bare server on the same Node with the same
  * V8 flags, so the ratio is the cost of hapgent's own work; the cost of the flags themselves shows
- * between the two "V8 defaults" columns and the others.
+ * between the two "V8 defaults" columns and the others. The C floor (bench/floor.c) is the least
+ * any agent in any runtime could do, and every column is also set against it.
  */
 import { readdirSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { Column } from "./report.js";
+import { BINARY_EXTRA_FLAGS } from "../scripts/node-flags.js";
+import { type Column, FLOOR_COLUMN as FLOOR } from "./report.js";
 
 export interface TargetSpec extends Column {
   readonly argv: readonly string[];
@@ -20,6 +22,8 @@ export interface TargetSpec extends Column {
 }
 
 export interface Programs {
+  /** bench/floor.c, built. */
+  readonly floor: string;
   readonly node: string;
   readonly nodeFlags: readonly string[];
   readonly main: string;
@@ -30,12 +34,14 @@ export interface Programs {
   readonly node24: string | undefined;
   /** An etcd runs for the fleet's target. */
   readonly etcd: boolean;
+  /** Other builds of hapgent to set beside these (another runtime, other flags): name, path. */
+  readonly compare: readonly { readonly name: string; readonly path: string }[];
 }
 
 /** Every target, in the table's order. */
 export function targetSpecs(p: Programs): TargetSpec[] {
-  // The binary embeds Node 24 and runs it with main.js's flags and the one build-binary.sh adds.
-  const binaryFlags = [...p.nodeFlags, "--no-maglev"];
+  // The binary embeds Node 24 and runs it with main.js's flags and those build-binary.sh adds.
+  const binaryFlags = [...p.nodeFlags, ...BINARY_EXTRA_FLAGS];
   const pair = (
     name: string,
     argv: string[],
@@ -50,6 +56,7 @@ export function targetSpecs(p: Programs): TargetSpec[] {
     baseline,
   });
   return [
+    pair(FLOOR, [p.floor], false, false, FLOOR),
     pair("baseline, V8 defaults", [p.node, p.baseline], false, false, "baseline, V8 defaults"),
     pair("hapgent, V8 defaults", [p.node, p.main], true, false, "baseline, V8 defaults"),
     pair("baseline", [p.node, ...p.nodeFlags, p.baseline], false, false, "baseline"),
@@ -108,6 +115,8 @@ export function targetSpecs(p: Programs): TargetSpec[] {
             metrics: true,
           },
         ]),
+    // Judged by nothing but the floor: no bare server runs on their runtime.
+    ...p.compare.map(({ name, path }) => pair(name, [resolve(path)], true, false, FLOOR)),
   ];
 }
 

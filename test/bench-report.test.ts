@@ -66,6 +66,24 @@ test("the report compares each target with its baseline, round by round", () => 
   );
 });
 
+test("with the C floor in the run, every column is also set against it", () => {
+  const withFloor = [
+    { name: "floor: C, epoll", judged: false, baseline: "floor: C, epoll" },
+    ...columns,
+  ];
+  const results = new Map([
+    ["floor: C, epoll", figures(1.25)],
+    ["baseline", figures(1)],
+    ["hapgent", figures(0.95)],
+  ]);
+  const text = table(withFloor, results, params);
+  assert.match(
+    text,
+    /\| {3}× the C floor \(plain \/ with payload\) +\| 1\.00× \/ 1\.00× +\| 0\.80× \/ 0\.80× +\| 0\.76× \/ 0\.76× +\|/,
+  );
+  assert.equal(text.split("\n").length, 16, "one row more than without the floor");
+});
+
 test("a missed target is reported as missed", () => {
   const results = new Map([
     ["baseline", figures(1)],
@@ -91,4 +109,14 @@ test("bench options", () => {
       '--rounds must be a positive number, got "x"; --rate must be a positive number, got "0"',
   });
   assert.equal(parseOptions(["--frobnicate"]).kind, "error");
+  const compared = parseOptions(["--compare", "on Bun=/tmp/a=b", "--compare", "jitless=/x"]);
+  assert.ok(compared.kind === "run");
+  assert.deepEqual(compared.options.compare, [
+    { name: "on Bun", path: "/tmp/a=b" },
+    { name: "jitless", path: "/x" },
+  ]);
+  assert.deepEqual(parseOptions(["--compare", "/no/name"]), {
+    kind: "error",
+    message: '--compare must be NAME=PATH, got "/no/name"',
+  });
 });

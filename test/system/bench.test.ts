@@ -38,6 +38,7 @@ test("npm run bench -- --smoke measures every target without a failed probe", {
     checks: { target: string; ok: boolean }[];
   };
   for (const name of [
+    "floor: C, epoll",
     "baseline, V8 defaults",
     "hapgent, V8 defaults",
     "baseline",
@@ -64,5 +65,9 @@ test("npm run bench -- --smoke measures every target without a failed probe", {
   }
   assert.ok(report.checks.length >= 6, "the targets were checked");
   assert.match(stdout, /\| start-up to first probe/);
+  assert.match(
+    stdout,
+    /\| {3}× the C floor \(plain \/ with payload\) +\| 1\.00× \/ 1\.00× +\| [0-9]/,
+  );
   assert.match(stdout, /load generator: reached [0-9,]+\/s/);
 });
