@@ -25,10 +25,9 @@ rm -rf "$work" "$out/hapgent" "$out/hapgent.sha256" && mkdir -p "$work"
 npx --no-install esbuild dist/src/main.js --bundle --platform=node --format=cjs --target=node24 \
   --legal-comments=none --log-level=warning --outfile="$work/hapgent.cjs"
 sed -i '1{/^#!/d}' "$work/hapgent.cjs"
-# The Node flags of main.js's `#!/usr/bin/env -S node …` line, baked into the binary, and one
-# for the Node inside only: without Maglev, V8's mid-tier compiler, it keeps ~7 MiB less under
-# load at no measurable cost in throughput (a V8 flag, safe here since the Node version is fixed).
-flags="$(node dist/scripts/node-flags.js) --no-maglev"
+# The Node flags of main.js's `#!/usr/bin/env -S node …` line, baked into the binary, and the
+# binary's own (scripts/node-flags.ts says which and why).
+flags="$(node dist/scripts/node-flags.js --binary)"
 exec_argv="$(node -e 'console.log(JSON.stringify(process.argv.slice(1)))' -- $flags)"
 cat > "$work/sea-config.json" <<JSON
 {

@@ -141,6 +141,22 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     const d = await startDaemon(t, { exec: binary, env: { PATH: empty } });
     await d.waitForLog(/\(Node v24\.[0-9.]+\) listening/);
     assert.equal(await d.probe(), "up ready 100%\n");
+    // The Node inside runs without a JIT compiler (--jitless): after many probes, enough for V8
+    // to optimize the hot code if it could, the process has no anonymous executable memory
+    // (a Node with its JIT reserves its code space, read-write-execute, at start).
+    for (let batch = 0; batch < 40; batch++) {
+      const lines = await Promise.all(Array.from({ length: 25 }, () => d.probe()));
+      assert.ok(
+        lines.every((line) => line === "up ready 100%\n"),
+        lines.join(""),
+      );
+    }
+    const maps = await readFile(`/proc/${d.pid}/maps`, "utf8");
+    const executable = maps.split("\n").filter((line) => {
+      const [, perms = "", , , , path] = line.split(/\s+/);
+      return perms.includes("x") && (path === undefined || path === "");
+    });
+    assert.deepEqual(executable, [], "no executable memory allocated at run time");
     d.signal("SIGTERM");
     assert.equal((await d.exited).code, 0);
     t.diagnostic(`binary ${Math.round((await stat(binary)).size / 2 ** 20)} MiB`);
