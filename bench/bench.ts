@@ -21,7 +21,7 @@ import { fileURLToPath } from "node:url";
 import { nodeFlags } from "../scripts/node-flags.js";
 import { measure } from "./measure.js";
 import { parseOptions } from "./options.js";
-import { buildC, stopChildrenOnSignal, useChecks, useFleet } from "./processes.js";
+import { buildC, notExecutable, stopChildrenOnSignal, useChecks, useFleet } from "./processes.js";
 import { checks, limits, TARGETS, table } from "./report.js";
 import { node24Path, olderThanSources, targetSpecs } from "./targets.js";
 
@@ -57,8 +57,9 @@ async function main(): Promise<number> {
     }
   }
   for (const { name, path } of options.compare) {
-    if (!existsSync(path)) {
-      say(`bench: --compare ${name}=${path}: ${path} does not exist`);
+    const why = notExecutable(path);
+    if (why !== undefined) {
+      say(`bench: --compare ${name}=${path}: ${why}; expected an executable build of hapgent`);
       return 2;
     }
   }
@@ -86,6 +87,14 @@ async function main(): Promise<number> {
     node24: binary !== undefined && existsSync(node24) ? node24 : undefined,
     compare: options.compare,
   };
+
+  // A --compare named like another column would mix its figures with that column's.
+  const names = targetSpecs({ ...programs, etcd: true }).map((spec) => spec.name);
+  const twice = names.find((name, i) => names.indexOf(name) !== i);
+  if (twice !== undefined) {
+    say(`bench: two columns would be named ${JSON.stringify(twice)}; give --compare another name`);
+    return 2;
+  }
 
   stopChildrenOnSignal(say);
   const dir = await mkdtemp(join(tmpdir(), "hapgent-bench-"));

@@ -98,9 +98,15 @@ export function parseOptions(args: readonly string[]): Parsed {
     const path = text.slice(at + 1);
     if (at < 1 || name === "" || path === "") {
       bad.push(`--compare must be NAME=PATH, got ${JSON.stringify(text)}`);
+    } else if (name.includes("|")) {
+      bad.push(`--compare ${JSON.stringify(name)}: a name cannot hold "|" (the table's separator)`);
     }
     return { name, path };
   });
+  const names = compare.map((c) => c.name);
+  for (const name of new Set(names.filter((name, i) => names.indexOf(name) !== i))) {
+    bad.push(`--compare ${JSON.stringify(name)} is named twice; each column needs its own name`);
+  }
   if (bad.length > 0) return { kind: "error", message: bad.join("; ") };
   return {
     kind: "run",

@@ -3,7 +3,7 @@
  * what /proc says of them. Every child is tracked, so an interrupted run leaves nothing behind.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { probeOnce } from "./load.js";
@@ -38,6 +38,18 @@ export async function buildC(source: string, out: string): Promise<string | unde
   await mkdir(dirname(out), { recursive: true });
   const built = spawnSync("cc", ["-O2", "-Wall", "-o", out, source], { encoding: "utf8" });
   return built.status === 0 ? undefined : (built.error?.message ?? built.stderr);
+}
+
+/** Why `path` cannot be started as a program, or undefined when it can. */
+export function notExecutable(path: string): string | undefined {
+  try {
+    if (!statSync(path).isFile()) return `${path} is not a file`;
+    accessSync(path, constants.X_OK);
+    return undefined;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === "ENOENT" ? `${path} does not exist` : `${path} cannot be run (${code})`;
+  }
 }
 
 /**

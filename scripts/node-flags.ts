@@ -23,7 +23,8 @@ export function nodeFlags(mainJs = MAIN_JS): string[] {
  * there): no JIT compiler. At the few probes a second load balancers send, the interpreter does
  * the agent's work; without optimized code the agent keeps about 10 MiB less under load, allocates
  * no executable memory at run time, and still serves thousands of probes a second (BENCHMARKS.md,
- * "A lighter binary").
+ * "A lighter binary"). Without a JIT there is no WebAssembly, so no `fetch` (undici needs it): the
+ * agent's HTTP (checks, metrics, etcd) is `node:http`.
  */
 export const BINARY_EXTRA_FLAGS: readonly string[] = ["--jitless"];
 

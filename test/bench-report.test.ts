@@ -119,4 +119,12 @@ test("bench options", () => {
     kind: "error",
     message: '--compare must be NAME=PATH, got "/no/name"',
   });
+  assert.deepEqual(
+    parseOptions(["--compare", "a|b=/x", "--compare", "c=/x", "--compare", "c=/y"]),
+    {
+      kind: "error",
+      message:
+        '--compare "a|b": a name cannot hold "|" (the table\'s separator); --compare "c" is named twice; each column needs its own name',
+    },
+  );
 });
