@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { mkdir, open, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -286,20 +287,25 @@ describe("daemon signals", () => {
   });
 
   test("kill -9 during signal storms never leaves a torn or lost file", async (t) => {
-    // Each round kills the daemon at a random moment 30-150 ms into a storm of USR1 and USR2.
+    // Each round kills the daemon at a random moment 0-120 ms after the storm's first save is
+    // on disk (so the file must show a signal's change), while USR1 and USR2 keep coming.
     const KILL_ROUNDS = 40;
     const dir = await tempDir(t);
     for (let round = 0; round < KILL_ROUNDS; round++) {
-      // Written as the daemon writes it: a kill before the first save leaves it as it is.
       const d = await startDaemon(t, {
         dir,
         state: round === 0 ? '{"status":"UP","weight":200}\n' : null,
       });
-      const until = Date.now() + 30 + Math.random() * 120;
+      const giveUp = Date.now() + 10_000;
+      let until = Number.POSITIVE_INFINITY;
       // The storm stops at the kill: the dead child may be reaped before it is seen to exit.
       const storm = setInterval(() => {
         for (let i = 0; i < 20; i++) d.signal(Math.random() < 0.5 ? "SIGUSR1" : "SIGUSR2");
-        if (Date.now() > until) {
+        if (until === Number.POSITIVE_INFINITY && saved(d.stateFile)) {
+          until = Date.now() + Math.random() * 120;
+        }
+        // Past giveUp no save came: the kill goes anyway and the file's check below fails.
+        if (Date.now() > until || Date.now() > giveUp) {
           clearInterval(storm);
           d.signal("SIGKILL");
         }
@@ -321,6 +327,15 @@ describe("daemon signals", () => {
     assert.deepEqual(await readdir(dir), ["state.json"]);
   });
 });
+
+/** Whether a signal's change has been saved to `path` (read at once: the storm's timer waits). */
+function saved(path: string): boolean {
+  try {
+    return readFileSync(path, "utf8").includes('"changed"');
+  } catch {
+    return false;
+  }
+}
 
 async function waitForText(path: string, pattern: RegExp) {
   const deadline = Date.now() + 5000;
