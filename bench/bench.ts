@@ -23,7 +23,7 @@ import { measure } from "./measure.js";
 import { parseOptions } from "./options.js";
 import { buildC, notExecutable, stopChildrenOnSignal, useChecks, useFleet } from "./processes.js";
 import { checks, limits, TARGETS, table } from "./report.js";
-import { node24Path, olderThanSources, targetSpecs } from "./targets.js";
+import { node24Path, olderThanSources, repeatedName, targetSpecs } from "./targets.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const MAIN = join(REPO, "dist/src/main.js");
@@ -63,8 +63,9 @@ async function main(): Promise<number> {
       return 2;
     }
   }
-  if (options.binary !== undefined && !existsSync(options.binary)) {
-    say(`bench: --binary ${options.binary} does not exist; build it with npm run build:binary`);
+  const unusable = options.binary === undefined ? undefined : notExecutable(options.binary);
+  if (unusable !== undefined) {
+    say(`bench: --binary ${options.binary}: ${unusable}; build it with npm run build:binary`);
     return 2;
   }
   const built = join(REPO, "build/hapgent");
@@ -88,9 +89,7 @@ async function main(): Promise<number> {
     compare: options.compare,
   };
 
-  // A --compare named like another column would mix its figures with that column's.
-  const names = targetSpecs({ ...programs, etcd: true }).map((spec) => spec.name);
-  const twice = names.find((name, i) => names.indexOf(name) !== i);
+  const twice = repeatedName(targetSpecs({ ...programs, etcd: true }));
   if (twice !== undefined) {
     say(`bench: two columns would be named ${JSON.stringify(twice)}; give --compare another name`);
     return 2;

@@ -103,10 +103,6 @@ export function parseOptions(args: readonly string[]): Parsed {
     }
     return { name, path };
   });
-  const names = compare.map((c) => c.name);
-  for (const name of new Set(names.filter((name, i) => names.indexOf(name) !== i))) {
-    bad.push(`--compare ${JSON.stringify(name)} is named twice; each column needs its own name`);
-  }
   if (bad.length > 0) return { kind: "error", message: bad.join("; ") };
   return {
     kind: "run",

@@ -120,6 +120,15 @@ export function targetSpecs(p: Programs): TargetSpec[] {
   ];
 }
 
+/**
+ * A name two columns would share (a --compare named twice, or like a column of the bench's own),
+ * which would mix their figures; undefined when every name is its own.
+ */
+export function repeatedName(specs: readonly TargetSpec[]): string | undefined {
+  const names = specs.map((spec) => spec.name);
+  return names.find((name, i) => names.indexOf(name) !== i);
+}
+
 /** True when a source file changed after `path` was built: it would measure old code. */
 export function olderThanSources(path: string, src: string): boolean {
   const built = statSync(path).mtimeMs;
