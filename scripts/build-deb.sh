@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds OUT/hapgent_VERSION_amd64.deb (OUT is the first argument, default build) with dpkg-deb:
-# the standalone binary, the systemd unit, the default state file and environment file as
-# conffiles, a man page, and maintainer scripts that create the hapgent user and start the service
-# where systemd runs. Needs dpkg-deb and dpkg-shlibdeps (Debian's dpkg-dev).
+# the standalone binary, the systemd unit, an LSB init script for hosts where systemd is not PID 1,
+# the default state file and environment file as conffiles, a man page, and maintainer scripts
+# that create the hapgent user and start the service (the unit where systemd runs, else the init
+# script where a runlevel allows it). Needs dpkg-deb and dpkg-shlibdeps (Debian's dpkg-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,17 +27,19 @@ date_rfc2822="$(date -u -R -d "@$SOURCE_DATE_EPOCH")"
 
 stage="$out/deb"
 rm -rf "$stage"
-install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" \
-  "$stage/etc/hapgent" "$stage/etc/default" "$stage/usr/share/man/man8" \
+install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/systemd/system" \
+  "$stage/etc/hapgent" "$stage/etc/default" "$stage/etc/init.d" "$stage/usr/share/man/man8" \
   "$stage/usr/share/doc/hapgent" "$stage/usr/share/hapgent/prometheus"
 
 install -m 0755 "$out/hapgent" "$stage/usr/bin/hapgent"
 # The name the unit starts the daemon by (see packaging/hapgent.service).
 install -d -m 0755 "$stage/usr/libexec/hapgent"
 ln -s ../../bin/hapgent "$stage/usr/libexec/hapgent/daemon"
-install -m 0644 packaging/hapgent.service "$stage/lib/systemd/system/hapgent.service"
+install -m 0644 packaging/hapgent.service "$stage/usr/lib/systemd/system/hapgent.service"
 install -m 0644 packaging/state.json "$stage/etc/hapgent/state.json"
 install -m 0644 packaging/default "$stage/etc/default/hapgent"
+# For hosts where systemd is not PID 1; where it is, the unit runs the agent.
+install -m 0755 packaging/init.d "$stage/etc/init.d/hapgent"
 install -m 0644 packaging/prometheus/hapgent.rules.yml "$stage/usr/share/hapgent/prometheus/hapgent.rules.yml"
 sed "s/@VERSION@/$version/" packaging/hapgent.8 | gzip -9n >"$stage/usr/share/man/man8/hapgent.8.gz"
 chmod 0644 "$stage/usr/share/man/man8/hapgent.8.gz"
@@ -70,7 +73,7 @@ cp packaging/lintian-overrides "$stage/usr/share/lintian/overrides/hapgent"
 for script in postinst prerm postrm; do
   install -m 0755 "packaging/$script" "$stage/DEBIAN/$script"
 done
-printf '/etc/default/hapgent\n/etc/hapgent/state.json\n' >"$stage/DEBIAN/conffiles"
+printf '/etc/default/hapgent\n/etc/hapgent/state.json\n/etc/init.d/hapgent\n' >"$stage/DEBIAN/conffiles"
 
 # Library dependencies as Debian computes them; dpkg-shlibdeps reads debian/control.
 shlibs="$out/shlibs"
@@ -84,7 +87,7 @@ rm -rf "$shlibs"
   exit 1
 }
 
-(cd "$stage" && find usr lib -type f -print0 | sort -z | xargs -0 md5sum) >"$stage/DEBIAN/md5sums"
+(cd "$stage" && find usr -type f -print0 | sort -z | xargs -0 md5sum) >"$stage/DEBIAN/md5sums"
 installed_kib="$(du -sk --exclude=DEBIAN "$stage" | cut -f1)"
 cat >"$stage/DEBIAN/control" <<EOF
 Package: hapgent

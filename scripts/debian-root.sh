@@ -1,22 +1,82 @@
 #!/usr/bin/env bash
-# Makes DEST a fresh minimal Debian 12 root (debootstrap's minbase, plus adduser and systemd so
-# that it can also be booted with systemd-nspawn). It has no Node.js. The root built by
-# debootstrap is cached under ~/.cache/hapgent-ci, keyed on everything that shapes it; DEST is a
-# copy, so nothing a test does reaches the cache. Needs root and debootstrap.
+# Minimal Debian roots for the packaging and HAProxy suites, made by debootstrap (minbase) and
+# cached under ~/.cache/hapgent-ci, keyed on everything that shapes them. They have no Node.js.
+#
+#   debian-root.sh [--suite SUITE] [--kind KIND] DEST
+#       DEST becomes a fresh copy of the root, so nothing a test does reaches the cache.
+#   debian-root.sh [--suite SUITE] [--kind KIND] --print
+#       Prints the cached root's path, for tools run from it without changing it.
+#   debian-root.sh --prepare
+#       Makes every root the suites use, side by side, so that the suites find them made.
+#
+# SUITE is bookworm (Debian 12, the default) or trixie (Debian 13). KIND is what minbase is given:
+#   systemd   adduser, systemd as init and dbus: a root that boots with systemd-nspawn (default)
+#   sysvinit  adduser and sysvinit-core: a root that boots with another init than systemd
+#   tools     HAProxy and lintian of the release, run from the cached root
+# Needs root and debootstrap. Concurrent runs wait for each other (flock) instead of building the
+# same root twice.
 set -euo pipefail
 
-dest="${1:?usage: debian-root.sh DEST}"
-suite=bookworm
-variant=minbase
-include=adduser,systemd,systemd-sysv,dbus
-mirror="${HAPGENT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+usage() {
+  echo "usage: debian-root.sh [--suite bookworm|trixie] [--kind systemd|sysvinit|tools] DEST|--print" >&2
+  echo "       debian-root.sh --prepare" >&2
+  exit 2
+}
 
+if [[ "${1:-}" == --prepare ]]; then
+  (($# == 1)) || usage
+  self="${BASH_SOURCE[0]}"
+  pids=()
+  for root in "bookworm systemd" "trixie systemd" "trixie sysvinit" "trixie tools"; do
+    read -r suite kind <<<"$root"
+    bash "$self" --suite "$suite" --kind "$kind" --print >/dev/null &
+    pids+=("$!")
+  done
+  failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  exit "$failed"
+fi
+
+suite=bookworm
+kind=systemd
+dest=""
+print=false
+while (($#)); do
+  case "$1" in
+    --suite) suite="${2:-}" && shift 2 || usage ;;
+    --kind) kind="${2:-}" && shift 2 || usage ;;
+    --print) print=true && shift ;;
+    -*) usage ;;
+    *) dest="$1" && shift ;;
+  esac
+done
+case "$suite" in bookworm | trixie) ;; *)
+  echo "debian-root: unknown suite '$suite'; expected bookworm or trixie" >&2
+  exit 2
+  ;;
+esac
+case "$kind" in
+  systemd) include=adduser,systemd,systemd-sysv,dbus ;;
+  sysvinit) include=adduser,sysvinit-core ;;
+  # perl-openssl-defaults: debootstrap does not resolve the virtual package lintian's TLS needs.
+  tools) include=haproxy,lintian,perl-openssl-defaults ;;
+  *)
+    echo "debian-root: unknown kind '$kind'; expected systemd, sysvinit or tools" >&2
+    exit 2
+    ;;
+esac
+if $print; then [[ -z "$dest" ]] || usage; else [[ -n "$dest" ]] || usage; fi
+
+variant=minbase
+mirror="${HAPGENT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 cache="${HAPGENT_CACHE_DIR:-${HOME:-/root}/.cache/hapgent-ci}/debootstrap"
 key="$(printf '%s\n' "$suite" "$variant" "$include" "$mirror" "$(uname -m)" | sha256sum | cut -c1-16)"
 root="$cache/$suite-$variant-$key"
 
+mkdir -p "$cache"
+exec 9>"$cache/.lock-$key"
+flock 9
 if [[ ! -x "$root/usr/bin/dpkg" ]]; then
-  mkdir -p "$cache"
   # Built aside and renamed into place: an interrupted run never leaves a half root in the cache.
   building="$(mktemp -d "$cache/.building-XXXXXX")"
   trap 'rm -rf "$building"' EXIT
@@ -33,7 +93,12 @@ if [[ ! -x "$root/usr/bin/dpkg" ]]; then
   rm -rf "$root"
   mv "$building/root" "$root"
 fi
+flock -u 9
 
+if $print; then
+  printf '%s\n' "$root"
+  exit 0
+fi
 rm -rf "$dest"
 mkdir -p "$(dirname "$dest")"
 cp -a --reflink=auto "$root" "$dest"

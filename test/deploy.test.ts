@@ -2,7 +2,8 @@
  * The deploy drill: real HAProxy in front of two real HTTP backends (each request takes 50 ms),
  * steady client load through HAProxy, one backend taken out, stopped, restarted and put back, as
  * operators do it. Two HAProxy processes poll the same agents from their own source addresses,
- * with pooled keep-alive server connections (http-reuse). Failed requests are counted.
+ * with pooled keep-alive server connections (http-reuse): one of each supported version (2.6 and
+ * 3.0) when both are there. Failed requests are counted.
  *
  * (a) The signal flow (`pkill -USR2 hapgent`, stop at once) loses requests: the drill can fail.
  * (b) `hapgent drain --wait --idle PORT`, stop, restart, `hapgent up --wait` loses none.
@@ -16,7 +17,7 @@ import type { Socket } from "node:net";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/exit.js";
-import { HAPROXY, SKIP_HAPROXY } from "./haproxy.js";
+import { HAPROXIES, type HaproxyBuild, SKIP_HAPROXY } from "./haproxy.js";
 import { cliFor, type Daemon, freePort, startDaemon, tempDir, waitFor } from "./helpers.js";
 
 const AGENT_INTER_MS = 200;
@@ -51,9 +52,10 @@ async function service(name: string, port: number) {
   };
 }
 
-/** An HAProxy in HTTP mode whose checks and agent checks leave from `source`. */
+/** An HAProxy of `build` in HTTP mode whose checks and agent checks leave from `source`. */
 async function haproxy(
   t: { after: (fn: () => Promise<void>) => void },
+  build: HaproxyBuild,
   source: string,
   servers: { name: string; port: number; agentPort: number }[],
 ) {
@@ -81,7 +83,7 @@ async function haproxy(
   ];
   const config = join(dir, "haproxy.cfg");
   await writeFile(config, `${lines.join("\n")}\n`);
-  const child = spawn(HAPROXY ?? "haproxy", ["-db", "-f", config], { stdio: "ignore" });
+  const child = spawn(build.file, [...build.args, "-db", "-f", config], { stdio: "ignore" });
   const exited = new Promise((resolve) => child.on("exit", resolve));
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
@@ -173,8 +175,11 @@ describe("deploys through real HAProxy", { skip: SKIP_HAPROXY }, () => {
       { name: "a", port: portA, agentPort: agentA },
       { name: "b", port: portB, agentPort: agentB },
     ];
-    const lb2 = await haproxy(t, "127.0.0.2", servers);
-    const lb3 = await haproxy(t, "127.0.0.3", servers);
+    // Two supported versions, when there are two: one deploy, both load balancers lossless.
+    const [first, second = first] = HAPROXIES as [HaproxyBuild, ...HaproxyBuild[]];
+    const lb2 = await haproxy(t, first, "127.0.0.2", servers);
+    const lb3 = await haproxy(t, second, "127.0.0.3", servers);
+    t.diagnostic(`load balancers: ${first.label} from 127.0.0.2, ${second.label} from 127.0.0.3`);
     await polledByBoth(daemonA);
     const clients = load([lb2.frontend, lb3.frontend]);
     t.after(() => clients.stop());

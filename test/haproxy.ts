@@ -1,12 +1,14 @@
 /**
- * Runs the real HAProxy (Debian's haproxy package) in the foreground against the agent under
- * test, and reads its view of each server through the runtime API.
+ * Runs the real HAProxy in the foreground against the agent under test, every supported version
+ * side by side (Debian 12's 2.6 and Debian 13's 3.0), and reads each one's view of each server
+ * through its runtime API.
  */
 import { execFileSync, spawn } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { connect, createServer, type Server } from "node:net";
 import { join } from "node:path";
-import { freePort, tempDir, waitFor } from "./helpers.js";
+import { cachedDebianRoot } from "./debian.js";
+import { freePort, missing, tempDir, waitFor } from "./helpers.js";
 
 export interface ServerSpec {
   readonly name: string;
@@ -44,7 +46,18 @@ export interface ServerView {
 
 export type View = Record<string, ServerView>;
 
+/** One HAProxy build: how to run it, and its version as `haproxy -v` tells it. */
+export interface HaproxyBuild {
+  /** "HAProxy 2.6.12-1+deb12u2", or the command when it cannot tell. */
+  readonly label: string;
+  readonly file: string;
+  /** Arguments before HAProxy's own (a dynamic loader's, for a build run from a Debian root). */
+  readonly args: readonly string[];
+}
+
+/** One HAProxy process. */
 export interface Haproxy {
+  readonly build: HaproxyBuild;
   readonly dir: string;
   readonly config: string;
   command(line: string): Promise<string>;
@@ -58,37 +71,109 @@ export interface Haproxy {
   log(): string;
 }
 
-/**
- * The HAProxy the suite runs: $HAPGENT_TEST_HAPROXY (a path or a command), else `haproxy` on
- * PATH, else Debian's /usr/sbin/haproxy, which is off an ordinary user's PATH.
- */
-export const HAPROXY = (() => {
-  const candidates = process.env.HAPGENT_TEST_HAPROXY
-    ? [process.env.HAPGENT_TEST_HAPROXY]
-    : ["haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"];
-  for (const command of candidates) {
-    try {
-      execFileSync(command, ["-v"], { stdio: "ignore" });
-      return command;
-    } catch {
-      // Not this one.
-    }
+/** The same configuration run by every HAProxy build the suite judges, side by side. */
+export interface Haproxies {
+  readonly each: readonly Haproxy[];
+  /** One view per build, in the order of HAPROXIES. */
+  views(): Promise<View[]>;
+  /**
+   * Waits until `predicate` holds for every build's view, all builds at once (so one wait, not
+   * one per build); fails naming the build and its last view.
+   */
+  waitUntil(what: string, predicate: (view: View) => boolean, timeoutMs?: number): Promise<View[]>;
+  restart(): Promise<void>;
+  /** What every build printed, each under its label. */
+  log(): string;
+}
+
+/** The version `haproxy -v` prints, or undefined when `file` does not run. */
+function versionOf(file: string, args: readonly string[]): string | undefined {
+  try {
+    const out = execFileSync(file, [...args, "-v"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+      timeout: 10_000,
+    });
+    return out.match(/^HAProxy version (\S+)/m)?.[1] ?? "unknown version";
+  } catch {
+    return undefined;
   }
-  return undefined;
+}
+
+function build(file: string, args: readonly string[] = []): HaproxyBuild | undefined {
+  const version = versionOf(file, args);
+  return version === undefined ? undefined : { label: `HAProxy ${version}`, file, args };
+}
+
+/**
+ * Debian 13's HAProxy (3.0), run from a cached Debian 13 root with that root's own dynamic loader
+ * and libraries: nothing is installed on the machine, nothing needs a chroot. Making the root
+ * needs root and debootstrap; without them, why not.
+ */
+function debian13Haproxy(): HaproxyBuild | string {
+  const reason = missing("HAProxy 3.0 from a Debian 13 root", {
+    commands: ["debootstrap", "flock"],
+    root: true,
+  });
+  if (reason !== false) return reason;
+  const root = cachedDebianRoot("trixie", "tools");
+  const found = build(join(root, "usr/lib64/ld-linux-x86-64.so.2"), [
+    "--library-path",
+    join(root, "usr/lib/x86_64-linux-gnu"),
+    join(root, "usr/sbin/haproxy"),
+  ]);
+  if (found === undefined)
+    throw new Error(`the HAProxy of the Debian 13 root ${root} does not run`);
+  return { ...found, label: `${found.label} (Debian 13)` };
+}
+
+/**
+ * The HAProxy builds the suite judges. $HAPGENT_TEST_HAPROXY, when set, names them (commands or
+ * paths, separated by ":"): a user's own builds. Otherwise every version the project supports:
+ * the machine's HAProxy (`haproxy` on PATH, else Debian's /usr/sbin/haproxy, which is off an
+ * ordinary user's PATH: Debian 12's 2.6 here) and Debian 13's 3.0 from a cached Debian 13 root.
+ * A build of the same version as one already listed is not run twice.
+ */
+export const { HAPROXIES, NOT_JUDGED } = (() => {
+  const builds: HaproxyBuild[] = [];
+  const notJudged: string[] = [];
+  const add = (found: HaproxyBuild | undefined) => {
+    if (found && !builds.some((b) => b.label.split(" ")[1] === found.label.split(" ")[1]))
+      builds.push(found);
+  };
+  const chosen = process.env.HAPGENT_TEST_HAPROXY;
+  if (chosen) {
+    for (const command of chosen.split(":").filter(Boolean)) {
+      const found = build(command);
+      if (found === undefined) notJudged.push(`HAPGENT_TEST_HAPROXY: ${command} does not run`);
+      add(found);
+    }
+  } else {
+    add(
+      ["haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+        .map((command) => build(command))
+        .find((found) => found !== undefined),
+    );
+    if (builds.length === 0) notJudged.push("HAProxy is not installed (apt-get install haproxy)");
+    const debian13 = debian13Haproxy();
+    if (typeof debian13 === "string") notJudged.push(debian13);
+    else add(debian13);
+  }
+  return { HAPROXIES: builds as readonly HaproxyBuild[], NOT_JUDGED: notJudged };
 })();
 
-/** Outside CI a missing HAProxy skips, loudly; in CI it fails. */
+for (const reason of NOT_JUDGED) {
+  if (process.env.CI === "true" && reason.startsWith("HAPGENT_TEST_HAPROXY"))
+    throw new Error(`${reason}, and CI must run the HAProxy suite against it`);
+  process.stderr.write(`\n*** ${reason}: not judged by the HAProxy suite ***\n\n`);
+}
+
+/** The suite needs at least one HAProxy: outside CI its absence skips, loudly; in CI it fails. */
 export const SKIP_HAPROXY = (() => {
-  if (HAPROXY !== undefined) return false;
-  const which = process.env.HAPGENT_TEST_HAPROXY
-    ? `HAPGENT_TEST_HAPROXY=${process.env.HAPGENT_TEST_HAPROXY} does not run`
-    : "HAProxy is not installed";
-  if (process.env.CI === "true") {
-    throw new Error(`${which}, and CI must run the HAProxy suite: apt-get install haproxy`);
-  }
-  process.stderr.write(
-    `\n*** ${which}: the HAProxy suite is SKIPPED (apt-get install haproxy) ***\n\n`,
-  );
+  if (HAPROXIES.length > 0) return false;
+  const which = NOT_JUDGED.join("; ");
+  if (process.env.CI === "true") throw new Error(`${which}, and CI must run the HAProxy suite`);
+  process.stderr.write(`\n*** ${which}: the HAProxy suite is SKIPPED ***\n\n`);
   return which;
 })();
 
@@ -103,13 +188,41 @@ export async function startCheckTarget(t: {
   return typeof address === "object" && address ? address.port : 0;
 }
 
+interface HaproxySpec {
+  agentPort: number;
+  backends: readonly BackendSpec[];
+  agentInterMs?: number;
+}
+
+/** Starts every build of HAPROXIES on the same configuration, polling the same agent. */
 export async function startHaproxy(
   t: { after: (fn: () => Promise<void>) => void },
-  {
-    agentPort,
-    backends,
-    agentInterMs = 100,
-  }: { agentPort: number; backends: readonly BackendSpec[]; agentInterMs?: number },
+  spec: HaproxySpec,
+): Promise<Haproxies> {
+  const each = await Promise.all(HAPROXIES.map((build) => startOne(t, build, spec)));
+  return {
+    each,
+    views: () => Promise.all(each.map((h) => h.view())),
+    waitUntil: (what, predicate, timeoutMs) =>
+      Promise.all(
+        each.map((h) =>
+          h.waitUntil(what, predicate, timeoutMs).catch((err: Error) => {
+            throw new Error(`${h.build.label}: ${err.message}`, { cause: err });
+          }),
+        ),
+      ),
+    restart: async () => {
+      await Promise.all(each.map((h) => h.restart()));
+    },
+    log: () => each.map((h) => `--- ${h.build.label}\n${h.log()}`).join("\n"),
+  };
+}
+
+/** One HAProxy process of `build`. */
+export async function startOne(
+  t: { after: (fn: () => Promise<void>) => void },
+  build: HaproxyBuild,
+  { agentPort, backends, agentInterMs = 100 }: HaproxySpec,
 ): Promise<Haproxy> {
   const dir = await tempDir(t);
   const socketPath = join(dir, "admin.sock");
@@ -162,7 +275,7 @@ export async function startHaproxy(
     });
 
   const start = async () => {
-    const process_ = spawn(HAPROXY ?? "haproxy", ["-db", "-f", config], {
+    const process_ = spawn(build.file, [...build.args, "-db", "-f", config], {
       stdio: ["ignore", "pipe", "pipe"],
     });
     child = process_;
@@ -222,6 +335,7 @@ export async function startHaproxy(
   t.after(stop);
 
   return {
+    build,
     dir,
     config,
     command,
