@@ -12,6 +12,8 @@ import { describe, test } from "node:test";
 import { STATUSES, type Status } from "../src/core/state.js";
 import {
   type BackendSpec,
+  HAPROXIES,
+  NOT_JUDGED,
   type ServerView,
   SKIP_HAPROXY,
   startHaproxy,
@@ -106,6 +108,23 @@ function everyTransition(n: number): number[] {
 }
 
 describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
+  test("judged by every supported HAProxy: Debian 12's 2.6 and Debian 13's 3.0, side by side", {
+    skip: process.env.HAPGENT_TEST_HAPROXY
+      ? `HAPGENT_TEST_HAPROXY chose ${HAPROXIES.map((b) => b.label).join(", ")}`
+      : NOT_JUDGED.join("; ") || false,
+  }, (t) => {
+    const labels = HAPROXIES.map((b) => b.label);
+    t.diagnostic(`every test below runs against ${labels.join(" and ")}`);
+    assert.ok(
+      labels.some((label) => label.startsWith("HAProxy 2.6.")),
+      labels.join(", "),
+    );
+    assert.ok(
+      labels.some((label) => label.startsWith("HAProxy 3.0.")),
+      labels.join(", "),
+    );
+  });
+
   test("every status from every status (7 x 7, by HUP)", async (t) => {
     const d = await startDaemon(t, { state: '{"status":"UP"}' });
     const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });

@@ -213,6 +213,20 @@ describe("properties of the reply", () => {
     );
   });
 
+  test("any valid state is said in words every supported HAProxy reads (2.6's), never 3.1's weight:N", () => {
+    // HAProxy 2.6 and 3.0 report any other word as an error; 3.1 adds weight:N and weight:N%.
+    const word =
+      /^(up|down|fail|stopped|ready|drain|maint|(25[0-6]|2[0-4][0-9]|1?[0-9]?[0-9])%|maxconn:[0-9]+)$/;
+    fc.assert(
+      fc.property(validState, (state) => {
+        const line = reply(state);
+        const commands = line.slice(0, line.search(/#|\n/)).trim().split(" ");
+        for (const command of commands) assert.match(command, word, line);
+      }),
+      { numRuns: RUNS },
+    );
+  });
+
   test("each service is answered its own state while the instance is UP or READY, else the instance's", () => {
     fc.assert(
       fc.property(validState, fc.constantFrom(...STATUSES), (state, status) => {
