@@ -28,7 +28,7 @@ date_rfc2822="$(date -u -R -d "@$SOURCE_DATE_EPOCH")"
 stage="$out/deb"
 rm -rf "$stage"
 install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/usr/lib/systemd/system" \
-  "$stage/etc/hapgent" "$stage/etc/default" "$stage/etc/init.d" "$stage/usr/share/man/man8" \
+  "$stage/etc/hapgent" "$stage/etc/default" "$stage/etc/init.d" "$stage/etc/logrotate.d" "$stage/usr/share/man/man8" \
   "$stage/usr/share/doc/hapgent" "$stage/usr/share/hapgent/prometheus"
 
 install -m 0755 "$out/hapgent" "$stage/usr/bin/hapgent"
@@ -40,6 +40,7 @@ install -m 0644 packaging/state.json "$stage/etc/hapgent/state.json"
 install -m 0644 packaging/default "$stage/etc/default/hapgent"
 # For hosts where systemd is not PID 1; where it is, the unit runs the agent.
 install -m 0755 packaging/init.d "$stage/etc/init.d/hapgent"
+install -m 0644 packaging/logrotate "$stage/etc/logrotate.d/hapgent"
 install -m 0644 packaging/prometheus/hapgent.rules.yml "$stage/usr/share/hapgent/prometheus/hapgent.rules.yml"
 sed "s/@VERSION@/$version/" packaging/hapgent.8 | gzip -9n >"$stage/usr/share/man/man8/hapgent.8.gz"
 chmod 0644 "$stage/usr/share/man/man8/hapgent.8.gz"
@@ -73,7 +74,8 @@ cp packaging/lintian-overrides "$stage/usr/share/lintian/overrides/hapgent"
 for script in postinst prerm postrm; do
   install -m 0755 "packaging/$script" "$stage/DEBIAN/$script"
 done
-printf '/etc/default/hapgent\n/etc/hapgent/state.json\n/etc/init.d/hapgent\n' >"$stage/DEBIAN/conffiles"
+printf '%s\n' /etc/default/hapgent /etc/hapgent/state.json /etc/init.d/hapgent \
+  /etc/logrotate.d/hapgent >"$stage/DEBIAN/conffiles"
 
 # Library dependencies as Debian computes them; dpkg-shlibdeps reads debian/control.
 shlibs="$out/shlibs"

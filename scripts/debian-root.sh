@@ -11,7 +11,7 @@
 #
 # SUITE is bookworm (Debian 12, the default) or trixie (Debian 13). KIND is what minbase is given:
 #   systemd   adduser, systemd as init and dbus: a root that boots with systemd-nspawn (default)
-#   sysvinit  adduser and sysvinit-core: a root that boots with another init than systemd
+#   sysvinit  adduser, sysvinit-core and logrotate: a root that boots with another init than systemd
 #   tools     HAProxy and lintian of the release, run from the cached root
 # Needs root and debootstrap. Concurrent runs wait for each other (flock) instead of building the
 # same root twice.
@@ -57,7 +57,7 @@ case "$suite" in bookworm | trixie) ;; *)
 esac
 case "$kind" in
   systemd) include=adduser,systemd,systemd-sysv,dbus ;;
-  sysvinit) include=adduser,sysvinit-core ;;
+  sysvinit) include=adduser,sysvinit-core,logrotate ;;
   # perl-openssl-defaults: debootstrap does not resolve the virtual package lintian's TLS needs.
   tools) include=haproxy,lintian,perl-openssl-defaults ;;
   *)

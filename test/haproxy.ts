@@ -116,7 +116,14 @@ function debian13Haproxy(): HaproxyBuild | string {
     root: true,
   });
   if (reason !== false) return reason;
-  const root = cachedDebianRoot("trixie", "tools");
+  let root: string;
+  try {
+    root = cachedDebianRoot("trixie", "tools");
+  } catch (err) {
+    // Outside CI a root that cannot be made (no network, say) is a reason, said loudly.
+    if (process.env.CI === "true") throw err;
+    return `HAProxy 3.0: the Debian 13 root could not be made (${(err as Error).message.split("\n")[0]})`;
+  }
   const found = build(join(root, "usr/lib64/ld-linux-x86-64.so.2"), [
     "--library-path",
     join(root, "usr/lib/x86_64-linux-gnu"),

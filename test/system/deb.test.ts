@@ -18,6 +18,7 @@ import {
   readdir,
   readFile,
   readlink,
+  rename,
   rm,
   stat,
   writeFile,
@@ -76,6 +77,8 @@ const MAX_EXPOSURE = 2.0;
 const ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /** The version an upgrade goes to: the same package, repacked as a later version. */
 const NEXT_VERSION = `${VERSION}+1`;
+/** A version before this one, whose unit was in /lib/systemd/system, as Debian 12's packages have it. */
+const PREVIOUS_VERSION = `${VERSION}~1`;
 /** Where the unit may be found in a root: /lib is /usr/lib on both releases. */
 const UNIT_PATHS = [
   "/lib/systemd/system/hapgent.service",
@@ -116,6 +119,7 @@ async function assertPurged(root: string): Promise<void> {
     "usr/libexec/hapgent",
     "usr/lib/systemd/system/hapgent.service",
     "etc/init.d/hapgent",
+    "etc/logrotate.d/hapgent",
     "etc/hapgent",
     "etc/default/hapgent",
     "etc/systemd/system/multi-user.target.wants/hapgent.service",
@@ -141,6 +145,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
   let binary = "";
   let deb = "";
   let nextDeb = "";
+  let previousDeb = "";
 
   before(async () => {
     out = await mkdtemp(join(tmpdir(), "hapgent-package-"));
@@ -152,6 +157,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     binary = join(out, "hapgent");
     deb = join(out, `hapgent_${VERSION}_amd64.deb`);
     nextDeb = await repackAs(deb, NEXT_VERSION, out);
+    previousDeb = await repackAs(deb, PREVIOUS_VERSION, out, { unitInLib: true });
   });
   after(() => rm(out, { recursive: true, force: true }));
 
@@ -307,8 +313,17 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       assert.notEqual(node.code, 0, `no Node in the root: ${node.stdout}`);
       assert.equal(existsSync(join(root, "run/systemd/system")), false, "systemd does not run");
 
+      // An upgrade from a version whose unit was in /lib/systemd/system: on merged-/usr roots
+      // /lib is /usr/lib, and dpkg must not remove the old path's file, which is the new one.
+      await copyFile(previousDeb, join(root, "root/hapgent-previous.deb"));
+      await inRoot(["dpkg", "-i", "/root/hapgent-previous.deb"]);
       await copyFile(deb, join(root, "root/hapgent.deb"));
       await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      assert.ok((await stat(join(root, "usr/lib/systemd/system/hapgent.service"))).isFile());
+      assert.match(
+        (await inRoot(["dpkg", "-S", "hapgent.service"])).stdout,
+        /^hapgent: \/usr\/lib\/systemd\/system\/hapgent\.service$/m,
+      );
       assert.equal((await inRoot(["hapgent", "--version"])).stdout, `hapgent ${VERSION}\n`);
       assert.equal(await readlink(join(root, "usr/libexec/hapgent/daemon")), "../../bin/hapgent");
       // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's format, not JavaScript's
@@ -317,6 +332,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       assert.match(conffiles, /\/etc\/hapgent\/state\.json /);
       assert.match(conffiles, /\/etc\/default\/hapgent /);
       assert.match(conffiles, /\/etc\/init\.d\/hapgent /);
+      assert.match(conffiles, /\/etc\/logrotate\.d\/hapgent /);
       const user = await account(root, "hapgent");
       assert.ok(user, "postinst created the hapgent user");
       const [uid, gid] = user;
@@ -869,13 +885,22 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       const log = await insideOk(["cat", "/var/log/hapgent.log"]);
       assert.match(log, new RegExp(`listening on 127\\.0\\.0\\.1:${port}`));
       assert.match(log, /SIGHUP: loaded state file/);
+      // The shipped logrotate rule: the lines so far go to the rotated file; the running agent
+      // writes its next line at the start of the emptied one (it appends), nothing lost.
+      await insideOk(["logrotate", "--force", "/etc/logrotate.d/hapgent"]);
+      assert.equal(await insideOk(["cat", "/var/log/hapgent.log.1"]), log);
+      await writeFile(stateFile, '{"status":"UP","weight":60,"description":"v3"}\n');
+      await insideOk(["service", "hapgent", "reload"]);
+      await expect("up ready 60% # v3\n");
+      const rotated = await insideOk(["cat", "/var/log/hapgent.log"]);
+      assert.match(rotated, /^\d{4}-\d\d-\d\dT[^\n]* SIGHUP: loaded state file [^\n]*"v3"/);
 
       // An upgrade restarts it on the new package, its state kept.
       const beforeUpgrade = await pid();
       await insideOk(["dpkg", "-i", "/root/hapgent-next.deb"]);
       assert.equal(await installedVersion(inside), NEXT_VERSION);
       assert.notEqual(await pid(), beforeUpgrade, "restarted by the upgrade");
-      await expect("up ready 60% # v2\n");
+      await expect("up ready 60% # v3\n");
 
       // Purge: stopped, then every trace gone.
       await insideOk(["dpkg", "--purge", "hapgent"]);
@@ -910,10 +935,34 @@ async function installedVersion(
   return (await inside(["dpkg-query", "-W", "-f", "${Version}", "hapgent"])).stdout;
 }
 
-/** `deb` repacked as `version` (the same files), for an upgrade; returns its path. */
-async function repackAs(deb: string, version: string, out: string): Promise<string> {
+/**
+ * `deb` repacked as `version` (the same files; with `unitInLib`, the unit in /lib/systemd/system
+ * as it was before), for an upgrade; returns its path.
+ */
+async function repackAs(
+  deb: string,
+  version: string,
+  out: string,
+  { unitInLib = false } = {},
+): Promise<string> {
   const dir = join(out, "repack");
   await execOk("dpkg-deb", ["--raw-extract", deb, dir]);
+  if (unitInLib) {
+    await mkdir(join(dir, "lib/systemd/system"), { recursive: true });
+    await rename(
+      join(dir, "usr/lib/systemd/system/hapgent.service"),
+      join(dir, "lib/systemd/system/hapgent.service"),
+    );
+    await rm(join(dir, "usr/lib/systemd"), { recursive: true });
+    const md5sums = join(dir, "DEBIAN/md5sums");
+    await writeFile(
+      md5sums,
+      (await readFile(md5sums, "utf8")).replace(
+        "usr/lib/systemd/system/hapgent.service",
+        "lib/systemd/system/hapgent.service",
+      ),
+    );
+  }
   const control = join(dir, "DEBIAN/control");
   await writeFile(
     control,
