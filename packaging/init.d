@@ -13,8 +13,8 @@
 # For hosts where systemd is not PID 1. Where it is, hapgent.service runs the agent and
 # /lib/lsb/init-functions hands "/etc/init.d/hapgent ACTION" to systemctl.
 # As the unit does: the user hapgent, the environment of /etc/default/hapgent and nothing else,
-# the control socket in /run/hapgent, HUP to reload. What the agent logs goes to
-# /var/log/hapgent.log.
+# the control socket in /run/hapgent, HUP to reload; but without the unit's sandbox, which only
+# systemd gives. What the agent logs goes to /var/log/hapgent.log.
 
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 NAME=hapgent
@@ -27,12 +27,17 @@ RUNDIR=/run/hapgent
 LOG=/var/log/hapgent.log
 DEFAULTS=/etc/default/hapgent
 
-[ -x /usr/bin/hapgent ] || exit 0
+# Removed but not purged: nothing to run (status: 4, unknown).
+if [ ! -x /usr/bin/hapgent ]; then
+  [ "$1" = status ] && exit 4
+  exit 0
+fi
 
 . /lib/lsb/init-functions
 
-# The daemon's environment: the variables /etc/default/hapgent sets, as systemd's
-# EnvironmentFile= gives them, and not those of whoever runs this script.
+# The daemon's environment: the variables /etc/default/hapgent sets, and not those of whoever runs
+# this script. The file is read by the shell here and by systemd's EnvironmentFile= under the
+# unit: NAME=value lines read the same by both (see the file's head).
 daemon_env() {
   env -i PATH="$PATH" RUNTIME_DIRECTORY="$RUNDIR" sh -c \
     'set -a; [ ! -r "$0" ] || . "$0"; set +a; shift; exec "$@"' "$DEFAULTS" -- "$@"
@@ -41,6 +46,12 @@ daemon_env() {
 # The process of this pid file, if it runs hapgent as the user hapgent.
 running() {
   start-stop-daemon --status --quiet --pidfile "$PIDFILE" --exec /usr/bin/hapgent --user hapgent
+}
+
+# What the agent logged since offset $before of the log; all of it if the log was rotated since.
+logged_since_start() {
+  [ "$(stat -c %s "$LOG")" -ge "$before" ] || before=0
+  tail -c "+$((before + 1))" "$LOG"
 }
 
 # Starts the agent and waits until it listens; fails, with what it logged, if it exits instead.
@@ -56,18 +67,20 @@ do_start() {
     --exec /usr/bin/hapgent --startas "$DAEMON" || return 1
   tries=0
   while [ "$tries" -lt 100 ]; do
-    if tail -c "+$((before + 1))" "$LOG" | grep -q ' listening on '; then
+    if logged_since_start | grep -q ' listening on '; then
       return 0
     fi
     if ! running; then
-      tail -c "+$((before + 1))" "$LOG" | tail -n 5 >&2
+      # The agent's reason, printable characters only: it reaches root's terminal.
+      logged_since_start | tail -n 5 | tr -cd '[:print:]\t\n' >&2
       rm -f "$PIDFILE"
       return 1
     fi
     sleep 0.1
     tries=$((tries + 1))
   done
-  echo "$NAME: not listening after 10 s; see $LOG" >&2
+  echo "$NAME: not listening after 10 s, stopped; see $LOG" >&2
+  do_stop
   return 1
 }
 
@@ -75,11 +88,14 @@ do_start() {
 do_stop() {
   start-stop-daemon --stop --quiet --retry=TERM/5/KILL/5 --pidfile "$PIDFILE" \
     --exec /usr/bin/hapgent --user hapgent
-  status=$?
-  [ "$status" = 2 ] && return 1
-  # As systemd removes the unit's RuntimeDirectory once it stops.
-  rm -rf "$PIDFILE" "$RUNDIR"
-  return 0
+  case $? in
+    0 | 1)
+      # Stopped, or not running. As systemd removes the unit's RuntimeDirectory once it stops.
+      rm -rf "$PIDFILE" "$RUNDIR"
+      return 0
+      ;;
+    *) return 1 ;; # still running after KILL, or start-stop-daemon's own trouble
+  esac
 }
 
 # HUP: the agent re-reads its state file.
@@ -117,7 +133,16 @@ case "$1" in
     log_end_msg $?
     ;;
   status)
-    status_of_proc -p "$PIDFILE" /usr/bin/hapgent "$NAME"
+    # The LSB's codes, from the process itself: its pid, its program and its user.
+    if running; then
+      log_success_msg "$NAME is running"
+    elif [ -e "$PIDFILE" ]; then
+      log_failure_msg "$NAME is not running, but $PIDFILE exists"
+      exit 1
+    else
+      log_failure_msg "$NAME is not running"
+      exit 3
+    fi
     ;;
   *)
     echo "Usage: /etc/init.d/$NAME {start|stop|restart|try-restart|reload|force-reload|status}" >&2

@@ -11,7 +11,7 @@
 #
 # SUITE is bookworm (Debian 12, the default) or trixie (Debian 13). KIND is what minbase is given:
 #   systemd   adduser, systemd as init and dbus: a root that boots with systemd-nspawn (default)
-#   sysvinit  adduser, sysvinit-core and logrotate: a root that boots with another init than systemd
+#   sysvinit  adduser and sysvinit-core: a root that boots with another init than systemd
 #   tools     HAProxy and lintian of the release, run from the cached root
 # Needs root and debootstrap. Concurrent runs wait for each other (flock) instead of building the
 # same root twice.
@@ -47,7 +47,7 @@ while (($#)); do
     --kind) kind="${2:-}" && shift 2 || usage ;;
     --print) print=true && shift ;;
     -*) usage ;;
-    *) dest="$1" && shift ;;
+    *) [[ -z "$dest" ]] || usage && dest="$1" && shift ;;
   esac
 done
 case "$suite" in bookworm | trixie) ;; *)
@@ -57,7 +57,7 @@ case "$suite" in bookworm | trixie) ;; *)
 esac
 case "$kind" in
   systemd) include=adduser,systemd,systemd-sysv,dbus ;;
-  sysvinit) include=adduser,sysvinit-core,logrotate ;;
+  sysvinit) include=adduser,sysvinit-core ;;
   # perl-openssl-defaults: debootstrap does not resolve the virtual package lintian's TLS needs.
   tools) include=haproxy,lintian,perl-openssl-defaults ;;
   *)
@@ -73,16 +73,39 @@ cache="${HAPGENT_CACHE_DIR:-${HOME:-/root}/.cache/hapgent-ci}/debootstrap"
 key="$(printf '%s\n' "$suite" "$variant" "$include" "$mirror" "$(uname -m)" | sha256sum | cut -c1-16)"
 root="$cache/$suite-$variant-$key"
 
+# DEST is removed first: only an empty or missing directory, or a root this script made.
+marker=.hapgent-debian-root
+if ! $print && [[ -e "$dest" && ! -e "$dest/$marker" ]] &&
+  [[ ! -d "$dest" || -n "$(ls -A "$dest")" ]]; then
+  echo "debian-root: $dest exists and is not a root this script made; expected a new path" >&2
+  exit 2
+fi
+
+# Removes a directory, unmounting first what an interrupted debootstrap left mounted in it.
+remove() {
+  local mounts
+  mounts="$(awk -v dir="$1/" 'index($2, dir) == 1 { print $2 }' /proc/mounts | sort -r)"
+  [[ -z "$mounts" ]] || xargs -r -n1 umount -l <<<"$mounts" || true
+  rm -rf --one-file-system "$1"
+}
+
 mkdir -p "$cache"
 exec 9>"$cache/.lock-$key"
-flock 9
+# Another run making this root holds the lock; half an hour is more than any build takes.
+flock -w 1800 9 || {
+  echo "debian-root: $cache/.lock-$key is still held after 30 minutes" >&2
+  exit 1
+}
 if [[ ! -x "$root/usr/bin/dpkg" ]]; then
-  # Built aside and renamed into place: an interrupted run never leaves a half root in the cache.
-  building="$(mktemp -d "$cache/.building-XXXXXX")"
-  trap 'rm -rf "$building"' EXIT
+  # Built aside and renamed into place: an interrupted run never leaves a half root in the cache,
+  # and the next run (holding the same lock) removes what it left.
+  building="$cache/.building-$key"
+  remove "$building"
+  mkdir -p "$building"
+  trap 'remove "$building"' EXIT
   echo "debian-root: debootstrap $suite ($variant + $include) from $mirror" >&2
   if ! debootstrap --variant="$variant" --include="$include" "$suite" "$building/root" "$mirror" \
-    >"$building/log" 2>&1; then
+    >"$building/log" 2>&1 9>&-; then
     tail -n 30 "$building/log" >&2
     [[ -f "$building/root/debootstrap/debootstrap.log" ]] &&
       tail -n 30 "$building/root/debootstrap/debootstrap.log" >&2
@@ -99,6 +122,7 @@ if $print; then
   printf '%s\n' "$root"
   exit 0
 fi
-rm -rf "$dest"
+remove "$dest"
 mkdir -p "$(dirname "$dest")"
-cp -a --reflink=auto "$root" "$dest"
+cp -a --reflink=auto "$root" "$dest" 9>&-
+touch "$dest/$marker"

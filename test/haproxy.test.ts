@@ -109,9 +109,12 @@ function everyTransition(n: number): number[] {
 
 describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
   test("judged by every supported HAProxy: Debian 12's 2.6 and Debian 13's 3.0, side by side", {
+    // Under CI it runs, but in the unprivileged run, which cannot make the Debian 13 root.
     skip: process.env.HAPGENT_TEST_HAPROXY
       ? `HAPGENT_TEST_HAPROXY chose ${HAPROXIES.map((b) => b.label).join(", ")}`
-      : NOT_JUDGED.join("; ") || false,
+      : process.env.CI === "true" && process.env.HAPGENT_CI_UNPRIVILEGED !== "1"
+        ? false
+        : NOT_JUDGED.join("; ") || false,
   }, (t) => {
     const labels = HAPROXIES.map((b) => b.label);
     t.diagnostic(`every test below runs against ${labels.join(" and ")}`);

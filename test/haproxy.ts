@@ -129,8 +129,11 @@ function debian13Haproxy(): HaproxyBuild | string {
     join(root, "usr/lib/x86_64-linux-gnu"),
     join(root, "usr/sbin/haproxy"),
   ]);
-  if (found === undefined)
-    throw new Error(`the HAProxy of the Debian 13 root ${root} does not run`);
+  if (found === undefined) {
+    const why = `the HAProxy of the Debian 13 root ${root} does not run (on ${process.arch}; it is amd64's)`;
+    if (process.env.CI === "true") throw new Error(why);
+    return why;
+  }
   return { ...found, label: `${found.label} (Debian 13)` };
 }
 

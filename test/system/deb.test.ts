@@ -63,6 +63,7 @@ const SKIP = process.env.HAPGENT_SKIP_PACKAGING
         "chroot",
         "strip",
         "xz",
+        "logrotate",
       ],
       root: true,
     });
@@ -872,6 +873,14 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       );
       await insideOk(["service", "hapgent", "start"]);
       await expect("up ready 60% # v2\n");
+      // Killed (a crash, which nothing restarts without systemd): status says so, 1 for a pid
+      // file without its process; start brings it back.
+      await insideOk(["sh", "-c", `kill -KILL ${await pid()}`]);
+      await silent();
+      const crashed = await inside(["service", "hapgent", "status"]);
+      assert.equal(crashed.code, 1, crashed.stdout + crashed.stderr);
+      await insideOk(["service", "hapgent", "start"]);
+      await expect("up ready 60% # v2\n");
       // A setting the agent refuses: start fails, with the agent's reason, instead of
       // reporting a start that did not happen.
       await writeFile(defaults, `${settings}HAPGENT_PORT=99999\n`);
@@ -885,10 +894,23 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       const log = await insideOk(["cat", "/var/log/hapgent.log"]);
       assert.match(log, new RegExp(`listening on 127\\.0\\.0\\.1:${port}`));
       assert.match(log, /SIGHUP: loaded state file/);
-      // The shipped logrotate rule: the lines so far go to the rotated file; the running agent
-      // writes its next line at the start of the emptied one (it appends), nothing lost.
-      await insideOk(["logrotate", "--force", "/etc/logrotate.d/hapgent"]);
-      assert.equal(await insideOk(["cat", "/var/log/hapgent.log.1"]), log);
+      // The shipped logrotate rule, run by this machine's logrotate on the root's log: the lines
+      // so far go to the rotated file; the running agent writes its next line at the start of
+      // the emptied one (it appends), nothing lost.
+      const rule = await readFile(join(root, "etc/logrotate.d/hapgent"), "utf8");
+      const rotation = join(out, "logrotate");
+      await mkdir(rotation, { recursive: true });
+      await writeFile(
+        join(rotation, "hapgent"),
+        rule.replace("/var/log/hapgent.log", join(root, "var/log/hapgent.log")),
+      );
+      await execOk("logrotate", [
+        "--force",
+        "--state",
+        join(rotation, "state"),
+        join(rotation, "hapgent"),
+      ]);
+      assert.ok((await insideOk(["cat", "/var/log/hapgent.log.1"])).startsWith(log));
       await writeFile(stateFile, '{"status":"UP","weight":60,"description":"v3"}\n');
       await insideOk(["service", "hapgent", "reload"]);
       await expect("up ready 60% # v3\n");
@@ -902,9 +924,13 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       assert.notEqual(await pid(), beforeUpgrade, "restarted by the upgrade");
       await expect("up ready 60% # v3\n");
 
-      // Purge: stopped, then every trace gone.
-      await insideOk(["dpkg", "--purge", "hapgent"]);
+      // Removed: stopped, and the script that stays (a conffile) knows nothing runs it: status 4.
+      await insideOk(["dpkg", "--remove", "hapgent"]);
       await silent();
+      assert.equal((await inside(["/etc/init.d/hapgent", "status"])).code, 4);
+      assert.equal((await inside(["/etc/init.d/hapgent", "start"])).code, 0);
+      // Purge: every trace gone.
+      await insideOk(["dpkg", "--purge", "hapgent"]);
       assert.notEqual((await inside(["test", "-e", "/run/hapgent.pid"])).code, 0);
       assert.notEqual((await inside(["test", "-e", "/run/hapgent"])).code, 0);
       await assertPurged(root);
