@@ -7,7 +7,7 @@
 #   debian-root.sh [--suite SUITE] [--kind KIND] --print
 #       Prints the cached root's path, for tools run from it without changing it.
 #   debian-root.sh --prepare
-#       Makes every root the suites use, side by side, so that the suites find them made.
+#       Makes every root the suites use, one after another, so that the suites find them made.
 #
 # SUITE is bookworm (Debian 12, the default) or trixie (Debian 13). KIND is what minbase is given:
 #   systemd   adduser, systemd as init and dbus: a root that boots with systemd-nspawn (default)
@@ -25,15 +25,13 @@ usage() {
 
 if [[ "${1:-}" == --prepare ]]; then
   (($# == 1)) || usage
-  self="${BASH_SOURCE[0]}"
-  pids=()
-  for root in "bookworm systemd" "trixie systemd" "trixie sysvinit" "trixie tools"; do
-    read -r suite kind <<<"$root"
-    bash "$self" --suite "$suite" --kind "$kind" --print >/dev/null &
-    pids+=("$!")
-  done
+  # One at a time, in the order the suites first need them (HAProxy's first), so that making
+  # them takes one core, not every core the suites run on meanwhile.
   failed=0
-  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  for root in "trixie tools" "bookworm systemd" "trixie systemd" "trixie sysvinit"; do
+    read -r suite kind <<<"$root"
+    bash "${BASH_SOURCE[0]}" --suite "$suite" --kind "$kind" --print >/dev/null || failed=1
+  done
   exit "$failed"
 fi
 

@@ -178,11 +178,17 @@ test("metrics: each check's result, last duration and runs", async (t) => {
   const metricsPort = await freePort();
   const d = await withChecks(
     t,
-    { checks: [{ name: "web", http: service.url, interval: "100ms", fall: 1, rise: 1 }] },
+    // A timeout a loaded machine meets: a late 503 would be a timeout, which takes it DOWN.
+    {
+      checks: [
+        { name: "web", http: service.url, interval: "500ms", timeout: "450ms", fall: 1, rise: 1 },
+      ],
+    },
     { env: { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` } },
   );
   service.answer(503);
   await d.waitForReply(`up drain 100% # check web: ${service.url}: 503 for 1 check\n`);
+  // Another run or two after the first failure.
   await new Promise((resolve) => setTimeout(resolve, 1100));
   const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
   assert.match(text, /^hapgent_check_passing\{check="web"\} 0$/m);

@@ -28,7 +28,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { VERSION } from "../../src/version.js";
-import { cachedDebianRoot, debianRoot, RELEASES } from "../debian.js";
+import { cachedDebianRoot, debianRoot, RELEASES, type RootKind, type Suite } from "../debian.js";
 import {
   exec,
   execOk,
@@ -231,17 +231,10 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     // the command, the package is copied there, and lintian runs as nobody.
     const result = await exec(
       "unshare",
-      [
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
+      privateMounts(
         'mount -t tmpfs -o mode=1777 tmpfs "$0/tmp" && mount -t proc proc "$0/proc" && install -m 0644 "$1" "$0/tmp/hapgent.deb" && exec chroot --userspec=65534:65534 "$0" sh -c "cd /tmp && lintian --version && exec lintian --fail-on error,warning --info /tmp/hapgent.deb"',
-        root,
-        deb,
-      ],
+        [root, deb],
+      ),
       { env: { PATH: ROOT_PATH, HOME: "/tmp", TMPDIR: "/tmp" }, timeoutMs: 300_000 },
     );
     assert.match(result.stdout, /^Lintian v2\.12[0-9]/m, "Debian 13's lintian ran");
@@ -279,14 +272,14 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
 
   for (const release of RELEASES) {
     test(`in a ${release.name} root without Node and without systemd running (a chroot)`, async (t) => {
-      const root = join(out, `chroot-${release.suite}`);
       let daemon: InRoot | undefined;
-      // One hook, in this order: nothing may still run from the root while it is removed.
-      t.after(async () => {
-        await daemon?.stop();
-        await rm(root, { recursive: true, force: true });
-      });
-      await debianRoot(root, release.suite, "systemd");
+      const root = await rootFor(
+        t,
+        join(out, `chroot-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => daemon?.stop(),
+      );
       const inRoot = (args: string[], timeoutMs = 120_000) =>
         execOk("chroot", [root, ...args], {
           env: { PATH: ROOT_PATH, DEBIAN_FRONTEND: "noninteractive" },
@@ -349,14 +342,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         /listening on/.test(agent.stderr()) ? true : undefined,
       );
       const stateFile = join(root, "etc/hapgent/state.json");
-      const expect = async (line: string, file: string) => {
-        await waitFor(`reply ${line}`, async () =>
-          (await probe(port)) === line ? true : undefined,
-        );
-        await waitFor(`file ${file}`, async () =>
-          withoutRecord(await readFile(stateFile, "utf8")) === file ? true : undefined,
-        );
-      };
+      const { expect } = agentAt(port, stateFile);
       await expect("up ready 100%\n", '{"status":"UP"}\n');
       agent.child.kill("SIGUSR2");
       await expect("down ready 100%\n", '{"status":"DOWN"}\n');
@@ -394,14 +380,14 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
 
   for (const release of RELEASES) {
     test(`under systemd (a ${release.name} root booted with systemd-nspawn)`, async (t) => {
-      const root = join(out, `booted-${release.suite}`);
       let machine: Machine | undefined;
-      // One hook, in this order: the container must be gone before its root is removed.
-      t.after(async () => {
-        await machine?.stop();
-        await rm(root, { recursive: true, force: true });
-      });
-      await debianRoot(root, release.suite, "systemd");
+      const root = await rootFor(
+        t,
+        join(out, `booted-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => machine?.stop(),
+      );
       // The operator's way to set the port: a drop-in. The container shares the host's network.
       const port = await freePort();
       const metricsPort = await freePort();
@@ -415,12 +401,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
 
       const container = await boot(root);
       machine = container;
-      const inside = (args: string[], timeoutMs = 120_000) => container.run(args, timeoutMs);
-      const insideOk = async (args: string[], timeoutMs = 120_000) => {
-        const result = await inside(args, timeoutMs);
-        assert.equal(result.code, 0, `${args.join(" ")}: ${result.stdout}${result.stderr}`);
-        return result.stdout;
-      };
+      const { run: inside, runOk: insideOk } = container;
       try {
         await inside(["systemctl", "is-system-running", "--wait"], 120_000);
 
@@ -465,16 +446,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         assert.ok(exposure <= MAX_EXPOSURE, live);
 
         const stateFile = join(root, "etc/hapgent/state.json");
-        const expect = async (line: string, file?: string) => {
-          await waitFor(`reply ${line}`, async () =>
-            (await probe(port).catch(() => "")) === line ? true : undefined,
-          );
-          if (file !== undefined) {
-            await waitFor(`file ${file}`, async () =>
-              withoutRecord(await readFile(stateFile, "utf8")) === file ? true : undefined,
-            );
-          }
-        };
+        const { expect, silent } = agentAt(port, stateFile);
         const mainPid = async () =>
           (
             await insideOk(["systemctl", "show", "--property=MainPID", "--value", "hapgent"])
@@ -724,14 +696,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         assert.deepEqual(unexpected, [], `no other warning or error logged:\n${problems}`);
 
         await insideOk(["dpkg", "--purge", "hapgent"]);
-        await waitFor("the service to stop answering", async () =>
-          (await probe(port).then(
-            () => false,
-            () => true,
-          ))
-            ? true
-            : undefined,
-        );
+        await silent();
         const state = await inside(["systemctl", "is-active", "hapgent"]);
         assert.notEqual(state.stdout.trim(), "active");
         await assertPurged(root);
@@ -749,14 +714,10 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
   }
 
   test("where systemd is not PID 1 (a Debian 13 root booted with sysvinit): the LSB init script", async (t) => {
-    const root = join(out, "sysvinit");
     let machine: Machine | undefined;
-    // One hook, in this order: the container must be gone before its root is removed.
-    t.after(async () => {
-      await machine?.stop();
-      await rm(root, { recursive: true, force: true });
-    });
-    await debianRoot(root, "trixie", "sysvinit");
+    const root = await rootFor(t, join(out, "sysvinit"), "trixie", "sysvinit", () =>
+      machine?.stop(),
+    );
     assert.equal(existsSync(join(root, "usr/lib/systemd/systemd")), false, "no systemd here");
     await copyFile(deb, join(root, "root/hapgent.deb"));
     await copyFile(nextDeb, join(root, "root/hapgent-next.deb"));
@@ -775,32 +736,9 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
 
     const container = await boot(root, "init");
     machine = container;
-    const inside = (args: string[], timeoutMs = 120_000) => container.run(args, timeoutMs);
-    const insideOk = async (args: string[], timeoutMs = 120_000) => {
-      const result = await inside(args, timeoutMs);
-      assert.equal(result.code, 0, `${args.join(" ")}: ${result.stdout}${result.stderr}`);
-      return result.stdout;
-    };
+    const { run: inside, runOk: insideOk } = container;
     const stateFile = join(root, "etc/hapgent/state.json");
-    const expect = async (line: string, file?: string) => {
-      await waitFor(`reply ${line}`, async () =>
-        (await probe(port).catch(() => "")) === line ? true : undefined,
-      );
-      if (file !== undefined) {
-        await waitFor(`file ${file}`, async () =>
-          withoutRecord(await readFile(stateFile, "utf8")) === file ? true : undefined,
-        );
-      }
-    };
-    const silent = () =>
-      waitFor("the agent to stop answering", async () =>
-        (await probe(port).then(
-          () => false,
-          () => true,
-        ))
-          ? true
-          : undefined,
-      );
+    const { expect, silent } = agentAt(port, stateFile);
     const pid = async () => (await insideOk(["cat", "/run/hapgent.pid"])).trim();
     try {
       // Started at boot, by init's runlevel 2 and the package's link.
@@ -946,6 +884,55 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
   });
 });
 
+/**
+ * A fresh copy at `dir` of a Debian root for one test, removed when the test ends, after
+ * `stopRunning` has stopped what runs from it (a daemon, a container): in one hook, so that
+ * nothing still runs from the root while it is removed.
+ */
+async function rootFor(
+  t: { after: (fn: () => Promise<void>) => void },
+  dir: string,
+  suite: Suite,
+  kind: RootKind,
+  stopRunning: () => Promise<void> | undefined,
+): Promise<string> {
+  t.after(async () => {
+    await stopRunning();
+    await rm(dir, { recursive: true, force: true });
+  });
+  await debianRoot(dir, suite, kind);
+  return dir;
+}
+
+/**
+ * The agent on `port` as a load balancer sees it: `expect` waits until it answers `line` (and,
+ * given `file`, until its state file holds `file`, the change record aside); `silent`, until
+ * nothing answers on the port.
+ */
+function agentAt(port: number, stateFile: string) {
+  return {
+    async expect(line: string, file?: string) {
+      await waitFor(`reply ${line}`, async () =>
+        (await probe(port).catch(() => "")) === line ? true : undefined,
+      );
+      if (file !== undefined) {
+        await waitFor(`file ${file}`, async () =>
+          withoutRecord(await readFile(stateFile, "utf8")) === file ? true : undefined,
+        );
+      }
+    },
+    silent: () =>
+      waitFor("the agent to stop answering", async () =>
+        (await probe(port).then(
+          () => false,
+          () => true,
+        ))
+          ? true
+          : undefined,
+      ),
+  };
+}
+
 /** The version of hapgent dpkg has installed. */
 async function installedVersion(
   inside: (args: string[]) => Promise<{ code: number | null; stdout: string }>,
@@ -1070,22 +1057,24 @@ async function validateUnitIn(root: string, t: { diagnostic: (text: string) => v
   // --man=no: the minimal root has no man; the page itself is checked where it is built.
   const verify = await exec(
     "unshare",
-    [
-      "--mount",
-      "--propagation",
-      "private",
-      "--",
-      "sh",
-      "-c",
+    privateMounts(
       'mount -t proc proc "$0/proc" && exec chroot "$0" systemd-analyze verify --man=no hapgent.service',
-      root,
-    ],
+      [root],
+    ),
     { env: { PATH: ROOT_PATH } },
   );
   assert.equal(verify.code, 0, verify.stderr);
   assert.equal(verify.stderr, "", "systemd-analyze verify has no complaint");
   assert.ok((await lstat(join(root, "usr/share/man/man8/hapgent.8.gz"))).isFile());
   t.diagnostic("systemd-analyze verify: clean");
+}
+
+/**
+ * unshare's arguments for `sh -c SCRIPT ARGS…` in a mount namespace of its own, which ends with
+ * it: what the script mounts (a root's /proc, a tmpfs) nothing else sees, and nothing outlives it.
+ */
+function privateMounts(script: string, args: string[]): string[] {
+  return ["--mount", "--propagation", "private", "--", "sh", "-c", script, ...args];
 }
 
 interface InRoot {
@@ -1113,17 +1102,7 @@ function startInRoot(
   ];
   const child = spawn(
     "unshare",
-    [
-      "--mount",
-      "--propagation",
-      "private",
-      "--",
-      "sh",
-      "-c",
-      'mount -t proc proc "$0/proc" && exec "$@"',
-      root,
-      ...chroot,
-    ],
+    privateMounts('mount -t proc proc "$0/proc" && exec "$@"', [root, ...chroot]),
     { env: { PATH: ROOT_PATH, ...env }, stdio: ["ignore", "pipe", "pipe"] },
   );
   let stdout = "";
@@ -1155,8 +1134,10 @@ interface Machine {
   readonly leader: number;
   run(
     args: string[],
-    timeoutMs: number,
+    timeoutMs?: number,
   ): Promise<{ code: number | null; stdout: string; stderr: string }>;
+  /** run, failing unless the command exits 0; its stdout. */
+  runOk(args: string[], timeoutMs?: number): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -1206,34 +1187,36 @@ async function boot(root: string, init: "systemd" | "init" = "systemd"): Promise
     await stopContainer(nspawn, exited, undefined);
     throw err;
   });
+  const run: Machine["run"] = (args, timeoutMs = 120_000) =>
+    exec(
+      "nsenter",
+      [
+        "--target",
+        String(leader),
+        "--mount",
+        "--uts",
+        "--ipc",
+        "--net",
+        "--pid",
+        "--root",
+        "--wd",
+        "--",
+        ...args,
+      ],
+      { env: { PATH: ROOT_PATH, DEBIAN_FRONTEND: "noninteractive" }, timeoutMs },
+    );
   return {
     leader,
-    run: (args, timeoutMs) =>
-      exec(
-        "nsenter",
-        [
-          "--target",
-          String(leader),
-          "--mount",
-          "--uts",
-          "--ipc",
-          "--net",
-          "--pid",
-          "--root",
-          "--wd",
-          "--",
-          ...args,
-        ],
-        { env: { PATH: ROOT_PATH, DEBIAN_FRONTEND: "noninteractive" }, timeoutMs },
-      ),
+    run,
+    async runOk(args, timeoutMs) {
+      const result = await run(args, timeoutMs);
+      assert.equal(result.code, 0, `${args.join(" ")}: ${result.stdout}${result.stderr}`);
+      return result.stdout;
+    },
     async stop() {
       // sysvinit halts at runlevel 0; systemd powers off on systemd-nspawn's TERM.
       if (init === "init" && nspawn.exitCode === null) {
-        await exec(
-          "nsenter",
-          ["--target", String(leader), "--mount", "--pid", "--root", "--", "telinit", "0"],
-          { env: { PATH: ROOT_PATH }, timeoutMs: 10_000 },
-        ).catch(() => undefined);
+        await run(["telinit", "0"], 10_000).catch(() => undefined);
         await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 10_000))]);
       }
       await stopContainer(nspawn, exited, leader);
