@@ -12,13 +12,14 @@
 # SUITE is bookworm (Debian 12, the default) or trixie (Debian 13). KIND is what minbase is given:
 #   systemd   adduser, systemd as init and dbus: a root that boots with systemd-nspawn (default)
 #   sysvinit  adduser and sysvinit-core: a root that boots with another init than systemd
-#   tools     HAProxy and lintian of the release, run from the cached root
+#   haproxy   the release's HAProxy, run from the cached root
+#   lintian   the release's lintian, run from the cached root
 # Needs root and debootstrap. Concurrent runs wait for each other (flock) instead of building the
 # same root twice.
 set -euo pipefail
 
 usage() {
-  echo "usage: debian-root.sh [--suite bookworm|trixie] [--kind systemd|sysvinit|tools] DEST|--print" >&2
+  echo "usage: debian-root.sh [--suite bookworm|trixie] [--kind systemd|sysvinit|haproxy|lintian] DEST|--print" >&2
   echo "       debian-root.sh --prepare" >&2
   exit 2
 }
@@ -28,7 +29,8 @@ if [[ "${1:-}" == --prepare ]]; then
   # One at a time, in the order the suites first need them (HAProxy's first), so that making
   # them takes one core, not every core the suites run on meanwhile.
   failed=0
-  for root in "trixie tools" "bookworm systemd" "trixie systemd" "trixie sysvinit"; do
+  for root in "trixie haproxy" "bookworm systemd" "trixie systemd" "trixie sysvinit" \
+    "trixie lintian"; do
     read -r suite kind <<<"$root"
     bash "${BASH_SOURCE[0]}" --suite "$suite" --kind "$kind" --print >/dev/null || failed=1
   done
@@ -56,10 +58,11 @@ esac
 case "$kind" in
   systemd) include=adduser,systemd,systemd-sysv,dbus ;;
   sysvinit) include=adduser,sysvinit-core ;;
+  haproxy) include=haproxy ;;
   # perl-openssl-defaults: debootstrap does not resolve the virtual package lintian's TLS needs.
-  tools) include=haproxy,lintian,perl-openssl-defaults ;;
+  lintian) include=lintian,perl-openssl-defaults ;;
   *)
-    echo "debian-root: unknown kind '$kind'; expected systemd, sysvinit or tools" >&2
+    echo "debian-root: unknown kind '$kind'; expected systemd, sysvinit, haproxy or lintian" >&2
     exit 2
     ;;
 esac

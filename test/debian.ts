@@ -13,8 +13,8 @@ export const RELEASES = [
 ] as const;
 export type Suite = (typeof RELEASES)[number]["suite"];
 
-/** systemd: boots with systemd; sysvinit: boots with sysvinit; tools: HAProxy and lintian. */
-export type RootKind = "systemd" | "sysvinit" | "tools";
+/** systemd, sysvinit: boots with that init; haproxy, lintian: holds that tool of the release. */
+export type RootKind = "systemd" | "sysvinit" | "haproxy" | "lintian";
 
 const SCRIPT = join(REPO, "scripts/debian-root.sh");
 

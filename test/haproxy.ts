@@ -118,7 +118,7 @@ function debian13Haproxy(): HaproxyBuild | string {
   if (reason !== false) return reason;
   let root: string;
   try {
-    root = cachedDebianRoot("trixie", "tools");
+    root = cachedDebianRoot("trixie", "haproxy");
   } catch (err) {
     // Outside CI a root that cannot be made (no network, say) is a reason, said loudly.
     if (process.env.CI === "true") throw err;

@@ -226,7 +226,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
   });
 
   test("the package passes the lintian of Debian 13 (from a Debian 13 root)", async (t) => {
-    const root = cachedDebianRoot("trixie", "tools");
+    const root = cachedDebianRoot("trixie", "lintian");
     // The cached root is not changed: its /tmp is a tmpfs of a mount namespace that ends with
     // the command, the package is copied there, and lintian runs as nobody.
     const result = await exec(
