@@ -186,6 +186,8 @@ describe("log sink", () => {
   /** A descriptor whose writes are answered by `answer`, one call at a time. */
   function fakeFd(answer: (bytes: string) => NodeJS.ErrnoException | number) {
     const written: string[] = [];
+    /** Writes answered so far, failed ones included. */
+    const answered = { count: 0 };
     const write = ((
       _fd: number,
       buffer: Buffer,
@@ -197,6 +199,7 @@ describe("log sink", () => {
       const bytes = buffer.subarray(offset, offset + length).toString();
       const outcome = answer(bytes);
       setImmediate(() => {
+        answered.count++;
         if (typeof outcome === "number") {
           written.push(bytes.slice(0, outcome));
           callback(null, outcome);
@@ -205,9 +208,13 @@ describe("log sink", () => {
         }
       });
     }) as unknown as typeof import("node:fs").write;
-    return { write, written };
+    return { write, written, answered };
   }
   const note = (count: number, code: string) => `[${count} lost: ${code}]\n`;
+  /** Until `count` writes were answered: a loaded machine may take a while, never a fixed time. */
+  const answeredAtLeast = (fd: { answered: { count: number } }, count: number) =>
+    waitFor(`${count} writes answered`, () => (fd.answered.count >= count ? true : undefined));
+  /** Long enough for a write that should not happen to have happened, if it could. */
   const settle = () => new Promise((resolve) => setTimeout(resolve, 20));
 
   test("lines go out in order; partial writes are completed", async () => {
@@ -215,7 +222,7 @@ describe("log sink", () => {
     const sink = createLogSink({ fd: 9, dropNote: note, write: fd.write });
     sink.write("first\n");
     sink.write("second\n");
-    await settle();
+    await sink.drain(5000);
     assert.equal(fd.written.join(""), "first\nsecond\n");
   });
 
@@ -226,10 +233,10 @@ describe("log sink", () => {
     );
     const sink = createLogSink({ fd: 9, dropNote: note, write: fd.write });
     for (const line of ["a\n", "b\n", "c\n"]) sink.write(line);
-    await settle();
+    await answeredAtLeast(fd, 3);
     failing = false;
     sink.write("d\n");
-    await settle();
+    await sink.drain(5000);
     assert.equal(fd.written.join(""), "[3 lost: ENOSPC]\nd\n");
   });
 
@@ -246,12 +253,13 @@ describe("log sink", () => {
       retryMs: 5,
     });
     for (const line of ["1234\n", "5678\n", "overflow\n", "more\n"]) sink.write(line);
+    await answeredAtLeast(fd, 2);
     await settle();
     assert.deepEqual(fd.written, []);
     blocked = false;
-    await settle();
+    await sink.drain(5000);
     sink.write("z\n");
-    await settle();
+    await sink.drain(5000);
     assert.equal(
       fd.written.join(""),
       "1234\n5678\n[1 lost: the log reader is not keeping up]\nmore\nz\n",
@@ -269,8 +277,9 @@ describe("log sink", () => {
     await sink.drain(1000);
     assert.equal(fd.written.join(""), "one\ntwo\n");
     failing = true;
+    const before = fd.answered.count;
     sink.write("lost\n");
-    await settle();
+    await answeredAtLeast(fd, before + 1);
     failing = false;
     await sink.drain(1000);
     assert.equal(fd.written.join(""), "one\ntwo\n[1 lost: ENOSPC]\n");
