@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import {
+  chown,
   copyFile,
   lstat,
   mkdir,
@@ -145,8 +146,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     });
     binary = join(out, "hapgent");
     deb = join(out, `hapgent_${VERSION}_amd64.deb`);
-    nextDeb = await repackAs(deb, NEXT_VERSION, out);
-    previousDeb = await repackAs(deb, PREVIOUS_VERSION, out, { unitInLib: true });
+    ({ next: nextDeb, previous: previousDeb } = await repackVersions(deb, out));
   });
   after(() => rm(out, { recursive: true, force: true }));
 
@@ -322,6 +322,24 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         const stats = await stat(join(root, path));
         assert.deepEqual([stats.uid, stats.gid], [uid, gid], `${path} belongs to hapgent`);
       }
+      // The service user owns /etc/hapgent and puts a link to /etc/shadow in the state file's
+      // place; an upgrade (root's postinst) must not give /etc/shadow away by following it.
+      const shadow = await stat(join(root, "etc/shadow"));
+      await inRoot([
+        "runuser",
+        "-u",
+        "hapgent",
+        "--",
+        "sh",
+        "-c",
+        "ln -s /etc/shadow /etc/hapgent/link && mv -T /etc/hapgent/link /etc/hapgent/state.json",
+      ]);
+      await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      const after = await stat(join(root, "etc/shadow"));
+      assert.deepEqual([after.uid, after.gid, after.mode], [shadow.uid, shadow.gid, shadow.mode]);
+      await rm(join(root, "etc/hapgent/state.json"));
+      await writeFile(join(root, "etc/hapgent/state.json"), '{"status":"UP"}\n');
+      await chown(join(root, "etc/hapgent/state.json"), uid, gid);
       // Enabled, so an image built this way starts it at boot, with systemd or with another init;
       // but nothing was started here: a chroot has no runlevel, and invoke-rc.d starts nothing.
       const wants = join(root, "etc/systemd/system/multi-user.target.wants/hapgent.service");
@@ -942,42 +960,43 @@ async function installedVersion(
 }
 
 /**
- * `deb` repacked as `version` (the same files; with `unitInLib`, the unit in /lib/systemd/system
- * as it was before), for an upgrade; returns its path.
+ * `deb` repacked, from one extraction, as the next version (the same files) and as the previous
+ * one (its unit in /lib/systemd/system, as it was before), for upgrades; returns their paths.
  */
-async function repackAs(
+async function repackVersions(
   deb: string,
-  version: string,
   out: string,
-  { unitInLib = false } = {},
-): Promise<string> {
+): Promise<{ next: string; previous: string }> {
   const dir = join(out, "repack");
   await execOk("dpkg-deb", ["--raw-extract", deb, dir]);
-  if (unitInLib) {
-    await mkdir(join(dir, "lib/systemd/system"), { recursive: true });
-    await rename(
-      join(dir, "usr/lib/systemd/system/hapgent.service"),
-      join(dir, "lib/systemd/system/hapgent.service"),
-    );
-    await rm(join(dir, "usr/lib/systemd"), { recursive: true });
-    const md5sums = join(dir, "DEBIAN/md5sums");
+  const build = async (version: string) => {
+    const control = join(dir, "DEBIAN/control");
     await writeFile(
-      md5sums,
-      (await readFile(md5sums, "utf8")).replace(
-        "usr/lib/systemd/system/hapgent.service",
-        "lib/systemd/system/hapgent.service",
-      ),
+      control,
+      (await readFile(control, "utf8")).replace(/^Version: .*$/m, `Version: ${version}`),
     );
-  }
-  const control = join(dir, "DEBIAN/control");
-  await writeFile(
-    control,
-    (await readFile(control, "utf8")).replace(/^Version: .*$/m, `Version: ${version}`),
+    const repacked = join(out, `hapgent_${version}_amd64.deb`);
+    await execOk("dpkg-deb", ["--root-owner-group", "-Zgzip", "-z1", "--build", dir, repacked]);
+    return repacked;
+  };
+  const next = await build(NEXT_VERSION);
+  await mkdir(join(dir, "lib/systemd/system"), { recursive: true });
+  await rename(
+    join(dir, "usr/lib/systemd/system/hapgent.service"),
+    join(dir, "lib/systemd/system/hapgent.service"),
   );
-  const repacked = join(out, `hapgent_${version}_amd64.deb`);
-  await execOk("dpkg-deb", ["--root-owner-group", "-Zgzip", "-z1", "--build", dir, repacked]);
+  await rm(join(dir, "usr/lib/systemd"), { recursive: true });
+  const md5sums = join(dir, "DEBIAN/md5sums");
+  await writeFile(
+    md5sums,
+    (await readFile(md5sums, "utf8")).replace(
+      "usr/lib/systemd/system/hapgent.service",
+      "lib/systemd/system/hapgent.service",
+    ),
+  );
+  const previous = await build(PREVIOUS_VERSION);
   await rm(dir, { recursive: true, force: true });
-  return repacked;
+  return { next, previous };
 }
 
 /** lintian's result, failing on any error or warning tag; returns what it said, for the log. */
