@@ -3,7 +3,8 @@
 # cached under ~/.cache/hapgent-ci, keyed on everything that shapes them. They have no Node.js.
 #
 #   debian-root.sh [--suite SUITE] [--kind KIND] DEST
-#       DEST becomes a fresh copy of the root, so nothing a test does reaches the cache.
+#       DEST becomes a fresh copy of the root, so nothing a test does reaches the cache. Its
+#       directory must be this user's, and writable by no one else.
 #   debian-root.sh [--suite SUITE] [--kind KIND] --print
 #       Prints the cached root's path, for tools run from it without changing it.
 #   debian-root.sh --prepare
@@ -74,12 +75,21 @@ cache="${HAPGENT_CACHE_DIR:-${HOME:-/root}/.cache/hapgent-ci}/debootstrap"
 key="$(printf '%s\n' "$suite" "$variant" "$include" "$mirror" "$(uname -m)" | sha256sum | cut -c1-16)"
 root="$cache/$suite-$variant-$key"
 
-# DEST is removed first: only an empty or missing directory, or a root this script made.
+# DEST is removed first: only an empty or missing directory, or a root this script made. It is
+# made by root, setuid programs included: in a directory no one else may write (not /tmp itself,
+# where another user could put a link in its place).
 marker=.hapgent-debian-root
-if ! $print && [[ -e "$dest" && ! -e "$dest/$marker" ]] &&
-  [[ ! -d "$dest" || -n "$(ls -A "$dest")" ]]; then
-  echo "debian-root: $dest exists and is not a root this script made; expected a new path" >&2
-  exit 2
+if ! $print; then
+  parent="$(dirname "$dest")"
+  if [[ ! -d "$parent" || -L "$parent" || "$(stat -c %u "$parent")" != "$(id -u)" ]] ||
+    [[ -n "$(find "$parent" -maxdepth 0 -perm /022)" ]]; then
+    echo "debian-root: $parent must be a directory of this user's that no one else may write" >&2
+    exit 2
+  fi
+  if [[ -e "$dest" && ! -e "$dest/$marker" ]] && [[ ! -d "$dest" || -n "$(ls -A "$dest")" ]]; then
+    echo "debian-root: $dest exists and is not a root this script made; expected a new path" >&2
+    exit 2
+  fi
 fi
 
 # Removes a directory, unmounting first what an interrupted debootstrap left mounted in it.
@@ -124,6 +134,5 @@ if $print; then
   exit 0
 fi
 remove "$dest"
-mkdir -p "$(dirname "$dest")"
 cp -a --reflink=auto "$root" "$dest" 9>&-
 touch "$dest/$marker"
