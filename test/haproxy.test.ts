@@ -116,16 +116,9 @@ describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
         ? false
         : NOT_JUDGED.join("; ") || false,
   }, (t) => {
-    const labels = HAPROXIES.map((b) => b.label);
-    t.diagnostic(`every test below runs against ${labels.join(" and ")}`);
-    assert.ok(
-      labels.some((label) => label.startsWith("HAProxy 2.6.")),
-      labels.join(", "),
-    );
-    assert.ok(
-      labels.some((label) => label.startsWith("HAProxy 3.0.")),
-      labels.join(", "),
-    );
+    t.diagnostic(`every test below runs against ${HAPROXIES.map((b) => b.label).join(" and ")}`);
+    const branches = HAPROXIES.map((b) => b.version.split(".").slice(0, 2).join("."));
+    assert.deepEqual(branches.sort(), ["2.6", "3.0"]);
   });
 
   test("every status from every status (7 x 7, by HUP)", async (t) => {

@@ -48,7 +48,9 @@ export type View = Record<string, ServerView>;
 
 /** One HAProxy build: how to run it, and its version as `haproxy -v` tells it. */
 export interface HaproxyBuild {
-  /** "HAProxy 2.6.12-1+deb12u2", or the command when it cannot tell. */
+  /** "2.6.12-1+deb12u4", or "unknown" when `haproxy -v` does not say. */
+  readonly version: string;
+  /** "HAProxy 2.6.12-1+deb12u4", and where it comes from when not the machine. */
   readonly label: string;
   readonly file: string;
   /** Arguments before HAProxy's own (a dynamic loader's, for a build run from a Debian root). */
@@ -94,15 +96,24 @@ function versionOf(file: string, args: readonly string[]): string | undefined {
       stdio: ["ignore", "pipe", "ignore"],
       timeout: 10_000,
     });
-    return out.match(/^HAProxy version (\S+)/m)?.[1] ?? "unknown version";
+    return out.match(/^HAProxy version (\S+)/m)?.[1] ?? "unknown";
   } catch {
     return undefined;
   }
 }
 
-function build(file: string, args: readonly string[] = []): HaproxyBuild | undefined {
+function build(file: string, args: readonly string[] = [], from = ""): HaproxyBuild | undefined {
   const version = versionOf(file, args);
-  return version === undefined ? undefined : { label: `HAProxy ${version}`, file, args };
+  return version === undefined
+    ? undefined
+    : { version, label: `HAProxy ${version}${from}`, file, args };
+}
+
+/** Outside CI, why a build is not judged; in CI, where everything must be, an error. */
+function unavailable(why: string): string {
+  if (process.env.CI === "true") throw new Error(`${why}, and CI must run the HAProxy suite`);
+  process.stderr.write(`\n*** ${why}: not judged by the HAProxy suite ***\n\n`);
+  return why;
 }
 
 /**
@@ -115,26 +126,21 @@ function debian13Haproxy(): HaproxyBuild | string {
     commands: ["debootstrap", "flock"],
     root: true,
   });
-  if (reason !== false) return reason;
+  if (reason !== false) return reason; // said by missing()
   let root: string;
   try {
     root = cachedDebianRoot("trixie", "haproxy");
   } catch (err) {
-    // Outside CI a root that cannot be made (no network, say) is a reason, said loudly.
-    if (process.env.CI === "true") throw err;
-    return `HAProxy 3.0: the Debian 13 root could not be made (${(err as Error).message.split("\n")[0]})`;
+    const first = (err as Error).message.split("\n")[0];
+    return unavailable(`HAProxy 3.0: the Debian 13 root could not be made (${first})`);
   }
-  const found = build(join(root, "usr/lib64/ld-linux-x86-64.so.2"), [
-    "--library-path",
-    join(root, "usr/lib/x86_64-linux-gnu"),
-    join(root, "usr/sbin/haproxy"),
-  ]);
-  if (found === undefined) {
-    const why = `the HAProxy of the Debian 13 root ${root} does not run (on ${process.arch}; it is amd64's)`;
-    if (process.env.CI === "true") throw new Error(why);
-    return why;
-  }
-  return { ...found, label: `${found.label} (Debian 13)` };
+  const loader = join(root, "usr/lib64/ld-linux-x86-64.so.2");
+  const libraries = join(root, "usr/lib/x86_64-linux-gnu");
+  const haproxy = join(root, "usr/sbin/haproxy");
+  return (
+    build(loader, ["--library-path", libraries, haproxy], " (Debian 13)") ??
+    unavailable(`the HAProxy of ${root} does not run (on ${process.arch}; it is amd64's)`)
+  );
 }
 
 /**
@@ -147,45 +153,27 @@ function debian13Haproxy(): HaproxyBuild | string {
 export const { HAPROXIES, NOT_JUDGED } = (() => {
   const builds: HaproxyBuild[] = [];
   const notJudged: string[] = [];
-  const add = (found: HaproxyBuild | undefined) => {
-    if (found && !builds.some((b) => b.label.split(" ")[1] === found.label.split(" ")[1]))
-      builds.push(found);
+  const add = (found: HaproxyBuild | string | undefined) => {
+    if (typeof found === "string") notJudged.push(found);
+    else if (found && !builds.some((b) => b.version === found.version)) builds.push(found);
   };
   const chosen = process.env.HAPGENT_TEST_HAPROXY;
   if (chosen) {
     for (const command of chosen.split(":").filter(Boolean)) {
-      const found = build(command);
-      if (found === undefined) notJudged.push(`HAPGENT_TEST_HAPROXY: ${command} does not run`);
-      add(found);
+      add(build(command) ?? unavailable(`HAPGENT_TEST_HAPROXY: ${command} does not run`));
     }
   } else {
-    add(
-      ["haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
-        .map((command) => build(command))
-        .find((found) => found !== undefined),
-    );
-    if (builds.length === 0) notJudged.push("HAProxy is not installed (apt-get install haproxy)");
-    const debian13 = debian13Haproxy();
-    if (typeof debian13 === "string") notJudged.push(debian13);
-    else add(debian13);
+    const machine = ["haproxy", "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+      .map((command) => build(command))
+      .find((found) => found !== undefined);
+    add(machine ?? unavailable("HAProxy is not installed (apt-get install haproxy)"));
+    add(debian13Haproxy());
   }
   return { HAPROXIES: builds as readonly HaproxyBuild[], NOT_JUDGED: notJudged };
 })();
 
-for (const reason of NOT_JUDGED) {
-  if (process.env.CI === "true" && reason.startsWith("HAPGENT_TEST_HAPROXY"))
-    throw new Error(`${reason}, and CI must run the HAProxy suite against it`);
-  process.stderr.write(`\n*** ${reason}: not judged by the HAProxy suite ***\n\n`);
-}
-
-/** The suite needs at least one HAProxy: outside CI its absence skips, loudly; in CI it fails. */
-export const SKIP_HAPROXY = (() => {
-  if (HAPROXIES.length > 0) return false;
-  const which = NOT_JUDGED.join("; ");
-  if (process.env.CI === "true") throw new Error(`${which}, and CI must run the HAProxy suite`);
-  process.stderr.write(`\n*** ${which}: the HAProxy suite is SKIPPED ***\n\n`);
-  return which;
-})();
+/** Without any HAProxy (outside CI: unavailable() has thrown in CI) the suite is skipped. */
+export const SKIP_HAPROXY = HAPROXIES.length === 0 ? NOT_JUDGED.join("; ") : false;
 
 /** A loopback listener that accepts and closes, for HAProxy's regular TCP check. */
 export async function startCheckTarget(t: {
