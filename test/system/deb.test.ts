@@ -36,6 +36,7 @@ import {
   freePort,
   missing,
   poller,
+  privateMounts,
   probe,
   REPO,
   startDaemon,
@@ -337,7 +338,9 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
       const after = await stat(join(root, "etc/shadow"));
       assert.deepEqual([after.uid, after.gid, after.mode], [shadow.uid, shadow.gid, shadow.mode]);
+      // dpkg kept the changed conffile (the link) and put its own beside it: both go.
       await rm(join(root, "etc/hapgent/state.json"));
+      await rm(join(root, "etc/hapgent/state.json.dpkg-new"));
       await writeFile(join(root, "etc/hapgent/state.json"), '{"status":"UP"}\n');
       await chown(join(root, "etc/hapgent/state.json"), uid, gid);
       // Enabled, so an image built this way starts it at boot, with systemd or with another init;
@@ -1086,14 +1089,6 @@ async function validateUnitIn(root: string, t: { diagnostic: (text: string) => v
   assert.equal(verify.stderr, "", "systemd-analyze verify has no complaint");
   assert.ok((await lstat(join(root, "usr/share/man/man8/hapgent.8.gz"))).isFile());
   t.diagnostic("systemd-analyze verify: clean");
-}
-
-/**
- * unshare's arguments for `sh -c SCRIPT ARGS…` in a mount namespace of its own, which ends with
- * it: what the script mounts (a root's /proc, a tmpfs) nothing else sees, and nothing outlives it.
- */
-function privateMounts(script: string, args: string[]): string[] {
-  return ["--mount", "--propagation", "private", "--", "sh", "-c", script, ...args];
 }
 
 interface InRoot {
