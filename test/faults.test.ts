@@ -19,6 +19,7 @@ import {
   freePort,
   hapgentArgv,
   missing,
+  privateMounts,
   probe,
   startDaemon,
   tempDir,
@@ -44,20 +45,10 @@ async function startOnTmpfs(
   const port = await freePort();
   const child = spawn(
     "unshare",
-    [
-      "--mount",
-      "--propagation",
-      "private",
-      "--",
-      "sh",
-      "-c",
+    privateMounts(
       'mount -t tmpfs -o "size=$1" hapgent-test "$2" && cp "$3" "$2/state.json" && shift 3 && exec "$@"',
-      "sh",
-      `${sizeKiB}k`,
-      mnt,
-      seed,
-      ...hapgentArgv(),
-    ],
+      ["sh", `${sizeKiB}k`, mnt, seed, ...hapgentArgv()],
+    ),
     {
       env: {
         PATH: process.env.PATH ?? "/usr/bin:/bin",

@@ -555,6 +555,15 @@ function has(command: string): boolean {
 }
 
 /**
+ * unshare's arguments for `sh -c SCRIPT ARGS…` (ARGS from $0) in a mount namespace of its own,
+ * which ends with it: what the script mounts (a tmpfs, a root's /proc) nothing else sees, and
+ * nothing outlives it.
+ */
+export function privateMounts(script: string, args: readonly string[]): string[] {
+  return ["--mount", "--propagation", "private", "--", "sh", "-c", script, ...args];
+}
+
+/**
  * Why a suite cannot run here, or false when it can. Outside CI a missing tool, or root, skips the
  * suite, loudly; under CI (CI=true) it fails, since CI must prove everything. CI's own run as an
  * unprivileged user (HAPGENT_CI_UNPRIVILEGED=1) skips what needs root: its root run proves that.

@@ -17,6 +17,7 @@ import {
   freePort,
   hapgentArgv,
   missing,
+  privateMounts,
   probe,
   tempDir,
   waitFor,
@@ -139,15 +140,10 @@ describe("a log that cannot be written", () => {
     const d = await startWithStderr(t, "ignore", {
       wrap: [
         "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-        'm="$1" && shift && mount -t tmpfs -o size=64k hapgent-log "$m" && exec "$@" 2>"$m/log"',
-        "sh",
-        mnt,
+        ...privateMounts(
+          'm="$1" && shift && mount -t tmpfs -o size=64k hapgent-log "$m" && exec "$@" 2>"$m/log"',
+          ["sh", mnt],
+        ),
       ],
     });
     const pid = d.child.pid ?? 0;
