@@ -4,6 +4,10 @@
  * hold up a probe or keep it from exiting, so lines are written in order from a bounded queue,
  * off the event loop; a line that cannot be written is dropped and counted, and the next line
  * that can be written says how many were lost and why.
+ *
+ * A pipe or a socket (the journal's stream) stalls when its reader does: lines go to it through a
+ * non-blocking stream, so no thread is ever left blocked in write(). Node's exit waits for every
+ * thread of its pool, so one write stuck there would keep a stopping agent alive for ever.
  */
 import { write as fsWrite } from "node:fs";
 
@@ -18,8 +22,15 @@ export interface LogSink {
   drain(timeoutMs: number): Promise<void>;
 }
 
+/** A non-blocking stream on the descriptor (Node's own for a pipe or a socket). */
+export interface LogStream {
+  write(chunk: Uint8Array, callback: (err?: Error | null) => void): boolean;
+}
+
 export interface LogSinkOptions {
   readonly fd: number;
+  /** Writes through this stream instead of fs.write() on `fd`: for a pipe or a socket. */
+  readonly stream?: LogStream;
   /** The line that reports `count` lost lines, the last for the error `code`. */
   readonly dropNote: (count: number, code: string) => string;
   /** Bytes queued at most; a reader that stalls costs no more memory than this. */
@@ -43,7 +54,9 @@ export function createLogSink({
   maxQueuedBytes = MAX_QUEUED_LOG_BYTES,
   retryMs = RETRY_MS,
   write = fsWrite,
+  stream,
 }: LogSinkOptions): LogSink {
+  const put = stream === undefined ? fdWriter(fd, write) : streamWriter(stream);
   // Each line with the number of lines lost just before it, which it reports first.
   const queue: { line: Buffer; lostBefore: number }[] = [];
   let queuedBytes = 0;
@@ -80,7 +93,7 @@ export function createLogSink({
   const writeCurrent = (): void => {
     const { bytes, lines } = current ?? { bytes: undefined, lines: 0 };
     if (bytes === undefined) return;
-    write(fd, bytes, offset, bytes.length - offset, null, (err, written) => {
+    put(bytes.subarray(offset), (err, written) => {
       if (err) {
         if (err.code === "EAGAIN") {
           setTimeout(writeCurrent, retryMs).unref();
@@ -129,5 +142,25 @@ export function createLogSink({
         });
       });
     },
+  };
+}
+
+type Done = (err: NodeJS.ErrnoException | null, written: number) => void;
+
+/** fs.write() on a thread of Node's pool: for a file, which never waits for a reader. */
+function fdWriter(fd: number, write: typeof fsWrite) {
+  return (bytes: Buffer, done: Done): void => {
+    write(fd, bytes, 0, bytes.length, null, done);
+  };
+}
+
+/** Written on the event loop, as the descriptor is ready; a stalled reader holds no thread. */
+function streamWriter(stream: LogStream) {
+  return (bytes: Buffer, done: Done): void => {
+    try {
+      stream.write(bytes, (err) => done(err ?? null, err ? 0 : bytes.length));
+    } catch (err) {
+      done(err as NodeJS.ErrnoException, 0);
+    }
   };
 }

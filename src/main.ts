@@ -19,6 +19,7 @@
  * …`) ignores USR1, USR2 and HUP, so `pkill -USR2 hapgent` never kills it.
  */
 import type { DaemonIo, DaemonSignal } from "./daemon/daemon.js";
+import type { LogStream } from "./log-sink.js";
 
 const SIGNALS: readonly DaemonSignal[] = ["SIGUSR1", "SIGUSR2", "SIGHUP", "SIGTERM", "SIGINT"];
 const early: DaemonSignal[] = [];
@@ -116,20 +117,31 @@ async function runCommand(say: (fd: number, text: string) => void): Promise<void
 /** `hapgent`: the daemon, logging to stderr through a sink that never stops it. */
 async function runAgent(inspector: DaemonIo["inspector"]): Promise<void> {
   const { fstatSync } = await import("node:fs");
+  const { Socket } = await import("node:net");
   const { runDaemon } = await import("./daemon/daemon.js");
   const { createLogSink } = await import("./log-sink.js");
   const { formatLine } = await import("./log.js");
 
   // True when stderr is the systemd journal's stream (systemd sets JOURNAL_STREAM to dev:ino).
   let journal = false;
+  // A pipe or a socket, whose reader can stall: written through Node's own stream for it, which
+  // makes the descriptor non-blocking (Node restores its flags at exit) and never closes it.
+  let stream: LogStream | undefined;
   try {
     const stats = fstatSync(2);
     journal = process.env.JOURNAL_STREAM === `${stats.dev}:${stats.ino}`;
+    // Not for a datagram socket, for which Node's stream would drop every line.
+    if ((stats.isFIFO() || stats.isSocket()) && process.stderr instanceof Socket) {
+      // A reader that went away (EPIPE) fails the write, which the sink counts; nothing more.
+      process.stderr.on("error", () => {});
+      stream = process.stderr;
+    }
   } catch {
     // No stderr at all: nothing is written anyway.
   }
   const sink = createLogSink({
     fd: 2,
+    ...(stream === undefined ? {} : { stream }),
     dropNote: (count, code) =>
       formatLine(
         "warning",

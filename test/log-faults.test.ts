@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { closeSync, constants, openSync } from "node:fs";
+import { closeSync, constants, openSync, writeSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -126,6 +126,42 @@ describe("a log that cannot be written", () => {
     assert.deepEqual(await d.exited, { code: 0, signal: null });
     const took = performance.now() - began;
     assert.ok(took < 3000, `stopping took ${Math.round(took)} ms`);
+  });
+
+  test("stderr on a full pipe nobody reads: TERM ends it within the log's 0.5 s, exit 0", async (t) => {
+    const dir = await tempDir(t);
+    const fifo = join(dir, "fifo");
+    await execOk("mkfifo", [fifo]);
+    const reader = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    t.after(async () => closeSync(reader));
+    // The pipe is full (64 KiB) before the agent writes its first line: a blocking write() of
+    // any of its lines would never return.
+    const filler = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+    t.after(async () => closeSync(filler));
+    let filled = 0;
+    const full = (() => {
+      try {
+        for (;;) filled += writeSync(filler, Buffer.alloc(4096, "x"));
+      } catch (err) {
+        return (err as NodeJS.ErrnoException).code;
+      }
+    })();
+    assert.equal(full, "EAGAIN", `the pipe took ${filled} bytes`);
+    // The agent's end is blocking, as a shell's pipe or a service manager's is.
+    const writer = openSync(fifo, "w");
+    t.after(async () => closeSync(writer));
+    const d = await startWithStderr(t, writer);
+    const began = performance.now();
+    d.child.kill("SIGTERM");
+    const ended = await Promise.race([
+      d.exited,
+      sleep(10_000).then(() => "still running 10 s after TERM"),
+    ]);
+    const took = performance.now() - began;
+    assert.deepEqual(ended, { code: 0, signal: null });
+    // systemd kills a service still stopping after 5 s; the README promises 0.5 s for the log.
+    assert.ok(took < 3000, `stopping took ${Math.round(took)} ms`);
+    await assert.rejects(probe(d.port), { code: "ECONNREFUSED" });
   });
 
   test("stderr on a full file system: lines are dropped, then counted once there is room", {
@@ -279,6 +315,30 @@ describe("log sink", () => {
     failing = false;
     await sink.drain(1000);
     assert.equal(fd.written.join(""), "one\ntwo\n[1 lost: ENOSPC]\n");
+  });
+
+  test("a stream (a pipe, a socket): lines go out in order, a failed write is counted", async () => {
+    const written: string[] = [];
+    let failing = true;
+    const stream = {
+      write(chunk: Uint8Array, callback: (err?: Error | null) => void) {
+        const text = Buffer.from(chunk).toString();
+        setImmediate(() => {
+          if (failing) return callback(Object.assign(new Error("broken pipe"), { code: "EPIPE" }));
+          written.push(text);
+          callback(null);
+        });
+        return true;
+      },
+    };
+    const sink = createLogSink({ fd: 9, dropNote: note, stream });
+    sink.write("lost\n");
+    await sink.drain(5000);
+    failing = false;
+    sink.write("a\n");
+    sink.write("b\n");
+    await sink.drain(5000);
+    assert.equal(written.join(""), "[1 lost: EPIPE]\na\nb\n");
   });
 
   test("drain gives up after its time when the reader has stalled", async () => {
