@@ -34,6 +34,38 @@ export type LoadResult =
       readonly code?: string;
     };
 
+/**
+ * Errors that say something about the file itself: where the path leads, what is there, who may
+ * read it. Each lasts until someone changes the file or its path, so the file counts as invalid.
+ * `EINVAL` is readCapped's own "not a regular file"; `ENXIO` and `ENODEV` are a socket or a
+ * device with no driver in the file's place; `EFBIG` and `EOVERFLOW` a file too large to read.
+ */
+const FILE_ERRORS: ReadonlySet<string> = new Set([
+  "ENOENT",
+  "ENOTDIR",
+  "EISDIR",
+  "ENAMETOOLONG",
+  "ELOOP",
+  "EACCES",
+  "EPERM",
+  "EINVAL",
+  "ENXIO",
+  "ENODEV",
+  "EFBIG",
+  "EOVERFLOW",
+]);
+
+/**
+ * Whether a read failed for a reason other than the file: the machine or the moment (EMFILE and
+ * ENFILE when descriptors run out, ENOMEM, EIO, EAGAIN, EINTR, ESTALE …). The same file read
+ * again later may be perfectly valid, so such a failure says nothing about it. Any code not known
+ * to be about the file counts as transient: taking a server out of rotation for an error nobody
+ * can fix in the file would be worse than keeping the state it had.
+ */
+export function isTransientReadError(code: string | undefined): boolean {
+  return code !== undefined && !FILE_ERRORS.has(code);
+}
+
 export interface StateStore {
   readonly path: string;
   /** Reads and validates the file. Never throws: every failure is a reason. */

@@ -119,6 +119,34 @@ describe("agent", () => {
     assert.equal(store.saves.at(-1), '{"status":"UP"}');
   });
 
+  test("a reload that meets EMFILE keeps the state, holds what follows, and reads again", async () => {
+    const store = fakeStore({ ok: true, state: { status: "DRAIN", weight: 7 } });
+    const { log, lines } = capture();
+    let attempts = 0;
+    const agent = createCommands({
+      store,
+      log,
+      readRetryDelayMs: () => {
+        attempts++;
+        return 1;
+      },
+    });
+    await agent.command("reload", "start-up");
+    const emfile = { ok: false, reason: "cannot be read: EMFILE", code: "EMFILE" };
+    store.setFile(emfile as unknown as StateResult);
+    void agent.command("reload", "SIGHUP");
+    const up = agent.command("up", "SIGUSR1");
+    await waitUntil(() => attempts >= 3);
+    assert.deepEqual(answered(agent.state), { status: "DRAIN", weight: 7 }, "kept, and up waits");
+    store.setFile({ ok: true, state: { status: "DOWN", weight: 3 } });
+    await up;
+    // The file as read, then the signal that came after the HUP: their order is kept.
+    assert.deepEqual(answered(agent.state), { status: "UP", weight: 3 });
+    assert.equal(lines.filter((line) => line.includes("EMFILE")).length, 1, lines.join("\n"));
+    assert.ok(!lines.some((line) => line.includes("MAINT")), lines.join("\n"));
+    assert.equal(agent.stats.fileValid, true);
+  });
+
   test("a bad file gives exactly MAINT, and a later up gives exactly UP", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 5, maxconn: 6 } });
     const { log, lines } = capture();

@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { createLogger, silentLogger } from "../src/log.js";
-import { createStateStore } from "../src/store.js";
+import { createStateStore, isTransientReadError } from "../src/store.js";
 import { IS_ROOT, NOBODY, run, runUnprivileged, tempDir } from "./helpers.js";
 
 describe("store load", () => {
@@ -80,6 +80,46 @@ describe("store load", () => {
       code: "EACCES",
     });
   });
+});
+
+describe("read errors: the file's or the moment's", () => {
+  // About the file: the operator must change it or its path; the file counts as invalid (MAINT).
+  const aboutTheFile = [
+    "ENOENT",
+    "ENOTDIR",
+    "EISDIR",
+    "ENAMETOOLONG",
+    "ELOOP",
+    "EACCES",
+    "EPERM",
+    "EINVAL",
+    "ENXIO",
+    "ENODEV",
+    "EFBIG",
+    "EOVERFLOW",
+  ];
+  // Descriptors, memory, the device or the network for a moment: the same file may read fine later.
+  const ofTheMoment = [
+    "EMFILE",
+    "ENFILE",
+    "ENOMEM",
+    "EIO",
+    "EAGAIN",
+    "EINTR",
+    "ESTALE",
+    "ETIMEDOUT",
+    "ENOBUFS",
+    "EBUSY",
+    "EUNKNOWNTOTHISTABLE",
+  ];
+  for (const code of aboutTheFile) {
+    test(`${code} is about the file`, () => assert.equal(isTransientReadError(code), false));
+  }
+  for (const code of ofTheMoment) {
+    test(`${code} is a fault of the moment`, () => assert.equal(isTransientReadError(code), true));
+  }
+  test("a file that was read and is invalid has no code: never transient", () =>
+    assert.equal(isTransientReadError(undefined), false));
 });
 
 describe("store save", () => {

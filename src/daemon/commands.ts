@@ -5,7 +5,8 @@
  * `up` and `down` change the state at once (the next probe already answers it) and ask for a
  * save (saves.ts). A `reload` first waits for a running save (the file must hold what came
  * before it), then reads the file, which wins over a save still waiting to be retried; commands
- * that arrive meanwhile wait behind it.
+ * that arrive meanwhile wait behind it. A read that fails for a reason other than the file
+ * (EMFILE, EIO …) keeps the state and is tried again until it reads, commands still waiting.
  */
 import {
   applyChange,
@@ -26,7 +27,7 @@ import {
   withRecords,
 } from "../core/state.js";
 import type { Logger } from "../log.js";
-import type { StateStore } from "../store.js";
+import { isTransientReadError, type LoadResult, type StateStore } from "../store.js";
 import { createSaves, type SavesOptions } from "./saves.js";
 
 export { defaultRetryDelayMs, SAVE_RETRY_MAX_MS } from "./saves.js";
@@ -93,6 +94,14 @@ export interface CommandsOptions {
   readonly now?: () => number;
   /** How often a pending expiry is checked against the wall clock at least. */
   readonly expiryCheckMs?: number;
+  /** How long to wait before reading again after `attempts` transient failures in a row. */
+  readonly readRetryDelayMs?: (attempts: number) => number;
+}
+
+/** 0.1 s, 0.2 s, 0.4 s … up to 5 s: the file is read soon after descriptors come back. */
+export const READ_RETRY_MAX_MS = 5000;
+export function defaultReadRetryDelayMs(attempts: number): number {
+  return Math.min(READ_RETRY_MAX_MS, 100 * 2 ** Math.max(0, attempts - 1));
 }
 
 /** A note for the log line of a change that replaced a pending expiry. */
@@ -131,6 +140,7 @@ export function createCommands({
   retryDelayMs,
   now = Date.now,
   expiryCheckMs = EXPIRY_CHECK_MS,
+  readRetryDelayMs = defaultReadRetryDelayMs,
 }: CommandsOptions): Commands {
   let state = initial;
   const queue: Queued[] = [];
@@ -209,7 +219,7 @@ export function createCommands({
       );
     }
     saves.abandon();
-    const result = await store.load();
+    const result = await readUntilRead(cause);
     loaded(result.ok);
     if (result.ok) {
       log.notice(
@@ -222,6 +232,35 @@ export function createCommands({
       log.warning(
         `${cause}: state file ${store.path}: ${result.reason}; state ${set(FALLBACK_STATE, "reload")}`,
       );
+    }
+  };
+
+  /**
+   * The file, or why it is invalid. A failure that is not about the file (EMFILE, EIO …) says
+   * nothing of it: the state stays as it is (MAINT before the first read) and the file is read
+   * again, 0.1 s to 5 s apart, until it can be; the commands behind wait, so that they still apply
+   * in their order on top of it. Not unref()'d: before the agent listens it is all there is to do.
+   */
+  const readUntilRead = async (cause: string): Promise<LoadResult> => {
+    for (let failures = 0; ; failures++) {
+      const result = await store.load();
+      if (result.ok || !isTransientReadError(result.code)) {
+        if (failures > 0) {
+          log.notice(
+            `${cause}: read the state file ${store.path} after ${failures} failed attempt${failures === 1 ? "" : "s"}`,
+          );
+        }
+        return result;
+      }
+      if (failures === 0) {
+        const keeping = started ? `keeping state ${formatAnswered(state)} and ` : "";
+        log.warning(
+          `${cause}: state file ${store.path} ${result.reason}, a fault of the moment, not of the file: ${keeping}reading it again until it can be read`,
+        );
+        // Nothing read yet: MAINT is answered, for want of the file.
+        if (!started) loaded(false);
+      }
+      await new Promise((resolve) => setTimeout(resolve, readRetryDelayMs(failures + 1)));
     }
   };
 
@@ -254,16 +293,17 @@ export function createCommands({
     const unsaved = saves.pending;
     saves.abandon();
     const file = await store.load();
-    loaded(file.ok);
+    const base = baseOfChange(file, cause);
     const origin: Origin = { atMs: now(), via: "cli", by };
     // What an expiry brings back is what HAProxy hears now, which the file may not hold.
     const before = file.ok && !unsaved ? undefined : state;
-    const next = applyChange(file.ok ? file.state : undefined, change, origin, before);
+    const next = applyChange(base, change, origin, before);
     if (!next.ok) {
       log.warning(`${cause}: refused: ${next.reason}`);
       return next;
     }
-    const replaced = file.ok || file.code === "ENOENT" ? undefined : file.reason;
+    const transient = !file.ok && isTransientReadError(file.code);
+    const replaced = file.ok || transient || file.code === "ENOENT" ? undefined : file.reason;
     if (replaced !== undefined)
       log.warning(`${cause}: the state file ${store.path} was invalid (${replaced}); replaced`);
     log.notice(`${cause}: state ${set(next.state, "control")}${cancelled(next.cancelled)}`);
@@ -271,6 +311,25 @@ export function createCommands({
     await saves.idle();
     return { ok: true, state, replaced, unsaved: saves.failure, cancelled: next.cancelled };
   };
+
+  /**
+   * What a change applies to: the file as read, nothing for an invalid file, and the state
+   * answered when the file cannot be read for a reason other than the file (EMFILE, EIO …):
+   * dropping the file's services for a moment's fault would put a drained service back.
+   */
+  const baseOfChange = (file: LoadResult, cause: string): State | undefined => {
+    if (file.ok || !isTransientReadError(file.code)) {
+      loaded(file.ok);
+      return file.ok ? file.state : undefined;
+    }
+    log.warning(
+      `${cause}: state file ${store.path} ${file.reason}, a fault of the moment, not of the file: changing the state answered, ${formatAnswered(state)}`,
+    );
+    // A state answered because the file was invalid is no base either.
+    return fileValid() ? state : undefined;
+  };
+
+  const fileValid = (): boolean => loadedValid || saves.savedTotal > savesAtLoad;
 
   const enqueue = (queued: Queued): void => {
     queue.push(queued);
@@ -332,7 +391,7 @@ export function createCommands({
     get stats() {
       return {
         changes,
-        fileValid: loadedValid || saves.savedTotal > savesAtLoad,
+        fileValid: fileValid(),
         saveFailures: saves.failedTotal,
       };
     },

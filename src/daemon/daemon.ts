@@ -110,7 +110,11 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     });
   }
   io.onSignal(handle);
-  await Promise.all([loaded, checks?.load("start-up"), fleet?.start()]);
+  await Promise.all([
+    readOrGiveUp(loaded, config.stateFile, log),
+    checks?.load("start-up"),
+    fleet?.start(),
+  ]);
   if (stop.stopping) return;
 
   // Before the agent port: an agent that cannot serve its metrics never answers a probe, so it
@@ -145,6 +149,28 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   log.notice(
     `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}${metrics ? `, metrics on http://${metrics.address}/metrics` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
   );
+}
+
+/**
+ * A state file that cannot be read at start-up for a reason other than the file (EMFILE, EIO …)
+ * is read again and again; the agent listens only once it is, or after this long, since an agent
+ * that does not answer leaves HAProxy's view of the server as it was, which a MAINT would not.
+ */
+export const START_READ_WAIT_MS = 5000;
+
+/** Resolves when the file was read at start-up, or after START_READ_WAIT_MS, said in the log. */
+async function readOrGiveUp(loaded: Promise<void>, path: string, log: Logger): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const waited = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(true), START_READ_WAIT_MS);
+  });
+  const gaveUp = await Promise.race([loaded.then(() => false), waited]);
+  clearTimeout(timer);
+  if (gaveUp) {
+    log.warning(
+      `start-up: state file ${path} could not be read within ${START_READ_WAIT_MS / 1000} s; answering {"status":"MAINT"} until it can be, then its state`,
+    );
+  }
 }
 
 /** How a probe's answer is composed when other layers than the operator's have a say. */

@@ -1,0 +1,158 @@
+/**
+ * A state file that cannot be read for a reason other than the file itself: the process has no
+ * descriptor left (EMFILE, made real by lowering the running daemon's RLIMIT_NOFILE with
+ * prlimit), or the kernel answers the read with EIO (/proc/self/mem at offset 0, behind the state
+ * file's symlink). The state is never lost to it: the agent keeps what it answers, changes keep
+ * the file's services, and the file is read again as soon as it can be.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { execOk, missing, startDaemon, tempDir, waitFor, withoutRecord } from "./helpers.js";
+
+const SKIP_PRLIMIT = missing("descriptors exhausted with prlimit", { commands: ["prlimit"] });
+
+/** A control connection opened now, for requests made once no descriptor can be opened. */
+async function controlConnection(t: { after: (fn: () => void) => void }, path: string) {
+  const socket = connect(path);
+  t.after(() => socket.destroy());
+  await once(socket, "connect");
+  socket.setEncoding("utf8");
+  let buffered = "";
+  const waiting: ((line: string) => void)[] = [];
+  socket.on("data", (chunk: string) => {
+    buffered += chunk;
+    for (let end = buffered.indexOf("\n"); end >= 0; end = buffered.indexOf("\n")) {
+      waiting.shift()?.(buffered.slice(0, end));
+      buffered = buffered.slice(end + 1);
+    }
+  });
+  // biome-ignore lint/suspicious/noExplicitAny: a reply as JSON.parse gives it, read by the test
+  const ask = (request: object): Promise<any> =>
+    new Promise((resolve) => {
+      waiting.push((line) => resolve(JSON.parse(line)));
+      socket.write(`${JSON.stringify(request)}\n`);
+    });
+  // Answered: the daemon has accepted the connection (connect() alone says the kernel has).
+  assert.equal((await ask({ op: "status" })).ok, true);
+  return { ask };
+}
+
+/**
+ * Lowers the process's soft limit on descriptors to its lowest free descriptor: its next open(),
+ * accept() or socket() fails with EMFILE, as under a flood of clients. Returns the way back.
+ */
+async function exhaustDescriptors(pid: number): Promise<() => Promise<void>> {
+  const limits = await readFile(`/proc/${pid}/limits`, "utf8");
+  const [, soft, hard] = /^Max open files\s+(\d+)\s+(\d+)/m.exec(limits) ?? [];
+  assert.ok(soft && hard, limits);
+  const open = new Set((await readdir(`/proc/${pid}/fd`)).map(Number));
+  let lowest = 0;
+  while (open.has(lowest)) lowest++;
+  await execOk("prlimit", [`--pid=${pid}`, `--nofile=${lowest}:${hard}`]);
+  let restored = false;
+  return async () => {
+    if (restored) return;
+    restored = true;
+    await execOk("prlimit", [`--pid=${pid}`, `--nofile=${soft}:${hard}`]);
+  };
+}
+
+/** Replaces the state file at once (rename), with `content` or a symlink to `target`. */
+async function replaceFile(path: string, with_: { content: string } | { target: string }) {
+  const temporary = `${path}.new`;
+  if ("content" in with_) await writeFile(temporary, with_.content);
+  else await symlink(with_.target, temporary);
+  await rename(temporary, path);
+}
+
+describe("a state file that cannot be read for a moment", { skip: SKIP_PRLIMIT }, () => {
+  test("a HUP that meets EMFILE keeps the state, and the file is read once descriptors are back", async (t) => {
+    const dir = await tempDir(t);
+    const socket = join(dir, "control.sock");
+    const d = await startDaemon(t, {
+      state: '{"status":"DRAIN","weight":40}',
+      env: { HAPGENT_CONTROL_SOCKET: socket },
+    });
+    const control = await controlConnection(t, socket);
+    const restore = await exhaustDescriptors(d.pid);
+    t.after(restore);
+    // An edit the agent is asked to read while it cannot open anything.
+    await writeFile(d.stateFile, '{"status":"UP","weight":60}');
+    d.signal("SIGHUP");
+    await d.waitForLog(/SIGHUP: state file .*EMFILE.*/);
+    const during = await control.ask({ op: "status" });
+    assert.deepEqual(during.state, { status: "DRAIN", weight: 40 }, d.stderr());
+    // A few attempts (0.1 s, then 0.2 s apart) fail meanwhile; the log says it once.
+    await sleep(500);
+    await restore();
+    await d.waitForReply("up ready 60%\n", 10_000);
+    const failures = d.stderr().match(/SIGHUP: state file .*EMFILE.*/g) ?? [];
+    assert.equal(failures.length, 1, d.stderr());
+    assert.match(failures[0] ?? "", /keeping state \{"status":"DRAIN","weight":40\}/);
+    assert.match(d.stderr(), /SIGHUP: read the state file .* after \d+ failed attempts/);
+    assert.doesNotMatch(d.stderr(), /MAINT/);
+  });
+
+  test("a change made during EMFILE keeps the file's services, and is saved once it can be", async (t) => {
+    const dir = await tempDir(t);
+    const socket = join(dir, "control.sock");
+    const d = await startDaemon(t, {
+      state: '{"status":"UP","services":{"web":{"status":"DRAIN"}}}',
+      env: { HAPGENT_CONTROL_SOCKET: socket },
+    });
+    const control = await controlConnection(t, socket);
+    const restore = await exhaustDescriptors(d.pid);
+    t.after(restore);
+    const reply = await control.ask({ op: "change", status: "UP", weight: 50 });
+    assert.equal(reply.ok, true, JSON.stringify(reply));
+    assert.deepEqual(
+      JSON.parse(withoutRecord(JSON.stringify(reply.state))),
+      { status: "UP", weight: 50, services: { web: { status: "DRAIN" } } },
+      d.stderr(),
+    );
+    assert.equal(reply.replaced, null, "the file was not invalid");
+    assert.match(reply.unsaved ?? "", /EMFILE/, "no temporary file can be made either");
+    await restore();
+    await waitFor("the change saved", async () => {
+      const file = JSON.parse(await d.readState());
+      return file.weight === 50 ? file : undefined;
+    }).then((file) =>
+      assert.deepEqual(file, { status: "UP", weight: 50, services: { web: { status: "DRAIN" } } }),
+    );
+    assert.equal(await d.probe({ payload: "web\n" }), "up drain 100%\n");
+  });
+});
+
+describe("a state file whose read fails with EIO", () => {
+  test("at start-up the agent waits, then answers MAINT until it reads; a HUP keeps the state", async (t) => {
+    const home = await mkdtemp(join(tmpdir(), "hapgent-eio-"));
+    const stateFile = join(home, "state.json");
+    // Reading /proc/self/mem at offset 0 fails with EIO: a real read error of the kernel's.
+    await symlink("/proc/self/mem", stateFile);
+    const d = await startDaemon(t, { dir: home, state: null, ready: false });
+    t.after(() => rm(home, { recursive: true, force: true }));
+    await d.waitForLog(/start-up: state file .*EIO.*/);
+    // It does not answer MAINT for a moment's fault: not listening, HAProxy's view stays.
+    await assert.rejects(d.probe(), { code: "ECONNREFUSED" });
+    await d.waitForLog(/could not be read within 5 s; answering \{"status":"MAINT"\}/, 15_000);
+    await d.waitForLog(/listening on/);
+    assert.equal(await d.probe(), "maint 100%\n");
+    // The file can be read: the agent switches to it by itself.
+    await replaceFile(stateFile, { content: '{"status":"DRAIN","weight":30}' });
+    await d.waitForReply("up drain 30%\n", 10_000);
+    assert.match(d.stderr(), /start-up: read the state file .* after \d+ failed attempts?/);
+
+    await replaceFile(stateFile, { target: "/proc/self/mem" });
+    d.signal("SIGHUP");
+    await d.waitForLog(/SIGHUP: state file .*EIO.*/);
+    assert.equal(await d.probe(), "up drain 30%\n");
+    await replaceFile(stateFile, { content: '{"status":"UP"}' });
+    await d.waitForReply("up ready 100%\n", 10_000);
+  });
+});
