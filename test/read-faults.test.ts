@@ -156,3 +156,86 @@ describe("a state file whose read fails with EIO", () => {
     await d.waitForReply("up ready 100%\n", 10_000);
   });
 });
+
+/** A checks file of checks that run a program once an hour: nothing runs during the test. */
+function checksOf(...names: string[]): string {
+  return JSON.stringify({
+    checks: names.map((name) => ({ name, exec: ["/bin/true"], interval: "1h" })),
+  });
+}
+
+describe("a checks file that cannot be read for a moment", { skip: SKIP_PRLIMIT }, () => {
+  test("a HUP that meets EMFILE keeps the checks running, and the file is read once descriptors are back", async (t) => {
+    const dir = await tempDir(t);
+    const socket = join(dir, "control.sock");
+    const checksFile = join(dir, "checks.json");
+    await writeFile(checksFile, checksOf("one"), { mode: 0o644 });
+    const d = await startDaemon(t, {
+      state: '{"status":"UP","weight":40}',
+      env: { HAPGENT_CONTROL_SOCKET: socket, HAPGENT_CHECKS_FILE: checksFile },
+    });
+    await d.waitForLog(/start-up: loaded checks file .*: 1 check \(one\)/);
+    const control = await controlConnection(t, socket);
+    const restore = await exhaustDescriptors(d.pid);
+    t.after(restore);
+    await writeFile(checksFile, checksOf("one", "two"));
+    d.signal("SIGHUP");
+    await d.waitForLog(/SIGHUP: checks file .*EMFILE.*/);
+    const during = await control.ask({ op: "status" });
+    assert.equal(during.checksProblem, null, d.stderr());
+    assert.deepEqual(
+      during.checks.map((check: { name: string }) => check.name),
+      ["one"],
+      d.stderr(),
+    );
+    await sleep(500);
+    await restore();
+    await d.waitForLog(/SIGHUP: loaded checks file .*: 2 checks \(one, two\)/, 10_000);
+    const failures = d.stderr().match(/SIGHUP: checks file .*EMFILE.*/g) ?? [];
+    assert.equal(failures.length, 1, d.stderr());
+    assert.match(failures[0] ?? "", /keeping its checks running/);
+    assert.match(d.stderr(), /SIGHUP: read the checks file .* after \d+ failed attempts/);
+    assert.doesNotMatch(d.stderr(), /MAINT/);
+    // Not a probe: the new check's first run may have met the limit, if the file was read as a
+    // descriptor came free.
+    const after = await control.ask({ op: "status" });
+    assert.equal(after.checksProblem, null, d.stderr());
+    assert.deepEqual(
+      after.checks.map((check: { name: string }) => check.name),
+      ["one", "two"],
+    );
+  });
+});
+
+describe("a checks file whose read fails with EIO", () => {
+  test("at start-up the agent waits, then answers MAINT until it reads; a HUP keeps the checks", async (t) => {
+    const dir = await tempDir(t);
+    const checksFile = join(dir, "checks.json");
+    // Reading /proc/self/mem at offset 0 fails with EIO: a real read error of the kernel's.
+    await symlink("/proc/self/mem", checksFile);
+    const d = await startDaemon(t, {
+      state: '{"status":"UP"}',
+      env: { HAPGENT_CHECKS_FILE: checksFile },
+      ready: false,
+    });
+    await d.waitForLog(/start-up: checks file .*EIO.*/);
+    // It does not answer MAINT for a moment's fault: not listening, HAProxy's view stays.
+    await assert.rejects(d.probe(), { code: "ECONNREFUSED" });
+    await d.waitForLog(/checks file .* could not be read within 5 s; answering MAINT/, 15_000);
+    await d.waitForLog(/listening on/);
+    assert.equal(await d.probe(), "maint 100% # hapgent: the checks file is invalid\n");
+    // The file can be read: the agent switches to it by itself.
+    await replaceFile(checksFile, { content: checksOf("one") });
+    await d.waitForReply("up ready 100%\n", 10_000);
+    assert.match(d.stderr(), /start-up: read the checks file .* after \d+ failed attempts?/);
+    assert.match(d.stderr(), /start-up: loaded checks file .*: 1 check \(one\)/);
+
+    await replaceFile(checksFile, { target: "/proc/self/mem" });
+    d.signal("SIGHUP");
+    await d.waitForLog(/SIGHUP: checks file .*EIO.*keeping its checks running/);
+    assert.equal(await d.probe(), "up ready 100%\n");
+    await replaceFile(checksFile, { content: checksOf("one", "two") });
+    await d.waitForLog(/SIGHUP: loaded checks file .*: 2 checks \(one, two\)/, 10_000);
+    assert.equal(await d.probe(), "up ready 100%\n");
+  });
+});

@@ -2,13 +2,17 @@
  * The checks' layer of the reply (HAPGENT_CHECKS_FILE): the checks file read at start and on
  * HUP, its checks run, and each probe's answer composed from the operator's state and the failing
  * checks' verdicts (core/compose.ts). A checks file that cannot be used is a configuration error,
- * as a bad state file is: the agent answers MAINT until it is fixed.
+ * as a bad state file is: the agent answers MAINT until it is fixed. A read that fails for a
+ * reason other than the file (EMFILE, EIO …) is no such error: the checks keep running as they
+ * are, and the file is read again until it can be, as the state file is (commands.ts).
  */
 import { NO_VERDICTS, UNUSABLE_VERDICTS, type Verdicts } from "../core/compose.js";
 import type { Logger } from "../log.js";
+import { isTransientReadError } from "../store.js";
 import { keyOf } from "./check-key.js";
 import { type Checks, type CheckView, createChecks } from "./checks.js";
-import { loadChecksFile } from "./checks-file.js";
+import { type ChecksFileResult, loadChecksFile } from "./checks-file.js";
+import { defaultReadRetryDelayMs } from "./commands.js";
 
 export interface CheckLayer {
   /** The failing checks' verdicts now (MAINT for all while the checks file cannot be used). */
@@ -23,7 +27,12 @@ export interface CheckLayer {
   stop(): void;
 }
 
-export function createCheckLayer(path: string, uid: number, log: Logger): CheckLayer {
+export function createCheckLayer(
+  path: string,
+  uid: number,
+  log: Logger,
+  readRetryDelayMs: (attempts: number) => number = defaultReadRetryDelayMs,
+): CheckLayer {
   let checks: Checks | undefined;
   let problem: string | undefined;
   // Bumped on every load and every change of a verdict: answers may differ.
@@ -32,6 +41,9 @@ export function createCheckLayer(path: string, uid: number, log: Logger): CheckL
   let loadedKey: string | undefined;
   let loading = Promise.resolve();
   let verdicts: { version: number; value: Verdicts } | undefined;
+  // Whether the file was ever read (valid or not): before, a fault of the moment means MAINT.
+  let read = false;
+  let stopped = false;
 
   const current = (): Verdicts => {
     if (problem !== undefined) return UNUSABLE_VERDICTS;
@@ -40,8 +52,46 @@ export function createCheckLayer(path: string, uid: number, log: Logger): CheckL
     return verdicts.value;
   };
 
+  /**
+   * The file's checks, or why it cannot be used. A failure that is not about the file (EMFILE,
+   * EIO …) says nothing of it: the checks keep running as they are (MAINT before the first read,
+   * for want of the file) and it is read again, 0.1 s to 5 s apart, until it can be; the loads
+   * asked for meanwhile wait behind. Undefined once the agent stops.
+   */
+  const readUntilRead = async (cause: string): Promise<ChecksFileResult | undefined> => {
+    for (let failures = 0; !stopped; failures++) {
+      const result = await loadChecksFile(path, uid);
+      if (result.ok || !("code" in result) || !isTransientReadError(result.code)) {
+        if (failures > 0) {
+          log.notice(
+            `${cause}: read the checks file ${path} after ${failures} failed attempt${failures === 1 ? "" : "s"}`,
+          );
+        }
+        read = true;
+        return result;
+      }
+      if (failures === 0) {
+        const keeping = !read
+          ? ""
+          : problem === undefined
+            ? "keeping its checks running and "
+            : "still answering MAINT and ";
+        log.warning(
+          `${cause}: checks file ${path}: ${result.reason}, a fault of the moment, not of the file: ${keeping}reading it again until it can be read`,
+        );
+        if (!read) {
+          problem = result.reason;
+          version++;
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, readRetryDelayMs(failures + 1)));
+    }
+    return undefined;
+  };
+
   const load = async (cause: string): Promise<void> => {
-    const result = await loadChecksFile(path, uid);
+    const result = await readUntilRead(cause);
+    if (result === undefined) return;
     const key = result.ok ? keyOf(result.checks) : undefined;
     if (key !== undefined && key === loadedKey && checks !== undefined) {
       log.info(`${cause}: checks file ${path} unchanged; its checks keep running`);
@@ -89,6 +139,7 @@ export function createCheckLayer(path: string, uid: number, log: Logger): CheckL
       return loading;
     },
     stop() {
+      stopped = true;
       checks?.stop();
     },
   };

@@ -18,12 +18,20 @@ import { readCapped } from "../store.js";
 
 const SET_ID = 0o6000;
 
+/**
+ * The checks, or why there are none to run; with Node's error `code` when the file could not be
+ * read, which may be a fault of the moment rather than the file's (EMFILE, EIO …).
+ */
+export type ChecksFileResult =
+  | ChecksResult
+  | { readonly ok: false; readonly reason: string; readonly code: string };
+
 /** The checks of `path`, or the reason there are none to run (a configuration error). */
-export async function loadChecksFile(path: string, uid: number): Promise<ChecksResult> {
+export async function loadChecksFile(path: string, uid: number): Promise<ChecksFileResult> {
   const unsafe = await whyUntrusted(path, uid);
   if (unsafe !== undefined) return { ok: false, reason: unsafe };
   const read = await readCapped(path, MAX_CHECKS_FILE_BYTES);
-  if (!read.ok) return { ok: false, reason: `it ${read.reason}` };
+  if (!read.ok) return { ok: false, reason: `it ${read.reason}`, code: read.code };
   const parsed = parseChecks(read.bytes);
   if (!parsed.ok) return parsed;
   for (const check of parsed.checks) {

@@ -111,8 +111,19 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   }
   io.onSignal(handle);
   await Promise.all([
-    readOrGiveUp(loaded, config.stateFile, log),
-    checks?.load("start-up"),
+    readOrGiveUp(
+      loaded,
+      `state file ${config.stateFile}`,
+      `answering {"status":"MAINT"} until it can be, then its state`,
+      log,
+    ),
+    checks &&
+      readOrGiveUp(
+        checks.load("start-up"),
+        `checks file ${config.checksFile}`,
+        "answering MAINT until it can be, then as its checks say",
+        log,
+      ),
     fleet?.start(),
   ]);
   if (stop.stopping) return;
@@ -152,14 +163,23 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
 }
 
 /**
- * A state file that cannot be read at start-up for a reason other than the file (EMFILE, EIO …)
- * is read again and again; the agent listens only once it is, or after this long, since an agent
- * that does not answer leaves HAProxy's view of the server as it was, which a MAINT would not.
+ * A state or checks file that cannot be read at start-up for a reason other than the file
+ * (EMFILE, EIO …) is read again and again; the agent listens only once it is, or after this long,
+ * since an agent that does not answer leaves HAProxy's view of the server as it was, which a MAINT
+ * would not.
  */
 export const START_READ_WAIT_MS = 5000;
 
-/** Resolves when the file was read at start-up, or after START_READ_WAIT_MS, said in the log. */
-async function readOrGiveUp(loaded: Promise<void>, path: string, log: Logger): Promise<void> {
+/**
+ * Resolves when `file` was read at start-up, or after START_READ_WAIT_MS, said in the log with
+ * what is answered `meanwhile`.
+ */
+async function readOrGiveUp(
+  loaded: Promise<void>,
+  file: string,
+  meanwhile: string,
+  log: Logger,
+): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const waited = new Promise<boolean>((resolve) => {
     timer = setTimeout(() => resolve(true), START_READ_WAIT_MS);
@@ -168,7 +188,7 @@ async function readOrGiveUp(loaded: Promise<void>, path: string, log: Logger): P
   clearTimeout(timer);
   if (gaveUp) {
     log.warning(
-      `start-up: state file ${path} could not be read within ${START_READ_WAIT_MS / 1000} s; answering {"status":"MAINT"} until it can be, then its state`,
+      `start-up: ${file} could not be read within ${START_READ_WAIT_MS / 1000} s; ${meanwhile}`,
     );
   }
 }
