@@ -6,6 +6,7 @@
  * the file's services, and the file is read again as soon as it can be.
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
@@ -13,7 +14,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { execOk, missing, startDaemon, tempDir, waitFor, withoutRecord } from "./helpers.js";
+import { CLI_EXIT } from "../src/cli/exit.js";
+import {
+  execOk,
+  missing,
+  runHapgent,
+  startDaemon,
+  tempDir,
+  waitFor,
+  withoutRecord,
+} from "./helpers.js";
 
 const SKIP_PRLIMIT = missing("descriptors exhausted with prlimit", { commands: ["prlimit"] });
 
@@ -237,5 +247,69 @@ describe("a checks file whose read fails with EIO", () => {
     await replaceFile(checksFile, { content: checksOf("one", "two") });
     await d.waitForLog(/SIGHUP: loaded checks file .*: 2 checks \(one, two\)/, 10_000);
     assert.equal(await d.probe(), "up ready 100%\n");
+  });
+});
+
+const SKIP_LEASE = missing("a file held under a kernel lease", { commands: ["perl"] });
+
+/**
+ * Takes a write lease on `path` (fcntl F_SETLEASE) in a perl process: until the lease holder lets
+ * go, or the kernel breaks the lease after /proc/sys/fs/lease-break-time (45 s by default), an
+ * open() with O_NONBLOCK fails with EAGAIN, as when Samba holds the file under an oplock. The
+ * holder ignores the SIGIO that tells it of the break. Returns the way to let go.
+ */
+async function leaseFile(
+  t: { after: (fn: () => void) => void },
+  path: string,
+): Promise<() => Promise<void>> {
+  const holder = spawn(
+    "perl",
+    [
+      "-e",
+      'use Fcntl; $SIG{IO} = "IGNORE"; open(my $f, "+<", $ARGV[0]) or die "open: $!"; fcntl($f, 1024, F_WRLCK) or die "F_SETLEASE: $!"; $| = 1; print "leased\\n"; <STDIN>;',
+      path,
+    ],
+    { stdio: ["pipe", "pipe", "inherit"] },
+  );
+  t.after(() => holder.kill());
+  const [line] = (await once(holder.stdout, "data")) as [Buffer];
+  assert.equal(line.toString(), "leased\n");
+  return async () => {
+    holder.stdin.end();
+    await once(holder, "exit");
+  };
+}
+
+describe("a command that writes the state file itself", { skip: SKIP_LEASE }, () => {
+  test("when the file cannot be opened for a moment (EAGAIN) it writes nothing and exits 5", async (t) => {
+    const dir = await tempDir(t);
+    const stateFile = join(dir, "state.json");
+    const content = '{"status":"UP","services":{"web":{"status":"DRAIN"}}}\n';
+    await writeFile(stateFile, content);
+    // No agent serves the file and no control socket answers: the command writes it itself.
+    const env = {
+      HAPGENT_STATE_FILE: stateFile,
+      HAPGENT_CONTROL_SOCKET: join(dir, "control.sock"),
+    };
+    const letGo = await leaseFile(t, stateFile);
+    const refused = await runHapgent(["up", "--weight", "50"], env);
+    assert.equal(refused.code, CLI_EXIT.CANNOT_WRITE, refused.stderr);
+    assert.match(
+      refused.stderr,
+      /^hapgent: the state file .*state\.json cannot be read: EAGAIN.*, a fault of the moment, not of the file; nothing was written: try again$/m,
+    );
+    assert.doesNotMatch(refused.stderr, /invalid|replac/);
+    assert.equal(refused.stdout, "");
+    // Read once the lease is gone: a blocking open() would wait out the lease-break time.
+    await letGo();
+    assert.equal(await readFile(stateFile, "utf8"), content);
+
+    const done = await runHapgent(["up", "--weight", "50"], env);
+    assert.equal(done.code, CLI_EXIT.NO_AGENT, done.stderr);
+    assert.deepEqual(JSON.parse(withoutRecord(await readFile(stateFile, "utf8"))), {
+      status: "UP",
+      weight: 50,
+      services: { web: { status: "DRAIN" } },
+    });
   });
 });

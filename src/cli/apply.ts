@@ -8,7 +8,7 @@ import type { ChangeReply, ChecksView, PollerView } from "../control-protocol.js
 import { applyChange, type Change } from "../core/change.js";
 import { type Expiry, formatState, isInService, type State } from "../core/state.js";
 import { createLogger } from "../log.js";
-import { createStateStore } from "../store.js";
+import { createStateStore, isTransientReadError } from "../store.js";
 import { ControlError, request } from "./control.js";
 import { stillRunning } from "./daemons.js";
 import { CLI_EXIT } from "./exit.js";
@@ -99,6 +99,13 @@ async function viaFile(io: CliIo, target: Target, change: Change): Promise<Appli
   // The store logs only the in-place save's warning, which the operator should see.
   const store = createStateStore(path, createLogger({ write: io.err, journal: false }));
   const current = await store.load();
+  // EMFILE, EIO …: the file may be perfectly valid; replacing it would lose what it holds.
+  if (!current.ok && isTransientReadError(current.code)) {
+    io.err(
+      `hapgent: the state file ${path} ${current.reason}, a fault of the moment, not of the file; nothing was written: try again\n`,
+    );
+    return { code: CLI_EXIT.CANNOT_WRITE };
+  }
   const origin = { atMs: Date.now(), via: "cli", by: userName() } as const;
   const next = applyChange(current.ok ? current.state : undefined, change, origin);
   if (!next.ok) {
