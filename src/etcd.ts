@@ -109,8 +109,7 @@ export interface Etcd {
 
 /**
  * A gateway reply larger than this is not one the agent reads: 16 values of 68 KiB, in base64,
- * fit with room to spare. The agent runs in a small heap (main.js's flags): JSON of this size,
- * and no more than MAX_JSON_OBJECTS objects in it, parses in a few MiB.
+ * fit with room to spare. The agent runs in a small heap (main.js's flags).
  */
 const MAX_REPLY_BYTES = 2 * 1024 * 1024;
 /**
@@ -118,8 +117,18 @@ const MAX_REPLY_BYTES = 2 * 1024 * 1024;
  * the keys are read afresh instead, as after a compaction.
  */
 const MAX_WATCH_LINE_BYTES = 1024 * 1024;
-/** Objects in one reply or message; etcd's for these keys have a few per key and event. */
-const MAX_JSON_OBJECTS = 20_000;
+/**
+ * How deep etcd's replies nest: a read is reply > responses > response > range > kvs > kv (6), a
+ * watch message result > events > event > kv (5). Bytes that nest deeper are not etcd's, and
+ * 2 MiB of `[[[…` would take JSON.parse past the heap.
+ */
+const MAX_JSON_DEPTH = 16;
+/**
+ * Values in one reply or message (bounded by its opening brackets and commas). etcd sends a
+ * dozen per key read or event, and at most 1,000 revisions' events in one watch message; 20,000
+ * values of any shape within MAX_REPLY_BYTES parse in a few MiB, where 690,000 `[]` would not.
+ */
+const MAX_JSON_VALUES = 20_000;
 
 /**
  * With `failover`, a request (never a watch) that finds its endpoint dead moves on to the next:
@@ -183,6 +192,10 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       const request = open(url, path, headers, body, (response) => {
         readReply(response, MAX_REPLY_BYTES).then(
           (text) => {
+            const costly = whyTooCostly(text);
+            if (costly !== undefined) {
+              return fail(`${url.origin}${path}: not etcd's answer, left unparsed: ${costly}`);
+            }
             const parsed = parseObject(text);
             if (parsed === undefined) {
               return fail(`${url.origin}${path}: HTTP ${response.statusCode}, not etcd's JSON`);
@@ -350,6 +363,8 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       };
       /** One message of the stream; throws on one that is not etcd's. */
       const watchMessage = (line: string) => {
+        const costly = whyTooCostly(line);
+        if (costly !== undefined) throw new Malformed(`left unparsed: ${costly}`);
         const message = parseObject(line);
         if (message === undefined) throw new Malformed("not JSON");
         if (message.error !== undefined) {
@@ -525,12 +540,9 @@ function event(value: unknown): WatchEvent {
   };
 }
 
-/** A JSON object, if `text` is one of at most MAX_JSON_OBJECTS objects (a small heap's worth). */
+/** A JSON object, if `text` is one (and not too costly to parse: see whyTooCostly). */
 function parseObject(text: string): Record<string, unknown> | undefined {
-  let objects = 0;
-  for (let at = text.indexOf("{"); at !== -1; at = text.indexOf("{", at + 1)) {
-    if (++objects > MAX_JSON_OBJECTS) return undefined;
-  }
+  if (whyTooCostly(text) !== undefined) return undefined;
   try {
     const value: unknown = JSON.parse(text);
     return typeof value === "object" && value !== null && !Array.isArray(value)
@@ -539,6 +551,33 @@ function parseObject(text: string): Record<string, unknown> | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Why JSON.parse must not be given `text`: it nests deeper than MAX_JSON_DEPTH or holds more
+ * than MAX_JSON_VALUES values, which no reply of etcd's for these keys does and which could take
+ * the small heap past its end. One pass over the characters, outside strings only.
+ */
+export function whyTooCostly(text: string): string | undefined {
+  let depth = 0;
+  let values = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      // A string: skip to its closing quote, past escaped characters.
+      for (i++; i < text.length && text.charCodeAt(i) !== 0x22; i++) {
+        if (text.charCodeAt(i) === 0x5c) i++;
+      }
+    } else if (c === 0x7b || c === 0x5b) {
+      if (++depth > MAX_JSON_DEPTH) return `it nests deeper than ${MAX_JSON_DEPTH} levels`;
+      if (++values > MAX_JSON_VALUES) return `it holds more than ${MAX_JSON_VALUES} values`;
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--;
+    } else if (c === 0x2c && ++values > MAX_JSON_VALUES) {
+      return `it holds more than ${MAX_JSON_VALUES} values`;
+    }
+  }
+  return undefined;
 }
 
 /** The reply's body as text, at most `max` bytes. */

@@ -462,6 +462,43 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     }
   });
 
+  test("replies that would exhaust the heap (2 MiB of nesting, 690,000 empty lists) are refused unparsed, with the reason; the agent answers all along", async (t) => {
+    const txn =
+      '{"header":{"revision":"10"},"responses":[{"response_range":{}},{"response_range":{}},{"response_range":{}}]}';
+    const bodies: { read: string; watch?: string }[] = [
+      { read: `${"[".repeat(1024 * 1024 - 8)}${"]".repeat(1024 * 1024 - 8)}` },
+      { read: `{"header":{"revision":"10"},"x":[${"[],".repeat(690_000)}[]]}` },
+      { read: `{"header":${'{"a":'.repeat(300_000)}1${"}".repeat(300_000)}}` },
+      // A good read, then one watch message of nesting just under the line's cap.
+      { read: txn, watch: `{"result":${"[".repeat(1024 * 1024 - 32)}\n` },
+    ];
+    let mode = 0;
+    const port = await fakeEtcd(t, (req, res) => {
+      req.resume();
+      const body = bodies[mode] as { read: string; watch?: string };
+      if (req.url === "/v3/watch" && body.watch !== undefined) {
+        res.writeHead(200);
+        res.write(body.watch);
+      } else res.end(body.read);
+    });
+    for (mode = 0; mode < bodies.length; mode++) {
+      const d = await startDaemon(t, { env: fleetEnv(`http://127.0.0.1:${port}`) });
+      await d
+        .waitForLog(
+          /fleet: cannot reach etcd: .*left unparsed: it (nests deeper than 16 levels|holds more than 20000 values)/,
+          15_000,
+        )
+        .catch((err: Error) => {
+          throw new Error(`mode ${mode}: ${err.message}:\n${d.stderr()}`);
+        });
+      assert.equal(await d.probe(), "up ready 100%\n", `mode ${mode}: the operator's state`);
+      assert.equal(d.child.exitCode, null, `mode ${mode}: still running`);
+      assert.doesNotMatch(d.stderr(), /heap|internal error|at .*\.js:\d+/, `mode ${mode}`);
+      d.signal("SIGTERM");
+      assert.equal((await d.exited).code, 0, `mode ${mode}`);
+    }
+  });
+
   test("watch streams that are not etcd's (bad shapes, a line without end, streams that open and close) never crash the agent nor flood its log", async (t) => {
     const streams: ((res: ServerResponse) => void)[] = [
       (res) => res.write('{"result":{"header":{"revision":"11"},"events":[null]}}\n'),
