@@ -28,10 +28,13 @@ export class EtcdError extends Error {
   readonly code: number | undefined;
   /** The endpoint that failed, as text. */
   readonly endpoint: string;
-  constructor(message: string, code: number | undefined, endpoint: string) {
+  /** The reply was larger than the request allowed: the endpoint answered, too much. */
+  readonly tooLarge: boolean;
+  constructor(message: string, code: number | undefined, endpoint: string, tooLarge = false) {
     super(message);
     this.code = code;
     this.endpoint = endpoint;
+    this.tooLarge = tooLarge;
   }
   /** etcd answered: another endpoint would most likely say the same. */
   get answered(): boolean {
@@ -44,7 +47,8 @@ export const GRPC = Object.freeze({ OUT_OF_RANGE: 11, UNAVAILABLE: 14, UNAUTHENT
 
 export interface KeyValueRecord {
   readonly key: string;
-  readonly value: Buffer;
+  /** Undefined: larger than the read's maxValueBytes, so not read. */
+  readonly value: Buffer | undefined;
   readonly modRevision: number;
   readonly lease: string | undefined;
 }
@@ -85,8 +89,11 @@ export interface Etcd {
   readonly endpoint: string;
   /** Moves on to the next endpoint. */
   rotate(): void;
-  /** Reads `keys` in one transaction: one revision for all. */
-  read(keys: readonly string[]): Promise<Snapshot>;
+  /**
+   * Reads `keys` at one revision for all; a value larger than `maxValueBytes` is not read (its
+   * record has no value), so one key's value never stops the others'.
+   */
+  read(keys: readonly string[], maxValueBytes: number): Promise<Snapshot>;
   put(key: string, value: string, lease?: string): Promise<number>;
   /**
    * Puts `value` only if `key` is still at `modRevision` (0: still absent); resolves with the new
@@ -108,8 +115,8 @@ export interface Etcd {
 }
 
 /**
- * A gateway reply larger than this is not one the agent reads: 16 values of 68 KiB, in base64,
- * fit with room to spare. The agent runs in a small heap (main.js's flags).
+ * A gateway reply larger than this is not one the agent reads (the agent runs in a small heap:
+ * main.js's flags); a read of one key's value is capped lower, by what the value may be.
  */
 const MAX_REPLY_BYTES = 2 * 1024 * 1024;
 /**
@@ -129,6 +136,8 @@ const MAX_JSON_DEPTH = 16;
  * values of any shape within MAX_REPLY_BYTES parse in a few MiB, where 690,000 `[]` would not.
  */
 const MAX_JSON_VALUES = 20_000;
+/** A one-key range reply beside its value's base64: header, key, revisions, lease. */
+const VALUE_REPLY_OVERHEAD_BYTES = 2048;
 
 /**
  * With `failover`, a request (never a watch) that finds its endpoint dead moves on to the next:
@@ -179,18 +188,22 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
     return request;
   };
 
-  /** One POST to the current endpoint; resolves with the reply's JSON, within the timeout. */
+  /**
+   * One POST to the current endpoint; resolves with the reply's JSON, within the timeout. A reply
+   * larger than `maxBytes` fails with `tooLarge`.
+   */
   const post = (
     path: string,
     body: unknown,
     headers: Record<string, string>,
+    maxBytes = MAX_REPLY_BYTES,
   ): Promise<Record<string, unknown>> =>
     new Promise((resolve, reject) => {
       const url = current();
-      const fail = (message: string, code?: number) =>
-        reject(new EtcdError(message, code, url.origin));
+      const fail = (message: string, code?: number, tooLarge = false) =>
+        reject(new EtcdError(message, code, url.origin, tooLarge));
       const request = open(url, path, headers, body, (response) => {
-        readReply(response, MAX_REPLY_BYTES).then(
+        readReply(response, maxBytes).then(
           (text) => {
             const costly = whyTooCostly(text);
             if (costly !== undefined) {
@@ -206,7 +219,7 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
             }
             resolve(parsed);
           },
-          (err: Error) => fail(`${url.origin}: ${err.message}`),
+          (err: Error) => fail(`${url.origin}: ${err.message}`, undefined, err instanceof TooLarge),
         );
       });
       // The whole exchange, connecting included, not only a silent socket.
@@ -215,7 +228,7 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       }, options.timeoutMs);
       request.on("close", () => clearTimeout(deadline));
       request.on("error", (err: NodeJS.ErrnoException) =>
-        fail(`${url.origin}: ${err.code ?? err.message}`),
+        fail(`${url.origin}: ${err.code ?? err.message}`, undefined, err instanceof TooLarge),
       );
     });
 
@@ -250,13 +263,22 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
    * A call with the token; an expired token (etcd's simple tokens last minutes) is renewed once.
    * With `failover`, an endpoint that does not answer hands the call to the next, once each.
    */
-  const call = async (path: string, body: unknown): Promise<Record<string, unknown>> => {
-    if (!failover) return callOnce(path, body);
+  const call = async (
+    path: string,
+    body: unknown,
+    maxBytes?: number,
+  ): Promise<Record<string, unknown>> => {
+    if (!failover) return callOnce(path, body, maxBytes);
     for (let tried = 1; ; tried++) {
       try {
-        return await callOnce(path, body);
+        return await callOnce(path, body, maxBytes);
       } catch (err) {
-        if (!(err instanceof EtcdError) || err.answered || tried >= options.endpoints.length) {
+        if (
+          !(err instanceof EtcdError) ||
+          err.answered ||
+          err.tooLarge ||
+          tried >= options.endpoints.length
+        ) {
           throw err;
         }
         index = (index + 1) % options.endpoints.length;
@@ -265,16 +287,49 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
     }
   };
 
-  const callOnce = async (path: string, body: unknown): Promise<Record<string, unknown>> => {
+  const callOnce = async (
+    path: string,
+    body: unknown,
+    maxBytes?: number,
+  ): Promise<Record<string, unknown>> => {
     try {
-      return await post(path, body, await authHeaders());
+      return await post(path, body, await authHeaders(), maxBytes);
     } catch (err) {
       if (!(err instanceof EtcdError) || !isTokenError(err) || options.username === undefined) {
         throw err;
       }
       token = undefined;
-      return post(path, body, await authHeaders());
+      return post(path, body, await authHeaders(), maxBytes);
     }
+  };
+
+  /** `known`'s value at `revision`, unless its reply is larger than such a value can need. */
+  const valueAt = async (
+    known: KeyValueRecord,
+    revision: number,
+    maxValueBytes: number,
+  ): Promise<KeyValueRecord> => {
+    let reply: Record<string, unknown>;
+    try {
+      reply = await call(
+        "/v3/kv/range",
+        { key: b64(known.key), revision: String(revision) },
+        Math.ceil(maxValueBytes / 3) * 4 + VALUE_REPLY_OVERHEAD_BYTES,
+      );
+    } catch (err) {
+      if (err instanceof EtcdError && err.tooLarge) return known;
+      throw err;
+    }
+    const value = shaped(current().origin, () => {
+      const kvs = reply.kvs ?? [];
+      if (!Array.isArray(kvs) || kvs.length !== 1) throw new Malformed("kvs is not one key");
+      const kv = record(kvs[0]);
+      if (kv.key !== known.key || kv.modRevision !== known.modRevision) {
+        throw new Malformed("another key or revision came back");
+      }
+      return kv.value;
+    });
+    return value !== undefined && value.length > maxValueBytes ? known : { ...known, value };
   };
 
   return {
@@ -285,28 +340,29 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       index = (index + 1) % options.endpoints.length;
       token = undefined;
     },
-    async read(keys) {
-      const reply = await call("/v3/kv/txn", {
-        success: keys.map((key) => ({ request_range: { key: b64(key) } })),
-      });
-      return shaped(current().origin, () => {
-        const revision = revisionOf(reply);
-        const responses = reply.responses;
-        if (!Array.isArray(responses) || responses.length !== keys.length) {
-          throw new Malformed(`${keys.length} responses expected`);
-        }
-        const values = new Map<string, KeyValueRecord | undefined>();
-        keys.forEach((key, i) => {
-          const range = objectOf(objectOf(responses[i], "response").response_range, "range");
-          const kvs = range.kvs ?? [];
-          if (!Array.isArray(kvs) || kvs.length > 1) throw new Malformed("kvs is not one key");
-          const found = kvs.length === 0 ? undefined : record(kvs[0]);
-          if (found !== undefined && found.key !== key)
-            throw new Malformed("another key came back");
-          values.set(key, found);
+    async read(keys, maxValueBytes) {
+      // Which keys exist, at one revision, without their values; then each value at that
+      // revision, alone and capped: etcd allows values of 1.5 MiB, 16 of which no reply can hold.
+      for (let attempt = 1; ; attempt++) {
+        const listed = await call("/v3/kv/txn", {
+          success: keys.map((key) => ({ request_range: { key: b64(key), keys_only: true } })),
         });
-        return { revision, values };
-      });
+        const { revision, found } = shaped(current().origin, () => listing(listed, keys));
+        try {
+          // One after another, on the one connection reads keep.
+          const values = new Map<string, KeyValueRecord | undefined>();
+          for (const key of keys) {
+            const known = found.get(key);
+            values.set(key, known && (await valueAt(known, revision, maxValueBytes)));
+          }
+          return { revision, values };
+        } catch (err) {
+          // Compacted between the two steps: list again at a revision etcd still has.
+          if (!(err instanceof EtcdError) || err.code !== GRPC.OUT_OF_RANGE || attempt >= 3) {
+            throw err;
+          }
+        }
+      }
     },
     async put(key, value, lease) {
       const reply = await call("/v3/kv/put", {
@@ -519,7 +575,7 @@ function base64Field(value: unknown, what: string): Buffer {
   return Buffer.from(value, "base64");
 }
 
-function record(value: unknown): KeyValueRecord {
+function record(value: unknown): KeyValueRecord & { readonly value: Buffer } {
   const kv = objectOf(value, "kv");
   return {
     key: base64Field(kv.key, "kv.key").toString("utf8"),
@@ -580,6 +636,31 @@ export function whyTooCostly(text: string): string | undefined {
   return undefined;
 }
 
+/** A read's listing (keys_only): its revision, and each key that exists, without its value. */
+function listing(
+  reply: Record<string, unknown>,
+  keys: readonly string[],
+): { revision: number; found: Map<string, KeyValueRecord> } {
+  const revision = revisionOf(reply);
+  const responses = reply.responses;
+  if (!Array.isArray(responses) || responses.length !== keys.length) {
+    throw new Malformed(`${keys.length} responses expected`);
+  }
+  const found = new Map<string, KeyValueRecord>();
+  keys.forEach((key, i) => {
+    const range = objectOf(objectOf(responses[i], "response").response_range, "range");
+    const kvs = range.kvs ?? [];
+    if (!Array.isArray(kvs) || kvs.length > 1) throw new Malformed("kvs is not one key");
+    if (kvs.length === 0) return;
+    const kv = record(kvs[0]);
+    if (kv.key !== key) throw new Malformed("another key came back");
+    found.set(key, { ...kv, value: undefined });
+  });
+  return { revision, found };
+}
+
+class TooLarge extends Error {}
+
 /** The reply's body as text, at most `max` bytes. */
 function readReply(response: IncomingMessage, max: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -587,7 +668,7 @@ function readReply(response: IncomingMessage, max: number): Promise<string> {
     let size = 0;
     response.on("data", (chunk: Buffer) => {
       size += chunk.length;
-      if (size > max) response.destroy(new Error(`reply larger than ${max} bytes`));
+      if (size > max) response.destroy(new TooLarge(`reply larger than ${max} bytes`));
       else chunks.push(chunk);
     });
     response.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));

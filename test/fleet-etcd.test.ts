@@ -138,6 +138,38 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await d.waitForReply("up drain 40% # fleet /hapgent/group/web\n");
   });
 
+  test("values of 1.1 MB in less specific keys make only those keys not followed; the host's key is followed, read and watched", async (t) => {
+    const etcd = await startEtcd(t);
+    const huge = (why: string) =>
+      `{"status":"DOWN","description":"${why} ${"x".repeat(1100 * 1000)}"}`;
+    await etcd.putNow("/hapgent/group/web", huge("group"));
+    await etcd.putNow("/hapgent/all", huge("all"));
+    await etcd.put("/hapgent/host/a", '{"status":"DRAIN","reason":"host"}');
+    const d = await startDaemon(t, { env: fleetEnv(etcd.endpoints) });
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/host/a: host\n", d.stderr());
+    const shown = await runHapgent(["fleet", "status"], fleetEnv(etcd.endpoints));
+    assert.equal(shown.code, 1, `${shown.stdout}${shown.stderr}`);
+    assert.match(
+      shown.stdout,
+      /^\/hapgent\/group\/web +INVALID \(revision \d+\): value is larger than 65536 bytes$/m,
+    );
+    assert.match(shown.stdout, /^\/hapgent\/host\/a +.*DRAIN.*<- followed$/m);
+    // Another such value while watched, then the host's next word: followed.
+    await etcd.putNow("/hapgent/all", huge("again"));
+    await etcd.put("/hapgent/host/a", '{"status":"MAINT","reason":"host"}');
+    await d.waitForReply("maint 100% # fleet /hapgent/host/a: host\n");
+    // The host's key gone, the group's speaks, and its value is not followed: the word before
+    // stands, and the reason is the value's, not etcd's.
+    await etcd.ctl("del", "/hapgent/host/a");
+    await d.waitForLog(
+      /fleet: \/hapgent\/group\/web \(revision \d+\) is not a valid state: value is larger than 65536 bytes; still following \/hapgent\/host\/a/,
+    );
+    assert.equal(await d.probe(), "maint 100% # fleet /hapgent/host/a: host\n");
+    const status = await cliFor(d, "status");
+    assert.match(status.stdout, /^fleet {7}.*etcd http:\S+ watched, heard [\d.]+ s ago$/m);
+    assert.doesNotMatch(d.stderr(), /cannot reach etcd/, d.stderr());
+  });
+
   test("etcd gone: the last word stands, logged once; a restarted agent keeps it from its cache; etcd back: watched again", async (t) => {
     const etcd = await startEtcd(t);
     await etcd.put("/hapgent/group/web", '{"status":"DRAIN","reason":"zone b"}');

@@ -11,7 +11,7 @@ import {
   chooseWord,
   isFleetKey,
   type KeyValue,
-  parseFleetValue,
+  MAX_FLEET_VALUE_BYTES,
   readValue,
 } from "../core/fleet.js";
 import { formatAnswered, printable, type Status, serialiseState } from "../core/state.js";
@@ -109,10 +109,9 @@ async function set(io: CliIo, values: Values, key: string, status: Status): Prom
     // One lease, however many attempts the write takes.
     const lease = forMs === undefined ? undefined : await etcd.grantLease(Math.ceil(forMs / 1000));
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
-      const read = await etcd.read([key]);
+      const read = await etcd.read([key], MAX_FLEET_VALUE_BYTES);
       const record = read.values.get(key);
-      const now =
-        record === undefined ? undefined : parseFleetValue(record.value, record.modRevision);
+      const now = record === undefined ? undefined : readValue(record, read.revision);
       if (now?.kind === "invalid") {
         io.err(`hapgent: ${key} held an invalid value (${now.reason}); replaced\n`);
       }
@@ -175,7 +174,7 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
     throw usage("fleet status needs KEYs, or HAPGENT_ETCD_KEYS");
   }
   try {
-    const read = await etcd.read(keys);
+    const read = await etcd.read(keys, MAX_FLEET_VALUE_BYTES);
     const parsed = new Map<string, KeyValue>();
     for (const key of keys) parsed.set(key, readValue(read.values.get(key), read.revision));
     const chosen = chooseWord(keys, parsed, undefined);

@@ -14,6 +14,7 @@ import {
   type FleetWord,
   fleetVerdict,
   type KeyValue,
+  MAX_FLEET_VALUE_BYTES,
   parseFleetValue,
   readValue,
 } from "../core/fleet.js";
@@ -177,8 +178,14 @@ export function createFleetLayer(parts: {
     saveCache();
   };
 
-  /** Per key, the bytes and revision last applied (null: absent), to check etcd against. */
-  const seen = new Map<string, { readonly modRevision: number; readonly value: Buffer } | null>();
+  /**
+   * Per key, the bytes and revision last applied (null: absent; no value: too large to read), to
+   * check etcd against.
+   */
+  const seen = new Map<
+    string,
+    { readonly modRevision: number; readonly value: Buffer | undefined } | null
+  >();
 
   const applyRead = (snapshot: Snapshot) => {
     for (const key of keys) {
@@ -205,14 +212,16 @@ export function createFleetLayer(parts: {
       if (theirs === undefined) return snapshot.revision <= upTo && mine != null;
       if (theirs.modRevision > upTo) return false;
       return (
-        mine == null || mine.modRevision !== theirs.modRevision || !mine.value.equals(theirs.value)
+        mine == null ||
+        mine.modRevision !== theirs.modRevision ||
+        !sameBytes(mine.value, theirs.value)
       );
     });
 
   /** One session on the current endpoint; resolves with how it ended. */
   const session = async (client: Etcd): Promise<Outcome> => {
     if (needRead) {
-      const snapshot = await client.read(keys);
+      const snapshot = await client.read(keys, MAX_FLEET_VALUE_BYTES);
       if (stopped) return { stable: false };
       applyRead(snapshot);
       needRead = false;
@@ -287,7 +296,7 @@ export function createFleetLayer(parts: {
       }
       // The endpoint must keep answering, and agree with what the watches delivered.
       const health = setInterval(() => {
-        client.read(keys).then(
+        client.read(keys, MAX_FLEET_VALUE_BYTES).then(
           (snapshot) => {
             if (done) return;
             if (differs(snapshot)) {
@@ -426,6 +435,11 @@ export function createFleetLayer(parts: {
       etcd?.close();
     },
   };
+}
+
+/** Both unread (too large), or both the same bytes. */
+function sameBytes(a: Buffer | undefined, b: Buffer | undefined): boolean {
+  return a === undefined || b === undefined ? a === b : a.equals(b);
 }
 
 /** The cached word, if the cache is the agent's for these keys; undefined otherwise (logged). */
