@@ -136,6 +136,8 @@ const MAX_JSON_DEPTH = 16;
  * values of any shape within MAX_REPLY_BYTES parse in a few MiB, where 690,000 `[]` would not.
  */
 const MAX_JSON_VALUES = 20_000;
+/** How long a watch's connection may stay silent before TCP checks that its peer is there. */
+const WATCH_KEEPALIVE_MS = 5000;
 /** A one-key range reply beside its value's base64: header, key, revisions, lease. */
 const VALUE_REPLY_OVERHEAD_BYTES = 2048;
 
@@ -508,6 +510,9 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
           request.on("error", (err: NodeJS.ErrnoException) =>
             end(`${url.origin}: watch: ${err.code ?? err.message}`),
           );
+          // A flow a NAT or firewall forgot while the watch was quiet ends in a few seconds of
+          // unanswered probes, not at the next change.
+          request.on("socket", (socket) => socket.setKeepAlive(true, WATCH_KEEPALIVE_MS));
         },
         (err: unknown) =>
           end(err instanceof Error ? err.message : String(err), (err as EtcdError).code),

@@ -268,6 +268,55 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await d.waitForReply("up ready 100%\n");
   });
 
+  test("a watch whose data is swallowed while reads pass: the change is followed within two health reads, the watch replaced, and nothing claims it watched", async (t) => {
+    const etcd = await startEtcd(t);
+    const relay = await startRelay(t, etcd.endpoints);
+    await etcd.put("/hapgent/host/a", '{"status":"UP","weight":90}');
+    const metricsPort = await freePort();
+    const d = await startDaemon(t, {
+      env: fleetEnv(relay.url, { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` }),
+    });
+    await d.waitForReply("up ready 90% # fleet /hapgent/host/a\n");
+    const scrape = async () => (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const connected = (value: 0 | 1) =>
+      waitFor(
+        `hapgent_fleet_connected ${value}`,
+        async () =>
+          new RegExp(`^hapgent_fleet_connected ${value}$`, "m").test(await scrape())
+            ? true
+            : undefined,
+        30_000,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}:\n${d.stderr()}`);
+      });
+    await connected(1);
+
+    relay.swallowWatches(true);
+    const written = Date.now();
+    await etcd.put("/hapgent/host/a", '{"status":"MAINT","reason":"swallowed"}');
+    // Two health reads (3 s apart) and their round trips: well within 20 s on a loaded machine.
+    await d.waitForReply("maint 100% # fleet /hapgent/host/a: swallowed\n", 20_000);
+    process.stdout.write(
+      `# a change behind a swallowed watch followed ${Date.now() - written} ms later\n`,
+    );
+    await d.waitForLog(
+      /fleet: cannot reach etcd: .*the watch of \/hapgent\/host\/a did not bring a change a read saw 3 s before \(revision \d+; a stalled stream\)/,
+    );
+    await connected(0);
+    const status = await cliFor(d, "status");
+    assert.doesNotMatch(status.stdout, /watched/, status.stdout);
+    assert.match(status.stdout, /^fleet {7}.*etcd UNREACHABLE since .*a stalled stream/m);
+    // Still swallowed: each new session reads before it watches, so the next change comes too.
+    await etcd.put("/hapgent/host/a", '{"status":"DRAIN","reason":"still"}');
+    await d.waitForReply("up drain 100% # fleet /hapgent/host/a: still\n", 20_000);
+
+    relay.swallowWatches(false);
+    await connected(1);
+    await etcd.put("/hapgent/host/a", '{"status":"UP","weight":70}');
+    await d.waitForReply("up ready 70% # fleet /hapgent/host/a\n");
+    assert.match((await cliFor(d, "status")).stdout, /watched, heard/);
+  });
+
   test("three members, the leader killed mid-watch: every agent follows the next write", async (t) => {
     const etcd = await startEtcd(t, 3);
     const urls = etcd.members.map((m) => m.clientUrl);
