@@ -423,7 +423,8 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await etcd.ctl("auth", "enable");
     const dir = await tempDir(t);
     const file = join(dir, "etcd-password");
-    await writeFile(file, "agent-pw-xyz\n", { mode: 0o600 });
+    // The first line is the password (README); a second line is never sent.
+    await writeFile(file, "agent-pw-xyz\r\nrotated 2026-01: old-pw-qrs\n", { mode: 0o600 });
     const adminFile = join(dir, "admin-password");
     await writeFile(adminFile, `${password}\n`, { mode: 0o600 });
     const admin = {
@@ -466,7 +467,7 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       "the operator's state, answered all along",
     );
     for (const daemon of [d, wrong]) {
-      assert.doesNotMatch(daemon.stderr(), /agent-pw-xyz|wrong-pw-abc|s3cret/);
+      assert.doesNotMatch(daemon.stderr(), /agent-pw-xyz|old-pw-qrs|wrong-pw-abc|s3cret/);
     }
     assert.doesNotMatch(set.stderr + set.stdout, /s3cret/);
   });

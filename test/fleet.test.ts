@@ -12,6 +12,7 @@ import {
 } from "../src/core/fleet.js";
 import { reply } from "../src/core/reply.js";
 import { STATUSES, type State, type Status } from "../src/core/state.js";
+import { firstLine } from "../src/etcd-options.js";
 
 const KEYS = ["/hapgent/host/web-12", "/hapgent/group/web", "/hapgent/all"];
 const ORDER: Status[][] = [["UP", "READY"], ["DRAIN"], ["DOWN"], ["FAIL"], ["STOPPED"], ["MAINT"]];
@@ -209,5 +210,20 @@ test("isFleetKey: what HAPGENT_ETCD_KEYS and hapgent fleet accept", () => {
   }
   for (const key of ["", "hapgent/all", "/with space", "/tab\t", "/é", `/${"x".repeat(512)}`]) {
     assert.ok(!isFleetKey(key), key);
+  }
+});
+
+test("firstLine: a password file's first line, without its line end, is the password", () => {
+  for (const [text, password] of [
+    ["agent-pw\n", "agent-pw"],
+    ["agent-pw", "agent-pw"],
+    ["agent-pw\r\n", "agent-pw"],
+    ["agent-pw\nsecond line\n", "agent-pw"],
+    ["agent-pw\r\nsecond line", "agent-pw"],
+    ["  spaced pw \t\n", "  spaced pw \t"],
+    ["\nagent-pw\n", ""],
+    ["", ""],
+  ] as const) {
+    assert.equal(firstLine(Buffer.from(text)), password, JSON.stringify(text));
   }
 });
