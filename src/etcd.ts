@@ -90,10 +90,11 @@ export interface Etcd {
   /** Moves on to the next endpoint. */
   rotate(): void;
   /**
-   * Reads `keys` at one revision for all; a value larger than `maxValueBytes` is not read (its
-   * record has no value), so one key's value never stops the others'.
+   * Reads `keys` at one revision for all (`at`, or the latest); a value larger than
+   * `maxValueBytes` is not read (its record has no value), so one key's value never stops the
+   * others'. A revision etcd has compacted fails with GRPC.OUT_OF_RANGE.
    */
-  read(keys: readonly string[], maxValueBytes: number): Promise<Snapshot>;
+  read(keys: readonly string[], maxValueBytes: number, at?: number): Promise<Snapshot>;
   put(key: string, value: string, lease?: string): Promise<number>;
   /**
    * Puts `value` only if `key` is still at `modRevision` (0: still absent); resolves with the new
@@ -342,14 +343,22 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       index = (index + 1) % options.endpoints.length;
       token = undefined;
     },
-    async read(keys, maxValueBytes) {
+    async read(keys, maxValueBytes, at) {
       // Which keys exist, at one revision, without their values; then each value at that
       // revision, alone and capped: etcd allows values of 1.5 MiB, 16 of which no reply can hold.
       for (let attempt = 1; ; attempt++) {
         const listed = await call("/v3/kv/txn", {
-          success: keys.map((key) => ({ request_range: { key: b64(key), keys_only: true } })),
+          success: keys.map((key) => ({
+            request_range: {
+              key: b64(key),
+              keys_only: true,
+              ...(at === undefined ? {} : { revision: String(at) }),
+            },
+          })),
         });
-        const { revision, found } = shaped(current().origin, () => listing(listed, keys));
+        const shape = shaped(current().origin, () => listing(listed, keys));
+        const { found } = shape;
+        const revision = at ?? shape.revision;
         try {
           // One after another, on the one connection reads keep.
           const values = new Map<string, KeyValueRecord | undefined>();
@@ -360,7 +369,12 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
           return { revision, values };
         } catch (err) {
           // Compacted between the two steps: list again at a revision etcd still has.
-          if (!(err instanceof EtcdError) || err.code !== GRPC.OUT_OF_RANGE || attempt >= 3) {
+          if (
+            !(err instanceof EtcdError) ||
+            err.code !== GRPC.OUT_OF_RANGE ||
+            at !== undefined ||
+            attempt >= 3
+          ) {
             throw err;
           }
         }

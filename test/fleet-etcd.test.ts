@@ -138,6 +138,41 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await d.waitForReply("up drain 40% # fleet /hapgent/group/web\n");
   });
 
+  test("hapgent fleet status says what the agent follows: the group's word when the host's key is invalid, read from etcd's history", async (t) => {
+    const etcd = await startEtcd(t);
+    await etcd.put("/hapgent/group/web", '{"status":"DRAIN","reason":"group"}');
+    const d = await startDaemon(t, { env: fleetEnv(etcd.endpoints) });
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/group/web: group\n");
+    await etcd.put("/hapgent/host/a", '{"status":"UP",}');
+    await etcd.put("/hapgent/host/a", '{"status":"UP","weight":"x"}');
+    await d.waitForLog(/\/hapgent\/host\/a .*weight.*still following \/hapgent\/group\/web/);
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/group/web: group\n");
+    const agent = await cliFor(d, "status");
+    const followed = /^fleet {7}.* from (\S+) \(revision (\d+)\)/m.exec(agent.stdout);
+    assert.ok(followed, agent.stdout);
+    const shown = await runHapgent(["fleet", "status"], fleetEnv(etcd.endpoints));
+    assert.equal(shown.code, 1, "an invalid value is still exit 1");
+    assert.match(
+      shown.stdout,
+      new RegExp(
+        `^a host with these keys follows ${followed[1]} \\(revision ${followed[2]}\\)$`,
+        "m",
+      ),
+    );
+    assert.match(shown.stdout, /^\/hapgent\/group\/web +.*DRAIN.*<- followed$/m);
+    assert.match(shown.stdout, /^problem: .*still following \/hapgent\/group\/web/m);
+    const json = await runHapgent(["fleet", "status", "--json"], fleetEnv(etcd.endpoints));
+    assert.equal(JSON.parse(json.stdout).follows, "/hapgent/group/web");
+    // Once etcd has compacted the history, the command says it cannot know the word before.
+    await etcd.ctl("compact", String(await etcd.revision()));
+    const compacted = await runHapgent(["fleet", "status"], fleetEnv(etcd.endpoints));
+    assert.match(compacted.stdout, /^a host with these keys follows no fleet word/m);
+    assert.match(
+      compacted.stdout,
+      /^note: etcd compacted its history before revision \d+: an agent that followed a word then still does$/m,
+    );
+  });
+
   test("values of 1.1 MB in less specific keys make only those keys not followed; the host's key is followed, read and watched", async (t) => {
     const etcd = await startEtcd(t);
     const huge = (why: string) =>

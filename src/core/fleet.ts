@@ -113,6 +113,35 @@ export function chooseWord(
   return { word: undefined, problem: undefined };
 }
 
+/**
+ * The revision at which the key that speaks got a value that is not a valid state, if it holds
+ * one: the word a host follows then is the one it followed just before.
+ */
+export function invalidSince(
+  keys: readonly string[],
+  values: ReadonlyMap<string, KeyValue>,
+): number | undefined {
+  for (const key of keys) {
+    const value = values.get(key);
+    if (value === undefined || value.kind === "absent") continue;
+    return value.kind === "invalid" ? value.revision : undefined;
+  }
+  return undefined;
+}
+
+/**
+ * What a host that followed the keys all along follows: chooseWord over the keys' values at
+ * successive revisions (oldest first), each time with the word chosen before, as the agent does.
+ */
+export function wordAfter(
+  keys: readonly string[],
+  history: readonly ReadonlyMap<string, KeyValue>[],
+): ReturnType<typeof chooseWord> {
+  let chosen: ReturnType<typeof chooseWord> = { word: undefined, problem: undefined };
+  for (const values of history) chosen = chooseWord(keys, values, chosen.word);
+  return chosen;
+}
+
 /** The fleet's verdict on an answer for `name` (undefined: the instance), as a layer of compose. */
 export function fleetVerdict(word: FleetWord, name: string | undefined): Verdict {
   const own = serviceState(word.state, name);
