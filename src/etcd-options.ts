@@ -17,6 +17,14 @@ export type OptionsResult =
   | { readonly ok: true; readonly options: EtcdOptions }
   | { readonly ok: false; readonly reason: string };
 
+/**
+ * The password in a password file: its first line, without its line end (as editors and `echo`
+ * leave one), as the README says; what follows (a note, a second secret) is never sent.
+ */
+export function firstLine(bytes: Buffer): string {
+  return bytes.toString("utf8").split(/\r?\n/, 1)[0] ?? "";
+}
+
 export async function etcdOptions(
   config: EtcdAccess,
   uid: number,
@@ -50,13 +58,12 @@ export async function etcdOptions(
     read.set(variable, Buffer.from(bytes.bytes));
   }
   const passwordFile = read.get("HAPGENT_ETCD_PASSWORD_FILE");
-  // A password file ends in a line end, as editors and `echo` leave it; that is not the password.
   const password =
     config.password === undefined
       ? undefined
       : "text" in config.password
         ? config.password.text
-        : (passwordFile?.toString("utf8").replace(/\r?\n$/, "") ?? "");
+        : firstLine(passwordFile ?? Buffer.alloc(0));
   if (password === "") {
     return { ok: false, reason: "HAPGENT_ETCD_PASSWORD_FILE holds an empty password" };
   }

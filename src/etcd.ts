@@ -28,10 +28,13 @@ export class EtcdError extends Error {
   readonly code: number | undefined;
   /** The endpoint that failed, as text. */
   readonly endpoint: string;
-  constructor(message: string, code: number | undefined, endpoint: string) {
+  /** The reply was larger than the request allowed: the endpoint answered, too much. */
+  readonly tooLarge: boolean;
+  constructor(message: string, code: number | undefined, endpoint: string, tooLarge = false) {
     super(message);
     this.code = code;
     this.endpoint = endpoint;
+    this.tooLarge = tooLarge;
   }
   /** etcd answered: another endpoint would most likely say the same. */
   get answered(): boolean {
@@ -44,7 +47,8 @@ export const GRPC = Object.freeze({ OUT_OF_RANGE: 11, UNAVAILABLE: 14, UNAUTHENT
 
 export interface KeyValueRecord {
   readonly key: string;
-  readonly value: Buffer;
+  /** Undefined: larger than the read's maxValueBytes, so not read. */
+  readonly value: Buffer | undefined;
   readonly modRevision: number;
   readonly lease: string | undefined;
 }
@@ -85,8 +89,12 @@ export interface Etcd {
   readonly endpoint: string;
   /** Moves on to the next endpoint. */
   rotate(): void;
-  /** Reads `keys` in one transaction: one revision for all. */
-  read(keys: readonly string[]): Promise<Snapshot>;
+  /**
+   * Reads `keys` at one revision for all (`at`, or the latest); a value larger than
+   * `maxValueBytes` is not read (its record has no value), so one key's value never stops the
+   * others'. A revision etcd has compacted fails with GRPC.OUT_OF_RANGE.
+   */
+  read(keys: readonly string[], maxValueBytes: number, at?: number): Promise<Snapshot>;
   put(key: string, value: string, lease?: string): Promise<number>;
   /**
    * Puts `value` only if `key` is still at `modRevision` (0: still absent); resolves with the new
@@ -108,9 +116,8 @@ export interface Etcd {
 }
 
 /**
- * A gateway reply larger than this is not one the agent reads: 16 values of 68 KiB, in base64,
- * fit with room to spare. The agent runs in a small heap (main.js's flags): JSON of this size,
- * and no more than MAX_JSON_OBJECTS objects in it, parses in a few MiB.
+ * A gateway reply larger than this is not one the agent reads (the agent runs in a small heap:
+ * main.js's flags); a read of one key's value is capped lower, by what the value may be.
  */
 const MAX_REPLY_BYTES = 2 * 1024 * 1024;
 /**
@@ -118,8 +125,22 @@ const MAX_REPLY_BYTES = 2 * 1024 * 1024;
  * the keys are read afresh instead, as after a compaction.
  */
 const MAX_WATCH_LINE_BYTES = 1024 * 1024;
-/** Objects in one reply or message; etcd's for these keys have a few per key and event. */
-const MAX_JSON_OBJECTS = 20_000;
+/**
+ * How deep etcd's replies nest: a read is reply > responses > response > range > kvs > kv (6), a
+ * watch message result > events > event > kv (5). Bytes that nest deeper are not etcd's, and
+ * 2 MiB of `[[[…` would take JSON.parse past the heap.
+ */
+const MAX_JSON_DEPTH = 16;
+/**
+ * Values in one reply or message (bounded by its opening brackets and commas). etcd sends a
+ * dozen per key read or event, and at most 1,000 revisions' events in one watch message; 20,000
+ * values of any shape within MAX_REPLY_BYTES parse in a few MiB, where 690,000 `[]` would not.
+ */
+const MAX_JSON_VALUES = 20_000;
+/** How long a watch's connection may stay silent before TCP checks that its peer is there. */
+const WATCH_KEEPALIVE_MS = 5000;
+/** A one-key range reply beside its value's base64: header, key, revisions, lease. */
+const VALUE_REPLY_OVERHEAD_BYTES = 2048;
 
 /**
  * With `failover`, a request (never a watch) that finds its endpoint dead moves on to the next:
@@ -170,19 +191,27 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
     return request;
   };
 
-  /** One POST to the current endpoint; resolves with the reply's JSON, within the timeout. */
+  /**
+   * One POST to the current endpoint; resolves with the reply's JSON, within the timeout. A reply
+   * larger than `maxBytes` fails with `tooLarge`.
+   */
   const post = (
     path: string,
     body: unknown,
     headers: Record<string, string>,
+    maxBytes = MAX_REPLY_BYTES,
   ): Promise<Record<string, unknown>> =>
     new Promise((resolve, reject) => {
       const url = current();
-      const fail = (message: string, code?: number) =>
-        reject(new EtcdError(message, code, url.origin));
+      const fail = (message: string, code?: number, tooLarge = false) =>
+        reject(new EtcdError(message, code, url.origin, tooLarge));
       const request = open(url, path, headers, body, (response) => {
-        readReply(response, MAX_REPLY_BYTES).then(
+        readReply(response, maxBytes).then(
           (text) => {
+            const costly = whyTooCostly(text);
+            if (costly !== undefined) {
+              return fail(`${url.origin}${path}: not etcd's answer, left unparsed: ${costly}`);
+            }
             const parsed = parseObject(text);
             if (parsed === undefined) {
               return fail(`${url.origin}${path}: HTTP ${response.statusCode}, not etcd's JSON`);
@@ -193,7 +222,7 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
             }
             resolve(parsed);
           },
-          (err: Error) => fail(`${url.origin}: ${err.message}`),
+          (err: Error) => fail(`${url.origin}: ${err.message}`, undefined, err instanceof TooLarge),
         );
       });
       // The whole exchange, connecting included, not only a silent socket.
@@ -202,7 +231,7 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       }, options.timeoutMs);
       request.on("close", () => clearTimeout(deadline));
       request.on("error", (err: NodeJS.ErrnoException) =>
-        fail(`${url.origin}: ${err.code ?? err.message}`),
+        fail(`${url.origin}: ${err.code ?? err.message}`, undefined, err instanceof TooLarge),
       );
     });
 
@@ -237,13 +266,22 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
    * A call with the token; an expired token (etcd's simple tokens last minutes) is renewed once.
    * With `failover`, an endpoint that does not answer hands the call to the next, once each.
    */
-  const call = async (path: string, body: unknown): Promise<Record<string, unknown>> => {
-    if (!failover) return callOnce(path, body);
+  const call = async (
+    path: string,
+    body: unknown,
+    maxBytes?: number,
+  ): Promise<Record<string, unknown>> => {
+    if (!failover) return callOnce(path, body, maxBytes);
     for (let tried = 1; ; tried++) {
       try {
-        return await callOnce(path, body);
+        return await callOnce(path, body, maxBytes);
       } catch (err) {
-        if (!(err instanceof EtcdError) || err.answered || tried >= options.endpoints.length) {
+        if (
+          !(err instanceof EtcdError) ||
+          err.answered ||
+          err.tooLarge ||
+          tried >= options.endpoints.length
+        ) {
           throw err;
         }
         index = (index + 1) % options.endpoints.length;
@@ -252,16 +290,49 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
     }
   };
 
-  const callOnce = async (path: string, body: unknown): Promise<Record<string, unknown>> => {
+  const callOnce = async (
+    path: string,
+    body: unknown,
+    maxBytes?: number,
+  ): Promise<Record<string, unknown>> => {
     try {
-      return await post(path, body, await authHeaders());
+      return await post(path, body, await authHeaders(), maxBytes);
     } catch (err) {
       if (!(err instanceof EtcdError) || !isTokenError(err) || options.username === undefined) {
         throw err;
       }
       token = undefined;
-      return post(path, body, await authHeaders());
+      return post(path, body, await authHeaders(), maxBytes);
     }
+  };
+
+  /** `known`'s value at `revision`, unless its reply is larger than such a value can need. */
+  const valueAt = async (
+    known: KeyValueRecord,
+    revision: number,
+    maxValueBytes: number,
+  ): Promise<KeyValueRecord> => {
+    let reply: Record<string, unknown>;
+    try {
+      reply = await call(
+        "/v3/kv/range",
+        { key: b64(known.key), revision: String(revision) },
+        Math.ceil(maxValueBytes / 3) * 4 + VALUE_REPLY_OVERHEAD_BYTES,
+      );
+    } catch (err) {
+      if (err instanceof EtcdError && err.tooLarge) return known;
+      throw err;
+    }
+    const value = shaped(current().origin, () => {
+      const kvs = reply.kvs ?? [];
+      if (!Array.isArray(kvs) || kvs.length !== 1) throw new Malformed("kvs is not one key");
+      const kv = record(kvs[0]);
+      if (kv.key !== known.key || kv.modRevision !== known.modRevision) {
+        throw new Malformed("another key or revision came back");
+      }
+      return kv.value;
+    });
+    return value !== undefined && value.length > maxValueBytes ? known : { ...known, value };
   };
 
   return {
@@ -272,28 +343,42 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       index = (index + 1) % options.endpoints.length;
       token = undefined;
     },
-    async read(keys) {
-      const reply = await call("/v3/kv/txn", {
-        success: keys.map((key) => ({ request_range: { key: b64(key) } })),
-      });
-      return shaped(current().origin, () => {
-        const revision = revisionOf(reply);
-        const responses = reply.responses;
-        if (!Array.isArray(responses) || responses.length !== keys.length) {
-          throw new Malformed(`${keys.length} responses expected`);
-        }
-        const values = new Map<string, KeyValueRecord | undefined>();
-        keys.forEach((key, i) => {
-          const range = objectOf(objectOf(responses[i], "response").response_range, "range");
-          const kvs = range.kvs ?? [];
-          if (!Array.isArray(kvs) || kvs.length > 1) throw new Malformed("kvs is not one key");
-          const found = kvs.length === 0 ? undefined : record(kvs[0]);
-          if (found !== undefined && found.key !== key)
-            throw new Malformed("another key came back");
-          values.set(key, found);
+    async read(keys, maxValueBytes, at) {
+      // Which keys exist, at one revision, without their values; then each value at that
+      // revision, alone and capped: etcd allows values of 1.5 MiB, 16 of which no reply can hold.
+      for (let attempt = 1; ; attempt++) {
+        const listed = await call("/v3/kv/txn", {
+          success: keys.map((key) => ({
+            request_range: {
+              key: b64(key),
+              keys_only: true,
+              ...(at === undefined ? {} : { revision: String(at) }),
+            },
+          })),
         });
-        return { revision, values };
-      });
+        const shape = shaped(current().origin, () => listing(listed, keys));
+        const { found } = shape;
+        const revision = at ?? shape.revision;
+        try {
+          // One after another, on the one connection reads keep.
+          const values = new Map<string, KeyValueRecord | undefined>();
+          for (const key of keys) {
+            const known = found.get(key);
+            values.set(key, known && (await valueAt(known, revision, maxValueBytes)));
+          }
+          return { revision, values };
+        } catch (err) {
+          // Compacted between the two steps: list again at a revision etcd still has.
+          if (
+            !(err instanceof EtcdError) ||
+            err.code !== GRPC.OUT_OF_RANGE ||
+            at !== undefined ||
+            attempt >= 3
+          ) {
+            throw err;
+          }
+        }
+      }
     },
     async put(key, value, lease) {
       const reply = await call("/v3/kv/put", {
@@ -350,6 +435,8 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       };
       /** One message of the stream; throws on one that is not etcd's. */
       const watchMessage = (line: string) => {
+        const costly = whyTooCostly(line);
+        if (costly !== undefined) throw new Malformed(`left unparsed: ${costly}`);
         const message = parseObject(line);
         if (message === undefined) throw new Malformed("not JSON");
         if (message.error !== undefined) {
@@ -437,6 +524,9 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
           request.on("error", (err: NodeJS.ErrnoException) =>
             end(`${url.origin}: watch: ${err.code ?? err.message}`),
           );
+          // A flow a NAT or firewall forgot while the watch was quiet ends in a few seconds of
+          // unanswered probes, not at the next change.
+          request.on("socket", (socket) => socket.setKeepAlive(true, WATCH_KEEPALIVE_MS));
         },
         (err: unknown) =>
           end(err instanceof Error ? err.message : String(err), (err as EtcdError).code),
@@ -504,7 +594,7 @@ function base64Field(value: unknown, what: string): Buffer {
   return Buffer.from(value, "base64");
 }
 
-function record(value: unknown): KeyValueRecord {
+function record(value: unknown): KeyValueRecord & { readonly value: Buffer } {
   const kv = objectOf(value, "kv");
   return {
     key: base64Field(kv.key, "kv.key").toString("utf8"),
@@ -525,12 +615,9 @@ function event(value: unknown): WatchEvent {
   };
 }
 
-/** A JSON object, if `text` is one of at most MAX_JSON_OBJECTS objects (a small heap's worth). */
+/** A JSON object, if `text` is one (and not too costly to parse: see whyTooCostly). */
 function parseObject(text: string): Record<string, unknown> | undefined {
-  let objects = 0;
-  for (let at = text.indexOf("{"); at !== -1; at = text.indexOf("{", at + 1)) {
-    if (++objects > MAX_JSON_OBJECTS) return undefined;
-  }
+  if (whyTooCostly(text) !== undefined) return undefined;
   try {
     const value: unknown = JSON.parse(text);
     return typeof value === "object" && value !== null && !Array.isArray(value)
@@ -541,6 +628,58 @@ function parseObject(text: string): Record<string, unknown> | undefined {
   }
 }
 
+/**
+ * Why JSON.parse must not be given `text`: it nests deeper than MAX_JSON_DEPTH or holds more
+ * than MAX_JSON_VALUES values, which no reply of etcd's for these keys does and which could take
+ * the small heap past its end. One pass over the characters, outside strings only.
+ */
+export function whyTooCostly(text: string): string | undefined {
+  let depth = 0;
+  let values = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      // A string: skip to its closing quote, past escaped characters.
+      for (i++; i < text.length && text.charCodeAt(i) !== 0x22; i++) {
+        if (text.charCodeAt(i) === 0x5c) i++;
+      }
+    } else if (c === 0x7b || c === 0x5b) {
+      if (++depth > MAX_JSON_DEPTH) return `it nests deeper than ${MAX_JSON_DEPTH} levels`;
+      if (++values > MAX_JSON_VALUES) return `it holds more than ${MAX_JSON_VALUES} values`;
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--;
+    } else if (c === 0x2c && ++values > MAX_JSON_VALUES) {
+      return `it holds more than ${MAX_JSON_VALUES} values`;
+    }
+  }
+  return undefined;
+}
+
+/** A read's listing (keys_only): its revision, and each key that exists, without its value. */
+function listing(
+  reply: Record<string, unknown>,
+  keys: readonly string[],
+): { revision: number; found: Map<string, KeyValueRecord> } {
+  const revision = revisionOf(reply);
+  const responses = reply.responses;
+  if (!Array.isArray(responses) || responses.length !== keys.length) {
+    throw new Malformed(`${keys.length} responses expected`);
+  }
+  const found = new Map<string, KeyValueRecord>();
+  keys.forEach((key, i) => {
+    const range = objectOf(objectOf(responses[i], "response").response_range, "range");
+    const kvs = range.kvs ?? [];
+    if (!Array.isArray(kvs) || kvs.length > 1) throw new Malformed("kvs is not one key");
+    if (kvs.length === 0) return;
+    const kv = record(kvs[0]);
+    if (kv.key !== key) throw new Malformed("another key came back");
+    found.set(key, { ...kv, value: undefined });
+  });
+  return { revision, found };
+}
+
+class TooLarge extends Error {}
+
 /** The reply's body as text, at most `max` bytes. */
 function readReply(response: IncomingMessage, max: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -548,7 +687,7 @@ function readReply(response: IncomingMessage, max: number): Promise<string> {
     let size = 0;
     response.on("data", (chunk: Buffer) => {
       size += chunk.length;
-      if (size > max) response.destroy(new Error(`reply larger than ${max} bytes`));
+      if (size > max) response.destroy(new TooLarge(`reply larger than ${max} bytes`));
       else chunks.push(chunk);
     });
     response.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));

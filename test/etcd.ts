@@ -300,6 +300,12 @@ export interface Relay {
   /** Drops every connection and refuses new ones, as a partition would. */
   cut(): void;
   restore(): void;
+  /**
+   * While on, what etcd sends on a watch's connection (one that has carried a POST to
+   * /v3/watch) is dropped, while reads pass: a proxy that swallows a stream, or a NAT that forgot
+   * an idle flow.
+   */
+  swallowWatches(on: boolean): void;
 }
 
 /** A TCP relay to `target` (etcd's client URL) on a loopback port of its own. */
@@ -307,6 +313,7 @@ export async function startRelay(t: After, target: string): Promise<Relay> {
   const { hostname, port: targetPort } = new URL(target);
   const sockets = new Set<Socket>();
   let open = true;
+  let swallow = false;
   const server: Server = createServer((client) => {
     if (!open) return client.destroy();
     const upstream = connect(Number(targetPort), hostname);
@@ -320,8 +327,14 @@ export async function startRelay(t: After, target: string): Promise<Relay> {
     };
     client.on("error", drop).on("close", drop);
     upstream.on("error", drop).on("close", drop);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    let watch = false;
+    client.on("data", (chunk: Buffer) => {
+      if (chunk.includes("POST /v3/watch")) watch = true;
+      upstream.write(chunk);
+    });
+    upstream.on("data", (chunk: Buffer) => {
+      if (!(swallow && watch)) client.write(chunk);
+    });
   });
   const port = await freePort();
   await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
@@ -341,6 +354,9 @@ export async function startRelay(t: After, target: string): Promise<Relay> {
     },
     restore() {
       open = true;
+    },
+    swallowWatches(on) {
+      swallow = on;
     },
   };
 }

@@ -138,6 +138,73 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await d.waitForReply("up drain 40% # fleet /hapgent/group/web\n");
   });
 
+  test("hapgent fleet status says what the agent follows: the group's word when the host's key is invalid, read from etcd's history", async (t) => {
+    const etcd = await startEtcd(t);
+    await etcd.put("/hapgent/group/web", '{"status":"DRAIN","reason":"group"}');
+    const d = await startDaemon(t, { env: fleetEnv(etcd.endpoints) });
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/group/web: group\n");
+    await etcd.put("/hapgent/host/a", '{"status":"UP",}');
+    await etcd.put("/hapgent/host/a", '{"status":"UP","weight":"x"}');
+    await d.waitForLog(/\/hapgent\/host\/a .*weight.*still following \/hapgent\/group\/web/);
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/group/web: group\n");
+    const agent = await cliFor(d, "status");
+    const followed = /^fleet {7}.* from (\S+) \(revision (\d+)\)/m.exec(agent.stdout);
+    assert.ok(followed, agent.stdout);
+    const shown = await runHapgent(["fleet", "status"], fleetEnv(etcd.endpoints));
+    assert.equal(shown.code, 1, "an invalid value is still exit 1");
+    assert.match(
+      shown.stdout,
+      new RegExp(
+        `^a host with these keys follows ${followed[1]} \\(revision ${followed[2]}\\)$`,
+        "m",
+      ),
+    );
+    assert.match(shown.stdout, /^\/hapgent\/group\/web +.*DRAIN.*<- followed$/m);
+    assert.match(shown.stdout, /^problem: .*still following \/hapgent\/group\/web/m);
+    const json = await runHapgent(["fleet", "status", "--json"], fleetEnv(etcd.endpoints));
+    assert.equal(JSON.parse(json.stdout).follows, "/hapgent/group/web");
+    // Once etcd has compacted the history, the command says it cannot know the word before.
+    await etcd.ctl("compact", String(await etcd.revision()));
+    const compacted = await runHapgent(["fleet", "status"], fleetEnv(etcd.endpoints));
+    assert.match(compacted.stdout, /^a host with these keys follows no fleet word/m);
+    assert.match(
+      compacted.stdout,
+      /^note: etcd compacted its history before revision \d+: an agent that followed a word then still does$/m,
+    );
+  });
+
+  test("values of 1.1 MB in less specific keys make only those keys not followed; the host's key is followed, read and watched", async (t) => {
+    const etcd = await startEtcd(t);
+    const huge = (why: string) =>
+      `{"status":"DOWN","description":"${why} ${"x".repeat(1100 * 1000)}"}`;
+    await etcd.putNow("/hapgent/group/web", huge("group"));
+    await etcd.putNow("/hapgent/all", huge("all"));
+    await etcd.put("/hapgent/host/a", '{"status":"DRAIN","reason":"host"}');
+    const d = await startDaemon(t, { env: fleetEnv(etcd.endpoints) });
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/host/a: host\n", d.stderr());
+    const shown = await runHapgent(["fleet", "status"], fleetEnv(etcd.endpoints));
+    assert.equal(shown.code, 1, `${shown.stdout}${shown.stderr}`);
+    assert.match(
+      shown.stdout,
+      /^\/hapgent\/group\/web +INVALID \(revision \d+\): value is larger than 65536 bytes$/m,
+    );
+    assert.match(shown.stdout, /^\/hapgent\/host\/a +.*DRAIN.*<- followed$/m);
+    // Another such value while watched, then the host's next word: followed.
+    await etcd.putNow("/hapgent/all", huge("again"));
+    await etcd.put("/hapgent/host/a", '{"status":"MAINT","reason":"host"}');
+    await d.waitForReply("maint 100% # fleet /hapgent/host/a: host\n");
+    // The host's key gone, the group's speaks, and its value is not followed: the word before
+    // stands, and the reason is the value's, not etcd's.
+    await etcd.ctl("del", "/hapgent/host/a");
+    await d.waitForLog(
+      /fleet: \/hapgent\/group\/web \(revision \d+\) is not a valid state: value is larger than 65536 bytes; still following \/hapgent\/host\/a/,
+    );
+    assert.equal(await d.probe(), "maint 100% # fleet /hapgent/host/a: host\n");
+    const status = await cliFor(d, "status");
+    assert.match(status.stdout, /^fleet {7}.*etcd http:\S+ watched, heard [\d.]+ s ago$/m);
+    assert.doesNotMatch(d.stderr(), /cannot reach etcd/, d.stderr());
+  });
+
   test("etcd gone: the last word stands, logged once; a restarted agent keeps it from its cache; etcd back: watched again", async (t) => {
     const etcd = await startEtcd(t);
     await etcd.put("/hapgent/group/web", '{"status":"DRAIN","reason":"zone b"}');
@@ -234,6 +301,55 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     // The watch made after the read follows the next change.
     await etcd.put("/hapgent/all", '{"status":"UP"}');
     await d.waitForReply("up ready 100%\n");
+  });
+
+  test("a watch whose data is swallowed while reads pass: the change is followed within two health reads, the watch replaced, and nothing claims it watched", async (t) => {
+    const etcd = await startEtcd(t);
+    const relay = await startRelay(t, etcd.endpoints);
+    await etcd.put("/hapgent/host/a", '{"status":"UP","weight":90}');
+    const metricsPort = await freePort();
+    const d = await startDaemon(t, {
+      env: fleetEnv(relay.url, { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` }),
+    });
+    await d.waitForReply("up ready 90% # fleet /hapgent/host/a\n");
+    const scrape = async () => (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const connected = (value: 0 | 1) =>
+      waitFor(
+        `hapgent_fleet_connected ${value}`,
+        async () =>
+          new RegExp(`^hapgent_fleet_connected ${value}$`, "m").test(await scrape())
+            ? true
+            : undefined,
+        30_000,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}:\n${d.stderr()}`);
+      });
+    await connected(1);
+
+    relay.swallowWatches(true);
+    const written = Date.now();
+    await etcd.put("/hapgent/host/a", '{"status":"MAINT","reason":"swallowed"}');
+    // Two health reads (3 s apart) and their round trips: well within 20 s on a loaded machine.
+    await d.waitForReply("maint 100% # fleet /hapgent/host/a: swallowed\n", 20_000);
+    process.stdout.write(
+      `# a change behind a swallowed watch followed ${Date.now() - written} ms later\n`,
+    );
+    await d.waitForLog(
+      /fleet: cannot reach etcd: .*the watch of \/hapgent\/host\/a did not bring a change a read saw 3 s before \(revision \d+; a stalled stream\)/,
+    );
+    await connected(0);
+    const status = await cliFor(d, "status");
+    assert.doesNotMatch(status.stdout, /watched/, status.stdout);
+    assert.match(status.stdout, /^fleet {7}.*etcd UNREACHABLE since .*a stalled stream/m);
+    // Still swallowed: each new session reads before it watches, so the next change comes too.
+    await etcd.put("/hapgent/host/a", '{"status":"DRAIN","reason":"still"}');
+    await d.waitForReply("up drain 100% # fleet /hapgent/host/a: still\n", 20_000);
+
+    relay.swallowWatches(false);
+    await connected(1);
+    await etcd.put("/hapgent/host/a", '{"status":"UP","weight":70}');
+    await d.waitForReply("up ready 70% # fleet /hapgent/host/a\n");
+    assert.match((await cliFor(d, "status")).stdout, /watched, heard/);
   });
 
   test("three members, the leader killed mid-watch: every agent follows the next write", async (t) => {
@@ -342,7 +458,8 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await etcd.ctl("auth", "enable");
     const dir = await tempDir(t);
     const file = join(dir, "etcd-password");
-    await writeFile(file, "agent-pw-xyz\n", { mode: 0o600 });
+    // The first line is the password (README); a second line is never sent.
+    await writeFile(file, "agent-pw-xyz\r\nrotated 2026-01: old-pw-qrs\n", { mode: 0o600 });
     const adminFile = join(dir, "admin-password");
     await writeFile(adminFile, `${password}\n`, { mode: 0o600 });
     const admin = {
@@ -385,7 +502,7 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       "the operator's state, answered all along",
     );
     for (const daemon of [d, wrong]) {
-      assert.doesNotMatch(daemon.stderr(), /agent-pw-xyz|wrong-pw-abc|s3cret/);
+      assert.doesNotMatch(daemon.stderr(), /agent-pw-xyz|old-pw-qrs|wrong-pw-abc|s3cret/);
     }
     assert.doesNotMatch(set.stderr + set.stdout, /s3cret/);
   });
@@ -459,6 +576,43 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       assert.doesNotMatch(d.stderr(), /TypeError|at .*\.js:\d+/, `mode ${mode}: no stack trace`);
       d.signal("SIGTERM");
       assert.equal((await d.exited).code, 0);
+    }
+  });
+
+  test("replies that would exhaust the heap (2 MiB of nesting, 690,000 empty lists) are refused unparsed, with the reason; the agent answers all along", async (t) => {
+    const txn =
+      '{"header":{"revision":"10"},"responses":[{"response_range":{}},{"response_range":{}},{"response_range":{}}]}';
+    const bodies: { read: string; watch?: string }[] = [
+      { read: `${"[".repeat(1024 * 1024 - 8)}${"]".repeat(1024 * 1024 - 8)}` },
+      { read: `{"header":{"revision":"10"},"x":[${"[],".repeat(690_000)}[]]}` },
+      { read: `{"header":${'{"a":'.repeat(300_000)}1${"}".repeat(300_000)}}` },
+      // A good read, then one watch message of nesting just under the line's cap.
+      { read: txn, watch: `{"result":${"[".repeat(1024 * 1024 - 32)}\n` },
+    ];
+    let mode = 0;
+    const port = await fakeEtcd(t, (req, res) => {
+      req.resume();
+      const body = bodies[mode] as { read: string; watch?: string };
+      if (req.url === "/v3/watch" && body.watch !== undefined) {
+        res.writeHead(200);
+        res.write(body.watch);
+      } else res.end(body.read);
+    });
+    for (mode = 0; mode < bodies.length; mode++) {
+      const d = await startDaemon(t, { env: fleetEnv(`http://127.0.0.1:${port}`) });
+      await d
+        .waitForLog(
+          /fleet: cannot reach etcd: .*left unparsed: it (nests deeper than 16 levels|holds more than 20000 values)/,
+          15_000,
+        )
+        .catch((err: Error) => {
+          throw new Error(`mode ${mode}: ${err.message}:\n${d.stderr()}`);
+        });
+      assert.equal(await d.probe(), "up ready 100%\n", `mode ${mode}: the operator's state`);
+      assert.equal(d.child.exitCode, null, `mode ${mode}: still running`);
+      assert.doesNotMatch(d.stderr(), /heap|internal error|at .*\.js:\d+/, `mode ${mode}`);
+      d.signal("SIGTERM");
+      assert.equal((await d.exited).code, 0, `mode ${mode}`);
     }
   });
 

@@ -6,12 +6,15 @@ import {
   chooseWord,
   type FleetWord,
   fleetVerdict,
+  invalidSince,
   isFleetKey,
   type KeyValue,
   parseFleetValue,
+  wordAfter,
 } from "../src/core/fleet.js";
 import { reply } from "../src/core/reply.js";
 import { STATUSES, type State, type Status } from "../src/core/state.js";
+import { firstLine } from "../src/etcd-options.js";
 
 const KEYS = ["/hapgent/host/web-12", "/hapgent/group/web", "/hapgent/all"];
 const ORDER: Status[][] = [["UP", "READY"], ["DRAIN"], ["DOWN"], ["FAIL"], ["STOPPED"], ["MAINT"]];
@@ -210,4 +213,42 @@ test("isFleetKey: what HAPGENT_ETCD_KEYS and hapgent fleet accept", () => {
   for (const key of ["", "hapgent/all", "/with space", "/tab\t", "/é", `/${"x".repeat(512)}`]) {
     assert.ok(!isFleetKey(key), key);
   }
+});
+
+test("firstLine: a password file's first line, without its line end, is the password", () => {
+  for (const [text, password] of [
+    ["agent-pw\n", "agent-pw"],
+    ["agent-pw", "agent-pw"],
+    ["agent-pw\r\n", "agent-pw"],
+    ["agent-pw\nsecond line\n", "agent-pw"],
+    ["agent-pw\r\nsecond line", "agent-pw"],
+    ["  spaced pw \t\n", "  spaced pw \t"],
+    ["\nagent-pw\n", ""],
+    ["", ""],
+  ] as const) {
+    assert.equal(firstLine(Buffer.from(text)), password, JSON.stringify(text));
+  }
+});
+
+test("wordAfter: the word before an invalid value, as an agent watching all along keeps it", () => {
+  const [host, group] = KEYS as [string, string, string];
+  const before = new Map([
+    [host, absent(4)],
+    [group, value('{"status":"DRAIN"}', 3)],
+  ]);
+  const now = new Map([
+    [host, value('{"status":"UP",}', 5)],
+    [group, value('{"status":"DRAIN"}', 3)],
+  ]);
+  assert.equal(invalidSince(KEYS, now), 5);
+  assert.equal(invalidSince(KEYS, before), undefined);
+  assert.equal(wordAfter(KEYS, [now]).word, undefined, "no history: no word before");
+  const chosen = wordAfter(KEYS, [before, now]);
+  assert.equal(chosen.word?.key, group);
+  assert.equal(chosen.word?.revision, 3);
+  assert.match(chosen.problem ?? "", /still following \/hapgent\/group\/web \(revision 3\)/);
+  assert.deepEqual(
+    wordAfter(KEYS, [before, now]),
+    chooseWord(KEYS, now, chooseWord(KEYS, before, undefined).word),
+  );
 });

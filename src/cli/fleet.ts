@@ -8,14 +8,15 @@
 import { invalidKeys, parseEtcdAccess, parseFleetKeys } from "../config.js";
 import { applyChange, formatDuration } from "../core/change.js";
 import {
-  chooseWord,
+  invalidSince,
   isFleetKey,
   type KeyValue,
-  parseFleetValue,
+  MAX_FLEET_VALUE_BYTES,
   readValue,
+  wordAfter,
 } from "../core/fleet.js";
 import { formatAnswered, printable, type Status, serialiseState } from "../core/state.js";
-import { createEtcd, type Etcd, EtcdError } from "../etcd.js";
+import { createEtcd, type Etcd, EtcdError, GRPC, type Snapshot } from "../etcd.js";
 import { etcdOptions } from "../etcd-options.js";
 import type { Values } from "./args.js";
 import { CLI_EXIT, CliError, usage } from "./exit.js";
@@ -23,6 +24,8 @@ import type { CliIo } from "./io.js";
 import { changeOf } from "./set.js";
 import { userName } from "./user.js";
 
+/** How many invalid values in a row `status` looks back through for the word before them. */
+const MAX_LOOKBACK = 8;
 /** A write that loses the race with another this often gives up. */
 const MAX_ATTEMPTS = 5;
 const REQUEST_TIMEOUT_MS = 5000;
@@ -109,10 +112,9 @@ async function set(io: CliIo, values: Values, key: string, status: Status): Prom
     // One lease, however many attempts the write takes.
     const lease = forMs === undefined ? undefined : await etcd.grantLease(Math.ceil(forMs / 1000));
     for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
-      const read = await etcd.read([key]);
+      const read = await etcd.read([key], MAX_FLEET_VALUE_BYTES);
       const record = read.values.get(key);
-      const now =
-        record === undefined ? undefined : parseFleetValue(record.value, record.modRevision);
+      const now = record === undefined ? undefined : readValue(record, read.revision);
       if (now?.kind === "invalid") {
         io.err(`hapgent: ${key} held an invalid value (${now.reason}); replaced\n`);
       }
@@ -167,6 +169,41 @@ async function clear(io: CliIo, values: Values, key: string): Promise<number> {
   }
 }
 
+function valuesOf(keys: readonly string[], read: Snapshot): Map<string, KeyValue> {
+  const values = new Map<string, KeyValue>();
+  for (const key of keys) values.set(key, readValue(read.values.get(key), read.revision));
+  return values;
+}
+
+/**
+ * The keys' values at each revision that decides the word now, oldest first: while the key that
+ * speaks holds an invalid value, the agents keep the word they followed just before it came, so
+ * the keys are read as they were then. `compacted`: the revision etcd no longer had.
+ */
+async function lookBack(
+  etcd: Etcd,
+  keys: readonly string[],
+  now: Map<string, KeyValue>,
+): Promise<{ history: Map<string, KeyValue>[]; compacted?: number }> {
+  const history = [now];
+  for (let since = invalidSince(keys, now); since !== undefined && since > 1; ) {
+    if (history.length > MAX_LOOKBACK) return { history, compacted: since - 1 };
+    let read: Snapshot;
+    try {
+      read = await etcd.read(keys, MAX_FLEET_VALUE_BYTES, since - 1);
+    } catch (err) {
+      if (err instanceof EtcdError && err.code === GRPC.OUT_OF_RANGE) {
+        return { history, compacted: since - 1 };
+      }
+      throw err;
+    }
+    const values = valuesOf(keys, read);
+    history.unshift(values);
+    since = invalidSince(keys, values);
+  }
+  return { history };
+}
+
 async function show(io: CliIo, values: Values, given: readonly string[]): Promise<number> {
   const { etcd, keys: configured } = await connect(io, values);
   const keys = given.length > 0 ? given : configured;
@@ -175,10 +212,11 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
     throw usage("fleet status needs KEYs, or HAPGENT_ETCD_KEYS");
   }
   try {
-    const read = await etcd.read(keys);
-    const parsed = new Map<string, KeyValue>();
-    for (const key of keys) parsed.set(key, readValue(read.values.get(key), read.revision));
-    const chosen = chooseWord(keys, parsed, undefined);
+    const read = await etcd.read(keys, MAX_FLEET_VALUE_BYTES);
+    const parsed = valuesOf(keys, read);
+    const { history, compacted } = await lookBack(etcd, keys, parsed);
+    // What the agents decide, with the word they followed before an invalid value came.
+    const chosen = wordAfter(keys, history);
     if (values.json) {
       io.out(
         `${JSON.stringify({
@@ -190,7 +228,9 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
             lease: read.values.get(key)?.lease ?? null,
           })),
           follows: chosen.word?.key ?? null,
+          followsRevision: chosen.word?.revision ?? null,
           problem: chosen.problem ?? null,
+          historyCompacted: compacted ?? null,
         })}\n`,
       );
     } else {
@@ -208,9 +248,14 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
       lines.push(
         chosen.word === undefined
           ? `a host with these keys follows no fleet word: its operator's state alone decides`
-          : `a host with these keys follows ${chosen.word.key}`,
+          : `a host with these keys follows ${chosen.word.key} (revision ${chosen.word.revision})`,
       );
       if (chosen.problem !== undefined) lines.push(`problem: ${printable(chosen.problem)}`);
+      if (compacted !== undefined) {
+        lines.push(
+          `note: etcd compacted its history before revision ${compacted}: an agent that followed a word then still does`,
+        );
+      }
       io.out(`${lines.join("\n")}\n`);
     }
     return [...parsed.values()].some((value) => value.kind === "invalid")

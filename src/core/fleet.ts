@@ -4,7 +4,15 @@
  * its value is a state in the state file's format. Pure: values in, the word and its verdicts out.
  */
 import type { Verdict } from "./compose.js";
-import { parseState, type State, type StateResult, sameState, serviceState } from "./state.js";
+import {
+  MAX_STATE_FILE_BYTES,
+  parseState,
+  RECORDS_ALLOWANCE_BYTES,
+  type State,
+  type StateResult,
+  sameState,
+  serviceState,
+} from "./state.js";
 
 /** What one key holds: nothing, a valid state, or bytes that are not one (and why). */
 export type KeyValue =
@@ -24,6 +32,12 @@ export interface FleetWord {
 export const MAX_FLEET_KEYS = 16;
 export const MAX_FLEET_KEY_BYTES = 512;
 
+/**
+ * The most of a key's value that is read: what the state file's rules could accept. A larger
+ * value is an invalid value of that key alone; etcd allows 1.5 MiB.
+ */
+export const MAX_FLEET_VALUE_BYTES = MAX_STATE_FILE_BYTES + RECORDS_ALLOWANCE_BYTES;
+
 /** A fleet value: a state file's text, with no pending expiry (an expiring word is a lease). */
 export function parseFleetValue(bytes: Uint8Array, revision: number): KeyValue {
   const parsed: StateResult = parseState(bytes);
@@ -41,14 +55,23 @@ export function parseFleetValue(bytes: Uint8Array, revision: number): KeyValue {
   return { kind: "state", revision, state: parsed.state };
 }
 
-/** What a read found for a key: its value at its revision, or nothing as of the read's revision. */
+/**
+ * What a read found for a key: its value at its revision, or nothing as of the read's revision.
+ * A value left unread (larger than MAX_FLEET_VALUE_BYTES) is invalid.
+ */
 export function readValue(
-  found: { readonly value: Uint8Array; readonly modRevision: number } | undefined,
+  found: { readonly value: Uint8Array | undefined; readonly modRevision: number } | undefined,
   readRevision: number,
 ): KeyValue {
-  return found === undefined
-    ? { kind: "absent", revision: readRevision }
-    : parseFleetValue(found.value, found.modRevision);
+  if (found === undefined) return { kind: "absent", revision: readRevision };
+  if (found.value === undefined) {
+    return {
+      kind: "invalid",
+      revision: found.modRevision,
+      reason: `value is larger than ${MAX_STATE_FILE_BYTES} bytes`,
+    };
+  }
+  return parseFleetValue(found.value, found.modRevision);
 }
 
 /**
@@ -88,6 +111,35 @@ export function chooseWord(
     };
   }
   return { word: undefined, problem: undefined };
+}
+
+/**
+ * The revision at which the key that speaks got a value that is not a valid state, if it holds
+ * one: the word a host follows then is the one it followed just before.
+ */
+export function invalidSince(
+  keys: readonly string[],
+  values: ReadonlyMap<string, KeyValue>,
+): number | undefined {
+  for (const key of keys) {
+    const value = values.get(key);
+    if (value === undefined || value.kind === "absent") continue;
+    return value.kind === "invalid" ? value.revision : undefined;
+  }
+  return undefined;
+}
+
+/**
+ * What a host that followed the keys all along follows: chooseWord over the keys' values at
+ * successive revisions (oldest first), each time with the word chosen before, as the agent does.
+ */
+export function wordAfter(
+  keys: readonly string[],
+  history: readonly ReadonlyMap<string, KeyValue>[],
+): ReturnType<typeof chooseWord> {
+  let chosen: ReturnType<typeof chooseWord> = { word: undefined, problem: undefined };
+  for (const values of history) chosen = chooseWord(keys, values, chosen.word);
+  return chosen;
 }
 
 /** The fleet's verdict on an answer for `name` (undefined: the instance), as a layer of compose. */

@@ -1,7 +1,8 @@
 /**
- * The fleet's layer of the reply (HAPGENT_ETCD_ENDPOINTS, HAPGENT_ETCD_KEYS): the keys read in one
- * transaction, then watched from the revision read, each on one endpoint at a time. A stream that
- * breaks, or an endpoint that stops answering the health read, ends the session: the next endpoint
+ * The fleet's layer of the reply (HAPGENT_ETCD_ENDPOINTS, HAPGENT_ETCD_KEYS): the keys read at one
+ * revision, then watched from the revision read, each on one endpoint at a time. A stream that
+ * breaks or stalls (the health read sees a change it did not bring), or an endpoint that stops
+ * answering the health read, ends the session: the next endpoint
  * is tried, with backoff once all have failed, and the watches resume after the last revision seen
  * of each key, so no change is missed or applied twice. A revision etcd has compacted meanwhile
  * means the keys are read again. While etcd cannot be reached the last word stands, and it is kept
@@ -14,12 +15,13 @@ import {
   type FleetWord,
   fleetVerdict,
   type KeyValue,
+  MAX_FLEET_VALUE_BYTES,
   parseFleetValue,
   readValue,
 } from "../core/fleet.js";
 import { parseJsonFile } from "../core/json.js";
 import { formatAnswered, isTimestamp, type State, validateState } from "../core/state.js";
-import { createEtcd, type Etcd, type EtcdError, type EtcdOptions, type Snapshot } from "../etcd.js";
+import { createEtcd, type Etcd, EtcdError, type EtcdOptions, type Snapshot } from "../etcd.js";
 import type { Logger } from "../log.js";
 import { readCapped, type TextFile } from "../store.js";
 
@@ -33,7 +35,7 @@ export interface FleetView {
   readonly word: { readonly key: string; readonly revision: number; readonly state: State } | null;
   /** Why a key's value is not followed, or null. */
   readonly problem: string | null;
-  /** When etcd last confirmed the word (an event, a read, the health read); null: never. */
+  /** When etcd last confirmed the word (an event, a read that agreed with it); null: never. */
   readonly heardAt: string | null;
   readonly heardAgoMs: number | null;
   /** Since when etcd cannot be reached, and why; null while connected. */
@@ -107,6 +109,8 @@ export function createFleetLayer(parts: {
   let heardAt: number | undefined;
   let lost: { at: number; reason: string } | undefined;
   let needRead = true;
+  /** A watch did not bring a change a read saw: read at each session's start until one works. */
+  let stalled = false;
   let stopped = false;
   let endSession: (() => void) | undefined;
   let wake: (() => void) | undefined;
@@ -177,8 +181,14 @@ export function createFleetLayer(parts: {
     saveCache();
   };
 
-  /** Per key, the bytes and revision last applied (null: absent), to check etcd against. */
-  const seen = new Map<string, { readonly modRevision: number; readonly value: Buffer } | null>();
+  /**
+   * Per key, the bytes and revision last applied (null: absent; no value: too large to read), to
+   * check etcd against.
+   */
+  const seen = new Map<
+    string,
+    { readonly modRevision: number; readonly value: Buffer | undefined } | null
+  >();
 
   const applyRead = (snapshot: Snapshot) => {
     for (const key of keys) {
@@ -205,14 +215,31 @@ export function createFleetLayer(parts: {
       if (theirs === undefined) return snapshot.revision <= upTo && mine != null;
       if (theirs.modRevision > upTo) return false;
       return (
-        mine == null || mine.modRevision !== theirs.modRevision || !mine.value.equals(theirs.value)
+        mine == null ||
+        mine.modRevision !== theirs.modRevision ||
+        !sameBytes(mine.value, theirs.value)
       );
     });
 
+  /** Per key, the revision of a change etcd holds and the watches have not applied. */
+  const ahead = (snapshot: Snapshot): Map<string, number> => {
+    const owed = new Map<string, number>();
+    for (const key of keys) {
+      const theirs = snapshot.values.get(key);
+      const upTo = applied.get(key) ?? 0;
+      if (theirs !== undefined && theirs.modRevision > upTo) owed.set(key, theirs.modRevision);
+      // Deleted after what was applied (at a revision up to the read's): any later one will do.
+      if (theirs === undefined && seen.get(key) != null && snapshot.revision > upTo) {
+        owed.set(key, upTo + 1);
+      }
+    }
+    return owed;
+  };
+
   /** One session on the current endpoint; resolves with how it ended. */
   const session = async (client: Etcd): Promise<Outcome> => {
-    if (needRead) {
-      const snapshot = await client.read(keys);
+    if (needRead || stalled) {
+      const snapshot = await client.read(keys, MAX_FLEET_VALUE_BYTES);
       if (stopped) return { stable: false };
       applyRead(snapshot);
       needRead = false;
@@ -248,7 +275,10 @@ export function createFleetLayer(parts: {
                 );
               }
               heard();
-              if (++created === keys.length) connected = true;
+              if (++created === keys.length) {
+                connected = true;
+                stalled = false;
+              }
             },
             events(events) {
               heard();
@@ -285,9 +315,11 @@ export function createFleetLayer(parts: {
           }),
         );
       }
+      /** Per key, a revision a health read saw that the watch had not delivered yet. */
+      let owed = new Map<string, number>();
       // The endpoint must keep answering, and agree with what the watches delivered.
       const health = setInterval(() => {
-        client.read(keys).then(
+        client.read(keys, MAX_FLEET_VALUE_BYTES).then(
           (snapshot) => {
             if (done) return;
             if (differs(snapshot)) {
@@ -295,6 +327,18 @@ export function createFleetLayer(parts: {
                 "etcd holds other values than its watches delivered (its data was replaced)",
               );
             }
+            // A change the read saw a health period ago and the watch still has not brought:
+            // the read is what etcd holds. Until watches work again, each session reads before it
+            // watches, so changes are followed even while every watch is swallowed.
+            const missed = [...owed].find(([key, revision]) => (applied.get(key) ?? 0) < revision);
+            if (missed !== undefined) {
+              applyRead(snapshot);
+              stalled = true;
+              return finish({ error: stalledWatch(client, missed, timing.healthMs) });
+            }
+            owed = ahead(snapshot);
+            // The read confirms the word only where it agrees with what is followed.
+            if (owed.size > 0) return;
             heard();
             if (connected && !stable) {
               stable = true;
@@ -426,6 +470,20 @@ export function createFleetLayer(parts: {
       etcd?.close();
     },
   };
+}
+
+/** The error that ends a session whose watch of `key` did not bring `revision` in time. */
+function stalledWatch(client: Etcd, [key, revision]: [string, number], ms: number): EtcdError {
+  return new EtcdError(
+    `${client.endpoint}: the watch of ${key} did not bring a change a read saw ${ms / 1000} s before (revision ${revision}; a stalled stream)`,
+    undefined,
+    client.endpoint,
+  );
+}
+
+/** Both unread (too large), or both the same bytes. */
+function sameBytes(a: Buffer | undefined, b: Buffer | undefined): boolean {
+  return a === undefined || b === undefined ? a === b : a.equals(b);
 }
 
 /** The cached word, if the cache is the agent's for these keys; undefined otherwise (logged). */

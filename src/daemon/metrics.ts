@@ -314,14 +314,14 @@ function fleetMetrics(
   metric(
     "gauge",
     "hapgent_fleet_connected",
-    "1 while every fleet key is watched on a live etcd endpoint, 0 while etcd cannot be reached (the last word stands).",
+    "1 while every fleet key is watched on a live etcd endpoint, 0 while etcd cannot be reached or a watch was found stalled (the last word stands).",
     [],
     fleet((f) => [[{}, f.connected ? 1 : 0]]),
   );
   metric(
     "gauge",
     "hapgent_fleet_heard_seconds",
-    "When etcd last confirmed the fleet's word (a change, a read, the health read), Unix time; from the cache file after a start without etcd.",
+    "When etcd last confirmed the fleet's word (a change, a read that agreed with it), Unix time; from the cache file after a start without etcd.",
     [],
     fleet((f) => [[{}, f.heardAt === null ? undefined : Date.parse(f.heardAt) / 1000]]),
   );
