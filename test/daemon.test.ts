@@ -167,6 +167,7 @@ describe("daemon start-up", () => {
         HAPGENT_IP: "127.0.0.1",
         HAPGENT_PORT: String(port),
         HAPGENT_STATE_FILE: join(dir, "missing.json"),
+        HAPGENT_CONTROL_SOCKET: join(dir, "c.sock"),
         JOURNAL_STREAM: `${stats.dev}:${stats.ino}`,
       },
       stdio: ["ignore", "ignore", log.fd],

@@ -129,7 +129,11 @@ describe("attacks by other local users", { skip: SKIP }, () => {
     // Any process can take the name hapgent; this one is hapgent itself, run by the attacker.
     const fake = await ns.start(await hapgentArgvForOthers(), {
       user: attacker,
-      env: { HAPGENT_STATE_FILE: secret.path, HAPGENT_PORT: String(await freePort()) },
+      env: {
+        HAPGENT_STATE_FILE: secret.path,
+        HAPGENT_PORT: String(await freePort()),
+        HAPGENT_CONTROL_SOCKET: join(await dirOf(base, attacker, "sock"), "c.sock"),
+      },
     });
     await fake.listening;
 
@@ -146,6 +150,7 @@ describe("attacks by other local users", { skip: SKIP }, () => {
       env: {
         HAPGENT_STATE_FILE: join(rootDir, "state.json"),
         HAPGENT_PORT: String(await freePort()),
+        HAPGENT_CONTROL_SOCKET: join(rootDir, "c.sock"),
       },
     });
     await real.listening;

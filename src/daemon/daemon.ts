@@ -141,7 +141,8 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   }
   const handlers = controlHandlers({ commands, ledger, replies, checks, fleet, now: Date.now });
   control = await startControl(config.controlSocket, io.uid, handlers, log);
-  if (stop.stopping) return;
+  // A TERM during start-up closed the sockets before this one existed: closing it removes it.
+  if (stop.stopping) return void control?.close();
   log.notice(
     `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}${metrics ? `, metrics on http://${metrics.address}/metrics` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
   );
