@@ -526,6 +526,34 @@ describe("finding the daemon (fake /proc)", () => {
     assert.ok(result.stdout.includes("hapgent pid 101 answers: up drain 40%"));
   });
 
+  test("with two daemons and no file named, every command says which there are and exits 6", async (t) => {
+    const dir = await tempDir(t);
+    const other = join(dir, "other.json");
+    const proc = await fakeProc(dir, 1, join(dir, "state.json"), [
+      [601, me, `HAPGENT_PORT=2\0HAPGENT_STATE_FILE=${other}\0`, ""],
+    ]);
+    for (const args of [["status"], ["status", "--json"], ["down"]]) {
+      const result = await cliInProcess(t, args, { procRoot: proc });
+      assert.equal(
+        result.code,
+        CLI_EXIT.SEVERAL_AGENTS,
+        `${args}: ${result.stdout}${result.stderr}`,
+      );
+      // Not a word of the default file, which neither daemon serves.
+      assert.equal(result.stdout, "", `${args}`);
+      assert.equal(
+        result.stderr,
+        `hapgent: 2 hapgent daemons run here and no state file is named: pid 101 (${me === 0 ? "root" : `uid ${me}`}) serves ${join(dir, "state.json")} on 127.0.0.1:1; pid 601 (${me === 0 ? "root" : `uid ${me}`}) serves ${other} on 0.0.0.0:2. Name the file of the one meant with --state-file (or HAPGENT_STATE_FILE)\n`,
+      );
+      assert.deepEqual(result.reloaded, []);
+    }
+    assert.equal(await readFile(join(dir, "state.json"), "utf8"), '{"status":"UP"}');
+    const named = await cliInProcess(t, ["status", "--json", "--state-file", other], {
+      procRoot: proc,
+    });
+    assert.deepEqual(JSON.parse(named.stdout).agents, [601], named.stderr);
+  });
+
   test("a named file that no daemon serves signals nothing", async (t) => {
     const dir = await tempDir(t);
     const proc = await fakeProc(dir, 1, join(dir, "state.json"));

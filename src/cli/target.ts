@@ -15,7 +15,7 @@
  *   file's owner); others that claim it are shown and ignored, so they cannot block a command.
  */
 import { resolve } from "node:path";
-import { type Config, type ProcessContext, parseConfig } from "../config.js";
+import { type Config, formatAddress, type ProcessContext, parseConfig } from "../config.js";
 import { printable } from "../core/state.js";
 import { controllerOf, walkPath } from "../path-control.js";
 import type { Values } from "./args.js";
@@ -99,7 +99,7 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
   const read = reader(io, notes);
 
   // A deploy script on a host with one hapgent need not know where its file is.
-  const namedBy = fileNamed ? undefined : await fileNamer(io, found, read, notes);
+  const namedBy = fileNamed ? undefined : await fileNamer(io, found, read);
   if (namedBy !== undefined) config = { ...config, stateFile: namedBy.config.stateFile };
   const { uid, owner } = await actingUser(io, config.stateFile, namedBy);
   const serving = await servers(io, found, read, notes, { uid, owner, path: config.stateFile });
@@ -140,25 +140,38 @@ function reader(io: TargetIo, notes: string[]): Read {
 
 /**
  * The one daemon whose word names the file: one running as the caller, as root, or as a hapgent
- * system service. None when there is none, or several (said in a note).
+ * system service; none when there is none. Throws when several could.
  */
 async function fileNamer(
   io: TargetIo,
   found: readonly Found[],
   read: Read,
-  notes: string[],
 ): Promise<Readable | undefined> {
   const trusted: Readable[] = [];
   for (const daemon of found.filter((d) => d.uid === io.uid || d.uid === 0 || isService(d))) {
     const readable = await read(daemon);
     if (readable) trusted.push(readable);
   }
-  if (trusted.length > 1) {
-    notes.push(
-      `several hapgent daemons could name the file (pids ${trusted.map((d) => d.pid).join(", ")}); name it with --state-file`,
+  // Any one of them would be a guess, and the default file none of theirs.
+  if (trusted.length > 1) throw severalNamers(io, trusted);
+  return trusted[0];
+}
+
+function severalNamers(io: TargetIo, daemons: readonly Readable[]): CliError {
+  const listed = daemons
+    .slice(0, MAX_NOTED)
+    .map(
+      (d) =>
+        `pid ${d.pid} (${who(io, d.uid)}) serves ${d.config.stateFile} on ${formatAddress(d.config.host, d.config.port)}`,
     );
-  }
-  return trusted.length === 1 ? trusted[0] : undefined;
+  const more = daemons.length - listed.length;
+  if (more > 0) listed.push(`and ${more} more`);
+  return new CliError(
+    CLI_EXIT.SEVERAL_AGENTS,
+    printable(
+      `${daemons.length} hapgent daemons run here and no state file is named: ${listed.join("; ")}. Name the file of the one meant with --state-file (or HAPGENT_STATE_FILE)`,
+    ),
+  );
 }
 
 /**
