@@ -70,10 +70,9 @@ describe("hapgent set and its short forms", () => {
   });
 
   const invalid: [string[], string][] = [
-    [
-      ["set", "UP", "--weight", "1.5"],
-      "weight must be an integer 0-255, got 1.5; nothing was written",
-    ],
+    [["set", "UP", "--weight", "1.5"], "hapgent: --weight must be an integer 0-255, got 1.5\n"],
+    [["set", "UP", "--weight", "300"], "hapgent: --weight must be an integer 0-255, got 300\n"],
+    [["drain", "--service", "web", "--maxconn", "70000"], "--maxconn must be an integer 0-65535"],
     [["set", "UP", "--weight", "256"], "weight must be an integer 0-255, got 256"],
     [["up", "--weight", "50%"], 'weight must be an integer 0-255, got "50%"'],
     [["up", "--maxconn=-1"], "maxconn must be an integer 0-65535, got -1"],
@@ -109,6 +108,8 @@ describe("hapgent set and its short forms", () => {
       const result = await cliInProcess(t, args, { env: { HAPGENT_STATE_FILE: stateFile } });
       assert.equal(result.code, CLI_EXIT.USAGE, result.stderr);
       assert.ok(result.stderr.includes(message), result.stderr);
+      // Bad arguments are the arguments' fault, whatever the file holds.
+      assert.ok(!result.stderr.includes(stateFile), result.stderr);
       assert.equal(result.stdout, "");
       assert.deepEqual(result.reloaded, []);
       assert.equal(withoutRecord(await readFile(stateFile, "utf8")), '{"status":"UP","weight":30}');
