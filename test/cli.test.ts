@@ -89,7 +89,12 @@ describe("hapgent set and its short forms", () => {
     [["set"], "set needs a STATUS"],
     [["set", "UP", "DOWN"], 'unexpected argument "DOWN"'],
     [["up", "--weight", "5", "--no-weight"], "--weight and --no-weight contradict each other"],
-    [["up", "--wieght", "5"], "Unknown option '--wieght'"],
+    [["up", "--wieght", "5"], "hapgent: unknown option --wieght; did you mean --weight? (see"],
+    [["up", "--desc", "x"], "unknown option --desc; did you mean --description? (see hapgent up"],
+    [["set", "UP", "--descr=x"], "unknown option --descr; did you mean --description?"],
+    [["drain", "--idel", "80"], "unknown option --idel; did you mean --idle?"],
+    [["up", "--zzz"], "hapgent: unknown option --zzz (see hapgent up --help)\n"],
+    [["drian"], 'unknown command "drian"; did you mean drain? (see hapgent --help)'],
     [["up", "--json"], "--json is not an option of up"],
     [["up", "--timeout", "0"], "--timeout must be a number of seconds above 0 and at most 3600"],
     [["up", "--timeout", "3601"], 'at most 3600, got "3601"'],
@@ -116,6 +121,32 @@ describe("hapgent set and its short forms", () => {
       assert.equal((await stat(stateFile)).mtimeMs, before.mtimeMs);
     });
   }
+
+  test("an unknown option of any command gets the closest of that command's own", async (t) => {
+    const cases: [string[], string][] = [
+      [["status", "--statefile", "x"], "--state-file"],
+      [["status", "--jsn"], "--json"],
+      [["check", "--state", "x"], "--state-file"],
+      [["fleet", "status", "--endpont", "x"], "--endpoints"],
+      [["fleet", "set", "k", "up", "--wieght", "5"], "--weight"],
+      [["down", "--no-confrim"], "--no-confirm"],
+      [["up", "--wait-timout", "5"], "--wait-timeout"],
+    ];
+    for (const [args, near] of cases) {
+      const result = await cliInProcess(t, args);
+      assert.equal(result.code, CLI_EXIT.USAGE, `${args}: ${result.stderr}`);
+      const given = args.find((arg) => arg.startsWith("--"));
+      assert.match(
+        result.stderr,
+        new RegExp(
+          `^hapgent: unknown option ${given}; did you mean ${near}\\? \\(see hapgent ${args[0]} --help\\)\n$`,
+        ),
+      );
+    }
+    // Only the command's own: status takes no --weight, so it is suggested nothing.
+    const status = await cliInProcess(t, ["status", "--wieght", "5"]);
+    assert.equal(status.stderr, "hapgent: unknown option --wieght (see hapgent status --help)\n");
+  });
 
   test("a bad --service is refused before the file is read", async (t) => {
     const dir = await tempDir(t);
