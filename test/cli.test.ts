@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/cli.js";
 import { describeDaemon, findDaemons, systemUnit } from "../src/cli/daemons.js";
+import { invoker } from "../src/cli/user.js";
 import { reply } from "../src/core/reply.js";
 import { parseState, type State } from "../src/core/state.js";
 import { createAgentServer } from "../src/daemon/server.js";
@@ -684,6 +685,29 @@ describe("finding the daemon (fake /proc)", () => {
       /cannot act on .*ghost\/state\.json as uid 4000000, who controls it/,
     );
   });
+});
+
+test("invoker: the record names who ran the command, and sudo's user only for root", () => {
+  const accounts = new Set(["root", "alice", "bob"]);
+  const isAccount = (name: string) => accounts.has(name);
+  const cases: [number, string | undefined, string | undefined, string][] = [
+    [0, "root", undefined, "root"],
+    [0, "root", "alice", "root (sudo by alice)"],
+    [0, "root", "root", "root"],
+    [0, "root", "mallory", "root"],
+    [0, "root", "a\u202eb", "root"],
+    [0, "root", "", "root"],
+    [1000, "alice", "bob", "alice"],
+    [1000, undefined, undefined, "uid 1000"],
+    [0, undefined, "alice", "uid 0 (sudo by alice)"],
+  ];
+  for (const [uid, name, sudoUser, recorded] of cases) {
+    assert.equal(
+      invoker({ uid, name, sudoUser, isAccount }),
+      recorded,
+      `${uid} ${name} ${sudoUser}`,
+    );
+  }
 });
 
 test("systemUnit: only a system service's cgroup names a unit", () => {

@@ -405,6 +405,7 @@ export async function cliInProcess(
       became.push(uid);
     },
     userName: () => undefined,
+    by: "tester",
     out: (text) => {
       stdout += text;
     },

@@ -14,7 +14,6 @@ import { stillRunning } from "./daemons.js";
 import { CLI_EXIT } from "./exit.js";
 import type { CliIo } from "./io.js";
 import type { Target } from "./target.js";
-import { userName } from "./user.js";
 
 export type Applied =
   | {
@@ -48,7 +47,7 @@ export async function apply(
   if (daemon !== undefined && target.socket.path !== undefined) {
     const reply = await request(
       target.socket.path,
-      { op: "change", change, by: userName() },
+      { op: "change", change, by: io.by },
       timeoutS * 1000,
     ).then(
       (value) => value as ChangeReply,
@@ -99,7 +98,7 @@ async function viaFile(io: CliIo, target: Target, change: Change): Promise<Appli
   // The store logs only the in-place save's warning, which the operator should see.
   const store = createStateStore(path, createLogger({ write: io.err, journal: false }));
   const current = await store.load();
-  const origin = { atMs: Date.now(), via: "cli", by: userName() } as const;
+  const origin = { atMs: Date.now(), via: "cli", by: io.by } as const;
   const next = applyChange(current.ok ? current.state : undefined, change, origin);
   if (!next.ok) {
     io.err(`hapgent: ${path}: ${next.reason}; nothing was written\n`);

@@ -21,7 +21,6 @@ import type { Values } from "./args.js";
 import { CLI_EXIT, CliError, usage } from "./exit.js";
 import type { CliIo } from "./io.js";
 import { changeOf } from "./set.js";
-import { userName } from "./user.js";
 
 /** A write that loses the race with another this often gives up. */
 const MAX_ATTEMPTS = 5;
@@ -119,7 +118,7 @@ async function set(io: CliIo, values: Values, key: string, status: Status): Prom
       const next = applyChange(now?.kind === "state" ? now.state : undefined, change, {
         atMs: Date.now(),
         via: "cli",
-        by: userName(io.env),
+        by: io.by,
       });
       if (!next.ok) {
         io.err(
