@@ -308,7 +308,7 @@ describe("attacks by other local users", { skip: SKIP }, () => {
     );
   });
 
-  test("an operator drives their own daemon; another user's directory is refused", async (t) => {
+  test("an operator drives their own daemon; another user's directory is refused for changes", async (t) => {
     const { operator, service } = users();
     const base = await tempDir(t);
     await chmod(base, 0o755);
@@ -327,11 +327,22 @@ describe("attacks by other local users", { skip: SKIP }, () => {
 
     const theirs = await dirOf(base, service, "svc");
     await writeFile(join(theirs, "state.json"), '{"status":"UP"}', { mode: 0o644 });
-    const refused = await runAs(
-      operator,
-      ["status", "--state-file", join(theirs, "state.json")],
-      {},
-    );
+    // Reading needs only read access: the operator reads it with no more rights than their own.
+    const status = await runAs(operator, ["status", "--state-file", join(theirs, "state.json")], {
+      HAPGENT_PORT: String(await freePort()),
+    });
+    assert.equal(status.code, CLI_EXIT.NO_AGENT, status.stderr);
+    assert.match(status.stdout, /^state file {2}.*svc\/state\.json: \{"status":"UP"\}$/m);
+    const check = await runAs(operator, ["check", join(theirs, "state.json")], {});
+    assert.equal(check.code, CLI_EXIT.OK, check.stderr);
+    // A link there to a file the operator may not read stays unread.
+    const secret = await rootFile(base);
+    await symlink(secret.path, join(theirs, "link.json"));
+    const link = await runAs(operator, ["status", "--state-file", join(theirs, "link.json")], {});
+    assert.match(link.stdout, /INVALID: cannot be read: permission denied/);
+    assert.doesNotMatch(link.stdout + link.stderr, /root:secret/);
+
+    const refused = await runAs(operator, ["up", "--state-file", join(theirs, "state.json")], {});
     assert.equal(refused.code, CLI_EXIT.UNSAFE_PATH, refused.stderr);
     assert.match(
       refused.stderr,

@@ -34,7 +34,7 @@ export async function set(io: CliIo, values: Values, status: Status): Promise<nu
   const wait = values.wait === true || idle.length > 0;
   const change = changeOf(values, status);
 
-  const target = await findTarget(io, values);
+  const target = await findTarget(io, values, "change");
   if (wait && target.socket.path === undefined) {
     io.err(
       `hapgent: --wait and --idle need the running daemon's control socket (${target.socket.why}); nothing was written\n`,

@@ -37,7 +37,7 @@ interface ServiceView {
 }
 
 export async function status(io: CliIo, values: Values): Promise<number> {
-  const target = await findTarget(io, values);
+  const target = await findTarget(io, values, "read");
   const daemon = await daemonStatus(target);
   const file = await createStateStore(target.config.stateFile, silentLogger).load();
   const last = recorded(file, daemon);

@@ -7,8 +7,9 @@
  *   counts (one running as the caller, as root, or as a hapgent system service, which only root
  *   can start), else the default;
  * - the path is walked: when another user could redirect it (their directory on the way), a root
- *   caller acts as that user for good before touching the file, and any other caller refuses;
- *   when several users could, everyone refuses;
+ *   caller acts as that user for good before touching the file, and any other caller refuses to
+ *   change it; when several users could, everyone refuses. Reading needs no more: a caller other
+ *   than root reads with its own rights, which no path can raise;
  * - a file named by a daemon is only as good as the user the daemon runs as: it is used with that
  *   user's rights, never more;
  * - only daemons that could legitimately serve the file count (root, the user acted as, the
@@ -91,8 +92,11 @@ export function configure(
 
 type Readable = Found & { readonly readable: true; readonly config: Config };
 
+/** What a command does to the file: read it (status, check) or change it. */
+export type Access = "read" | "change";
+
 /** Finds the file, the user to act as and the daemon; switches to that user. */
-export async function findTarget(io: TargetIo, values: Values): Promise<Target> {
+export async function findTarget(io: TargetIo, values: Values, access: Access): Promise<Target> {
   let { config, fileNamed } = configure(io, values);
   const found = await findDaemons(io.procRoot, io.pid);
   const notes: string[] = [];
@@ -101,7 +105,7 @@ export async function findTarget(io: TargetIo, values: Values): Promise<Target> 
   // A deploy script on a host with one hapgent need not know where its file is.
   const namedBy = fileNamed ? undefined : await fileNamer(io, found, read);
   if (namedBy !== undefined) config = { ...config, stateFile: namedBy.config.stateFile };
-  const { uid, owner } = await actingUser(io, config.stateFile, namedBy);
+  const { uid, owner } = await actingUser(io, config.stateFile, namedBy, access);
   const serving = await servers(io, found, read, notes, { uid, owner, path: config.stateFile });
   notes.push(...unaskedNotes(io, found, [uid, owner, 0], fileNamed));
 
@@ -241,8 +245,8 @@ const MAX_NOTED = 5;
  * Acts on a file that no daemon is asked about (`hapgent check FILE`): switches to the user
  * who controls its path, as findTarget does.
  */
-export async function actOn(io: TargetIo, path: string): Promise<void> {
-  const { uid } = await actingUser(io, path, undefined);
+export async function actOn(io: TargetIo, path: string, access: Access): Promise<void> {
+  const { uid } = await actingUser(io, path, undefined, access);
   become(io, uid, path);
 }
 
@@ -267,11 +271,12 @@ async function actingUser(
   io: TargetIo,
   path: string,
   namedBy: Readable | undefined,
+  access: Access,
 ): Promise<{ uid: number; owner: number | undefined }> {
   const unsafe = (why: string) =>
     new CliError(
       CLI_EXIT.UNSAFE_PATH,
-      `refusing to use ${path} as ${who(io, io.uid)}: ${why}. Nothing was read or written.`,
+      `refusing to use ${path} as ${who(io, io.uid)}: ${why}. Nothing was ${access === "read" ? "read" : "read or written"}.`,
     );
   let lookups: Awaited<ReturnType<typeof walkPath>>;
   try {
@@ -283,6 +288,8 @@ async function actingUser(
   }
   const last = lookups.at(-1);
   const owner = last?.entry?.uid;
+  // Whoever decides what the path reaches, such a caller can only read what it may read anyway.
+  if (access === "read" && io.uid !== 0) return { uid: io.uid, owner };
   const controller = controllerOf(lookups);
   if (controller.kind === "several") {
     throw unsafe(`${controller.why}, so any of them could point it at another file`);
