@@ -387,6 +387,26 @@ describe("hapgent check", () => {
   });
 });
 
+test("a read-only command never says that nothing was written", async (t) => {
+  // A port nothing listens on: etcd cannot be reached.
+  const endpoint = `http://127.0.0.1:${await freePort()}`;
+  const key = "/hapgent/host/h1";
+  const read = await cliInProcess(t, ["fleet", "status", key, "--endpoints", endpoint]);
+  assert.equal(read.code, CLI_EXIT.ETCD, read.stderr);
+  assert.equal(read.stderr, `hapgent: cannot reach etcd: ${endpoint}: ECONNREFUSED\n`);
+  for (const args of [
+    ["fleet", "set", key, "up"],
+    ["fleet", "clear", key],
+  ]) {
+    const result = await cliInProcess(t, [...args, "--endpoints", endpoint]);
+    assert.equal(result.code, CLI_EXIT.ETCD, result.stderr);
+    assert.equal(
+      result.stderr,
+      `hapgent: cannot reach etcd: ${endpoint}: ECONNREFUSED; nothing was written\n`,
+    );
+  }
+});
+
 describe("help and version", () => {
   for (const args of [
     ["--help"],

@@ -90,14 +90,17 @@ async function connect(io: CliIo, values: Values): Promise<{ etcd: Etcd; keys: s
   return { etcd: await createEtcd(options.options, true), keys };
 }
 
-/** etcd's own refusal, or no endpoint answering, as the command's last word. */
-function unreachable(err: unknown): CliError {
+/**
+ * etcd's own refusal, or no endpoint answering, as the command's last word; a command that
+ * `writes` says that nothing was.
+ */
+function unreachable(err: unknown, writes: boolean): CliError {
   if (!(err instanceof EtcdError)) throw err;
   return new CliError(
     CLI_EXIT.ETCD,
     err.answered
       ? `etcd refused: ${printable(err.message)}`
-      : `cannot reach etcd: ${printable(err.message)}; nothing was written`,
+      : `cannot reach etcd: ${printable(err.message)}${writes ? "; nothing was written" : ""}`,
   );
 }
 
@@ -147,7 +150,7 @@ async function set(io: CliIo, values: Values, key: string, status: Status): Prom
     io.err(`hapgent: ${key} kept changing under ${MAX_ATTEMPTS} attempts; nothing was written\n`);
     return CLI_EXIT.ETCD;
   } catch (err) {
-    throw unreachable(err);
+    throw unreachable(err, true);
   } finally {
     etcd.close();
   }
@@ -160,7 +163,7 @@ async function clear(io: CliIo, values: Values, key: string): Promise<number> {
     io.out(deleted === 0 ? `${key} did not exist\n` : `removed ${key} at revision ${revision}\n`);
     return CLI_EXIT.OK;
   } catch (err) {
-    throw unreachable(err);
+    throw unreachable(err, true);
   } finally {
     etcd.close();
   }
@@ -216,7 +219,7 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
       ? CLI_EXIT.INVALID_FILE
       : CLI_EXIT.OK;
   } catch (err) {
-    throw unreachable(err);
+    throw unreachable(err, false);
   } finally {
     etcd.close();
   }
