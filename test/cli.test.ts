@@ -192,6 +192,27 @@ describe("hapgent set and its short forms", () => {
     assert.equal(await d.readState(), '{"status":"UP","weight":7}\n');
   });
 
+  test("a directory in the state file's place is never said to be replaced", async (t) => {
+    const d = await startDaemon(t, { state: null, ready: false });
+    await mkdir(d.stateFile);
+    await d.waitForLog(/listening on/);
+    const lone = await tempDir(t);
+    await mkdir(join(lone, "state.json"));
+    for (const [how, result] of [
+      ["through the daemon", await cli(d, "up", "--timeout", "2")],
+      ["by the command", await cli({ stateFile: join(lone, "state.json"), port: 1 }, "up")],
+    ] as const) {
+      assert.equal(result.code, CLI_EXIT.CANNOT_WRITE, `${how}: ${result.stderr}`);
+      assert.doesNotMatch(result.stderr, /; replaced|replacing it/, how);
+      assert.match(
+        result.stderr,
+        /EISDIR.*; what is there is still invalid \(is a directory, expected a file\) and was not replaced\n$/,
+        how,
+      );
+    }
+    assert.ok((await stat(d.stateFile)).isDirectory());
+  });
+
   test("exits 5 when the file cannot be written", async (t) => {
     const dir = await tempDir(t);
     await writeFile(join(dir, "plain"), "x");
