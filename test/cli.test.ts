@@ -253,6 +253,10 @@ describe("hapgent set and its short forms", () => {
     );
     assert.ok(result.stderr.includes(String(d1.pid)) && result.stderr.includes(String(d2.pid)));
     assert.equal(await d1.readState(), '{"status":"UP"}');
+    const status = await cli(d1, "status");
+    assert.equal(status.code, CLI_EXIT.SEVERAL_AGENTS, status.stdout);
+    const pids = status.stdout.match(/agent {7}SEVERAL hapgent processes \(pids (\d+), (\d+)\)/);
+    assert.deepEqual(pids?.slice(1).map(Number).sort(), [d1.pid, d2.pid].sort(), status.stdout);
   });
 
   test("a symlinked state file is the same file", async (t) => {
