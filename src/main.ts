@@ -164,6 +164,7 @@ async function runAgent(inspector: DaemonIo["inspector"]): Promise<void> {
       for (const signal of early.splice(0)) handler(signal);
     },
     exit,
+    atExit: (fn) => process.on("exit", fn),
   });
 }
 
