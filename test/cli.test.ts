@@ -19,6 +19,7 @@ import {
   spawnHapgent,
   startDaemon,
   tempDir,
+  waitFor,
   withoutRecord,
 } from "./helpers.js";
 
@@ -464,6 +465,13 @@ describe("help and version", () => {
   });
 });
 
+/** Whether process `pid` has handlers for every signal numbered in `signals` (SigCgt). */
+async function catches(pid: number, signals: readonly number[]): Promise<true | undefined> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => "");
+  const mask = BigInt(`0x${status.match(/^SigCgt:\s*([0-9a-f]+)$/m)?.[1] ?? "0"}`);
+  return signals.every((n) => (mask >> BigInt(n - 1)) & 1n) ? true : undefined;
+}
+
 describe("safety", () => {
   test("signals meant for the daemon neither kill a running command nor open its debugger", async (t) => {
     const d = await startDaemon(t);
@@ -486,8 +494,16 @@ describe("safety", () => {
     const second = start();
     const results = Promise.all([collect(first), collect(second)]);
     // As a deploy script's pkill meets a running command: after its start-up (the first tens of
-    // milliseconds of any Node process, documented in the README).
-    await new Promise((resolve) => setTimeout(resolve, 400));
+    // milliseconds of any Node process, documented in the README), once the kernel shows that
+    // it catches HUP and USR2, which main.ts handles together with USR1. (Node itself catches
+    // USR1 from its start, for its debugger.)
+    for (const child of [first, second]) {
+      await waitFor(
+        "the command's signal handlers",
+        () => catches(child.pid ?? 0, [1, 12]),
+        20_000,
+      );
+    }
     const storm = setInterval(() => {
       for (const child of [first, second]) {
         for (const signal of ["SIGUSR1", "SIGUSR2", "SIGHUP"] as const) {
