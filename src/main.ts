@@ -86,14 +86,25 @@ async function runCommand(say: (fd: number, text: string) => void): Promise<void
   deliver = stopOn;
   for (const signal of early.splice(0)) stopOn(signal);
   const { runCli } = await import("./cli/cli.js");
-  const { accountOf } = await import("./cli/accounts.js");
+  const { accountOf, isAccount } = await import("./cli/accounts.js");
+  const { invoker } = await import("./cli/user.js");
+  const { userInfo } = await import("node:os");
+  const uid = process.getuid?.() ?? 0;
+  let name: string | undefined;
+  try {
+    name = userInfo().username;
+  } catch {
+    // No entry in the user database (a container's arbitrary uid): recorded by uid.
+  }
   process.exitCode = await runCli({
     args,
     env: process.env,
     cwd: process.cwd(),
     pid: process.pid,
     procRoot: "/proc",
-    uid: process.getuid?.() ?? 0,
+    uid,
+    // Before any switch of user: the record names who asked, not whose rights wrote.
+    by: invoker({ uid, name, sudoUser: process.env.SUDO_USER, isAccount }),
     become: (uid) => {
       const account = accountOf(uid);
       if (account === undefined) throw new Error(`uid ${uid} has no account`);
@@ -165,6 +176,7 @@ async function runAgent(inspector: DaemonIo["inspector"]): Promise<void> {
       for (const signal of early.splice(0)) handler(signal);
     },
     exit,
+    atExit: (fn) => process.on("exit", fn),
   });
 }
 

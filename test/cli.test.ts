@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/cli.js";
 import { describeDaemon, findDaemons, systemUnit } from "../src/cli/daemons.js";
+import { invoker } from "../src/cli/user.js";
 import { reply } from "../src/core/reply.js";
 import { parseState, type State } from "../src/core/state.js";
 import { createAgentServer } from "../src/daemon/server.js";
@@ -18,6 +19,7 @@ import {
   spawnHapgent,
   startDaemon,
   tempDir,
+  waitFor,
   withoutRecord,
 } from "./helpers.js";
 
@@ -70,10 +72,9 @@ describe("hapgent set and its short forms", () => {
   });
 
   const invalid: [string[], string][] = [
-    [
-      ["set", "UP", "--weight", "1.5"],
-      "weight must be an integer 0-255, got 1.5; nothing was written",
-    ],
+    [["set", "UP", "--weight", "1.5"], "hapgent: --weight must be an integer 0-255, got 1.5\n"],
+    [["set", "UP", "--weight", "300"], "hapgent: --weight must be an integer 0-255, got 300\n"],
+    [["drain", "--service", "web", "--maxconn", "70000"], "--maxconn must be an integer 0-65535"],
     [["set", "UP", "--weight", "256"], "weight must be an integer 0-255, got 256"],
     [["up", "--weight", "50%"], 'weight must be an integer 0-255, got "50%"'],
     [["up", "--maxconn=-1"], "maxconn must be an integer 0-65535, got -1"],
@@ -90,7 +91,12 @@ describe("hapgent set and its short forms", () => {
     [["set"], "set needs a STATUS"],
     [["set", "UP", "DOWN"], 'unexpected argument "DOWN"'],
     [["up", "--weight", "5", "--no-weight"], "--weight and --no-weight contradict each other"],
-    [["up", "--wieght", "5"], "Unknown option '--wieght'"],
+    [["up", "--wieght", "5"], "hapgent: unknown option --wieght; did you mean --weight? (see"],
+    [["up", "--desc", "x"], "unknown option --desc; did you mean --description? (see hapgent up"],
+    [["set", "UP", "--descr=x"], "unknown option --descr; did you mean --description?"],
+    [["drain", "--idel", "80"], "unknown option --idel; did you mean --idle?"],
+    [["up", "--zzz"], "hapgent: unknown option --zzz (see hapgent up --help)\n"],
+    [["drian"], 'unknown command "drian"; did you mean drain? (see hapgent --help)'],
     [["up", "--json"], "--json is not an option of up"],
     [["up", "--timeout", "0"], "--timeout must be a number of seconds above 0 and at most 3600"],
     [["up", "--timeout", "3601"], 'at most 3600, got "3601"'],
@@ -109,12 +115,40 @@ describe("hapgent set and its short forms", () => {
       const result = await cliInProcess(t, args, { env: { HAPGENT_STATE_FILE: stateFile } });
       assert.equal(result.code, CLI_EXIT.USAGE, result.stderr);
       assert.ok(result.stderr.includes(message), result.stderr);
+      // Bad arguments are the arguments' fault, whatever the file holds.
+      assert.ok(!result.stderr.includes(stateFile), result.stderr);
       assert.equal(result.stdout, "");
       assert.deepEqual(result.reloaded, []);
       assert.equal(withoutRecord(await readFile(stateFile, "utf8")), '{"status":"UP","weight":30}');
       assert.equal((await stat(stateFile)).mtimeMs, before.mtimeMs);
     });
   }
+
+  test("an unknown option of any command gets the closest of that command's own", async (t) => {
+    const cases: [string[], string][] = [
+      [["status", "--statefile", "x"], "--state-file"],
+      [["status", "--jsn"], "--json"],
+      [["check", "--state", "x"], "--state-file"],
+      [["fleet", "status", "--endpont", "x"], "--endpoints"],
+      [["fleet", "set", "k", "up", "--wieght", "5"], "--weight"],
+      [["down", "--no-confrim"], "--no-confirm"],
+      [["up", "--wait-timout", "5"], "--wait-timeout"],
+    ];
+    for (const [args, near] of cases) {
+      const result = await cliInProcess(t, args);
+      assert.equal(result.code, CLI_EXIT.USAGE, `${args}: ${result.stderr}`);
+      const given = args.find((arg) => arg.startsWith("--"));
+      assert.match(
+        result.stderr,
+        new RegExp(
+          `^hapgent: unknown option ${given}; did you mean ${near}\\? \\(see hapgent ${args[0]} --help\\)\n$`,
+        ),
+      );
+    }
+    // Only the command's own: status takes no --weight, so it is suggested nothing.
+    const status = await cliInProcess(t, ["status", "--wieght", "5"]);
+    assert.equal(status.stderr, "hapgent: unknown option --wieght (see hapgent status --help)\n");
+  });
 
   test("a bad --service is refused before the file is read", async (t) => {
     const dir = await tempDir(t);
@@ -159,6 +193,27 @@ describe("hapgent set and its short forms", () => {
     assert.equal(await d.readState(), '{"status":"UP","weight":7}\n');
   });
 
+  test("a directory in the state file's place is never said to be replaced", async (t) => {
+    const d = await startDaemon(t, { state: null, ready: false });
+    await mkdir(d.stateFile);
+    await d.waitForLog(/listening on/);
+    const lone = await tempDir(t);
+    await mkdir(join(lone, "state.json"));
+    for (const [how, result] of [
+      ["through the daemon", await cli(d, "up", "--timeout", "2")],
+      ["by the command", await cli({ stateFile: join(lone, "state.json"), port: 1 }, "up")],
+    ] as const) {
+      assert.equal(result.code, CLI_EXIT.CANNOT_WRITE, `${how}: ${result.stderr}`);
+      assert.doesNotMatch(result.stderr, /; replaced|replacing it/, how);
+      assert.match(
+        result.stderr,
+        /EISDIR.*; what is there is still invalid \(is a directory, expected a file\) and was not replaced\n$/,
+        how,
+      );
+    }
+    assert.ok((await stat(d.stateFile)).isDirectory());
+  });
+
   test("exits 5 when the file cannot be written", async (t) => {
     const dir = await tempDir(t);
     await writeFile(join(dir, "plain"), "x");
@@ -199,6 +254,10 @@ describe("hapgent set and its short forms", () => {
     );
     assert.ok(result.stderr.includes(String(d1.pid)) && result.stderr.includes(String(d2.pid)));
     assert.equal(await d1.readState(), '{"status":"UP"}');
+    const status = await cli(d1, "status");
+    assert.equal(status.code, CLI_EXIT.SEVERAL_AGENTS, status.stdout);
+    const pids = status.stdout.match(/agent {7}SEVERAL hapgent processes \(pids (\d+), (\d+)\)/);
+    assert.deepEqual(pids?.slice(1).map(Number).sort(), [d1.pid, d2.pid].sort(), status.stdout);
   });
 
   test("a symlinked state file is the same file", async (t) => {
@@ -354,6 +413,26 @@ describe("hapgent check", () => {
   });
 });
 
+test("a read-only command never says that nothing was written", async (t) => {
+  // A port nothing listens on: etcd cannot be reached.
+  const endpoint = `http://127.0.0.1:${await freePort()}`;
+  const key = "/hapgent/host/h1";
+  const read = await cliInProcess(t, ["fleet", "status", key, "--endpoints", endpoint]);
+  assert.equal(read.code, CLI_EXIT.ETCD, read.stderr);
+  assert.equal(read.stderr, `hapgent: cannot reach etcd: ${endpoint}: ECONNREFUSED\n`);
+  for (const args of [
+    ["fleet", "set", key, "up"],
+    ["fleet", "clear", key],
+  ]) {
+    const result = await cliInProcess(t, [...args, "--endpoints", endpoint]);
+    assert.equal(result.code, CLI_EXIT.ETCD, result.stderr);
+    assert.equal(
+      result.stderr,
+      `hapgent: cannot reach etcd: ${endpoint}: ECONNREFUSED; nothing was written\n`,
+    );
+  }
+});
+
 describe("help and version", () => {
   for (const args of [
     ["--help"],
@@ -386,6 +465,13 @@ describe("help and version", () => {
   });
 });
 
+/** Whether process `pid` has handlers for every signal numbered in `signals` (SigCgt). */
+async function catches(pid: number, signals: readonly number[]): Promise<true | undefined> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => "");
+  const mask = BigInt(`0x${status.match(/^SigCgt:\s*([0-9a-f]+)$/m)?.[1] ?? "0"}`);
+  return signals.every((n) => (mask >> BigInt(n - 1)) & 1n) ? true : undefined;
+}
+
 describe("safety", () => {
   test("signals meant for the daemon neither kill a running command nor open its debugger", async (t) => {
     const d = await startDaemon(t);
@@ -408,8 +494,16 @@ describe("safety", () => {
     const second = start();
     const results = Promise.all([collect(first), collect(second)]);
     // As a deploy script's pkill meets a running command: after its start-up (the first tens of
-    // milliseconds of any Node process, documented in the README).
-    await new Promise((resolve) => setTimeout(resolve, 400));
+    // milliseconds of any Node process, documented in the README), once the kernel shows that
+    // it catches HUP and USR2, which main.ts handles together with USR1. (Node itself catches
+    // USR1 from its start, for its debugger.)
+    for (const child of [first, second]) {
+      await waitFor(
+        "the command's signal handlers",
+        () => catches(child.pid ?? 0, [1, 12]),
+        20_000,
+      );
+    }
     const storm = setInterval(() => {
       for (const child of [first, second]) {
         for (const signal of ["SIGUSR1", "SIGUSR2", "SIGHUP"] as const) {
@@ -526,6 +620,34 @@ describe("finding the daemon (fake /proc)", () => {
     assert.ok(result.stdout.includes("hapgent pid 101 answers: up drain 40%"));
   });
 
+  test("with two daemons and no file named, every command says which there are and exits 6", async (t) => {
+    const dir = await tempDir(t);
+    const other = join(dir, "other.json");
+    const proc = await fakeProc(dir, 1, join(dir, "state.json"), [
+      [601, me, `HAPGENT_PORT=2\0HAPGENT_STATE_FILE=${other}\0`, ""],
+    ]);
+    for (const args of [["status"], ["status", "--json"], ["down"]]) {
+      const result = await cliInProcess(t, args, { procRoot: proc });
+      assert.equal(
+        result.code,
+        CLI_EXIT.SEVERAL_AGENTS,
+        `${args}: ${result.stdout}${result.stderr}`,
+      );
+      // Not a word of the default file, which neither daemon serves.
+      assert.equal(result.stdout, "", `${args}`);
+      assert.equal(
+        result.stderr,
+        `hapgent: 2 hapgent daemons run here and no state file is named: pid 101 (${me === 0 ? "root" : `uid ${me}`}) serves ${join(dir, "state.json")} on 127.0.0.1:1; pid 601 (${me === 0 ? "root" : `uid ${me}`}) serves ${other} on 0.0.0.0:2. Name the file of the one meant with --state-file (or HAPGENT_STATE_FILE)\n`,
+      );
+      assert.deepEqual(result.reloaded, []);
+    }
+    assert.equal(await readFile(join(dir, "state.json"), "utf8"), '{"status":"UP"}');
+    const named = await cliInProcess(t, ["status", "--json", "--state-file", other], {
+      procRoot: proc,
+    });
+    assert.deepEqual(JSON.parse(named.stdout).agents, [601], named.stderr);
+  });
+
   test("a named file that no daemon serves signals nothing", async (t) => {
     const dir = await tempDir(t);
     const proc = await fakeProc(dir, 1, join(dir, "state.json"));
@@ -624,6 +746,29 @@ describe("finding the daemon (fake /proc)", () => {
       /cannot act on .*ghost\/state\.json as uid 4000000, who controls it/,
     );
   });
+});
+
+test("invoker: the record names who ran the command, and sudo's user only for root", () => {
+  const accounts = new Set(["root", "alice", "bob"]);
+  const isAccount = (name: string) => accounts.has(name);
+  const cases: [number, string | undefined, string | undefined, string][] = [
+    [0, "root", undefined, "root"],
+    [0, "root", "alice", "root (sudo by alice)"],
+    [0, "root", "root", "root"],
+    [0, "root", "mallory", "root"],
+    [0, "root", "a\u202eb", "root"],
+    [0, "root", "", "root"],
+    [1000, "alice", "bob", "alice"],
+    [1000, undefined, undefined, "uid 1000"],
+    [0, undefined, "alice", "uid 0 (sudo by alice)"],
+  ];
+  for (const [uid, name, sudoUser, recorded] of cases) {
+    assert.equal(
+      invoker({ uid, name, sudoUser, isAccount }),
+      recorded,
+      `${uid} ${name} ${sudoUser}`,
+    );
+  }
 });
 
 test("systemUnit: only a system service's cgroup names a unit", () => {

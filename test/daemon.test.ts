@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { mkdir, open, readFile, readlink, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, open, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -167,6 +167,7 @@ describe("daemon start-up", () => {
         HAPGENT_IP: "127.0.0.1",
         HAPGENT_PORT: String(port),
         HAPGENT_STATE_FILE: join(dir, "missing.json"),
+        HAPGENT_CONTROL_SOCKET: join(dir, "c.sock"),
         JOURNAL_STREAM: `${stats.dev}:${stats.ino}`,
       },
       stdio: ["ignore", "ignore", log.fd],
@@ -183,6 +184,26 @@ describe("daemon start-up", () => {
     assert.match(lines[1] ?? "", /^<5>hapgent .* listening on/);
     assert.match(lines.at(-1) ?? "", /^<5>stopped with state/);
   });
+});
+
+test("the control socket is removed at exit, after an internal error too", {
+  skip: HAPGENT_BINARY !== undefined && "the fault is injected with NODE_OPTIONS, a Node flag",
+}, async (t) => {
+  const dir = await tempDir(t);
+  const socket = join(dir, "c.sock");
+  // An internal error on demand: a preloaded module throws when SIGWINCH arrives.
+  const crash = 'process.on("SIGWINCH", () => { throw new Error("injected fault"); });';
+  const d = await startDaemon(t, {
+    env: {
+      HAPGENT_CONTROL_SOCKET: socket,
+      NODE_OPTIONS: `--import=data:text/javascript,${encodeURIComponent(crash)}`,
+    },
+  });
+  assert.ok((await lstat(socket)).isSocket());
+  d.signal("SIGWINCH");
+  assert.equal((await d.exited).code, 70, d.stderr());
+  assert.match(d.stderr(), /internal error, exiting: Error: injected fault/);
+  await assert.rejects(lstat(socket), { code: "ENOENT" });
 });
 
 describe("daemon signals", () => {

@@ -55,6 +55,7 @@ async function startOnTmpfs(
         HAPGENT_IP: "127.0.0.1",
         HAPGENT_PORT: String(port),
         HAPGENT_STATE_FILE: join(mnt, "state.json"),
+        HAPGENT_CONTROL_SOCKET: join(home, "c.sock"),
       },
       stdio: ["ignore", "ignore", "pipe"],
     },

@@ -122,7 +122,7 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       HAPGENT_ETCD_ENDPOINTS: etcd.endpoints,
     });
     assert.equal(bad.code, 2);
-    assert.match(bad.stderr, /weight.*nothing was written/);
+    assert.equal(bad.stderr, "hapgent: --weight must be an integer 0-255, got 300\n");
     const shown = await runHapgent(["fleet", "status"], fleetEnv(etcd.endpoints));
     assert.equal(shown.code, 1, "an invalid value is exit 1, as an invalid file");
     assert.match(shown.stdout, /^\/hapgent\/group\/web +INVALID \(revision \d+\): .*weight/m);

@@ -6,11 +6,31 @@ import {
   type SpawnOptions,
   spawn,
 } from "node:child_process";
-import { existsSync, lstatSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { chmod, copyFile, cp, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import {
+  chmod,
+  chown,
+  copyFile,
+  cp,
+  mkdtemp,
+  readFile,
+  rm,
+  stat,
+  writeFile,
+} from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { after } from "node:test";
 import { fileURLToPath } from "node:url";
 import { nodeFlags } from "../scripts/node-flags.js";
 
@@ -101,9 +121,72 @@ export async function freePort(host = "127.0.0.1"): Promise<number> {
   const high = Math.max(low + 1000, EPHEMERAL_LOW - 1);
   for (;;) {
     const port = low + Math.floor(Math.random() * (high - low));
-    if (reservePort(port) && (await bindable(port, host))) return port;
+    if (reservePort(port) && (await bindable(port, host))) {
+      handedOut.set(port, socketsNamedAfter(port));
+      return port;
+    }
   }
 }
+
+/**
+ * Every port this test process handed out (a daemon's control socket is named after it), with
+ * the sockets of that name already there, by inode: another run's, never this one's to judge.
+ */
+const handedOut = new Map<number, Map<string, number>>();
+
+/**
+ * Where a daemon keeps its control socket when its environment names none: /run/hapgent for
+ * root, $XDG_RUNTIME_DIR/hapgent, /tmp/hapgent-UID (config.ts, defaultControlSocket).
+ */
+function defaultSocketDirectories(): string[] {
+  const tmp = readdirSync(tmpdir()).filter((name) => /^hapgent-[0-9]+$/.test(name));
+  const xdg = process.env.XDG_RUNTIME_DIR;
+  return [
+    "/run/hapgent",
+    ...tmp.map((name) => join(tmpdir(), name)),
+    ...(xdg ? [join(xdg, "hapgent")] : []),
+  ];
+}
+
+/**
+ * The control sockets that daemons on this process's ports left where every test run would
+ * find them: removed, and named, so the test file that left them fails. Tests give their
+ * daemons a socket in a temporary directory of their own (startDaemon does).
+ */
+export function removeLeftSockets(): string[] {
+  const left: string[] = [];
+  for (const [port, before] of handedOut) {
+    for (const [path, ino] of socketsNamedAfter(port)) {
+      if (before.get(path) === ino) continue;
+      left.push(path);
+      rmSync(path, { force: true });
+    }
+  }
+  return left;
+}
+
+/** The files named after `port` where daemons put their sockets by default, by inode. */
+function socketsNamedAfter(port: number): Map<string, number> {
+  const found = new Map<string, number>();
+  for (const dir of defaultSocketDirectories()) {
+    const path = join(dir, `${port}.sock`);
+    try {
+      found.set(path, lstatSync(path).ino);
+    } catch {
+      // None there.
+    }
+  }
+  return found;
+}
+
+after(() => {
+  const left = removeLeftSockets();
+  if (left.length > 0) {
+    throw new Error(
+      `this test file left control sockets outside its temporary directories: ${left.join(", ")}`,
+    );
+  }
+});
 
 /**
  * Test files run in parallel, each in its own process: two that pick the same free port in the
@@ -134,6 +217,12 @@ function reservePort(port: number): boolean {
     if (reservations === "on") {
       process.on("exit", () => {
         for (const taken of reserved) rmSync(join(PORTS_DIR, String(taken)), { force: true });
+        try {
+          // The last test process to leave takes the directory with it.
+          rmdirSync(PORTS_DIR);
+        } catch {
+          // Another test process still holds a port.
+        }
       });
     }
   }
@@ -145,7 +234,9 @@ function reservePort(port: number): boolean {
       writeFileSync(file, String(process.pid), { flag: "wx", mode: 0o600 });
       reserved.add(port);
       return true;
-    } catch {
+    } catch (err) {
+      // The last other test process removed the directory as it left: make it again.
+      if ((err as NodeJS.ErrnoException).code === "ENOENT" && ownPortsDirectory()) continue;
       const holder = Number(readFileSafe(file));
       if (holder > 0 && existsSync(`/proc/${holder}`)) return false;
       // Left by a test process that is gone: take it over.
@@ -314,6 +405,7 @@ export async function cliInProcess(
       became.push(uid);
     },
     userName: () => undefined,
+    by: "tester",
     out: (text) => {
       stdout += text;
     },
@@ -416,12 +508,17 @@ export async function startDaemon(
   const stateFile = join(home, "state.json");
   if (state !== null) await writeFile(stateFile, state);
   const port = fixedPort ?? (await freePort());
+  // Its own directory, which the daemon's user controls, removed with it: a daemon killed
+  // with SIGKILL leaves its socket behind.
+  const sockets = await mkdtemp(join(tmpdir(), "hapgent-sock-"));
+  if (user !== undefined) await chown(sockets, user.uid, user.gid);
   const options: SpawnOptions = {
     env: {
       PATH: process.env.PATH ?? "/usr/bin:/bin",
       HAPGENT_IP: "127.0.0.1",
       HAPGENT_PORT: String(port),
       HAPGENT_STATE_FILE: stateFile,
+      HAPGENT_CONTROL_SOCKET: join(sockets, `${port}.sock`),
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
@@ -449,6 +546,7 @@ export async function startDaemon(
       await exited;
     }
     if (dir === undefined) await rm(home, { recursive: true, force: true });
+    await rm(sockets, { recursive: true, force: true });
   });
   const daemon: Daemon = {
     child,

@@ -46,6 +46,7 @@ async function startWithStderr(
       HAPGENT_IP: "127.0.0.1",
       HAPGENT_PORT: String(port),
       HAPGENT_STATE_FILE: stateFile,
+      HAPGENT_CONTROL_SOCKET: join(dir, "c.sock"),
     },
     stdio: ["ignore", "ignore", stderr],
   });

@@ -19,6 +19,7 @@ import {
   hapgentArgv,
   hapgentArgvForOthers,
   missing,
+  privateMounts,
   reachableCopy,
   runHapgent,
   startDaemon,
@@ -129,7 +130,11 @@ describe("attacks by other local users", { skip: SKIP }, () => {
     // Any process can take the name hapgent; this one is hapgent itself, run by the attacker.
     const fake = await ns.start(await hapgentArgvForOthers(), {
       user: attacker,
-      env: { HAPGENT_STATE_FILE: secret.path, HAPGENT_PORT: String(await freePort()) },
+      env: {
+        HAPGENT_STATE_FILE: secret.path,
+        HAPGENT_PORT: String(await freePort()),
+        HAPGENT_CONTROL_SOCKET: join(await dirOf(base, attacker, "sock"), "c.sock"),
+      },
     });
     await fake.listening;
 
@@ -146,6 +151,7 @@ describe("attacks by other local users", { skip: SKIP }, () => {
       env: {
         HAPGENT_STATE_FILE: join(rootDir, "state.json"),
         HAPGENT_PORT: String(await freePort()),
+        HAPGENT_CONTROL_SOCKET: join(rootDir, "c.sock"),
       },
     });
     await real.listening;
@@ -302,7 +308,7 @@ describe("attacks by other local users", { skip: SKIP }, () => {
     );
   });
 
-  test("an operator drives their own daemon; another user's directory is refused", async (t) => {
+  test("an operator drives their own daemon; another user's directory is refused for changes", async (t) => {
     const { operator, service } = users();
     const base = await tempDir(t);
     await chmod(base, 0o755);
@@ -321,11 +327,22 @@ describe("attacks by other local users", { skip: SKIP }, () => {
 
     const theirs = await dirOf(base, service, "svc");
     await writeFile(join(theirs, "state.json"), '{"status":"UP"}', { mode: 0o644 });
-    const refused = await runAs(
-      operator,
-      ["status", "--state-file", join(theirs, "state.json")],
-      {},
-    );
+    // Reading needs only read access: the operator reads it with no more rights than their own.
+    const status = await runAs(operator, ["status", "--state-file", join(theirs, "state.json")], {
+      HAPGENT_PORT: String(await freePort()),
+    });
+    assert.equal(status.code, CLI_EXIT.NO_AGENT, status.stderr);
+    assert.match(status.stdout, /^state file {2}.*svc\/state\.json: \{"status":"UP"\}$/m);
+    const check = await runAs(operator, ["check", join(theirs, "state.json")], {});
+    assert.equal(check.code, CLI_EXIT.OK, check.stderr);
+    // A link there to a file the operator may not read stays unread.
+    const secret = await rootFile(base);
+    await symlink(secret.path, join(theirs, "link.json"));
+    const link = await runAs(operator, ["status", "--state-file", join(theirs, "link.json")], {});
+    assert.match(link.stdout, /INVALID: cannot be read: permission denied/);
+    assert.doesNotMatch(link.stdout + link.stderr, /root:secret/);
+
+    const refused = await runAs(operator, ["up", "--state-file", join(theirs, "state.json")], {});
     assert.equal(refused.code, CLI_EXIT.UNSAFE_PATH, refused.stderr);
     assert.match(
       refused.stderr,
@@ -458,6 +475,94 @@ describe("attacks by other local users", { skip: SKIP }, () => {
         `HAPGENT_STATE_FILE=".*/a/state\\.json" is not safe for a daemon running as root: .*/a is owned by uid ${attacker.uid}`,
       ),
     );
+  });
+});
+
+describe("the record names who ran the command", { skip: SKIP }, () => {
+  const service = SKIP ? undefined : createUser({ after }, "svc");
+  const operator = SKIP ? undefined : createUser({ after }, "ops");
+  const users = () => ({ service: service as User, operator: operator as User });
+  const by = async (file: string) => JSON.parse(await readFile(file, "utf8")).changed.by;
+
+  test("root's change in another user's directory records root, and who ran sudo", async (t) => {
+    const { service, operator } = users();
+    const base = await tempDir(t);
+    await chmod(base, 0o755);
+    // Root acts on this file as its directory's owner, whose name must not be recorded.
+    const dir = await dirOf(base, service, "svc");
+    const stateFile = join(dir, "state.json");
+    const cases: [Record<string, string>, string][] = [
+      [{}, "root"],
+      [{ SUDO_USER: operator.name }, `root (sudo by ${operator.name})`],
+      [{ SUDO_USER: "root" }, "root"],
+      // Anyone may set the variable: a name that is no account is not believed.
+      [{ SUDO_USER: "hgt-nobody-such" }, "root"],
+      [{ SUDO_USER: "two words" }, "root"],
+    ];
+    for (const [env, recorded] of cases) {
+      const result = await runHapgent(["drain", "--state-file", stateFile], {
+        HAPGENT_PORT: "1",
+        ...env,
+      });
+      assert.equal(result.code, CLI_EXIT.NO_AGENT, result.stderr);
+      assert.equal((await lstat(stateFile)).uid, service.uid, "written as the directory's owner");
+      assert.equal(await by(stateFile), recorded, JSON.stringify(env));
+    }
+
+    // Through the control socket of a daemon of the directory's owner: the same record.
+    const d = await startDaemon(t, {
+      dir,
+      state: null,
+      user: service,
+      env: { HAPGENT_STATE_FILE: stateFile },
+    });
+    const down = await runHapgent(["down", "--state-file", stateFile], {
+      HAPGENT_PORT: String(d.port),
+      SUDO_USER: operator.name,
+    });
+    assert.equal(down.code, CLI_EXIT.OK, down.stderr);
+    assert.match(down.stdout, new RegExp(`hapgent pid ${d.pid} wrote`), "through the socket");
+    assert.equal(await by(stateFile), `root (sudo by ${operator.name})`);
+    await d.waitForLog(new RegExp(`"by":"root \\(sudo by ${operator.name}\\)"`));
+  });
+
+  test("a user's own change records that user, whatever SUDO_USER says", async (t) => {
+    const { operator } = users();
+    const base = await tempDir(t);
+    await chmod(base, 0o755);
+    const stateFile = join(await dirOf(base, operator, "ops"), "state.json");
+    const result = await runAs(operator, ["up", "--state-file", stateFile], {
+      HAPGENT_PORT: "1",
+      SUDO_USER: "root",
+    });
+    assert.equal(result.code, CLI_EXIT.NO_AGENT, result.stderr);
+    assert.equal(await by(stateFile), operator.name);
+  });
+
+  test("through real sudo, root's change records who ran sudo", {
+    skip: SKIP || (missing("sudo", { commands: ["sudo", "setpriv", "mount"] }) as string | false),
+  }, async (t) => {
+    const { service, operator } = users();
+    const base = await tempDir(t);
+    await chmod(base, 0o755);
+    const stateFile = join(await dirOf(base, service, "svc"), "state.json");
+    // A sudoers of the test's own, seen only in a mount namespace of this command's.
+    const sudoers = join(base, "sudoers");
+    await writeFile(sudoers, `${operator.name} ALL=(root) NOPASSWD: ALL\n`, { mode: 0o440 });
+    const [file, ...rest] = await hapgentArgvForOthers(["drain", "--state-file", stateFile]);
+    const result = await collect(
+      spawn(
+        "unshare",
+        privateMounts(
+          'mount --bind "$1" /etc/sudoers && u="$2" && shift 2 && exec setpriv --reuid="$u" --regid="$u" --init-groups -- sudo -n -- "$@"',
+          ["sh", sudoers, operator.name, file, ...rest],
+        ),
+        { env: { PATH, HAPGENT_PORT: "1" }, cwd: "/", stdio: ["ignore", "pipe", "pipe"] },
+      ),
+      30_000,
+    );
+    assert.equal(result.code, CLI_EXIT.NO_AGENT, result.stderr);
+    assert.equal(await by(stateFile), `root (sudo by ${operator.name})`);
   });
 });
 

@@ -43,6 +43,16 @@ function getent(database: string, key: string): string {
   });
 }
 
+/** Whether `name` is an account of this system (false when getent cannot say). */
+export function isAccount(name: string): boolean {
+  try {
+    return parsePasswdLine(getent("passwd", name))?.name === name;
+  } catch {
+    // getent exits 2 for a name it does not know.
+    return false;
+  }
+}
+
 /** `name:x:uid:gid:…` as in /etc/passwd, or undefined when the line is not one. */
 export function parsePasswdLine(line: string): Omit<Account, "groups"> | undefined {
   const [name, , uid, gid] = line.trim().split(":");

@@ -14,7 +14,6 @@ import { stillRunning } from "./daemons.js";
 import { CLI_EXIT } from "./exit.js";
 import type { CliIo } from "./io.js";
 import type { Target } from "./target.js";
-import { userName } from "./user.js";
 
 export type Applied =
   | {
@@ -48,7 +47,7 @@ export async function apply(
   if (daemon !== undefined && target.socket.path !== undefined) {
     const reply = await request(
       target.socket.path,
-      { op: "change", change, by: userName() },
+      { op: "change", change, by: io.by },
       timeoutS * 1000,
     ).then(
       (value) => value as ChangeReply,
@@ -74,14 +73,15 @@ function answered(
     io.err(`hapgent: ${path}: ${reply.error}; nothing was written\n`);
     return { code: reply.code === "no-instance" ? CLI_EXIT.INVALID_FILE : CLI_EXIT.USAGE };
   }
-  if (reply.replaced !== null) {
-    io.err(`hapgent: the state file ${path} was invalid (${reply.replaced}); replaced\n`);
-  }
   if (reply.unsaved !== null) {
     io.err(
-      `hapgent: hapgent pid ${pid} answers the new state but cannot save ${path}: ${reply.unsaved}; it keeps trying\n`,
+      `hapgent: hapgent pid ${pid} answers the new state but cannot save ${path}: ${reply.unsaved}; it keeps trying${leftInvalid(reply.replaced ?? undefined)}\n`,
     );
     return { code: CLI_EXIT.CANNOT_WRITE };
+  }
+  // Only now that it is saved: what was there has really been replaced.
+  if (reply.replaced !== null) {
+    io.err(`hapgent: the state file ${path} was invalid (${reply.replaced}); replaced\n`);
   }
   io.out(`hapgent pid ${pid} wrote ${path}: ${formatState(reply.state)}\n`);
   noteService(io, change, reply.state);
@@ -106,22 +106,21 @@ async function viaFile(io: CliIo, target: Target, change: Change): Promise<Appli
     );
     return { code: CLI_EXIT.CANNOT_WRITE };
   }
-  const origin = { atMs: Date.now(), via: "cli", by: userName() } as const;
+  const origin = { atMs: Date.now(), via: "cli", by: io.by } as const;
   const next = applyChange(current.ok ? current.state : undefined, change, origin);
   if (!next.ok) {
     io.err(`hapgent: ${path}: ${next.reason}; nothing was written\n`);
     return { code: next.code === "no-instance" ? CLI_EXIT.INVALID_FILE : CLI_EXIT.USAGE };
   }
-  if (!current.ok && current.code !== "ENOENT") {
-    io.err(
-      `hapgent: the current state file ${path} is invalid (${current.reason}); replacing it\n`,
-    );
-  }
+  const invalid = !current.ok && current.code !== "ENOENT" ? current.reason : undefined;
   try {
     await store.save(next.state);
   } catch (err) {
-    io.err(`hapgent: cannot write ${path}: ${(err as Error).message}\n`);
+    io.err(`hapgent: cannot write ${path}: ${(err as Error).message}${leftInvalid(invalid)}\n`);
     return { code: CLI_EXIT.CANNOT_WRITE };
+  }
+  if (invalid !== undefined) {
+    io.err(`hapgent: the state file ${path} was invalid (${invalid}); replaced\n`);
   }
   io.out(`wrote ${path}: ${formatState(next.state)}\n`);
   noteService(io, change, next.state);
@@ -157,6 +156,13 @@ async function signal(io: CliIo, target: Target, state: State): Promise<Applied>
   }
   io.out(`signalled hapgent pid ${daemon.pid} to reload\n`);
   return { code: CLI_EXIT.OK, state, pid: daemon.pid, pollers: undefined, checks: undefined };
+}
+
+/** What a save that failed left of an invalid file: all of it. */
+function leftInvalid(reason: string | undefined): string {
+  return reason === undefined
+    ? ""
+    : `; what is there is still invalid (${reason}) and was not replaced`;
 }
 
 function noteCancelled(io: CliIo, expires: Expiry | undefined): void {

@@ -55,6 +55,9 @@ export function parseOptions(
       allowPositionals: true,
     }) as { values: Values; positionals: string[] };
   } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+      throw usage(`${unknownOption(args, allowed)} (see hapgent ${command} --help)`);
+    }
     throw usage(`${(err as Error).message} (see hapgent ${command} --help)`);
   }
   for (const name of Object.keys(parsed.values) as Option[]) {
@@ -81,4 +84,57 @@ export function expectPositionals(
       `unexpected argument ${JSON.stringify(positionals[max])} (see hapgent ${command} --help)`,
     );
   }
+}
+
+/** The first option in `args` that hapgent does not know, with the closest `allowed` one. */
+function unknownOption(args: readonly string[], allowed: readonly Option[]): string {
+  const { tokens } = parseArgs({
+    args: [...args],
+    options: OPTIONS,
+    strict: false,
+    allowPositionals: true,
+    tokens: true,
+  });
+  const unknown = tokens.find(
+    (token) => token.kind === "option" && !Object.hasOwn(OPTIONS, token.name),
+  );
+  if (unknown?.kind !== "option") return "unknown option";
+  const near = closest(unknown.name, allowed);
+  return `unknown option ${unknown.rawName}${near === undefined ? "" : `; did you mean --${near}?`}`;
+}
+
+/**
+ * The one candidate `given` abbreviates, else the nearest within a third of its length in
+ * edits (a slip of the keyboard, not another word); undefined when none is near.
+ */
+export function closest(given: string, candidates: readonly string[]): string | undefined {
+  const starting = candidates.filter((candidate) => candidate.startsWith(given));
+  if (given.length >= 2 && starting.length === 1) return starting[0];
+  let best: { candidate: string; distance: number } | undefined;
+  for (const candidate of candidates) {
+    const distance = editDistance(given, candidate);
+    if (best === undefined || distance < best.distance) best = { candidate, distance };
+  }
+  const allowed = Math.max(1, Math.floor(given.length / 3));
+  return best !== undefined && best.distance <= allowed ? best.candidate : undefined;
+}
+
+/** Edits between two words: insertions, deletions, substitutions and swaps of neighbours. */
+function editDistance(a: string, b: string): number {
+  let before: number[] = [];
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitution = (previous[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1);
+      let distance = Math.min((previous[j] ?? 0) + 1, (row[j - 1] ?? 0) + 1, substitution);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        distance = Math.min(distance, (before[j - 2] ?? 0) + 1);
+      }
+      row.push(distance);
+    }
+    before = previous;
+    previous = row;
+  }
+  return previous[b.length] ?? 0;
 }

@@ -13,7 +13,7 @@ export async function check(io: CliIo, values: Values, file: string | undefined)
   const only = { cwd: io.cwd, uid: io.uid, env: { HAPGENT_STATE_FILE: io.env.HAPGENT_STATE_FILE } };
   const path = file ?? configure(only, values).config.stateFile;
   const absolute = resolve(io.cwd, path);
-  await actOn(io, absolute);
+  await actOn(io, absolute, "read");
   // Nothing is saved, so the store never has anything to log.
   const result = await createStateStore(absolute, silentLogger).load();
   if (result.ok) {

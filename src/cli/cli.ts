@@ -4,7 +4,7 @@
  */
 import { isStatus, STATUSES, type Status } from "../core/state.js";
 import { VERSION } from "../version.js";
-import { expectPositionals, type Option, parseOptions, TARGET_OPTIONS } from "./args.js";
+import { closest, expectPositionals, type Option, parseOptions, TARGET_OPTIONS } from "./args.js";
 import { check } from "./check.js";
 import { CLI_EXIT, CliError, usage } from "./exit.js";
 import { fleet } from "./fleet.js";
@@ -81,7 +81,10 @@ async function dispatch(io: CliIo): Promise<number> {
   const short = Object.hasOwn(SHORT_FORMS, command) ? SHORT_FORMS[command] : undefined;
   const kind = short === undefined ? command : "set";
   if (!Object.hasOwn(COMMANDS, kind)) {
-    throw usage(`unknown command ${JSON.stringify(command)} (see hapgent --help)`);
+    const near = closest(command, [...Object.keys(COMMANDS), ...Object.keys(SHORT_FORMS)]);
+    throw usage(
+      `unknown command ${JSON.stringify(command)}${near === undefined ? "" : `; did you mean ${near}?`} (see hapgent --help)`,
+    );
   }
   const name = kind as keyof typeof COMMANDS;
   const { values, positionals } = parseOptions(rest, COMMANDS[name], command);

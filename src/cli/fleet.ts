@@ -22,7 +22,6 @@ import type { Values } from "./args.js";
 import { CLI_EXIT, CliError, usage } from "./exit.js";
 import type { CliIo } from "./io.js";
 import { changeOf } from "./set.js";
-import { userName } from "./user.js";
 
 /** How many invalid values in a row `status` looks back through for the word before them. */
 const MAX_LOOKBACK = 8;
@@ -94,14 +93,17 @@ async function connect(io: CliIo, values: Values): Promise<{ etcd: Etcd; keys: s
   return { etcd: await createEtcd(options.options, true), keys };
 }
 
-/** etcd's own refusal, or no endpoint answering, as the command's last word. */
-function unreachable(err: unknown): CliError {
+/**
+ * etcd's own refusal, or no endpoint answering, as the command's last word; a command that
+ * `writes` says that nothing was.
+ */
+function unreachable(err: unknown, writes: boolean): CliError {
   if (!(err instanceof EtcdError)) throw err;
   return new CliError(
     CLI_EXIT.ETCD,
     err.answered
       ? `etcd refused: ${printable(err.message)}`
-      : `cannot reach etcd: ${printable(err.message)}; nothing was written`,
+      : `cannot reach etcd: ${printable(err.message)}${writes ? "; nothing was written" : ""}`,
   );
 }
 
@@ -121,7 +123,7 @@ async function set(io: CliIo, values: Values, key: string, status: Status): Prom
       const next = applyChange(now?.kind === "state" ? now.state : undefined, change, {
         atMs: Date.now(),
         via: "cli",
-        by: userName(io.env),
+        by: io.by,
       });
       if (!next.ok) {
         io.err(
@@ -150,7 +152,7 @@ async function set(io: CliIo, values: Values, key: string, status: Status): Prom
     io.err(`hapgent: ${key} kept changing under ${MAX_ATTEMPTS} attempts; nothing was written\n`);
     return CLI_EXIT.ETCD;
   } catch (err) {
-    throw unreachable(err);
+    throw unreachable(err, true);
   } finally {
     etcd.close();
   }
@@ -163,7 +165,7 @@ async function clear(io: CliIo, values: Values, key: string): Promise<number> {
     io.out(deleted === 0 ? `${key} did not exist\n` : `removed ${key} at revision ${revision}\n`);
     return CLI_EXIT.OK;
   } catch (err) {
-    throw unreachable(err);
+    throw unreachable(err, true);
   } finally {
     etcd.close();
   }
@@ -262,7 +264,7 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
       ? CLI_EXIT.INVALID_FILE
       : CLI_EXIT.OK;
   } catch (err) {
-    throw unreachable(err);
+    throw unreachable(err, false);
   } finally {
     etcd.close();
   }

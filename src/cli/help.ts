@@ -21,7 +21,8 @@ const EXIT_HELP = `Exit codes:
      nothing was signalled)
   4  the agent did not confirm in time, or answers other than the file says
   5  the state file cannot be written
-  6  several hapgent processes serve the state file; nothing was written
+  6  several hapgent processes serve the state file, or none is named and
+     several run; nothing was written
   7  another user could redirect the state file's path; nothing was read or
      written
   8  --wait: a load balancer did not hear the new state in time

@@ -5,6 +5,8 @@ export interface CliIo extends TargetIo {
   readonly args: readonly string[];
   readonly out: (text: string) => void;
   readonly err: (text: string) => void;
+  /** Who runs the command, for the record of a change: fixed before it switches users. */
+  readonly by: string;
   /** Sends SIGHUP; throws Node's error (EPERM, ESRCH). */
   readonly reload: (pid: number) => void;
 }

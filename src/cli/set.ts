@@ -13,6 +13,7 @@ import {
   MAX_DESCRIPTION_CHARS,
   MAX_SERVICE_NAME_CHARS,
   type Status,
+  validateState,
 } from "../core/state.js";
 import { apply } from "./apply.js";
 import type { Values } from "./args.js";
@@ -33,7 +34,7 @@ export async function set(io: CliIo, values: Values, status: Status): Promise<nu
   const wait = values.wait === true || idle.length > 0;
   const change = changeOf(values, status);
 
-  const target = await findTarget(io, values);
+  const target = await findTarget(io, values, "change");
   if (wait && target.socket.path === undefined) {
     io.err(
       `hapgent: --wait and --idle need the running daemon's control socket (${target.socket.why}); nothing was written\n`,
@@ -79,6 +80,19 @@ function port(text: string): number {
   return value;
 }
 
+/**
+ * Throws a usage error naming the flag when its value breaks the file's rules: the argument is
+ * wrong whatever the file holds, so it is refused before the file is read.
+ */
+function fieldProblem(status: Status, name: string, value: FieldChange | undefined): void {
+  if (value === undefined || value === null) return;
+  const checked = validateState({ status, [name]: value });
+  if (checked.ok) return;
+  throw usage(
+    checked.reason.startsWith(`${name} `) ? `--${checked.reason}` : `--${name}: ${checked.reason}`,
+  );
+}
+
 export function changeOf(values: Values, status: Status): Change {
   const service = values.service;
   if (service !== undefined && !isServiceName(service)) {
@@ -93,6 +107,8 @@ export function changeOf(values: Values, status: Status): Change {
     // Numbers as numbers so the state rules judge them; anything else stays text and is refused.
     return /^-?[0-9]+(\.[0-9]+)?$/.test(given) ? Number(given) : given;
   };
+  for (const name of ["weight", "maxconn", "description"] as const)
+    fieldProblem(status, name, field(name));
   const reason = values.reason;
   if (reason !== undefined && !isDescription(reason)) {
     throw usage(

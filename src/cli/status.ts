@@ -37,7 +37,7 @@ interface ServiceView {
 }
 
 export async function status(io: CliIo, values: Values): Promise<number> {
-  const target = await findTarget(io, values);
+  const target = await findTarget(io, values, "read");
   const daemon = await daemonStatus(target);
   const file = await createStateStore(target.config.stateFile, silentLogger).load();
   const last = recorded(file, daemon);
@@ -54,13 +54,17 @@ export async function status(io: CliIo, values: Values): Promise<number> {
     target.agents.length > 0 &&
     live.answer === expected &&
     services.every((service) => service.asked.answer === service.expected);
-  const code = !file.ok
-    ? CLI_EXIT.INVALID_FILE
-    : live.answer === undefined || target.agents.length === 0
-      ? CLI_EXIT.NO_AGENT
-      : agree
-        ? CLI_EXIT.OK
-        : CLI_EXIT.NOT_CONFIRMED;
+  // Two agents answer from one file in turns: whatever they say now, that is the problem.
+  const code =
+    target.agents.length > 1
+      ? CLI_EXIT.SEVERAL_AGENTS
+      : !file.ok
+        ? CLI_EXIT.INVALID_FILE
+        : live.answer === undefined || target.agents.length === 0
+          ? CLI_EXIT.NO_AGENT
+          : agree
+            ? CLI_EXIT.OK
+            : CLI_EXIT.NOT_CONFIRMED;
   const view: View = {
     target,
     file,

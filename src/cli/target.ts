@@ -7,15 +7,16 @@
  *   counts (one running as the caller, as root, or as a hapgent system service, which only root
  *   can start), else the default;
  * - the path is walked: when another user could redirect it (their directory on the way), a root
- *   caller acts as that user for good before touching the file, and any other caller refuses;
- *   when several users could, everyone refuses;
+ *   caller acts as that user for good before touching the file, and any other caller refuses to
+ *   change it; when several users could, everyone refuses. Reading needs no more: a caller other
+ *   than root reads with its own rights, which no path can raise;
  * - a file named by a daemon is only as good as the user the daemon runs as: it is used with that
  *   user's rights, never more;
  * - only daemons that could legitimately serve the file count (root, the user acted as, the
  *   file's owner); others that claim it are shown and ignored, so they cannot block a command.
  */
 import { resolve } from "node:path";
-import { type Config, type ProcessContext, parseConfig } from "../config.js";
+import { type Config, formatAddress, type ProcessContext, parseConfig } from "../config.js";
 import { printable } from "../core/state.js";
 import { controllerOf, walkPath } from "../path-control.js";
 import type { Values } from "./args.js";
@@ -91,17 +92,20 @@ export function configure(
 
 type Readable = Found & { readonly readable: true; readonly config: Config };
 
+/** What a command does to the file: read it (status, check) or change it. */
+export type Access = "read" | "change";
+
 /** Finds the file, the user to act as and the daemon; switches to that user. */
-export async function findTarget(io: TargetIo, values: Values): Promise<Target> {
+export async function findTarget(io: TargetIo, values: Values, access: Access): Promise<Target> {
   let { config, fileNamed } = configure(io, values);
   const found = await findDaemons(io.procRoot, io.pid);
   const notes: string[] = [];
   const read = reader(io, notes);
 
   // A deploy script on a host with one hapgent need not know where its file is.
-  const namedBy = fileNamed ? undefined : await fileNamer(io, found, read, notes);
+  const namedBy = fileNamed ? undefined : await fileNamer(io, found, read);
   if (namedBy !== undefined) config = { ...config, stateFile: namedBy.config.stateFile };
-  const { uid, owner } = await actingUser(io, config.stateFile, namedBy);
+  const { uid, owner } = await actingUser(io, config.stateFile, namedBy, access);
   const serving = await servers(io, found, read, notes, { uid, owner, path: config.stateFile });
   notes.push(...unaskedNotes(io, found, [uid, owner, 0], fileNamed));
 
@@ -140,25 +144,38 @@ function reader(io: TargetIo, notes: string[]): Read {
 
 /**
  * The one daemon whose word names the file: one running as the caller, as root, or as a hapgent
- * system service. None when there is none, or several (said in a note).
+ * system service; none when there is none. Throws when several could.
  */
 async function fileNamer(
   io: TargetIo,
   found: readonly Found[],
   read: Read,
-  notes: string[],
 ): Promise<Readable | undefined> {
   const trusted: Readable[] = [];
   for (const daemon of found.filter((d) => d.uid === io.uid || d.uid === 0 || isService(d))) {
     const readable = await read(daemon);
     if (readable) trusted.push(readable);
   }
-  if (trusted.length > 1) {
-    notes.push(
-      `several hapgent daemons could name the file (pids ${trusted.map((d) => d.pid).join(", ")}); name it with --state-file`,
+  // Any one of them would be a guess, and the default file none of theirs.
+  if (trusted.length > 1) throw severalNamers(io, trusted);
+  return trusted[0];
+}
+
+function severalNamers(io: TargetIo, daemons: readonly Readable[]): CliError {
+  const listed = daemons
+    .slice(0, MAX_NOTED)
+    .map(
+      (d) =>
+        `pid ${d.pid} (${who(io, d.uid)}) serves ${d.config.stateFile} on ${formatAddress(d.config.host, d.config.port)}`,
     );
-  }
-  return trusted.length === 1 ? trusted[0] : undefined;
+  const more = daemons.length - listed.length;
+  if (more > 0) listed.push(`and ${more} more`);
+  return new CliError(
+    CLI_EXIT.SEVERAL_AGENTS,
+    printable(
+      `${daemons.length} hapgent daemons run here and no state file is named: ${listed.join("; ")}. Name the file of the one meant with --state-file (or HAPGENT_STATE_FILE)`,
+    ),
+  );
 }
 
 /**
@@ -228,8 +245,8 @@ const MAX_NOTED = 5;
  * Acts on a file that no daemon is asked about (`hapgent check FILE`): switches to the user
  * who controls its path, as findTarget does.
  */
-export async function actOn(io: TargetIo, path: string): Promise<void> {
-  const { uid } = await actingUser(io, path, undefined);
+export async function actOn(io: TargetIo, path: string, access: Access): Promise<void> {
+  const { uid } = await actingUser(io, path, undefined, access);
   become(io, uid, path);
 }
 
@@ -254,11 +271,12 @@ async function actingUser(
   io: TargetIo,
   path: string,
   namedBy: Readable | undefined,
+  access: Access,
 ): Promise<{ uid: number; owner: number | undefined }> {
   const unsafe = (why: string) =>
     new CliError(
       CLI_EXIT.UNSAFE_PATH,
-      `refusing to use ${path} as ${who(io, io.uid)}: ${why}. Nothing was read or written.`,
+      `refusing to use ${path} as ${who(io, io.uid)}: ${why}. Nothing was ${access === "read" ? "read" : "read or written"}.`,
     );
   let lookups: Awaited<ReturnType<typeof walkPath>>;
   try {
@@ -270,6 +288,8 @@ async function actingUser(
   }
   const last = lookups.at(-1);
   const owner = last?.entry?.uid;
+  // Whoever decides what the path reaches, such a caller can only read what it may read anyway.
+  if (access === "read" && io.uid !== 0) return { uid: io.uid, owner };
   const controller = controllerOf(lookups);
   if (controller.kind === "several") {
     throw unsafe(`${controller.why}, so any of them could point it at another file`);

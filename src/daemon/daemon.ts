@@ -2,6 +2,7 @@
  * The daemon: configuration, state, signals and the listening socket wired together. Everything
  * it needs from the process comes in through `DaemonIo`, so it runs the same under test.
  */
+import { lstatSync, unlinkSync } from "node:fs";
 import {
   type Config,
   describeListenError,
@@ -47,6 +48,8 @@ export interface DaemonIo extends ProcessContext {
   /** Hands signals to `handler`, first those that arrived before, in their order. */
   readonly onSignal: (handler: (signal: DaemonSignal) => void) => void;
   readonly exit: (code: number) => void;
+  /** Runs `fn` as the process exits, however it exits (a crash included); `fn` is synchronous. */
+  readonly atExit: (fn: () => void) => void;
 }
 
 /** Exit codes of the daemon. */
@@ -156,7 +159,9 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   }
   const handlers = controlHandlers({ commands, ledger, replies, checks, fleet, now: Date.now });
   control = await startControl(config.controlSocket, io.uid, handlers, log);
-  if (stop.stopping) return;
+  if (control !== undefined) removeAtExit(io, config.controlSocket);
+  // A TERM during start-up closed the sockets before this one existed: closing it removes it.
+  if (stop.stopping) return void control?.close();
   log.notice(
     `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}${metrics ? `, metrics on http://${metrics.address}/metrics` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
   );
@@ -329,6 +334,29 @@ async function configure(io: DaemonIo, log: Logger): Promise<Config | undefined>
     }
   }
   return configured.config;
+}
+
+/**
+ * Removes the control socket at any exit: TERM closes it (which removes it), but an internal
+ * error exits at once, and a socket left behind is one more file in /run for nothing. Only the
+ * socket this daemon made: a path that now names another file is left alone.
+ */
+function removeAtExit(io: DaemonIo, path: string): void {
+  let made: { dev: number; ino: number };
+  try {
+    const { dev, ino } = lstatSync(path);
+    made = { dev, ino };
+  } catch {
+    return;
+  }
+  io.atExit(() => {
+    try {
+      const now = lstatSync(path);
+      if (now.dev === made.dev && now.ino === made.ino) unlinkSync(path);
+    } catch {
+      // Removed already, by the close.
+    }
+  });
 }
 
 /** TERM and INT: close the socket, let signals in flight and a pending save finish, exit 0. */
