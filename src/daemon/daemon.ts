@@ -6,11 +6,13 @@ import {
   type Config,
   describeListenError,
   describeMetricsListenError,
+  describeUnknownVariable,
   type FleetConfig,
   formatAddress,
   type MetricsAddress,
   type ProcessContext,
   parseConfig,
+  unknownVariables,
 } from "../config.js";
 import { answerFor, NO_VERDICTS } from "../core/compose.js";
 import { formatState, type ServiceState, type State } from "../core/state.js";
@@ -263,6 +265,8 @@ const SIGNAL_COMMANDS = { SIGUSR1: "up", SIGUSR2: "down", SIGHUP: "reload" } as 
 
 /** The configuration, or undefined after logging why there is none to run with. */
 async function configure(io: DaemonIo, log: Logger): Promise<Config | undefined> {
+  // Before any error: a misspelt name is often why a value is not the one expected.
+  for (const unknown of unknownVariables(io.env)) log.warning(describeUnknownVariable(unknown));
   const configured = parseConfig(io.env, io.cwd, io.uid);
   if (!configured.ok) {
     log.error(configured.reason);
