@@ -121,7 +121,15 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     try {
       metrics = await serveMetrics(
         config.metrics,
-        { commands, checks, fleet, answer: layers?.answer, ledger, probes },
+        {
+          commands,
+          checks,
+          fleet,
+          answer: layers?.answer,
+          version: layers?.version,
+          ledger,
+          probes,
+        },
         log,
       );
     } catch (err) {
@@ -234,18 +242,20 @@ async function serveMetrics(
     readonly checks: CheckLayer | undefined;
     readonly fleet: FleetLayer | undefined;
     readonly answer: Layers["answer"] | undefined;
+    readonly version: Layers["version"] | undefined;
     readonly ledger: Ledger;
     readonly probes: ReadonlyMap<string, number> | undefined;
   },
   log: Logger,
 ): Promise<MetricsServer> {
-  const { commands, checks, fleet, answer, ledger, probes } = parts;
+  const { commands, checks, fleet, answer, version, ledger, probes } = parts;
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
     address,
     {
       state: () => commands.state,
       answer,
+      version,
       stats: () => commands.stats,
       probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),

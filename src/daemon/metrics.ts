@@ -5,24 +5,29 @@
  * an agent without them pays nothing; nothing here runs on the probe path (every value is read
  * when Prometheus scrapes).
  *
- * The listener has its own small limits; a rendering serves every request for a second. A slow
+ * The listener has its own small limits, and scrapes cost a rendering only when something changed
+ * (see createMetrics): between changes, a scrape is a write of the bytes rendered before. A slow
  * or hostile HTTP client can at worst keep a scraper out (the port is meant for Prometheus
  * only), never hold up the agent port.
  */
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { formatAddress, type MetricsAddress } from "../config.js";
-import { DEFAULT_WEIGHT_PERCENT } from "../core/reply.js";
-import { type ServiceState, STATUSES, type State, serviceState } from "../core/state.js";
+import { type ServiceState, type State, serviceState } from "../core/state.js";
 import type { Logger } from "../log.js";
-import { VERSION } from "../version.js";
 import type { CheckView } from "./checks.js";
 import { CHANGE_CAUSES, type CommandStats } from "./commands.js";
 import type { FleetView } from "./fleet-layer.js";
 import type { Poller } from "./ledger.js";
+import {
+  type CountersSnapshot,
+  renderCounters,
+  renderState,
+  type StateSnapshot,
+  serviceLabel,
+} from "./metrics-text.js";
 
 type PromClient = typeof import("prom-client");
-type Registry = import("prom-client").Registry;
 
 /** What the metrics are read from, at each scrape. */
 export interface MetricsSource {
@@ -33,6 +38,8 @@ export interface MetricsSource {
   readonly pollers: () => readonly Poller[];
   /** A probe's answer for a name in a state, when checks have a say; else the file's rule. */
   readonly answer?: ((state: State, name: string | undefined) => ServiceState) | undefined;
+  /** Goes up whenever `answer` may give another answer for the same state (a check's verdict). */
+  readonly version?: (() => number) | undefined;
   /** The agent's own checks; undefined without a checks file (no check metrics at all). */
   readonly checks?: (() => readonly CheckView[]) | undefined;
   /** The fleet's word; undefined without HAPGENT_ETCD_ENDPOINTS (no fleet metrics at all). */
@@ -64,59 +71,87 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-/** What one rendering reads, taken once so that every metric of a scrape agrees. */
-interface Snapshot {
-  /** The instance (no service label), then each service, as HAProxy is given them now. */
-  readonly answered: readonly (readonly [Labels, ServiceState])[];
-  readonly stats: CommandStats;
-  readonly probes: ReadonlyMap<string, number>;
-  /** Load balancers only: an address seen once (a scan, a curl) is not one. */
-  readonly pollers: readonly Poller[];
-  readonly checks: readonly CheckView[];
-  readonly fleet: FleetView | undefined;
-}
-
-type Labels = Readonly<Record<string, string>>;
-/** One sample: its labels and its value; an undefined value is left out. */
-type Sample = readonly [Labels, number | undefined];
-
 export interface Metrics {
-  /** The text format, rendered at most once a second; concurrent requests share a rendering. */
-  render(): Promise<string>;
+  /**
+   * The text format. Shared by every scrape until the state changes or the counters are older
+   * than COUNTERS_REUSE_MS; concurrent requests share a rendering.
+   */
+  render(): Promise<Buffer>;
   readonly contentType: string;
 }
 
-/** How long one rendering answers every request: a flood of scrapes costs one a second. */
-export const RENDER_REUSE_MS = 1000;
+/**
+ * How long one rendering of the counters (and of the process's own metrics) answers every
+ * request: a flood of scrapes costs one such rendering a second. A change of state is never
+ * that late: it makes a new rendering at the next scrape.
+ */
+export const COUNTERS_REUSE_MS = 1000;
 
-/** Every hapgent metric, the process's and Node's, and their rendering. */
-export function createMetrics(client: PromClient, source: MetricsSource): Metrics {
-  let snapshot: Snapshot | undefined;
-  const current = (): Snapshot => {
-    snapshot ??= takeSnapshot(source);
-    return snapshot;
-  };
-  const registry = createRegistry(client, current, source.fleet !== undefined);
-  let rendered: { readonly atMs: number; readonly text: Promise<string> } | undefined;
+/**
+ * Every hapgent metric, the process's and Node's, and their rendering: the state's part once per
+ * state (and answer, and change counters), the counters' part at most once per
+ * COUNTERS_REUSE_MS, and both again at the first scrape after a change, so that every metric of
+ * a scrape agrees with the state.
+ */
+export function createMetrics(
+  client: PromClient,
+  source: MetricsSource,
+  now: () => number = Date.now,
+): Metrics {
+  const defaults = new client.Registry();
+  client.collectDefaultMetrics({
+    register: defaults,
+    eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS,
+  });
+  let generation: readonly unknown[] = [];
+  let state = "";
+  let rendered: { readonly atMs: number; readonly bytes: Promise<Buffer> } | undefined;
   return {
-    contentType: registry.contentType,
+    contentType: defaults.contentType,
     render() {
-      const at = Date.now();
-      if (rendered === undefined || at - rendered.atMs >= RENDER_REUSE_MS || at < rendered.atMs) {
-        snapshot = undefined;
-        const text = registry.metrics();
-        rendered = { atMs: at, text };
+      const current = generationOf(source);
+      if (!sameGeneration(current, generation)) {
+        generation = current;
+        state = renderState(stateSnapshot(source));
+        rendered = undefined;
+      }
+      const at = now();
+      if (rendered === undefined || at - rendered.atMs >= COUNTERS_REUSE_MS || at < rendered.atMs) {
+        const ofState = state;
+        const bytes = defaults
+          .metrics()
+          .then((own) =>
+            Buffer.from(`${own}\n${ofState}\n\n${renderCounters(countersSnapshot(source))}\n`),
+          );
+        const made = { atMs: at, bytes };
+        rendered = made;
         // A failed rendering is not reused.
-        text.catch(() => {
-          if (rendered?.text === text) rendered = undefined;
+        bytes.catch(() => {
+          if (rendered === made) rendered = undefined;
         });
       }
-      return rendered.text;
+      return rendered.bytes;
     },
   };
 }
 
-function takeSnapshot(source: MetricsSource): Snapshot {
+/** What the state's part depends on: when any of it differs, that part is rendered again. */
+function generationOf(source: MetricsSource): readonly unknown[] {
+  const stats = source.stats();
+  return [
+    source.state(),
+    source.version?.() ?? 0,
+    stats.fileValid,
+    stats.saveFailures,
+    ...CHANGE_CAUSES.map((cause) => stats.changes[cause]),
+  ];
+}
+
+function sameGeneration(a: readonly unknown[], b: readonly unknown[]): boolean {
+  return a.length === b.length && a.every((value, i) => value === b[i]);
+}
+
+function stateSnapshot(source: MetricsSource): StateSnapshot {
   const state = source.state();
   const answer = source.answer ?? serviceState;
   return {
@@ -127,229 +162,17 @@ function takeSnapshot(source: MetricsSource): Snapshot {
       ),
     ],
     stats: source.stats(),
+    nodeVersion: process.version,
+  };
+}
+
+function countersSnapshot(source: MetricsSource): CountersSnapshot {
+  return {
     probes: source.probes(),
     pollers: source.pollers().filter((p) => p.established),
     checks: source.checks?.() ?? [],
     fleet: source.fleet?.(),
   };
-}
-
-/**
- * The hapgent metrics: each is computed from the snapshot when Prometheus scrapes, as a list of
- * samples (label sets with values), so a series that is gone from the state is gone from the
- * scrape too.
- */
-function createRegistry(client: PromClient, current: () => Snapshot, withFleet: boolean): Registry {
-  const registry = new client.Registry();
-  client.collectDefaultMetrics({
-    register: registry,
-    eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS,
-  });
-  const metric = (
-    type: "gauge" | "counter",
-    name: string,
-    help: string,
-    labelNames: readonly string[],
-    samples: (now: Snapshot) => Iterable<Sample>,
-  ): void => {
-    const options = { name, help, labelNames, registers: [registry] };
-    // Both start empty at each scrape: a gauge is set, a counter is raised, to the value now.
-    if (type === "gauge") {
-      new client.Gauge({
-        ...options,
-        collect() {
-          this.reset();
-          for (const [labels, value] of samples(current())) {
-            if (value !== undefined) this.set(labels, value);
-          }
-        },
-      });
-    } else {
-      new client.Counter({
-        ...options,
-        collect() {
-          this.reset();
-          for (const [labels, value] of samples(current())) {
-            if (value !== undefined) this.inc(labels, value);
-          }
-        },
-      });
-    }
-  };
-
-  metric(
-    "gauge",
-    "hapgent_build_info",
-    "Always 1; the labels say which hapgent runs on which Node.js.",
-    ["version", "nodejs"],
-    () => [[{ version: VERSION, nodejs: process.version }, 1]],
-  );
-  metric(
-    "gauge",
-    "hapgent_status",
-    "1 for the status the agent answers (the instance's, or a service's with the service label), 0 for the others.",
-    ["service", "status"],
-    (now) =>
-      now.answered.flatMap(([labels, state]) =>
-        STATUSES.map((status): Sample => [{ ...labels, status }, state.status === status ? 1 : 0]),
-      ),
-  );
-  metric(
-    "gauge",
-    "hapgent_weight_percent",
-    "The weight the agent answers, in percent of the weight in haproxy.cfg (100 when the file sets none).",
-    ["service"],
-    (now) =>
-      now.answered.map(([labels, state]) => [labels, state.weight ?? DEFAULT_WEIGHT_PERCENT]),
-  );
-  metric(
-    "gauge",
-    "hapgent_maxconn",
-    "The maxconn the agent answers; absent when the file sets none.",
-    ["service"],
-    (now) => now.answered.map(([labels, state]) => [labels, state.maxconn]),
-  );
-  metric(
-    "gauge",
-    "hapgent_state_file_valid",
-    "1 when the state file, as the agent last read or wrote it, is valid; 0 when it is missing or invalid (reading it made the agent answer MAINT) and no change has been saved over it since.",
-    [],
-    (now) => [[{}, now.stats.fileValid ? 1 : 0]],
-  );
-  metric(
-    "counter",
-    "hapgent_state_changes_total",
-    "Changes of the answered state, by cause: signal (SIGUSR1, SIGUSR2), reload (SIGHUP, which is also how the command line applies a change when it cannot reach the control socket; the file read at start-up is not a change), control (the command line, through the control socket), expiry (a change made with --for that ran out).",
-    ["cause"],
-    (now) => CHANGE_CAUSES.map((cause) => [{ cause }, now.stats.changes[cause]]),
-  );
-  metric(
-    "counter",
-    "hapgent_save_failures_total",
-    "Saves of the state file that failed (each is retried).",
-    [],
-    (now) => [[{}, now.stats.saveFailures]],
-  );
-  // The instance's series is there from the start, so a rate over it is never missing.
-  metric(
-    "counter",
-    "hapgent_probes_total",
-    "Probes answered, by the service they asked for (no label: the instance); the command line's own probes are not counted.",
-    ["service"],
-    (now) => [
-      [{}, now.probes.get("") ?? 0],
-      ...[...now.probes]
-        .filter(([service]) => service !== "")
-        .map(([service, count]): Sample => [serviceLabel(service), count]),
-    ],
-  );
-  // From the probe ledger: bounded by it (never one series per client port).
-  metric(
-    "gauge",
-    "hapgent_load_balancers",
-    "Load balancers (source addresses that probed at least twice) polling the agent now; one that stops polling is forgotten after three of its intervals (at least 10 s, at most 10 min).",
-    [],
-    (now) => [[{}, new Set(now.pollers.map((p) => p.address)).size]],
-  );
-  const byPoller = (value: (p: Poller) => number | undefined) => (now: Snapshot) =>
-    now.pollers.map((p): Sample => [{ address: p.address, ...serviceLabel(p.service) }, value(p)]);
-  metric(
-    "gauge",
-    "hapgent_load_balancer_last_probe_seconds",
-    "When each load balancer polling now last probed, by address and service asked for (Unix time).",
-    ["address", "service"],
-    byPoller((p) => p.lastSeenMs / 1000),
-  );
-  metric(
-    "gauge",
-    "hapgent_load_balancer_interval_seconds",
-    "How often each load balancer polls, learnt from the median of the gaps between its last probes.",
-    ["address", "service"],
-    byPoller((p) => (p.intervalMs === undefined ? undefined : p.intervalMs / 1000)),
-  );
-  const byCheck = (value: (c: CheckView) => number | undefined) => (now: Snapshot) =>
-    now.checks.map((c): Sample => [checkLabels(c), value(c)]);
-  metric(
-    "gauge",
-    "hapgent_check_passing",
-    "1 while the agent's check passes (as rise and fall count), 0 while it fails and has its say in the reply; by check, and the service it rules (none: the instance).",
-    ["check", "service"],
-    byCheck((c) => (c.passing ? 1 : 0)),
-  );
-  metric(
-    "gauge",
-    "hapgent_check_duration_seconds",
-    "How long the check's last run took, to its result or its timeout.",
-    ["check", "service"],
-    byCheck((c) => (c.last === undefined ? undefined : c.last.durationMs / 1000)),
-  );
-  metric(
-    "counter",
-    "hapgent_check_runs_total",
-    "Runs of the check since the agent read its checks file, by result: pass, or fail (whatever the failure meant for the reply).",
-    ["check", "service", "result"],
-    (now) =>
-      now.checks.flatMap((c): Sample[] => [
-        [{ ...checkLabels(c), result: "pass" }, c.runs - c.failedRuns],
-        [{ ...checkLabels(c), result: "fail" }, c.failedRuns],
-      ]),
-  );
-  // Registered only with a fleet: a metric without labels shows 0 even with no sample.
-  if (withFleet) fleetMetrics(metric);
-  return registry;
-}
-
-/** The fleet's metrics, through `createRegistry`'s `metric`. */
-function fleetMetrics(
-  metric: (
-    type: "gauge",
-    name: string,
-    help: string,
-    labelNames: readonly string[],
-    samples: (now: Snapshot) => Iterable<Sample>,
-  ) => void,
-): void {
-  const fleet = (value: (f: FleetView) => Sample[]) => (now: Snapshot) =>
-    now.fleet === undefined ? [] : value(now.fleet);
-  metric(
-    "gauge",
-    "hapgent_fleet_connected",
-    "1 while every fleet key is watched on a live etcd endpoint, 0 while etcd cannot be reached (the last word stands).",
-    [],
-    fleet((f) => [[{}, f.connected ? 1 : 0]]),
-  );
-  metric(
-    "gauge",
-    "hapgent_fleet_heard_seconds",
-    "When etcd last confirmed the fleet's word (a change, a read, the health read), Unix time; from the cache file after a start without etcd.",
-    [],
-    fleet((f) => [[{}, f.heardAt === null ? undefined : Date.parse(f.heardAt) / 1000]]),
-  );
-  metric(
-    "gauge",
-    "hapgent_fleet_following",
-    "1 for the fleet key whose word the agent follows, with its etcd revision as a label; no series while no key holds a word.",
-    ["key", "revision"],
-    fleet((f) =>
-      f.word === null ? [] : [[{ key: f.word.key, revision: String(f.word.revision) }, 1]],
-    ),
-  );
-  metric(
-    "gauge",
-    "hapgent_fleet_value_valid",
-    "0 while the first fleet key that exists holds a value that is not a valid state (the word before stands), else 1.",
-    [],
-    fleet((f) => [[{}, f.problem === null ? 1 : 0]]),
-  );
-}
-
-function checkLabels(check: CheckView): Labels {
-  return { check: check.name, ...serviceLabel(check.service ?? "") };
-}
-
-/** The instance ("") has no service label, as in every hapgent metric. */
-function serviceLabel(service: string): Labels {
-  return service === "" ? {} : { service };
 }
 
 /** Serves the registry; rejects with Node's listen error (err.code EADDRINUSE, …). */
@@ -428,17 +251,15 @@ async function answer(
     response.setHeader("allow", "GET, HEAD");
     return plain(response, 405, `method ${request.method} not allowed: GET or HEAD /metrics\n`);
   }
-  let body: string;
+  let body: Buffer;
   try {
     body = await metrics.render();
   } catch (err) {
     log.warning(`metrics: cannot render: ${(err as Error).message}`);
     return plain(response, 500, "metrics could not be rendered; see the agent's log\n");
   }
-  response.writeHead(200, {
-    "content-type": metrics.contentType,
-    "content-length": Buffer.byteLength(body),
-  });
+  response.writeHead(200, { "content-type": metrics.contentType, "content-length": body.length });
+  // The same bytes for every scraper: written as they are, never copied per connection.
   response.end(request.method === "HEAD" ? undefined : body);
 }
 
