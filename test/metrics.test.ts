@@ -271,7 +271,7 @@ describe("the metrics registry", () => {
     assert.equal(await line("hapgent_probes_total"), "hapgent_probes_total 5");
   });
 
-  test("the text is what prom-client's registry wrote: help, type, labels escaped, a blank line between", async () => {
+  test("the parts join as one registry's text: help, type, labels escaped, a blank line between", async () => {
     const text = (
       await createMetrics(
         client,
@@ -298,7 +298,9 @@ describe("the metrics registry", () => {
         '# TYPE hapgent_maxconn gauge\nhapgent_maxconn{service="be\\"web\\\\x"} 3\n\n# HELP hapgent_state_file_valid',
       ),
     );
-    // A metric without labels and without a sample shows 0, as prom-client's gauges did.
+    // The state's part, then the counters', each rendered on its own.
+    assert.ok(hapgent.includes("\nhapgent_save_failures_total 0\n\n# HELP hapgent_probes_total "));
+    // A metric without labels and without a sample shows 0, as prom-client's gauges do.
     assert.ok(
       hapgent.includes("# TYPE hapgent_fleet_heard_seconds gauge\nhapgent_fleet_heard_seconds 0\n"),
     );
