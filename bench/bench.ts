@@ -20,10 +20,17 @@ import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { nodeFlags } from "../scripts/node-flags.js";
 import { measure } from "./measure.js";
-import { parseOptions } from "./options.js";
+import { type Options, parseOptions } from "./options.js";
 import { buildC, notExecutable, stopChildrenOnSignal, useChecks, useFleet } from "./processes.js";
 import { checks, limits, TARGETS, table } from "./report.js";
-import { node24Path, olderThanSources, repeatedName, targetSpecs } from "./targets.js";
+import { measureScrapes, scrapeTable } from "./scrapes.js";
+import {
+  node24Path,
+  olderThanSources,
+  repeatedName,
+  type TargetSpec,
+  targetSpecs,
+} from "./targets.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const MAIN = join(REPO, "dist/src/main.js");
@@ -97,6 +104,7 @@ async function main(): Promise<number> {
 
   stopChildrenOnSignal(say);
   const dir = await mkdtemp(join(tmpdir(), "hapgent-bench-"));
+  if (options.scrapes) return scrapeRun(options, specsOf(programs), loadgen, dir);
   // The checks' own target lives in this process, which mostly waits for the load generator.
   const stopChecks = await useChecks(dir);
   // The fleet's target watches a local etcd, when one is installed.
@@ -135,6 +143,42 @@ async function main(): Promise<number> {
     targets: TARGETS,
     results: Object.fromEntries(results),
     checks: judged,
+  };
+  await writeFile(options.json, `${JSON.stringify(json, null, 2)}\n`);
+  process.stdout.write(`figures written to ${options.json}\n`);
+  return 0;
+}
+
+/** The targets of a scrape run: this build with metrics on, and every --compare build. */
+function specsOf(programs: Omit<Parameters<typeof targetSpecs>[0], "etcd">) {
+  const compared = new Set(programs.compare.map((c) => c.name));
+  return targetSpecs({ ...programs, etcd: false }).filter(
+    (spec) => spec.name === "hapgent, metrics on" || compared.has(spec.name),
+  );
+}
+
+/** `--scrapes`: only the scrape flood, its table and its figures. */
+async function scrapeRun(
+  options: Options,
+  specs: readonly TargetSpec[],
+  loadgen: string,
+  dir: string,
+): Promise<number> {
+  const results = await measureScrapes({
+    specs,
+    params: options.params,
+    loadgen,
+    dir,
+    say,
+  }).finally(() => rm(dir, { recursive: true, force: true }));
+  const machine = `${cpus().length} × ${cpus()[0]?.model.trim() ?? "unknown CPU"}, Linux ${release()}, Node ${process.version}`;
+  process.stdout.write(`\n${machine}\n\n${scrapeTable(results, options.params.rate)}\n\n`);
+  const json = {
+    date: new Date().toISOString(),
+    machine,
+    command: ["npm", "run", "bench", "--", ...process.argv.slice(2)].join(" "),
+    params: options.params,
+    scrapes: Object.fromEntries(results),
   };
   await writeFile(options.json, `${JSON.stringify(json, null, 2)}\n`);
   process.stdout.write(`figures written to ${options.json}\n`);

@@ -12,6 +12,8 @@ export interface ProbeTarget {
   readonly payload?: string | undefined;
   /** The line every reply must be. */
   readonly expect: string;
+  /** The address to probe from (any of 127.0.0.0/8 on loopback), as another load balancer. */
+  readonly localAddress?: string | undefined;
 }
 
 /**
@@ -20,7 +22,11 @@ export interface ProbeTarget {
  */
 export function probeOnce(target: ProbeTarget, startedAt = performance.now()): Promise<number> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: target.host, port: target.port });
+    const socket = connect({
+      host: target.host,
+      port: target.port,
+      ...(target.localAddress === undefined ? {} : { localAddress: target.localAddress }),
+    });
     let received = "";
     let lineAt = 0;
     socket.setEncoding("latin1");

@@ -23,6 +23,8 @@ export interface Options {
   readonly compare: readonly { readonly name: string; readonly path: string }[];
   readonly json: string;
   readonly smoke: boolean;
+  /** Only the scrape flood against a large state (scrapes.ts). */
+  readonly scrapes: boolean;
 }
 
 export type Parsed =
@@ -46,6 +48,9 @@ export const HELP = `Usage: npm run bench -- [OPTIONS]
                     a column named NAME, set against the C floor; may be repeated
   --json PATH       where to write the figures (default bench-results.json)
   --smoke           a few seconds in all, to check that the benchmark works
+  --scrapes         only this: probe latency of an agent with 1,000 services and a full
+                    probe ledger, without and during a flood of metrics scrapes, for
+                    hapgent with metrics on and each --compare build, side by side
 `;
 
 export function parseOptions(args: readonly string[]): Parsed {
@@ -66,6 +71,7 @@ export function parseOptions(args: readonly string[]): Parsed {
         compare: { type: "string", multiple: true, default: [] },
         json: { type: "string", default: "bench-results.json" },
         smoke: { type: "boolean", default: false },
+        scrapes: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
     }).values;
@@ -113,6 +119,7 @@ export function parseOptions(args: readonly string[]): Parsed {
       compare,
       json: values.json as string,
       smoke,
+      scrapes: values.scrapes === true,
     },
   };
 }

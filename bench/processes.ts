@@ -141,14 +141,19 @@ export async function useFleet(dir: string): Promise<(() => Promise<void>) | und
   };
 }
 
-function envFor(spec: TargetSpec, port: number, stateFile: string): NodeJS.ProcessEnv {
+function envFor(
+  spec: TargetSpec,
+  port: number,
+  stateFile: string,
+  metricsPort = spec.metrics ? nextPort++ : undefined,
+): NodeJS.ProcessEnv {
   return {
     PATH: process.env.PATH ?? "/usr/bin:/bin",
     HAPGENT_IP: "127.0.0.1",
     HAPGENT_PORT: String(port),
     HAPGENT_STATE_FILE: stateFile,
     BASELINE_PORT: String(port),
-    ...(spec.metrics ? { HAPGENT_METRICS: `127.0.0.1:${nextPort++}` } : {}),
+    ...(metricsPort === undefined ? {} : { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` }),
     ...(spec.checks && checksFile !== undefined ? { HAPGENT_CHECKS_FILE: checksFile } : {}),
     ...(spec.fleet && fleetEndpoint !== undefined
       ? { HAPGENT_ETCD_ENDPOINTS: fleetEndpoint, HAPGENT_ETCD_KEYS: BENCH_FLEET_KEYS }
@@ -161,6 +166,8 @@ export interface Running {
   readonly child: ChildProcess;
   readonly pid: number;
   readonly port: number;
+  /** Where it serves metrics, when it does. */
+  readonly metricsPort: number | undefined;
   readonly stateFile: string;
   stop(): Promise<void>;
 }
@@ -168,13 +175,13 @@ export interface Running {
 /** Starts a target with a state file in `dir`; resolves once it listens. */
 export async function start(spec: TargetSpec, dir: string): Promise<Running> {
   const port = nextPort++;
+  const metricsPort = spec.metrics ? nextPort++ : undefined;
   const stateFile = join(dir, `${port}.json`);
   await writeFile(stateFile, PLAIN_FILE);
   const [file = "", ...args] = spec.argv;
   dropFromPageCache(file);
-  const child = track(
-    spawn(file, args, { env: envFor(spec, port, stateFile), stdio: ["ignore", "ignore", "pipe"] }),
-  );
+  const env = envFor(spec, port, stateFile, metricsPort);
+  const child = track(spawn(file, args, { env, stdio: ["ignore", "ignore", "pipe"] }));
   const exited = new Promise<void>((done) => child.on("close", () => done()));
   let stderr = "";
   await new Promise<void>((ready, fail) => {
@@ -189,6 +196,7 @@ export async function start(spec: TargetSpec, dir: string): Promise<Running> {
     child,
     pid: child.pid ?? 0,
     port,
+    metricsPort,
     stateFile,
     async stop() {
       child.kill("SIGTERM");

@@ -4,6 +4,7 @@
 import { isIP } from "node:net";
 import { basename, dirname, join, resolve } from "node:path";
 import { isFleetKey, MAX_FLEET_KEYS } from "./core/fleet.js";
+import { printable } from "./core/state.js";
 
 /** Where a process stands: what both the daemon and a command start from. */
 export interface ProcessContext {
@@ -89,6 +90,112 @@ export const DEFAULTS = Object.freeze({
   HAPGENT_ETCD_CERT_FILE: "",
   HAPGENT_ETCD_KEY_FILE: "",
 });
+
+/**
+ * `HAPGENT_*` names that are not the agent's and not misspellings of its own, so never warned of:
+ * what the agent sets for its command checks, and what the build, packaging and CI scripts read.
+ * Names beginning HAPGENT_TEST_ are the test suite's (HAPGENT_TEST_BINARY, HAPGENT_TEST_HAPROXY).
+ */
+export const FOREIGN_VARIABLES: readonly string[] = Object.freeze([
+  "HAPGENT_CHECK",
+  "HAPGENT_CACHE_DIR",
+  "HAPGENT_CI_UNPRIVILEGED",
+  "HAPGENT_DEBIAN_MIRROR",
+  "HAPGENT_NODE24_PREFIX",
+]);
+const FOREIGN_PREFIX = "HAPGENT_TEST_";
+
+/** Words operators write for a variable of another name, looked up as misspellings of it. */
+const OTHER_NAMES: readonly (readonly [string, Variable])[] = [
+  ["HAPGENT_ADDRESS", "HAPGENT_IP"],
+  ["HAPGENT_HOST", "HAPGENT_IP"],
+  ["HAPGENT_LISTEN", "HAPGENT_IP"],
+  ["HAPGENT_STATE", "HAPGENT_STATE_FILE"],
+  ["HAPGENT_CHECKS", "HAPGENT_CHECKS_FILE"],
+  ["HAPGENT_SOCKET", "HAPGENT_CONTROL_SOCKET"],
+];
+
+/** A `HAPGENT_*` variable the agent does not read, and the one it may have been meant for. */
+export interface UnknownVariable {
+  readonly name: string;
+  readonly suggestion: Variable | undefined;
+}
+
+/**
+ * Every variable of `env` whose name begins HAPGENT_ (in any case) that is neither one the agent
+ * reads nor a FOREIGN_VARIABLES name, sorted, each with the closest name it reads when one is close.
+ */
+export function unknownVariables(
+  env: Readonly<Record<string, string | undefined>>,
+): UnknownVariable[] {
+  return Object.keys(env)
+    .filter(
+      (name) =>
+        name.toUpperCase().startsWith("HAPGENT_") &&
+        !Object.hasOwn(DEFAULTS, name) &&
+        !FOREIGN_VARIABLES.includes(name) &&
+        !name.startsWith(FOREIGN_PREFIX),
+    )
+    .sort()
+    .map((name) => ({ name, suggestion: closestVariable(name) }));
+}
+
+/** `unknown variable HAPGENT_STATEFILE ignored; did you mean HAPGENT_STATE_FILE?` */
+export function describeUnknownVariable({ name, suggestion }: UnknownVariable): string {
+  const shown = printable(name);
+  return suggestion === undefined
+    ? `unknown variable ${shown} ignored; expected one of the variables hapgent --help lists`
+    : `unknown variable ${shown} ignored; did you mean ${suggestion}?`;
+}
+
+/**
+ * The variable `name` is closest to, by edit distance (a letter added, left out, changed or two
+ * swapped), ignoring case; undefined when none is within a quarter of its length (at least 1).
+ */
+export function closestVariable(name: string): Variable | undefined {
+  const upper = name.toUpperCase();
+  // No variable is that long; a name that is costs no search.
+  if (upper.length > MAX_SUGGESTED_NAME_CHARS) return undefined;
+  const candidates: (readonly [string, Variable])[] = [
+    ...(Object.keys(DEFAULTS) as Variable[]).map((v) => [v, v] as const),
+    ...OTHER_NAMES,
+  ];
+  let best: { variable: Variable; distance: number } | undefined;
+  for (const [spelling, variable] of candidates) {
+    const distance = editDistance(upper, spelling);
+    const allowed = Math.max(1, Math.floor((spelling.length - "HAPGENT_".length) / 4));
+    if (distance <= allowed && (best === undefined || distance < best.distance)) {
+      best = { variable, distance };
+    }
+  }
+  return best?.variable;
+}
+
+const MAX_SUGGESTED_NAME_CHARS = 64;
+
+/** Optimal string alignment distance: insertions, deletions, substitutions, adjacent swaps. */
+export function editDistance(a: string, b: string): number {
+  let before: number[] = [];
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let d = Math.min(
+        (previous[j] ?? 0) + 1,
+        (row[j - 1] ?? 0) + 1,
+        (previous[j - 1] ?? 0) + cost,
+      );
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d = Math.min(d, (before[j - 2] ?? 0) + 1);
+      }
+      row.push(d);
+    }
+    before = previous;
+    previous = row;
+  }
+  return previous[b.length] ?? 0;
+}
 
 /** Linux's limit on a Unix socket's path (sun_path, less its terminating NUL). */
 const MAX_SOCKET_PATH_BYTES = 107;

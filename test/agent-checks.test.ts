@@ -208,3 +208,37 @@ test("without a checks file, nothing of the checks is loaded: not even Node's HT
   const loaded = await httpModulesLoaded(t, { HAPGENT_CHECKS_FILE: checksFile });
   assert.ok(loaded.includes("NativeModule http"), JSON.stringify(loaded));
 });
+
+test("what a check prints reaches the log and status escaped and bounded: ESC[2J, BEL, NUL, CR, invalid UTF-8", async (t) => {
+  const d = await withChecks(t, {
+    checks: [
+      {
+        name: "noisy",
+        shell: "printf 'disk \\033[2J\\007\\000 x\\r y \\377 end\\n'; exit 2",
+        interval: "1s",
+      },
+      // 3,000 escapes: six times as long once escaped, unless the detail is bounded.
+      {
+        name: "long",
+        shell: "head -c 3000 /dev/zero | tr '\\000' '\\033'; exit 2",
+        interval: "1s",
+      },
+    ],
+  });
+  const noisy = await d.waitForLog(/check noisy: failing \(DOWN\)[^\n]*\n/);
+  assert.equal(
+    noisy.split(": exit 2: ")[1],
+    "disk \\u001b[2J\\u0007\\u0000 x\\u000d y \ufffd end\n",
+    noisy,
+  );
+  const long = await d.waitForLog(/check long: failing \(DOWN\)[^\n]*\n/);
+  assert.ok(long.length < 700, `a bounded line, got ${long.length} characters`);
+  // Cut before an escape it would split.
+  assert.match(long, /: exit 2: (\\u001b)+\.\.\.\n$/);
+  const status = await cli(d, "status");
+  for (const text of [d.stderr(), status.stdout, status.stderr]) {
+    assert.doesNotMatch(text.replaceAll("\n", ""), /\p{Cc}/u, "no raw control character");
+  }
+  const line = status.stdout.split("\n").find((l) => l.startsWith("check       long:")) ?? "";
+  assert.ok(line.length > 0 && line.length < 800, line);
+});

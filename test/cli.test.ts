@@ -285,6 +285,23 @@ describe("hapgent set and its short forms", () => {
 });
 
 describe("hapgent status", () => {
+  test("a misspelt HAPGENT_ variable is warned of on stderr, once", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"UP"}' });
+    const result = await runHapgent(["status"], {
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_IP: "127.0.0.1",
+      HAPGENT_PORT: String(d.port),
+      HAPGENT_STAT_FILE: "/nowhere",
+      HAPGENT_TEST_HAPROXY: "/usr/sbin/haproxy",
+    });
+    assert.equal(result.code, CLI_EXIT.OK, result.stderr);
+    assert.equal(
+      result.stderr,
+      "hapgent: warning: unknown variable HAPGENT_STAT_FILE ignored; did you mean HAPGENT_STATE_FILE?\n",
+    );
+    assert.ok(result.stdout.includes("agreement   yes"), result.stdout);
+  });
+
   test("agreement, in text and JSON", async (t) => {
     const d = await startDaemon(t, { state: '{"status":"DRAIN","weight":5}' });
     const text = await cli(d, "status");

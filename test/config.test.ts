@@ -1,6 +1,16 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { describeListenError, describeMetricsListenError, parseConfig } from "../src/config.js";
+import {
+  closestVariable,
+  DEFAULTS,
+  describeListenError,
+  describeMetricsListenError,
+  describeUnknownVariable,
+  editDistance,
+  FOREIGN_VARIABLES,
+  parseConfig,
+  unknownVariables,
+} from "../src/config.js";
 
 describe("parseConfig", () => {
   test("defaults", () => {
@@ -344,5 +354,100 @@ describe("describeMetricsListenError", () => {
       describeMetricsListenError({ host: "0.0.0.0", port: 9778 }, "ERR_MODULE_NOT_FOUND"),
       /^HAPGENT_METRICS="0\.0\.0\.0:9778": prom-client, which serves the metrics, is not installed; expected/,
     );
+  });
+});
+
+describe("unknown HAPGENT_ variables", () => {
+  const cases: [string, string | undefined][] = [
+    ["HAPGENT_STATEFILE", "HAPGENT_STATE_FILE"],
+    ["HAPGENT_STATE_FIEL", "HAPGENT_STATE_FILE"],
+    ["HAPGENT_ADRESS", "HAPGENT_IP"],
+    ["HAPGENT_ADDRESS", "HAPGENT_IP"],
+    ["HAPGENT_HOST", "HAPGENT_IP"],
+    ["HAPGENT_IPP", "HAPGENT_IP"],
+    ["HAPGENT_PROT", "HAPGENT_PORT"],
+    ["HAPGENT_POTR", "HAPGENT_PORT"],
+    ["HAPGENT_PORTS", "HAPGENT_PORT"],
+    ["hapgent_port", "HAPGENT_PORT"],
+    ["Hapgent_Metrics", "HAPGENT_METRICS"],
+    ["HAPGENT_METRIC", "HAPGENT_METRICS"],
+    ["HAPGENT_CHECKS", "HAPGENT_CHECKS_FILE"],
+    ["HAPGENT_CHECK_FILE", "HAPGENT_CHECKS_FILE"],
+    ["HAPGENT_SEND_WAIT", "HAPGENT_SEND_WAIT_MS"],
+    ["HAPGENT_CONTROLSOCKET", "HAPGENT_CONTROL_SOCKET"],
+    ["HAPGENT_ETCD_ENDPOINT", "HAPGENT_ETCD_ENDPOINTS"],
+    ["HAPGENT_ETCD_KEY", "HAPGENT_ETCD_KEYS"],
+    ["HAPGENT_ETCD_PASSWORDFILE", "HAPGENT_ETCD_PASSWORD_FILE"],
+    ["HAPGENT_ETCD_USER_NAME", "HAPGENT_ETCD_USERNAME"],
+    // Nothing close: no guess.
+    ["HAPGENT_TIMEOUT", undefined],
+    ["HAPGENT_XY", undefined],
+    ["HAPGENT_", undefined],
+    ["HAPGENT_LOG_LEVEL", undefined],
+    [`HAPGENT_${"P".repeat(100)}`, undefined],
+  ];
+  for (const [name, expected] of cases) {
+    test(`${name.slice(0, 40)}: ${expected ?? "no suggestion"}`, () => {
+      assert.deepEqual(unknownVariables({ [name]: "x" }), [{ name, suggestion: expected }]);
+      assert.equal(closestVariable(name), expected);
+    });
+  }
+
+  test("the agent's own names, foreign ones, HAPGENT_TEST_* and others are not warned of", () => {
+    const env: Record<string, string> = { PATH: "/bin", HOME: "/root", XHAPGENT_PORT: "1" };
+    for (const name of [...Object.keys(DEFAULTS), ...FOREIGN_VARIABLES]) env[name] = "";
+    env.HAPGENT_TEST_BINARY = "build/hapgent";
+    env.HAPGENT_TEST_HAPROXY = "/usr/sbin/haproxy";
+    assert.deepEqual(unknownVariables(env), []);
+    // Each name the suite, CI and scripts set is one of these.
+    for (const name of [
+      "HAPGENT_CI_UNPRIVILEGED",
+      "HAPGENT_CACHE_DIR",
+      "HAPGENT_NODE24_PREFIX",
+      "HAPGENT_DEBIAN_MIRROR",
+      "HAPGENT_CHECK",
+    ]) {
+      assert.ok(FOREIGN_VARIABLES.includes(name), name);
+    }
+  });
+
+  test("every unknown name, sorted, one each, whatever its value", () => {
+    assert.deepEqual(
+      unknownVariables({ HAPGENT_STATEFILE: "", HAPGENT_ADRESS: undefined, HAPGENT_PORT: "1" }),
+      [
+        { name: "HAPGENT_ADRESS", suggestion: "HAPGENT_IP" },
+        { name: "HAPGENT_STATEFILE", suggestion: "HAPGENT_STATE_FILE" },
+      ],
+    );
+  });
+
+  test("the warning's words; a name with control characters is shown escaped", () => {
+    assert.equal(
+      describeUnknownVariable({ name: "HAPGENT_STATEFILE", suggestion: "HAPGENT_STATE_FILE" }),
+      "unknown variable HAPGENT_STATEFILE ignored; did you mean HAPGENT_STATE_FILE?",
+    );
+    assert.equal(
+      describeUnknownVariable({ name: "HAPGENT_\x1b[2J", suggestion: undefined }),
+      "unknown variable HAPGENT_\\u001b[2J ignored; expected one of the variables hapgent --help lists",
+    );
+  });
+
+  test("editDistance: added, left out, changed, swapped", () => {
+    const table: [string, string, number][] = [
+      ["", "", 0],
+      ["", "ab", 2],
+      ["abc", "abc", 0],
+      ["abc", "abd", 1],
+      ["abc", "ab", 1],
+      ["ab", "abc", 1],
+      ["abcd", "abdc", 1],
+      ["STATEFILE", "STATE_FILE", 1],
+      ["kitten", "sitting", 3],
+      ["ca", "abc", 3],
+    ];
+    for (const [a, b, distance] of table) {
+      assert.equal(editDistance(a, b), distance, `${a} ${b}`);
+      assert.equal(editDistance(b, a), distance, `${b} ${a}`);
+    }
   });
 });

@@ -6,6 +6,7 @@ import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { VERSION } from "../src/version.js";
 import {
+  collect,
   freePort,
   HAPGENT_BINARY,
   probe,
@@ -26,6 +27,48 @@ function assertOneLine(stderr: string, expected: string) {
 }
 
 describe("daemon start-up", () => {
+  test("a misspelt HAPGENT_ variable is warned of, one line each with the closest name, and the agent starts", async (t) => {
+    const d = await startDaemon(t, {
+      state: '{"status":"UP","weight":77}',
+      env: {
+        HAPGENT_STATEFILE: "/nowhere/state.json",
+        HAPGENT_ADRESS: "127.0.0.2",
+        HAPGENT_LOG_LEVEL: "debug",
+        // What the suite, CI, packaging and the checks set: never warned of.
+        HAPGENT_TEST_BINARY: "build/hapgent",
+        HAPGENT_CI_UNPRIVILEGED: "1",
+        HAPGENT_CACHE_DIR: "/var/cache",
+        HAPGENT_NODE24_PREFIX: "/opt/node24",
+        HAPGENT_DEBIAN_MIRROR: "http://deb.debian.org/debian",
+        HAPGENT_CHECK: "web",
+      },
+    });
+    assert.equal(await d.probe(), "up ready 77%\n");
+    const warnings = d.stderr().match(/^.*unknown variable.*$/gm) ?? [];
+    assert.deepEqual(
+      warnings.map((line) => line.replace(/^\S+ hapgent warning: /, "")),
+      [
+        "unknown variable HAPGENT_ADRESS ignored; did you mean HAPGENT_IP?",
+        "unknown variable HAPGENT_LOG_LEVEL ignored; expected one of the variables hapgent --help lists",
+        "unknown variable HAPGENT_STATEFILE ignored; did you mean HAPGENT_STATE_FILE?",
+      ],
+      d.stderr(),
+    );
+  });
+
+  test("the warning comes before the error of an invalid variable", async () => {
+    const child = spawnHapgent([], {
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HAPGENT_PORT: "x", HAPGENT_PROT: "9777" },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    const { code, stderr } = await collect(child);
+    assert.equal(code, 2);
+    assert.match(
+      stderr,
+      /warning: unknown variable HAPGENT_PROT ignored; did you mean HAPGENT_PORT\?\n.*error: HAPGENT_PORT="x" is invalid/,
+    );
+  });
+
   test("answers the file's state and is named hapgent", async (t) => {
     const d = await startDaemon(t, { state: '{"status":"UP","maxconn":300,"weight":77}' });
     assert.equal(await d.probe(), "up ready 77% maxconn:300\n");

@@ -9,7 +9,7 @@ import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { RENDER_REUSE_MS } from "../src/daemon/metrics.js";
+import { COUNTERS_REUSE_MS } from "../src/daemon/metrics.js";
 import {
   cliFor,
   type Daemon,
@@ -271,8 +271,8 @@ test("the shipped alert rules pass promtool check, and fire on series a real age
   });
   const segments: Segment[] = [];
   const hold = async (minutes: number) => {
-    // A rendering answers for a second: the next one shows what just happened.
-    await sleep(RENDER_REUSE_MS);
+    // The counters' rendering answers for a second: the next one shows what just happened.
+    await sleep(COUNTERS_REUSE_MS);
     segments.push({ minutes, scrape: await capture(metricsPort) });
   };
 

@@ -2,6 +2,7 @@
  * The command line: inspect and change the running agent safely. `hapgent COMMAND …` lands here;
  * each command lives in its own module, and all of them act on the target that target.ts finds.
  */
+import { describeUnknownVariable, unknownVariables } from "../config.js";
 import { isStatus, STATUSES, type Status } from "../core/state.js";
 import { VERSION } from "../version.js";
 import { closest, expectPositionals, type Option, parseOptions, TARGET_OPTIONS } from "./args.js";
@@ -91,6 +92,9 @@ async function dispatch(io: CliIo): Promise<number> {
   if (values.help) {
     io.out(HELP[name]);
     return CLI_EXIT.OK;
+  }
+  for (const unknown of unknownVariables(io.env)) {
+    io.err(`hapgent: warning: ${describeUnknownVariable(unknown)}\n`);
   }
   switch (name) {
     case "status":

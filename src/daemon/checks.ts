@@ -241,12 +241,30 @@ export async function runProbe(check: Check, uid: number): Promise<Omit<CheckRes
   const outcome = await probeOnce(check, uid);
   return {
     status: outcome.status,
-    detail: outcome.detail,
+    detail: shownDetail(outcome.detail),
     durationMs: Math.round((performance.now() - started) * 10) / 10,
   };
 }
 
 type Outcome = { status: Status; detail: string };
+
+/**
+ * A run's detail holds what a program printed or a server said, which may hold terminal escapes
+ * (`ESC[2J`), bells, NULs or line breaks; it reaches the log and `status`. Bound after escaping,
+ * so a line of escapes cannot make it six times longer.
+ */
+const MAX_DETAIL_CHARS = 512;
+
+/** `text` with control characters escaped (`\u001b`) and at most MAX_DETAIL_CHARS long. */
+export function shownDetail(text: string): string {
+  const shown = printable(text);
+  const chars = [...shown];
+  if (chars.length <= MAX_DETAIL_CHARS) return shown;
+  const head = chars.slice(0, MAX_DETAIL_CHARS - 3).join("");
+  // Never half an escape: `\u00` would read as something else.
+  const cut = head.lastIndexOf("\\u");
+  return `${cut >= 0 && cut > head.length - 6 ? head.slice(0, cut) : head}...`;
+}
 
 async function probeOnce(check: Check, uid: number): Promise<Outcome> {
   const { probe } = check;

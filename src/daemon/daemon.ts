@@ -7,11 +7,13 @@ import {
   type Config,
   describeListenError,
   describeMetricsListenError,
+  describeUnknownVariable,
   type FleetConfig,
   formatAddress,
   type MetricsAddress,
   type ProcessContext,
   parseConfig,
+  unknownVariables,
 } from "../config.js";
 import { answerFor, NO_VERDICTS } from "../core/compose.js";
 import { formatState, type ServiceState, type State } from "../core/state.js";
@@ -137,7 +139,15 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
     try {
       metrics = await serveMetrics(
         config.metrics,
-        { commands, checks, fleet, answer: layers?.answer, ledger, probes },
+        {
+          commands,
+          checks,
+          fleet,
+          answer: layers?.answer,
+          version: layers?.version,
+          ledger,
+          probes,
+        },
         log,
       );
     } catch (err) {
@@ -283,18 +293,20 @@ async function serveMetrics(
     readonly checks: CheckLayer | undefined;
     readonly fleet: FleetLayer | undefined;
     readonly answer: Layers["answer"] | undefined;
+    readonly version: Layers["version"] | undefined;
     readonly ledger: Ledger;
     readonly probes: ReadonlyMap<string, number> | undefined;
   },
   log: Logger,
 ): Promise<MetricsServer> {
-  const { commands, checks, fleet, answer, ledger, probes } = parts;
+  const { commands, checks, fleet, answer, version, ledger, probes } = parts;
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
     address,
     {
       state: () => commands.state,
       answer,
+      version,
       stats: () => commands.stats,
       probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),
@@ -314,6 +326,8 @@ const SIGNAL_COMMANDS = { SIGUSR1: "up", SIGUSR2: "down", SIGHUP: "reload" } as 
 
 /** The configuration, or undefined after logging why there is none to run with. */
 async function configure(io: DaemonIo, log: Logger): Promise<Config | undefined> {
+  // Before any error: a misspelt name is often why a value is not the one expected.
+  for (const unknown of unknownVariables(io.env)) log.warning(describeUnknownVariable(unknown));
   const configured = parseConfig(io.env, io.cwd, io.uid);
   if (!configured.ok) {
     log.error(configured.reason);

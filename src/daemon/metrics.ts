@@ -5,7 +5,8 @@
  * an agent without them pays nothing; nothing here runs on the probe path (every value is read
  * when Prometheus scrapes).
  *
- * The listener has its own small limits; a rendering serves every request for a second. A slow
+ * The listener has its own small limits, and scrapes cost a rendering only when something changed
+ * (see createMetrics): between changes, a scrape is a write of the bytes rendered before. A slow
  * or hostile HTTP client can at worst keep a scraper out (the port is meant for Prometheus
  * only), never hold up the agent port.
  */
@@ -22,7 +23,6 @@ import type { FleetView } from "./fleet-layer.js";
 import type { Poller } from "./ledger.js";
 
 type PromClient = typeof import("prom-client");
-type Registry = import("prom-client").Registry;
 
 /** What the metrics are read from, at each scrape. */
 export interface MetricsSource {
@@ -33,6 +33,8 @@ export interface MetricsSource {
   readonly pollers: () => readonly Poller[];
   /** A probe's answer for a name in a state, when checks have a say; else the file's rule. */
   readonly answer?: ((state: State, name: string | undefined) => ServiceState) | undefined;
+  /** Goes up whenever `answer` may give another answer for the same state (a check's verdict). */
+  readonly version?: (() => number) | undefined;
   /** The agent's own checks; undefined without a checks file (no check metrics at all). */
   readonly checks?: (() => readonly CheckView[]) | undefined;
   /** The fleet's word; undefined without HAPGENT_ETCD_ENDPOINTS (no fleet metrics at all). */
@@ -64,11 +66,15 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-/** What one rendering reads, taken once so that every metric of a scrape agrees. */
-interface Snapshot {
+/** What the state's metrics are rendered from, taken once so that all of them agree. */
+interface StateSnapshot {
   /** The instance (no service label), then each service, as HAProxy is given them now. */
   readonly answered: readonly (readonly [Labels, ServiceState])[];
   readonly stats: CommandStats;
+}
+
+/** What the counters' metrics are rendered from, likewise. */
+interface CountersSnapshot {
   readonly probes: ReadonlyMap<string, number>;
   /** Load balancers only: an address seen once (a scan, a curl) is not one. */
   readonly pollers: readonly Poller[];
@@ -79,81 +85,106 @@ interface Snapshot {
 type Labels = Readonly<Record<string, string>>;
 /** One sample: its labels and its value; an undefined value is left out. */
 type Sample = readonly [Labels, number | undefined];
+/** Registers one metric, set from the snapshot of each rendering. */
+type Define<S> = (
+  type: "gauge" | "counter",
+  name: string,
+  help: string,
+  labelNames: readonly string[],
+  samples: (now: S) => Iterable<Sample>,
+) => void;
 
 export interface Metrics {
-  /** The text format, rendered at most once a second; concurrent requests share a rendering. */
-  render(): Promise<string>;
+  /**
+   * The text format. Shared by every scrape until the state changes or the counters are older
+   * than COUNTERS_REUSE_MS; concurrent requests share a rendering.
+   */
+  render(): Promise<Buffer>;
   readonly contentType: string;
 }
 
-/** How long one rendering answers every request: a flood of scrapes costs one a second. */
-export const RENDER_REUSE_MS = 1000;
+/**
+ * How long one rendering of the counters (and of the process's own metrics) answers every
+ * request: a flood of scrapes costs one such rendering a second. A change of state is never
+ * that late: it makes a new rendering at the next scrape.
+ */
+export const COUNTERS_REUSE_MS = 1000;
 
-/** Every hapgent metric, the process's and Node's, and their rendering. */
-export function createMetrics(client: PromClient, source: MetricsSource): Metrics {
-  let snapshot: Snapshot | undefined;
-  const current = (): Snapshot => {
-    snapshot ??= takeSnapshot(source);
-    return snapshot;
-  };
-  const registry = createRegistry(client, current, source.fleet !== undefined);
-  let rendered: { readonly atMs: number; readonly text: Promise<string> } | undefined;
+/**
+ * Every hapgent metric, the process's and Node's, and their rendering, by prom-client in three
+ * registries: the state's once per state (and answer, and change counters); the process's and
+ * the counters' at most once per COUNTERS_REUSE_MS; all again at the first scrape after a change,
+ * so that every metric of a scrape agrees with the state. The scrape is their texts joined, as
+ * one registry of them all would write it.
+ */
+export function createMetrics(
+  client: PromClient,
+  source: MetricsSource,
+  now: () => number = Date.now,
+): Metrics {
+  const own = new client.Registry();
+  client.collectDefaultMetrics({
+    register: own,
+    eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS,
+  });
+  const renderState = renderer(client, () => stateSnapshot(source), stateMetrics);
+  const renderCounters = renderer(
+    client,
+    () => countersSnapshot(source),
+    (metric) => counterMetrics(metric, source.fleet !== undefined),
+  );
+  let generation: readonly unknown[] = [];
+  let stateText: Promise<string> | undefined;
+  let rendered: { readonly atMs: number; readonly bytes: Promise<Buffer> } | undefined;
   return {
-    contentType: registry.contentType,
+    contentType: own.contentType,
     render() {
-      const at = Date.now();
-      if (rendered === undefined || at - rendered.atMs >= RENDER_REUSE_MS || at < rendered.atMs) {
-        snapshot = undefined;
-        const text = registry.metrics();
-        rendered = { atMs: at, text };
+      const current = generationOf(source);
+      if (stateText === undefined || !sameGeneration(current, generation)) {
+        generation = current;
+        const text = renderState();
+        stateText = text;
         // A failed rendering is not reused.
         text.catch(() => {
-          if (rendered?.text === text) rendered = undefined;
+          if (stateText === text) stateText = undefined;
+        });
+        rendered = undefined;
+      }
+      const at = now();
+      if (rendered === undefined || at - rendered.atMs >= COUNTERS_REUSE_MS || at < rendered.atMs) {
+        // Each text ends with a newline: joined, a blank line comes between, as within each.
+        const parts = [own.metrics(), stateText, renderCounters()];
+        const bytes = Promise.all(parts).then((texts) => Buffer.from(texts.join("\n")));
+        const made = { atMs: at, bytes };
+        rendered = made;
+        bytes.catch(() => {
+          if (rendered === made) rendered = undefined;
         });
       }
-      return rendered.text;
+      return rendered.bytes;
     },
   };
 }
 
-function takeSnapshot(source: MetricsSource): Snapshot {
-  const state = source.state();
-  const answer = source.answer ?? serviceState;
-  return {
-    answered: [
-      [{}, answer(state, undefined)],
-      ...Object.keys(state.services ?? {}).map(
-        (name) => [serviceLabel(name), answer(state, name)] as const,
-      ),
-    ],
-    stats: source.stats(),
-    probes: source.probes(),
-    pollers: source.pollers().filter((p) => p.established),
-    checks: source.checks?.() ?? [],
-    fleet: source.fleet?.(),
-  };
-}
-
 /**
- * The hapgent metrics: each is computed from the snapshot when Prometheus scrapes, as a list of
- * samples (label sets with values), so a series that is gone from the state is gone from the
- * scrape too.
+ * A registry of its own for the metrics `define` registers, and its rendering: each metric is
+ * emptied and set from the snapshot when the registry renders, so a series gone from the state
+ * is gone from the scrape too; one snapshot, taken by the first metric collected, serves them all.
  */
-function createRegistry(client: PromClient, current: () => Snapshot, withFleet: boolean): Registry {
+function renderer<S>(
+  client: PromClient,
+  take: () => S,
+  define: (metric: Define<S>) => void,
+): () => Promise<string> {
   const registry = new client.Registry();
-  client.collectDefaultMetrics({
-    register: registry,
-    eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS,
-  });
-  const metric = (
-    type: "gauge" | "counter",
-    name: string,
-    help: string,
-    labelNames: readonly string[],
-    samples: (now: Snapshot) => Iterable<Sample>,
-  ): void => {
+  let snapshot: S | undefined;
+  const current = (): S => {
+    snapshot ??= take();
+    return snapshot;
+  };
+  define((type, name, help, labelNames, samples) => {
     const options = { name, help, labelNames, registers: [registry] };
-    // Both start empty at each scrape: a gauge is set, a counter is raised, to the value now.
+    // Both start empty at each rendering: a gauge is set, a counter is raised, to the value now.
     if (type === "gauge") {
       new client.Gauge({
         ...options,
@@ -175,8 +206,54 @@ function createRegistry(client: PromClient, current: () => Snapshot, withFleet: 
         },
       });
     }
+  });
+  return () => {
+    snapshot = undefined;
+    return registry.metrics();
   };
+}
 
+/** What the state's part depends on: when any of it differs, that part is rendered again. */
+function generationOf(source: MetricsSource): readonly unknown[] {
+  const stats = source.stats();
+  return [
+    source.state(),
+    source.version?.() ?? 0,
+    stats.fileValid,
+    stats.saveFailures,
+    ...CHANGE_CAUSES.map((cause) => stats.changes[cause]),
+  ];
+}
+
+function sameGeneration(a: readonly unknown[], b: readonly unknown[]): boolean {
+  return a.length === b.length && a.every((value, i) => value === b[i]);
+}
+
+function stateSnapshot(source: MetricsSource): StateSnapshot {
+  const state = source.state();
+  const answer = source.answer ?? serviceState;
+  return {
+    answered: [
+      [{}, answer(state, undefined)],
+      ...Object.keys(state.services ?? {}).map(
+        (name) => [serviceLabel(name), answer(state, name)] as const,
+      ),
+    ],
+    stats: source.stats(),
+  };
+}
+
+function countersSnapshot(source: MetricsSource): CountersSnapshot {
+  return {
+    probes: source.probes(),
+    pollers: source.pollers().filter((p) => p.established),
+    checks: source.checks?.() ?? [],
+    fleet: source.fleet?.(),
+  };
+}
+
+/** The state's metrics: what HAProxy is given, the file's health, the changes. */
+function stateMetrics(metric: Define<StateSnapshot>): void {
   metric(
     "gauge",
     "hapgent_build_info",
@@ -230,6 +307,10 @@ function createRegistry(client: PromClient, current: () => Snapshot, withFleet: 
     [],
     (now) => [[{}, now.stats.saveFailures]],
   );
+}
+
+/** The counters' metrics, which move with every probe: probes, load balancers, checks, fleet. */
+function counterMetrics(metric: Define<CountersSnapshot>, withFleet: boolean): void {
   // The instance's series is there from the start, so a rate over it is never missing.
   metric(
     "counter",
@@ -251,7 +332,7 @@ function createRegistry(client: PromClient, current: () => Snapshot, withFleet: 
     [],
     (now) => [[{}, new Set(now.pollers.map((p) => p.address)).size]],
   );
-  const byPoller = (value: (p: Poller) => number | undefined) => (now: Snapshot) =>
+  const byPoller = (value: (p: Poller) => number | undefined) => (now: CountersSnapshot) =>
     now.pollers.map((p): Sample => [{ address: p.address, ...serviceLabel(p.service) }, value(p)]);
   metric(
     "gauge",
@@ -267,7 +348,14 @@ function createRegistry(client: PromClient, current: () => Snapshot, withFleet: 
     ["address", "service"],
     byPoller((p) => (p.intervalMs === undefined ? undefined : p.intervalMs / 1000)),
   );
-  const byCheck = (value: (c: CheckView) => number | undefined) => (now: Snapshot) =>
+  checkMetrics(metric);
+  // Registered only with a fleet: a metric without labels shows 0 even with no sample.
+  if (withFleet) fleetMetrics(metric);
+}
+
+/** The agent's own checks' metrics; none without a checks file (no check in the snapshot). */
+function checkMetrics(metric: Define<CountersSnapshot>): void {
+  const byCheck = (value: (c: CheckView) => number | undefined) => (now: CountersSnapshot) =>
     now.checks.map((c): Sample => [checkLabels(c), value(c)]);
   metric(
     "gauge",
@@ -294,22 +382,11 @@ function createRegistry(client: PromClient, current: () => Snapshot, withFleet: 
         [{ ...checkLabels(c), result: "fail" }, c.failedRuns],
       ]),
   );
-  // Registered only with a fleet: a metric without labels shows 0 even with no sample.
-  if (withFleet) fleetMetrics(metric);
-  return registry;
 }
 
-/** The fleet's metrics, through `createRegistry`'s `metric`. */
-function fleetMetrics(
-  metric: (
-    type: "gauge",
-    name: string,
-    help: string,
-    labelNames: readonly string[],
-    samples: (now: Snapshot) => Iterable<Sample>,
-  ) => void,
-): void {
-  const fleet = (value: (f: FleetView) => Sample[]) => (now: Snapshot) =>
+/** The fleet's metrics. */
+function fleetMetrics(metric: Define<CountersSnapshot>): void {
+  const fleet = (value: (f: FleetView) => Sample[]) => (now: CountersSnapshot) =>
     now.fleet === undefined ? [] : value(now.fleet);
   metric(
     "gauge",
@@ -428,17 +505,15 @@ async function answer(
     response.setHeader("allow", "GET, HEAD");
     return plain(response, 405, `method ${request.method} not allowed: GET or HEAD /metrics\n`);
   }
-  let body: string;
+  let body: Buffer;
   try {
     body = await metrics.render();
   } catch (err) {
     log.warning(`metrics: cannot render: ${(err as Error).message}`);
     return plain(response, 500, "metrics could not be rendered; see the agent's log\n");
   }
-  response.writeHead(200, {
-    "content-type": metrics.contentType,
-    "content-length": Buffer.byteLength(body),
-  });
+  response.writeHead(200, { "content-type": metrics.contentType, "content-length": body.length });
+  // The same bytes for every scraper: written as they are, never copied per connection.
   response.end(request.method === "HEAD" ? undefined : body);
 }
 

@@ -71,3 +71,33 @@ test("npm run bench -- --smoke measures every target without a failed probe", {
   );
   assert.match(stdout, /load generator: reached [0-9,]+\/s/);
 });
+
+test("npm run bench -- --scrapes --smoke fills the ledger and measures probes beside a scrape flood", {
+  skip: SKIP,
+}, async (t) => {
+  const dir = await tempDir(t);
+  const json = join(dir, "scrapes.json");
+  const { stdout } = await execOk(
+    process.execPath,
+    [join(REPO, "dist/bench/bench.js"), "--scrapes", "--smoke", "--json", json],
+    { cwd: REPO, timeoutMs: 180_000 },
+  );
+  const report = JSON.parse(await readFile(json, "utf8")) as {
+    scrapes: Record<
+      string,
+      {
+        quiet: { probes: number }[];
+        flooded: { probes: number }[];
+        scrapesPerSecond: number[];
+        series: number;
+      }
+    >;
+  };
+  const f = report.scrapes["hapgent, metrics on"];
+  assert.ok(f, "this build measured");
+  // 1,000 services × 7 statuses, the ledger's 1,024 pairs twice, and the rest.
+  assert.ok(f.series > 10_000, `a scrape of the full state and ledger: ${f.series} series`);
+  assert.ok((f.quiet[0]?.probes ?? 0) > 0 && (f.flooded[0]?.probes ?? 0) > 0);
+  assert.ok((f.scrapesPerSecond[0] ?? 0) > 0, "scrapes answered during the flood");
+  assert.match(stdout, /\| {3}while 4 scrapers fetch \/metrics +\| [0-9.]+ ms \//);
+});
