@@ -11,6 +11,7 @@ import {
   type Verdicts,
 } from "./core/compose.js";
 import { fleetVerdict } from "./core/fleet.js";
+import { findDuplicateKey } from "./core/json.js";
 import {
   type Expiry,
   isRecordedUser,
@@ -132,6 +133,15 @@ export function parseRequest(line: string): RequestResult {
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     return { ok: false, reason: "request must be a JSON object" };
+  }
+  // JSON.parse keeps the last of a key given twice: `{"op":"status","op":"change"}` says two things.
+  const duplicate = findDuplicateKey(line);
+  if (duplicate !== undefined) {
+    const where = duplicate.path.map((key) => `${shorten(key)}: `).join("");
+    return {
+      ok: false,
+      reason: `${where}${shorten(duplicate.key)} appears more than once; expected each key once`,
+    };
   }
   const record = value as Record<string, unknown>;
   if (record.op === "status") {

@@ -54,6 +54,12 @@ describe("control protocol", () => {
       ['{"op":"change","status":"UP","service":"two words"}', "service must be a service name"],
       ['{"op":"change","status":"UP","weight":{}}', "weight must be a number, a string or null"],
       ['{"op":"change","status":"UP","path":"/etc/shadow"}', 'change takes no "path"'],
+      // JSON.parse would keep the last: the request says two things.
+      ['{"op":"status","op":"change"}', '"op" appears more than once; expected each key once'],
+      [
+        '{"op":"change","status":"UP","status":"DOWN"}',
+        '"status" appears more than once; expected each key once',
+      ],
     ];
     for (const [line, expected] of cases) {
       const parsed = parseRequest(line);
@@ -200,6 +206,11 @@ describe("control socket of the daemon", () => {
     await d.waitForLog(
       /control: state \{"status":"UP","weight":30\} -> \{"status":"DRAIN","weight":30,"maxconn":7,"changed":\{"at":"[^"]+","via":"cli"\}\}/,
     );
+    const [twice] = await exchange(socket, '{"op":"change","status":"DOWN","status":"UP"}\n');
+    assert.deepEqual(JSON.parse(twice ?? ""), {
+      ok: false,
+      error: '"status" appears more than once; expected each key once',
+    });
     const [refused] = await exchange(socket, '{"op":"change","status":"UP","weight":900}\n');
     assert.deepEqual(JSON.parse(refused ?? ""), {
       ok: false,
