@@ -28,6 +28,29 @@ function exchange(path: string, text: string | Buffer, ms = 1000): Promise<strin
   });
 }
 
+/** A connection that says nothing and reads everything; `closed` resolves when the daemon ends it. */
+async function held(path: string): Promise<{ socket: Socket; closed: Promise<unknown> }> {
+  const socket = connect(path);
+  socket.on("error", () => {});
+  socket.resume();
+  const closed = new Promise((resolve) => socket.on("close", resolve));
+  await new Promise((resolve) => socket.on("connect", resolve));
+  return { socket, closed };
+}
+
+/** `promise`, or a failure naming `what` after `ms`: the old rules would wait forever. */
+async function within<T>(ms: number, promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`not within ${ms} ms: ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 describe("control protocol", () => {
   test("requests are checked strictly, with a reason", () => {
     const cases: [string, string | object][] = [
@@ -124,6 +147,42 @@ describe("control socket", () => {
     assert.deepEqual((await exchange(path, '{"op":"status"}\n')).length, 1);
   });
 
+  test("a client that ends its side after its requests still gets every reply", async (t) => {
+    const { path } = await serve(t);
+    // As `nc -N` sends: the requests, the last without its newline, then the end of its side.
+    const socket = connect({ path, allowHalfOpen: true });
+    let received = "";
+    socket.setEncoding("utf8").on("data", (chunk: string) => {
+      received += chunk;
+    });
+    socket.end('{"op":"status"}\n{"op":"status"}');
+    await new Promise((resolve) => socket.on("close", resolve));
+    assert.deepEqual(
+      received
+        .split("\n")
+        .filter(Boolean)
+        .map((line) => JSON.parse(line).ok),
+      [true, true],
+    );
+  });
+
+  test("a client silent, or never finishing a line, is closed after its idle time", async (t) => {
+    const { path } = await serve(t, { idleMs: 1000 });
+    const silent = await held(path);
+    const slow = await held(path);
+    // One byte every 100 ms, never a whole request: activity, but no request.
+    const drip = setInterval(() => slow.socket.write("{"), 100);
+    t.after(() => clearInterval(drip));
+    await within(10_000, Promise.all([silent.closed, slow.closed]), "the quiet clients closed");
+    // A client that asks keeps its connection meanwhile.
+    const talker = await held(path);
+    for (let i = 0; i < 8; i++) {
+      talker.socket.write('{"op":"status"}\n');
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    assert.equal(talker.socket.destroyed, false);
+    await within(10_000, talker.closed, "the talker closed once quiet");
+  });
   test("a stale socket is replaced; a live one or another file is never taken", async (t) => {
     const dir = await tempDir(t);
     const stale = join(dir, "stale.sock");

@@ -6,13 +6,14 @@
  * clients are few, their lines short and their time bounded.
  */
 import { chmod, lstat, unlink } from "node:fs/promises";
-import { connect, createServer, type Server, type Socket } from "node:net";
-import { type ControlRequest, parseRequest } from "../control-protocol.js";
+import { connect, createServer, type Server } from "node:net";
+import {
+  type ControlConnection,
+  type ControlHandlers,
+  serveConnection,
+} from "./control-connection.js";
 
-export interface ControlHandlers {
-  /** Answers one valid request; the object is sent as one line. */
-  handle(request: ControlRequest): Promise<object>;
-}
+export type { ControlHandlers } from "./control-connection.js";
 
 export interface ControlServer {
   listen(): Promise<void>;
@@ -24,14 +25,16 @@ export interface ControlOptions {
   readonly handlers: ControlHandlers;
   readonly maxClients?: number;
   readonly maxLineBytes?: number;
-  /** A client silent this long is closed. */
+  /** A client that neither sends a request nor takes its reply this long is closed. */
   readonly idleMs?: number;
 }
 
 /** Plenty for scripts and operators; the agent port is where the load comes from. */
 export const MAX_CONTROL_CLIENTS = 16;
+/** The longest request, and the most of a client's input held unparsed. */
 export const MAX_CONTROL_LINE_BYTES = 64 * 1024;
-export const CONTROL_IDLE_MS = 30_000;
+/** The command line sends its request at once and reads its reply at once. */
+export const CONTROL_IDLE_MS = 5_000;
 const SOCKET_MODE = 0o660;
 
 /** A control socket that cannot be made: the reason, for the log. */
@@ -44,8 +47,9 @@ export function createControlServer({
   maxLineBytes = MAX_CONTROL_LINE_BYTES,
   idleMs = CONTROL_IDLE_MS,
 }: ControlOptions): ControlServer {
-  const clients = new Set<Socket>();
-  const server: Server = createServer((socket) => {
+  const clients = new Set<ControlConnection>();
+  // allowHalfOpen: a client that ends its side after its request (`nc -N`) still gets the reply.
+  const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
     if (clients.size >= maxClients) {
       socket.on("error", () => socket.destroy());
       socket.setTimeout(idleMs, () => socket.destroy());
@@ -56,11 +60,10 @@ export function createControlServer({
       socket.resume();
       return;
     }
-    clients.add(socket);
-    socket.on("close", () => clients.delete(socket));
     socket.on("error", () => socket.destroy());
-    socket.setTimeout(idleMs, () => socket.destroy());
-    serve(socket, handlers, maxLineBytes);
+    const client = serveConnection(socket, { handlers, maxLineBytes, idleMs });
+    clients.add(client);
+    socket.on("close", () => clients.delete(client));
   });
 
   return {
@@ -78,44 +81,11 @@ export function createControlServer({
     },
     close() {
       return new Promise((resolve) => {
-        for (const socket of clients) socket.destroy();
+        for (const client of clients) client.socket.destroy();
         server.close(() => resolve());
       });
     },
   };
-}
-
-/** Reads requests line by line and answers each in order. */
-function serve(socket: Socket, handlers: ControlHandlers, maxLineBytes: number): void {
-  let buffered = "";
-  let busy: Promise<void> = Promise.resolve();
-  let cutOff = false;
-  const answer = (reply: object) => {
-    if (!socket.destroyed) socket.write(`${JSON.stringify(reply)}\n`);
-  };
-  socket.setEncoding("utf8");
-  socket.on("data", (chunk: string) => {
-    // Past a line too long, what the client sends is read to its end and dropped.
-    if (cutOff) return;
-    buffered += chunk;
-    if (Buffer.byteLength(buffered) > maxLineBytes && !buffered.includes("\n")) {
-      cutOff = true;
-      buffered = "";
-      answer({ ok: false, error: `request longer than ${maxLineBytes} bytes` });
-      socket.end();
-      return;
-    }
-    for (let end = buffered.indexOf("\n"); end >= 0; end = buffered.indexOf("\n")) {
-      const line = buffered.slice(0, end);
-      buffered = buffered.slice(end + 1);
-      if (line.trim() === "") continue;
-      busy = busy.then(async () => {
-        const parsed = parseRequest(line);
-        if (!parsed.ok) return answer({ ok: false, error: parsed.reason });
-        answer(await handlers.handle(parsed.request));
-      });
-    }
-  });
 }
 
 /**
