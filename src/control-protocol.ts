@@ -82,6 +82,23 @@ export type ChangeReply =
 export type ErrorReply = { readonly ok: false; readonly error: string };
 
 /**
+ * Said at once, before the request is read, when every client the daemon takes is waiting for
+ * a reply (changes being saved): nothing was done, and the request may be sent again.
+ */
+export type BusyReply = { readonly ok: false; readonly code: "busy"; readonly error: string };
+
+export function isBusy(reply: unknown): reply is BusyReply {
+  return (
+    typeof reply === "object" &&
+    reply !== null &&
+    "code" in reply &&
+    reply.code === "busy" &&
+    "ok" in reply &&
+    reply.ok === false
+  );
+}
+
+/**
  * What the agent answers a probe of `name` (undefined: the instance) in `state`, with the
  * verdicts of the checks and the fleet's word the daemon reported: what a command expects to
  * hear. A checks file that cannot be used means MAINT, as in the daemon. A daemon that says

@@ -10,7 +10,16 @@ import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Daemon, execOk, missing, REPO, startDaemon, tempDir, waitFor } from "./helpers.js";
+import {
+  cliFor,
+  type Daemon,
+  execOk,
+  missing,
+  REPO,
+  startDaemon,
+  tempDir,
+  waitFor,
+} from "./helpers.js";
 
 const STORM_MS = 3000;
 /** Rounds of storm; a leak raises the later rounds' floor above the earlier rounds' peak. */
@@ -426,4 +435,63 @@ test("with 1,000 services and a full probe ledger, a non-reading control client 
     32,
   );
   await descriptorsBack(d.pid, fdsBefore);
+});
+
+/**
+ * A control client that connects and goes quiet: silent, stopped in the middle of a request,
+ * or stopped there with its side ended (half-closed, still reading). Resolves once connected,
+ * or refused: hostile clients do not care.
+ */
+function quietClient(path: string, kind: number): Promise<Socket> {
+  return new Promise((resolve) => {
+    const socket = connect({ path, allowHalfOpen: true });
+    socket.on("error", () => resolve(socket));
+    socket.resume();
+    // Closed by the daemon: the daemon's descriptor is what counts, and the test's are few.
+    socket.on("end", () => socket.destroy());
+    socket.on("connect", () => {
+      if (kind % 3 === 1) socket.write('{"op":"sta');
+      if (kind % 3 === 2) socket.end('{"op":"sta');
+      resolve(socket);
+    });
+  });
+}
+
+test("root's change goes through the control socket beside more idle clients than it serves", async (t) => {
+  const { d, socket } = await withControl(t, '{"status":"UP"}');
+  const held: Socket[] = [];
+  t.after(() => {
+    for (const client of held) client.destroy();
+  });
+  for (let i = 0; i < 20; i++) held.push(await quietClient(socket, 0));
+  const down = await cliFor(d, "down");
+  assert.equal(down.code, 0, down.stderr);
+  // Through the control socket, not the file and a signal.
+  assert.match(down.stdout, new RegExp(`hapgent pid ${d.pid} wrote .*"status":"DOWN"`));
+  assert.doesNotMatch(down.stderr, /did not answer/);
+  assert.equal(await d.probe(), "down ready 100%\n");
+});
+
+test("1,100 idle and half-open control clients hold at most 16 descriptors, and not for long", async (t) => {
+  const { d, socket } = await withControl(t, '{"status":"UP"}');
+  const fdsBefore = await openFds(d.pid);
+  const held: Socket[] = [];
+  t.after(() => {
+    for (const client of held) client.destroy();
+  });
+  // Every kind, 50 connecting at a time.
+  let peak = 0;
+  for (let i = 0; i < 1100; i += 50) {
+    const batch = Array.from({ length: 50 }, (_, j) => quietClient(socket, i + j));
+    held.push(...(await Promise.all(batch)));
+    peak = Math.max(peak, await openFds(d.pid));
+  }
+  assert.ok(peak <= fdsBefore + 16 + 2, `the daemon held ${peak} fds, ${fdsBefore} before`);
+  const down = await cliFor(d, "down");
+  assert.equal(down.code, 0, down.stderr);
+  assert.match(down.stdout, new RegExp(`hapgent pid ${d.pid} wrote .*"status":"DOWN"`));
+  assert.equal(await d.probe(), "down ready 100%\n");
+  // The daemon closes its ends after their idle time, whatever the clients do.
+  await descriptorsBack(d.pid, fdsBefore);
+  assert.equal(d.child.exitCode, null);
 });

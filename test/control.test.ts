@@ -126,25 +126,16 @@ describe("control socket", () => {
     );
   });
 
-  test("a huge line, too many clients and a silent client are each cut off alone", async (t) => {
-    const { path } = await serve(t, { maxClients: 2, maxLineBytes: 1024, idleMs: 300 });
+  test("a huge line is refused, and the rest of that client's input dropped", async (t) => {
+    const { path } = await serve(t, { maxLineBytes: 1024 });
     const huge = await exchange(path, Buffer.alloc(64 * 1024, "x"));
-    assert.match(huge[0] ?? "", /request longer than 1024 bytes/);
-    const held: Socket[] = [];
-    const closed: Promise<unknown>[] = [];
-    for (let i = 0; i < 2; i++) {
-      const socket = connect(path);
-      socket.on("error", () => {});
-      socket.resume();
-      closed.push(new Promise((resolve) => socket.on("close", resolve)));
-      await new Promise((resolve) => socket.on("connect", resolve));
-      held.push(socket);
-    }
-    const busy = await exchange(path, '{"op":"status"}\n');
-    assert.match(busy[0] ?? "", /busy: 2 clients already/);
-    // The silent ones are closed after their time, and room comes back.
-    await Promise.all(closed);
-    assert.deepEqual((await exchange(path, '{"op":"status"}\n')).length, 1);
+    assert.deepEqual(huge, ['{"ok":false,"error":"request longer than 1024 bytes"}']);
+    // Lines before it are answered; the one too long ends the conversation.
+    const mixed = await exchange(path, `{"op":"status"}\n${"x".repeat(2000)}\n{"op":"status"}\n`);
+    assert.deepEqual(
+      mixed.map((line) => JSON.parse(line).ok),
+      [true, false],
+    );
   });
 
   test("a client that ends its side after its requests still gets every reply", async (t) => {
@@ -164,6 +155,55 @@ describe("control socket", () => {
         .map((line) => JSON.parse(line).ok),
       [true, true],
     );
+  });
+
+  test("a new client closes the one idle longest; busy only while all wait for replies", async (t) => {
+    let release = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let entered = 0;
+    let bothEntered = () => {};
+    const bothWaiting = new Promise<void>((resolve) => {
+      bothEntered = resolve;
+    });
+    const dir = await tempDir(t);
+    const path = join(dir, "c.sock");
+    const server = createControlServer({
+      path,
+      maxClients: 2,
+      handlers: {
+        handle: async (request) => {
+          if (request.op === "change") {
+            if (++entered === 2) bothEntered();
+            await gate;
+          }
+          return { ok: true, echo: request };
+        },
+      },
+    });
+    await server.listen();
+    t.after(() => server.close());
+
+    const [oldest, newer] = [await held(path), await held(path)];
+    assert.equal((await exchange(path, '{"op":"status"}\n')).length, 1);
+    await oldest.closed;
+    assert.equal(newer.socket.destroyed, false, "only the one idle longest was closed");
+    newer.socket.destroy();
+
+    // Two clients whose changes are being saved are never closed: a third is told it is busy.
+    const change = '{"op":"change","status":"DOWN"}\n';
+    const waiting = [exchange(path, change, 5000), exchange(path, change, 5000)];
+    await bothWaiting;
+    const [busy] = await exchange(path, change);
+    assert.deepEqual(JSON.parse(busy ?? ""), {
+      ok: false,
+      code: "busy",
+      error: "busy: 2 clients are waiting for their replies",
+    });
+    release();
+    for (const lines of await Promise.all(waiting)) assert.equal(lines.length, 1);
+    assert.equal(JSON.parse((await exchange(path, change))[0] ?? "").ok, true);
   });
 
   test("a client silent, or never finishing a line, is closed after its idle time", async (t) => {

@@ -3,10 +3,12 @@
  * JSON object per line each way. Through it the command line reads the state and the probe ledger,
  * and changes the state: the daemon applies the change in order with signals and reloads, saves
  * it, and answers once it is saved. Bad requests get a clear error and leave the daemon unharmed;
- * clients are few, their lines short and their time bounded.
+ * clients are few, their lines short, their time bounded, and a new client is never turned away
+ * for idle ones: the one idle longest is closed to make room.
  */
 import { chmod, lstat, unlink } from "node:fs/promises";
-import { connect, createServer, type Server } from "node:net";
+import { connect, createServer, type Server, type Socket } from "node:net";
+import type { BusyReply } from "../control-protocol.js";
 import {
   type ControlConnection,
   type ControlHandlers,
@@ -48,19 +50,14 @@ export function createControlServer({
   idleMs = CONTROL_IDLE_MS,
 }: ControlOptions): ControlServer {
   const clients = new Set<ControlConnection>();
+  const refused = new Set<Socket>();
   // allowHalfOpen: a client that ends its side after its request (`nc -N`) still gets the reply.
   const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
-    if (clients.size >= maxClients) {
-      socket.on("error", () => socket.destroy());
-      socket.setTimeout(idleMs, () => socket.destroy());
-      socket.end(
-        `${JSON.stringify({ ok: false, error: `busy: ${maxClients} clients already` })}\n`,
-      );
-      // Read to the client's end, so the connection closes once the client has the error.
-      socket.resume();
+    socket.on("error", () => socket.destroy());
+    if (clients.size >= maxClients && !closeIdlest(clients)) {
+      refuse(socket, refused, maxClients, idleMs);
       return;
     }
-    socket.on("error", () => socket.destroy());
     const client = serveConnection(socket, { handlers, maxLineBytes, idleMs });
     clients.add(client);
     socket.on("close", () => clients.delete(client));
@@ -82,10 +79,51 @@ export function createControlServer({
     close() {
       return new Promise((resolve) => {
         for (const client of clients) client.socket.destroy();
+        for (const socket of refused) socket.destroy();
         server.close(() => resolve());
       });
     },
   };
+}
+
+/**
+ * Closes the client idle longest, one whose reply the daemon is not working out; false when
+ * every client waits for one. Forgotten at once, not at its 'close', so a burst accepted in one
+ * tick closes one client each.
+ */
+function closeIdlest(clients: Set<ControlConnection>): boolean {
+  let idlest: ControlConnection | undefined;
+  for (const client of clients) {
+    if (client.answering) continue;
+    if (idlest === undefined || client.lastActiveMs < idlest.lastActiveMs) idlest = client;
+  }
+  if (idlest === undefined) return false;
+  clients.delete(idlest);
+  idlest.socket.destroy();
+  return true;
+}
+
+/**
+ * Every client is waiting for a change to be saved: the newcomer is told so at once, and its
+ * request is never read (the command line tries again). Its input is read to its end and dropped,
+ * since closing over unread data would reset the connection and could lose the line; at most
+ * `maxClients` such wait for that, each at most `idleMs`.
+ */
+function refuse(socket: Socket, refused: Set<Socket>, maxClients: number, idleMs: number): void {
+  if (refused.size >= maxClients) {
+    socket.destroy();
+    return;
+  }
+  refused.add(socket);
+  socket.on("close", () => refused.delete(socket));
+  socket.setTimeout(idleMs, () => socket.destroy());
+  const reply: BusyReply = {
+    ok: false,
+    code: "busy",
+    error: `busy: ${maxClients} clients are waiting for their replies`,
+  };
+  socket.end(`${JSON.stringify(reply)}\n`);
+  socket.resume();
 }
 
 /**
