@@ -11,6 +11,7 @@ import {
   type Verdicts,
 } from "./core/compose.js";
 import { fleetVerdict } from "./core/fleet.js";
+import { findDuplicateKey } from "./core/json.js";
 import {
   type Expiry,
   isRecordedUser,
@@ -81,6 +82,23 @@ export type ChangeReply =
 export type ErrorReply = { readonly ok: false; readonly error: string };
 
 /**
+ * Said at once, before the request is read, when every client the daemon takes is waiting for
+ * a reply (changes being saved): nothing was done, and the request may be sent again.
+ */
+export type BusyReply = { readonly ok: false; readonly code: "busy"; readonly error: string };
+
+export function isBusy(reply: unknown): reply is BusyReply {
+  return (
+    typeof reply === "object" &&
+    reply !== null &&
+    "code" in reply &&
+    reply.code === "busy" &&
+    "ok" in reply &&
+    reply.ok === false
+  );
+}
+
+/**
  * What the agent answers a probe of `name` (undefined: the instance) in `state`, with the
  * verdicts of the checks and the fleet's word the daemon reported: what a command expects to
  * hear. A checks file that cannot be used means MAINT, as in the daemon. A daemon that says
@@ -132,6 +150,15 @@ export function parseRequest(line: string): RequestResult {
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     return { ok: false, reason: "request must be a JSON object" };
+  }
+  // JSON.parse keeps the last of a key given twice: `{"op":"status","op":"change"}` says two things.
+  const duplicate = findDuplicateKey(line);
+  if (duplicate !== undefined) {
+    const where = duplicate.path.map((key) => `${shorten(key)}: `).join("");
+    return {
+      ok: false,
+      reason: `${where}${shorten(duplicate.key)} appears more than once; expected each key once`,
+    };
   }
   const record = value as Record<string, unknown>;
   if (record.op === "status") {

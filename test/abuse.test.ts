@@ -10,7 +10,16 @@ import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { execOk, missing, REPO, startDaemon, tempDir, waitFor } from "./helpers.js";
+import {
+  cliFor,
+  type Daemon,
+  execOk,
+  missing,
+  REPO,
+  startDaemon,
+  tempDir,
+  waitFor,
+} from "./helpers.js";
 
 const STORM_MS = 3000;
 /** Rounds of storm; a leak raises the later rounds' floor above the earlier rounds' peak. */
@@ -265,3 +274,224 @@ async function listenOverflows(): Promise<number> {
   const at = names?.indexOf("ListenOverflows") ?? -1;
   return Number(values?.[at]);
 }
+
+/** A daemon with its control socket in the test's directory. */
+async function withControl(
+  t: Parameters<typeof tempDir>[0] & Parameters<typeof startDaemon>[0],
+  state: string,
+) {
+  const socket = join(await tempDir(t), "control.sock");
+  const d = await startDaemon(t, { state, env: { HAPGENT_CONTROL_SOCKET: socket } });
+  return { d, socket };
+}
+
+/** One request on its own connection; resolves with the reply line, parsed. */
+function control(path: string, line: string): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(path);
+    let received = "";
+    socket.setEncoding("utf8");
+    socket.setTimeout(5000, () => socket.destroy(new Error("no control reply in 5 s")));
+    socket.on("connect", () => socket.write(line));
+    socket.on("data", (chunk: string) => {
+      received += chunk;
+      const end = received.indexOf("\n");
+      if (end < 0) return;
+      socket.destroy();
+      resolve(JSON.parse(received.slice(0, end)));
+    });
+    socket.on("error", reject);
+  });
+}
+
+/**
+ * A client that sends `bytes` of status requests as fast as the daemon takes them and never
+ * reads a reply (so it never sees the daemon close it either).
+ */
+function nonReader(t: { after: (fn: () => void) => void }, path: string, bytes: number): void {
+  const line = '{"op":"status"}\n';
+  const socket = connect(path);
+  socket.on("error", () => {});
+  socket.pause();
+  socket.on("connect", () => socket.write(line.repeat(Math.ceil(bytes / line.length))));
+  t.after(() => socket.destroy());
+}
+
+/**
+ * While `attack` runs against the daemon: good probes and other control clients are answered
+ * each time, and the daemon's anonymous memory stays within `boundMiB` of what it was.
+ */
+async function servesBeside(
+  d: Daemon,
+  socket: string,
+  probes: [payload: string, expected: string][],
+  boundMiB: number,
+): Promise<number> {
+  const before = await rssMiB(d.pid);
+  let peak = before;
+  // A refused connection most likely means the daemon died: say how, with the end of its log.
+  const orDied = <T>(what: string, asked: Promise<T>): Promise<T> =>
+    asked.catch(async (err: Error) => {
+      await Promise.race([d.exited, sleep(2000)]);
+      const ended = d.child.exitCode ?? d.child.signalCode ?? "still running";
+      const fatal = d.stderr().match(/^.*(FATAL|out of memory).*$/m)?.[0] ?? "";
+      return assert.fail(
+        `${what}: ${err.message}; the daemon: ${ended} ${fatal}; its log ends:\n${d.stderr().slice(-400)}`,
+      );
+    });
+  for (let i = 0; i < 60; i++) {
+    const [payload, expected] = probes[i % probes.length] ?? ["", ""];
+    assert.equal(await orDied(`probe ${i}`, goodProbe(d.port, payload)), expected, `probe ${i}`);
+    if (i % 6 === 0) {
+      const reply = await orDied(`control client ${i}`, control(socket, '{"op":"status"}\n'));
+      assert.equal(reply.ok, true, `control client ${i}`);
+    }
+    assert.equal(d.child.exitCode, null, `the daemon is up (probe ${i}):\n${d.stderr()}`);
+    peak = Math.max(peak, await rssMiB(d.pid));
+  }
+  assert.ok(
+    peak <= before + boundMiB,
+    `anonymous RSS ${peak.toFixed(1)} MiB, ${before.toFixed(1)} MiB before`,
+  );
+  return peak;
+}
+
+test("a control client pipelining 2 MB of requests and never reading slows only itself", async (t) => {
+  const { d, socket } = await withControl(t, '{"status":"UP","weight":60}');
+  const fdsBefore = await openFds(d.pid);
+  const rssBefore = await rssMiB(d.pid);
+  nonReader(t, socket, 2 * 1024 * 1024);
+  const peak = await servesBeside(d, socket, [["", "up ready 60%\n"]], 16);
+  // It neither asks (what it sent waits unread) nor reads: the daemon closes it after its idle
+  // time, though the client holds its end open.
+  await descriptorsBack(d.pid, fdsBefore);
+  t.diagnostic(
+    `anonymous RSS ${rssBefore.toFixed(1)} MiB before, at most ${peak.toFixed(1)} beside it`,
+  );
+  assert.equal(await d.probe(), "up ready 60%\n");
+});
+
+/** Waits until the daemon holds no more descriptors than `before` (its idle time is 5 s). */
+async function descriptorsBack(pid: number, before: number): Promise<void> {
+  await waitFor(
+    "the daemon's descriptors back to where they were",
+    async () => ((await openFds(pid)) <= before ? true : undefined),
+    20_000,
+  ).catch(async () => assert.fail(`fds ${await openFds(pid)}, before ${before}`));
+}
+
+/** 1,000 services, the most a state file holds. */
+function largeState(): string {
+  const services: Record<string, object> = {};
+  for (let i = 0; i < 1000; i++) {
+    services[`be_app/srv${i}`] = { status: "UP", weight: i % 256 };
+  }
+  return JSON.stringify({ status: "UP", weight: 60, services });
+}
+
+/** Fills the probe ledger: 1,024 load balancers and services, each seen twice. */
+async function fillLedger(port: number): Promise<void> {
+  const keys: [address: string, payload: string][] = [
+    ...Array.from({ length: 1000 }, (_, i): [string, string] => ["127.0.0.1", `be_app/srv${i}\n`]),
+    ...Array.from({ length: 24 }, (_, i): [string, string] => [`127.0.1.${i + 1}`, "\n"]),
+  ];
+  const probeFrom = (address: string, payload: string) =>
+    new Promise<void>((resolve, reject) => {
+      const socket = connect({ host: "127.0.0.1", port, localAddress: address });
+      socket.on("connect", () => socket.write(payload));
+      socket.resume();
+      socket.on("end", () => socket.end());
+      socket.on("close", () => resolve());
+      socket.on("error", reject);
+    });
+  const workers = Array.from({ length: 8 }, async (_, w) => {
+    for (let i = w; i < keys.length; i += 8) {
+      const [address, payload] = keys[i] ?? ["", ""];
+      // Twice: an address seen once waits on probation; one that comes back is a poller.
+      await probeFrom(address, payload);
+      await probeFrom(address, payload);
+    }
+  });
+  await Promise.all(workers);
+}
+
+test("with 1,000 services and a full probe ledger, a non-reading control client slows only itself", async (t) => {
+  const { d, socket } = await withControl(t, largeState());
+  await fillLedger(d.port);
+  const status = await control(socket, '{"op":"status"}\n');
+  const size = JSON.stringify(status).length;
+  assert.ok((status.pollers as unknown[]).length >= 1024, "the ledger is full");
+  assert.ok(size > 200_000, `a status reply of ${size} bytes`);
+  const fdsBefore = await openFds(d.pid);
+  // 500 requests: 8 KB asking for 100 MB of replies.
+  nonReader(t, socket, 500 * 16);
+  await servesBeside(
+    d,
+    socket,
+    [
+      ["\n", "up ready 60%\n"],
+      ["be_app/srv7\n", "up ready 7%\n"],
+    ],
+    32,
+  );
+  await descriptorsBack(d.pid, fdsBefore);
+});
+
+/**
+ * A control client that connects and goes quiet: silent, stopped in the middle of a request,
+ * or stopped there with its side ended (half-closed, still reading). Resolves once connected,
+ * or refused: hostile clients do not care.
+ */
+function quietClient(path: string, kind: number): Promise<Socket> {
+  return new Promise((resolve) => {
+    const socket = connect({ path, allowHalfOpen: true });
+    socket.on("error", () => resolve(socket));
+    socket.resume();
+    // Closed by the daemon: the daemon's descriptor is what counts, and the test's are few.
+    socket.on("end", () => socket.destroy());
+    socket.on("connect", () => {
+      if (kind % 3 === 1) socket.write('{"op":"sta');
+      if (kind % 3 === 2) socket.end('{"op":"sta');
+      resolve(socket);
+    });
+  });
+}
+
+test("root's change goes through the control socket beside more idle clients than it serves", async (t) => {
+  const { d, socket } = await withControl(t, '{"status":"UP"}');
+  const held: Socket[] = [];
+  t.after(() => {
+    for (const client of held) client.destroy();
+  });
+  for (let i = 0; i < 20; i++) held.push(await quietClient(socket, 0));
+  const down = await cliFor(d, "down");
+  assert.equal(down.code, 0, down.stderr);
+  // Through the control socket, not the file and a signal.
+  assert.match(down.stdout, new RegExp(`hapgent pid ${d.pid} wrote .*"status":"DOWN"`));
+  assert.doesNotMatch(down.stderr, /did not answer/);
+  assert.equal(await d.probe(), "down ready 100%\n");
+});
+
+test("1,100 idle and half-open control clients hold at most 16 descriptors, and not for long", async (t) => {
+  const { d, socket } = await withControl(t, '{"status":"UP"}');
+  const fdsBefore = await openFds(d.pid);
+  const held: Socket[] = [];
+  t.after(() => {
+    for (const client of held) client.destroy();
+  });
+  // Every kind, 50 connecting at a time.
+  let peak = 0;
+  for (let i = 0; i < 1100; i += 50) {
+    const batch = Array.from({ length: 50 }, (_, j) => quietClient(socket, i + j));
+    held.push(...(await Promise.all(batch)));
+    peak = Math.max(peak, await openFds(d.pid));
+  }
+  assert.ok(peak <= fdsBefore + 16 + 2, `the daemon held ${peak} fds, ${fdsBefore} before`);
+  const down = await cliFor(d, "down");
+  assert.equal(down.code, 0, down.stderr);
+  assert.match(down.stdout, new RegExp(`hapgent pid ${d.pid} wrote .*"status":"DOWN"`));
+  assert.equal(await d.probe(), "down ready 100%\n");
+  // The daemon closes its ends after their idle time, whatever the clients do.
+  await descriptorsBack(d.pid, fdsBefore);
+  assert.equal(d.child.exitCode, null);
+});

@@ -28,6 +28,29 @@ function exchange(path: string, text: string | Buffer, ms = 1000): Promise<strin
   });
 }
 
+/** A connection that says nothing and reads everything; `closed` resolves when the daemon ends it. */
+async function held(path: string): Promise<{ socket: Socket; closed: Promise<unknown> }> {
+  const socket = connect(path);
+  socket.on("error", () => {});
+  socket.resume();
+  const closed = new Promise((resolve) => socket.on("close", resolve));
+  await new Promise((resolve) => socket.on("connect", resolve));
+  return { socket, closed };
+}
+
+/** `promise`, or a failure naming `what` after `ms`: the old rules would wait forever. */
+async function within<T>(ms: number, promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`not within ${ms} ms: ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 describe("control protocol", () => {
   test("requests are checked strictly, with a reason", () => {
     const cases: [string, string | object][] = [
@@ -54,6 +77,12 @@ describe("control protocol", () => {
       ['{"op":"change","status":"UP","service":"two words"}', "service must be a service name"],
       ['{"op":"change","status":"UP","weight":{}}', "weight must be a number, a string or null"],
       ['{"op":"change","status":"UP","path":"/etc/shadow"}', 'change takes no "path"'],
+      // JSON.parse would keep the last: the request says two things.
+      ['{"op":"status","op":"change"}', '"op" appears more than once; expected each key once'],
+      [
+        '{"op":"change","status":"UP","status":"DOWN"}',
+        '"status" appears more than once; expected each key once',
+      ],
     ];
     for (const [line, expected] of cases) {
       const parsed = parseRequest(line);
@@ -97,27 +126,103 @@ describe("control socket", () => {
     );
   });
 
-  test("a huge line, too many clients and a silent client are each cut off alone", async (t) => {
-    const { path } = await serve(t, { maxClients: 2, maxLineBytes: 1024, idleMs: 300 });
+  test("a huge line is refused, and the rest of that client's input dropped", async (t) => {
+    const { path } = await serve(t, { maxLineBytes: 1024 });
     const huge = await exchange(path, Buffer.alloc(64 * 1024, "x"));
-    assert.match(huge[0] ?? "", /request longer than 1024 bytes/);
-    const held: Socket[] = [];
-    const closed: Promise<unknown>[] = [];
-    for (let i = 0; i < 2; i++) {
-      const socket = connect(path);
-      socket.on("error", () => {});
-      socket.resume();
-      closed.push(new Promise((resolve) => socket.on("close", resolve)));
-      await new Promise((resolve) => socket.on("connect", resolve));
-      held.push(socket);
-    }
-    const busy = await exchange(path, '{"op":"status"}\n');
-    assert.match(busy[0] ?? "", /busy: 2 clients already/);
-    // The silent ones are closed after their time, and room comes back.
-    await Promise.all(closed);
-    assert.deepEqual((await exchange(path, '{"op":"status"}\n')).length, 1);
+    assert.deepEqual(huge, ['{"ok":false,"error":"request longer than 1024 bytes"}']);
+    // Lines before it are answered; the one too long ends the conversation.
+    const mixed = await exchange(path, `{"op":"status"}\n${"x".repeat(2000)}\n{"op":"status"}\n`);
+    assert.deepEqual(
+      mixed.map((line) => JSON.parse(line).ok),
+      [true, false],
+    );
   });
 
+  test("a client that ends its side after its requests still gets every reply", async (t) => {
+    const { path } = await serve(t);
+    // As `nc -N` sends: the requests, the last without its newline, then the end of its side.
+    const socket = connect({ path, allowHalfOpen: true });
+    let received = "";
+    socket.setEncoding("utf8").on("data", (chunk: string) => {
+      received += chunk;
+    });
+    socket.end('{"op":"status"}\n{"op":"status"}');
+    await new Promise((resolve) => socket.on("close", resolve));
+    assert.deepEqual(
+      received
+        .split("\n")
+        .filter(Boolean)
+        .map((line) => JSON.parse(line).ok),
+      [true, true],
+    );
+  });
+
+  test("a new client closes the one idle longest; busy only while all wait for replies", async (t) => {
+    let release = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let entered = 0;
+    let bothEntered = () => {};
+    const bothWaiting = new Promise<void>((resolve) => {
+      bothEntered = resolve;
+    });
+    const dir = await tempDir(t);
+    const path = join(dir, "c.sock");
+    const server = createControlServer({
+      path,
+      maxClients: 2,
+      handlers: {
+        handle: async (request) => {
+          if (request.op === "change") {
+            if (++entered === 2) bothEntered();
+            await gate;
+          }
+          return { ok: true, echo: request };
+        },
+      },
+    });
+    await server.listen();
+    t.after(() => server.close());
+
+    const [oldest, newer] = [await held(path), await held(path)];
+    assert.equal((await exchange(path, '{"op":"status"}\n')).length, 1);
+    await oldest.closed;
+    assert.equal(newer.socket.destroyed, false, "only the one idle longest was closed");
+    newer.socket.destroy();
+
+    // Two clients whose changes are being saved are never closed: a third is told it is busy.
+    const change = '{"op":"change","status":"DOWN"}\n';
+    const waiting = [exchange(path, change, 5000), exchange(path, change, 5000)];
+    await bothWaiting;
+    const [busy] = await exchange(path, change);
+    assert.deepEqual(JSON.parse(busy ?? ""), {
+      ok: false,
+      code: "busy",
+      error: "busy: 2 clients are waiting for their replies",
+    });
+    release();
+    for (const lines of await Promise.all(waiting)) assert.equal(lines.length, 1);
+    assert.equal(JSON.parse((await exchange(path, change))[0] ?? "").ok, true);
+  });
+
+  test("a client silent, or never finishing a line, is closed after its idle time", async (t) => {
+    const { path } = await serve(t, { idleMs: 1000 });
+    const silent = await held(path);
+    const slow = await held(path);
+    // One byte every 100 ms, never a whole request: activity, but no request.
+    const drip = setInterval(() => slow.socket.write("{"), 100);
+    t.after(() => clearInterval(drip));
+    await within(10_000, Promise.all([silent.closed, slow.closed]), "the quiet clients closed");
+    // A client that asks keeps its connection meanwhile.
+    const talker = await held(path);
+    for (let i = 0; i < 8; i++) {
+      talker.socket.write('{"op":"status"}\n');
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    assert.equal(talker.socket.destroyed, false);
+    await within(10_000, talker.closed, "the talker closed once quiet");
+  });
   test("a stale socket is replaced; a live one or another file is never taken", async (t) => {
     const dir = await tempDir(t);
     const stale = join(dir, "stale.sock");
@@ -200,6 +305,11 @@ describe("control socket of the daemon", () => {
     await d.waitForLog(
       /control: state \{"status":"UP","weight":30\} -> \{"status":"DRAIN","weight":30,"maxconn":7,"changed":\{"at":"[^"]+","via":"cli"\}\}/,
     );
+    const [twice] = await exchange(socket, '{"op":"change","status":"DOWN","status":"UP"}\n');
+    assert.deepEqual(JSON.parse(twice ?? ""), {
+      ok: false,
+      error: '"status" appears more than once; expected each key once',
+    });
     const [refused] = await exchange(socket, '{"op":"change","status":"UP","weight":900}\n');
     assert.deepEqual(JSON.parse(refused ?? ""), {
       ok: false,

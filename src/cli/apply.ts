@@ -4,7 +4,13 @@
  * older daemon, a socket this user may not use): the command saves the file crash-safely with the
  * daemon's own store and sends SIGHUP.
  */
-import type { ChangeReply, ChecksView, PollerView } from "../control-protocol.js";
+import {
+  type BusyReply,
+  type ChangeReply,
+  type ChecksView,
+  isBusy,
+  type PollerView,
+} from "../control-protocol.js";
 import { applyChange, type Change } from "../core/change.js";
 import { type Expiry, formatState, isInService, type State } from "../core/state.js";
 import { createLogger } from "../log.js";
@@ -50,7 +56,7 @@ export async function apply(
       { op: "change", change, by: io.by },
       timeoutS * 1000,
     ).then(
-      (value) => value as ChangeReply,
+      (value) => value as ChangeReply | BusyReply,
       (err: ControlError) => err,
     );
     if (!(reply instanceof ControlError)) return answered(io, target, daemon.pid, change, reply);
@@ -66,9 +72,15 @@ function answered(
   target: Target,
   pid: number,
   change: Change,
-  reply: ChangeReply,
+  reply: ChangeReply | BusyReply,
 ): Applied {
   const path = target.config.stateFile;
+  if (isBusy(reply)) {
+    io.err(
+      `hapgent: hapgent pid ${pid} was busy with other clients' changes until the timeout (${reply.error}); nothing was written\n`,
+    );
+    return { code: CLI_EXIT.NOT_CONFIRMED };
+  }
   if (!reply.ok) {
     io.err(`hapgent: ${path}: ${reply.error}; nothing was written\n`);
     return { code: reply.code === "no-instance" ? CLI_EXIT.INVALID_FILE : CLI_EXIT.USAGE };

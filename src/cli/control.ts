@@ -5,7 +5,8 @@
 import { lstat } from "node:fs/promises";
 import { connect } from "node:net";
 import { dirname } from "node:path";
-import type { ControlRequest } from "../control-protocol.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { type ControlRequest, isBusy } from "../control-protocol.js";
 import { controllerOf, walkPath } from "../path-control.js";
 
 /** Why a daemon's socket must not be used, or undefined when it may. */
@@ -37,12 +38,28 @@ export class ControlError extends Error {
   }
 }
 
-/** Sends one request and resolves with the reply object. */
-export function request(
+/** Between tries of a request the daemon was too busy to read: short, as its clients are. */
+const BUSY_RETRY_MS = 50;
+
+/**
+ * Sends one request and resolves with the reply object. A daemon busy with other clients'
+ * changes reads nothing of it, so it is sent again until `timeoutMs` has passed; then the busy
+ * reply is the answer.
+ */
+export async function request(
   path: string,
   body: ControlRequest | object,
   timeoutMs: number,
 ): Promise<unknown> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const reply = await ask(path, body, Math.max(1, deadline - Date.now()));
+    if (!isBusy(reply) || Date.now() + BUSY_RETRY_MS >= deadline) return reply;
+    await sleep(BUSY_RETRY_MS);
+  }
+}
+
+function ask(path: string, body: ControlRequest | object, timeoutMs: number): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const socket = connect(path);
     let received = "";

@@ -3,16 +3,19 @@
  * JSON object per line each way. Through it the command line reads the state and the probe ledger,
  * and changes the state: the daemon applies the change in order with signals and reloads, saves
  * it, and answers once it is saved. Bad requests get a clear error and leave the daemon unharmed;
- * clients are few, their lines short and their time bounded.
+ * clients are few, their lines short, their time bounded, and a new client is never turned away
+ * for idle ones: the one idle longest is closed to make room.
  */
 import { chmod, lstat, unlink } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
-import { type ControlRequest, parseRequest } from "../control-protocol.js";
+import type { BusyReply } from "../control-protocol.js";
+import {
+  type ControlConnection,
+  type ControlHandlers,
+  serveConnection,
+} from "./control-connection.js";
 
-export interface ControlHandlers {
-  /** Answers one valid request; the object is sent as one line. */
-  handle(request: ControlRequest): Promise<object>;
-}
+export type { ControlHandlers } from "./control-connection.js";
 
 export interface ControlServer {
   listen(): Promise<void>;
@@ -24,14 +27,16 @@ export interface ControlOptions {
   readonly handlers: ControlHandlers;
   readonly maxClients?: number;
   readonly maxLineBytes?: number;
-  /** A client silent this long is closed. */
+  /** A client that neither sends a request nor takes its reply this long is closed. */
   readonly idleMs?: number;
 }
 
 /** Plenty for scripts and operators; the agent port is where the load comes from. */
 export const MAX_CONTROL_CLIENTS = 16;
+/** The longest request, and the most of a client's input held unparsed. */
 export const MAX_CONTROL_LINE_BYTES = 64 * 1024;
-export const CONTROL_IDLE_MS = 30_000;
+/** The command line sends its request at once and reads its reply at once. */
+export const CONTROL_IDLE_MS = 5_000;
 const SOCKET_MODE = 0o660;
 
 /** A control socket that cannot be made: the reason, for the log. */
@@ -44,23 +49,18 @@ export function createControlServer({
   maxLineBytes = MAX_CONTROL_LINE_BYTES,
   idleMs = CONTROL_IDLE_MS,
 }: ControlOptions): ControlServer {
-  const clients = new Set<Socket>();
-  const server: Server = createServer((socket) => {
-    if (clients.size >= maxClients) {
-      socket.on("error", () => socket.destroy());
-      socket.setTimeout(idleMs, () => socket.destroy());
-      socket.end(
-        `${JSON.stringify({ ok: false, error: `busy: ${maxClients} clients already` })}\n`,
-      );
-      // Read to the client's end, so the connection closes once the client has the error.
-      socket.resume();
+  const clients = new Set<ControlConnection>();
+  const refused = new Set<Socket>();
+  // allowHalfOpen: a client that ends its side after its request (`nc -N`) still gets the reply.
+  const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
+    socket.on("error", () => socket.destroy());
+    if (clients.size >= maxClients && !closeIdlest(clients)) {
+      refuse(socket, refused, maxClients, idleMs);
       return;
     }
-    clients.add(socket);
-    socket.on("close", () => clients.delete(socket));
-    socket.on("error", () => socket.destroy());
-    socket.setTimeout(idleMs, () => socket.destroy());
-    serve(socket, handlers, maxLineBytes);
+    const client = serveConnection(socket, { handlers, maxLineBytes, idleMs });
+    clients.add(client);
+    socket.on("close", () => clients.delete(client));
   });
 
   return {
@@ -78,44 +78,52 @@ export function createControlServer({
     },
     close() {
       return new Promise((resolve) => {
-        for (const socket of clients) socket.destroy();
+        for (const client of clients) client.socket.destroy();
+        for (const socket of refused) socket.destroy();
         server.close(() => resolve());
       });
     },
   };
 }
 
-/** Reads requests line by line and answers each in order. */
-function serve(socket: Socket, handlers: ControlHandlers, maxLineBytes: number): void {
-  let buffered = "";
-  let busy: Promise<void> = Promise.resolve();
-  let cutOff = false;
-  const answer = (reply: object) => {
-    if (!socket.destroyed) socket.write(`${JSON.stringify(reply)}\n`);
+/**
+ * Closes the client idle longest, one whose reply the daemon is not working out; false when
+ * every client waits for one. Forgotten at once, not at its 'close', so a burst accepted in one
+ * tick closes one client each.
+ */
+function closeIdlest(clients: Set<ControlConnection>): boolean {
+  let idlest: ControlConnection | undefined;
+  for (const client of clients) {
+    if (client.answering) continue;
+    if (idlest === undefined || client.lastActiveMs < idlest.lastActiveMs) idlest = client;
+  }
+  if (idlest === undefined) return false;
+  clients.delete(idlest);
+  idlest.socket.destroy();
+  return true;
+}
+
+/**
+ * Every client is waiting for a change to be saved: the newcomer is told so at once, and its
+ * request is never read (the command line tries again). Its input is read to its end and dropped,
+ * since closing over unread data would reset the connection and could lose the line; at most
+ * `maxClients` such wait for that, each at most `idleMs`.
+ */
+function refuse(socket: Socket, refused: Set<Socket>, maxClients: number, idleMs: number): void {
+  if (refused.size >= maxClients) {
+    socket.destroy();
+    return;
+  }
+  refused.add(socket);
+  socket.on("close", () => refused.delete(socket));
+  socket.setTimeout(idleMs, () => socket.destroy());
+  const reply: BusyReply = {
+    ok: false,
+    code: "busy",
+    error: `busy: ${maxClients} clients are waiting for their replies`,
   };
-  socket.setEncoding("utf8");
-  socket.on("data", (chunk: string) => {
-    // Past a line too long, what the client sends is read to its end and dropped.
-    if (cutOff) return;
-    buffered += chunk;
-    if (Buffer.byteLength(buffered) > maxLineBytes && !buffered.includes("\n")) {
-      cutOff = true;
-      buffered = "";
-      answer({ ok: false, error: `request longer than ${maxLineBytes} bytes` });
-      socket.end();
-      return;
-    }
-    for (let end = buffered.indexOf("\n"); end >= 0; end = buffered.indexOf("\n")) {
-      const line = buffered.slice(0, end);
-      buffered = buffered.slice(end + 1);
-      if (line.trim() === "") continue;
-      busy = busy.then(async () => {
-        const parsed = parseRequest(line);
-        if (!parsed.ok) return answer({ ok: false, error: parsed.reason });
-        answer(await handlers.handle(parsed.request));
-      });
-    }
-  });
+  socket.end(`${JSON.stringify(reply)}\n`);
+  socket.resume();
 }
 
 /**
