@@ -190,6 +190,8 @@ interface HaproxySpec {
   agentPort: number;
   backends: readonly BackendSpec[];
   agentInterMs?: number;
+  /** The address its checks and agent checks leave from (a loopback address of its own). */
+  source?: string;
 }
 
 /** Starts every build of HAPROXIES on the same configuration, polling the same agent. */
@@ -220,7 +222,7 @@ export async function startHaproxy(
 export async function startOne(
   t: { after: (fn: () => Promise<void>) => void },
   build: HaproxyBuild,
-  { agentPort, backends, agentInterMs = 100 }: HaproxySpec,
+  { agentPort, backends, agentInterMs = 100, source }: HaproxySpec,
 ): Promise<Haproxy> {
   const dir = await tempDir(t);
   const socketPath = join(dir, "admin.sock");
@@ -246,6 +248,7 @@ export async function startOne(
         `    server ${server.name} 127.0.0.1:${checkPort} weight ${server.weight}`,
         server.check ? "check inter 100ms" : "",
         `agent-check agent-addr 127.0.0.1 agent-port ${agentPort} agent-inter ${agentInterMs}ms`,
+        source === undefined ? "" : `source ${source}`,
         server.send === undefined ? "" : `agent-send "${server.send}\\n"`,
       ];
       lines.push(parts.filter(Boolean).join(" "));

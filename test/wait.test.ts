@@ -63,16 +63,34 @@ describe("--wait: every load balancer that polls has heard the change", () => {
     assert.match(none.stdout, /no load balancer is polling this agent: nothing to wait for/);
   });
 
-  test("one that never hears (it resets every probe) is named at the timeout, exit 8", async (t) => {
+  test("one that resets each probe once it has read the line, as HAProxy does, has heard", async (t) => {
     const d = await startDaemon(t);
-    const deaf = poller(d.port, "127.0.0.4", 100, { reset: true });
+    const lb = poller(d.port, "127.0.0.5", 100, { reset: true });
+    t.after(() => lb.stop());
+    await waitFor("learnt", () => (lb.probes > 3 ? true : undefined));
+    const result = await cliFor(d, "drain", "--wait", "--wait-timeout", "5");
+    assert.equal(result.code, CLI_EXIT.OK, result.stdout + result.stderr);
+    assert.match(result.stdout, /127\.0\.0\.5 (heard|hears) "up drain 100%"/);
+  });
+
+  test("one that never hears (it never closes a probe) is named at the timeout, exit 8", async (t) => {
+    const d = await startDaemon(t);
+    // The agent learns of a probe when it closes: here, when the agent cuts it at its 2 s linger,
+    // so it polls slowly enough that a probe learnt that late is not one that stopped polling.
+    const deaf = poller(d.port, "127.0.0.4", 1500, { deaf: true });
     t.after(() => deaf.stop());
-    await waitFor("learnt", () => (deaf.probes > 3 ? true : undefined));
-    const result = await cliFor(d, "maint", "--wait", "--wait-timeout", "1.5");
+    await waitFor("learnt", async () => {
+      const status = JSON.parse((await cliFor(d, "status", "--json")).stdout);
+      const pollers = (status.loadBalancers ?? []) as { address: string; intervalMs: number }[];
+      return pollers.some((p) => p.address === "127.0.0.4" && p.intervalMs !== null)
+        ? true
+        : undefined;
+    });
+    const result = await cliFor(d, "maint", "--wait", "--wait-timeout", "3");
     assert.equal(result.code, CLI_EXIT.NOT_HEARD, result.stdout + result.stderr);
     assert.match(
       result.stderr,
-      /1 of 1 load balancers did not hear the new state within 1\.5 s: 127\.0\.0\.4 \(polls every 0\.1 s\)/,
+      /1 of 1 load balancers did not hear the new state within 3\.0 s: 127\.0\.0\.4 \(polls every 1\.\d s\)/,
     );
     assert.equal(await d.readState(), '{"status":"MAINT"}\n', "the change itself was made");
   });

@@ -2,8 +2,8 @@
  * The probe ledger: every load balancer that polls the agent, keyed by its source address and the
  * service it asks for, with when it was first and last seen, how often it polls (learnt from the
  * gaps between its probes), what it was last given, and what it last *heard*: a reply counts as
- * heard only once the peer has closed the connection after the whole line went out (HAProxy closes
- * once it has read it), never when it is merely written.
+ * heard only once the peer has closed the connection, with a FIN or a reset, after the whole line
+ * went out (HAProxy closes once it has read it), never when it is merely written.
  *
  * A load balancer that stops polling is forgotten after a few of its intervals, so nothing waits on
  * it forever. Memory is bounded, and a scan from many addresses cannot push out the load balancers
@@ -34,7 +34,7 @@ export interface Poller {
 export interface Ledger {
   /**
    * A probe from `address` for `service`, accepted at `atMs`, was given `reply`, and `heard` it
-   * when the peer closed after the whole reply went out. Told once the connection is closed.
+   * when the peer closed (FIN or reset) after the whole reply went out. Told once it is closed.
    */
   record(address: string, service: string, reply: Uint8Array, atMs: number, heard: boolean): void;
   /** Load balancers polling now (forgetting those that stopped), established ones first. */
