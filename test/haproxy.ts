@@ -18,6 +18,8 @@ export interface ServerSpec {
   readonly check?: boolean;
   /** Text sent with agent-send (a `\n` is appended). */
   readonly send?: string;
+  /** maxconn on the server line in haproxy.cfg. */
+  readonly maxconn?: number;
 }
 
 export interface BackendSpec {
@@ -247,6 +249,7 @@ export async function startOne(
       const parts = [
         `    server ${server.name} 127.0.0.1:${checkPort} weight ${server.weight}`,
         server.check ? "check inter 100ms" : "",
+        server.maxconn === undefined ? "" : `maxconn ${server.maxconn}`,
         `agent-check agent-addr 127.0.0.1 agent-port ${agentPort} agent-inter ${agentInterMs}ms`,
         source === undefined ? "" : `source ${source}`,
         server.send === undefined ? "" : `agent-send "${server.send}\\n"`,

@@ -66,6 +66,7 @@ function poller(
     lastGiven: undefined,
     lastHeard: undefined,
     lastHeardMs: undefined,
+    heldMaxconn: undefined,
     established,
   };
 }
