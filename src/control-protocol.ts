@@ -49,6 +49,13 @@ export interface PollerView {
   readonly heardAgoMs: number | null;
   /** Whether what it last heard is what it would be given now. */
   readonly current: boolean;
+  /** The last maxconn word it heard, which HAProxy holds until another; null for none heard. */
+  readonly heldMaxconn?: number | null;
+  /**
+   * The held maxconn when the reply now says none (haproxy.cfg's): HAProxy keeps it, so the agent
+   * and HAProxy disagree; null otherwise. Absent from a daemon older than this field.
+   */
+  readonly keptMaxconn?: number | null;
 }
 
 /** The agent's own checks, as the daemon reports them (none without a checks file). */

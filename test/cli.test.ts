@@ -42,7 +42,12 @@ describe("hapgent set and its short forms", () => {
       '{"status":"FAIL","weight":0,"maxconn":9}\n',
       "fail ready 0% maxconn:9",
     ],
-    [["set", "UP", "--no-weight", "--no-maxconn"], '{"status":"UP"}\n', "up ready 100%"],
+    // --no-maxconn is no limit, said as maxconn:0: HAProxy keeps a limit a reply leaves out.
+    [
+      ["set", "UP", "--no-weight", "--no-maxconn"],
+      '{"status":"UP","maxconn":0}\n',
+      "up ready 100% maxconn:0",
+    ],
     [
       ["down", "--description", "deploy 1.4.2", "--maxconn", "65535"],
       '{"status":"DOWN","weight":30,"maxconn":65535,"description":"deploy 1.4.2"}\n',
@@ -343,6 +348,50 @@ describe("hapgent status", () => {
     assert.deepEqual(
       [parsed.reply, parsed.expectedReply, parsed.agree],
       ["up ready 100%", "down ready 100%", false],
+    );
+  });
+
+  test("a maxconn a load balancer heard and the edited file dropped disagrees, naming it", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"UP","maxconn":10}' });
+    // A probe without the command line's mark: a load balancer, which heard maxconn:10.
+    assert.equal(await d.probe(), "up ready 100% maxconn:10\n");
+    await writeFile(d.stateFile, '{"status":"UP"}');
+    d.signal("SIGHUP");
+    await d.waitForReply("up ready 100%\n");
+    // It has heard the new reply too, which says no maxconn: HAProxy still holds 10.
+    assert.equal(await d.probe(), "up ready 100%\n");
+    const text = await cli(d, "status");
+    assert.equal(text.code, CLI_EXIT.NOT_CONFIRMED, text.stdout + text.stderr);
+    assert.match(
+      text.stdout,
+      /^note {8}127\.0\.0\.1 HOLDS maxconn:10 from an earlier reply: the reply says no maxconn, which HAProxy does not read as haproxy\.cfg's; hapgent set UP --maxconn 0 \(or --no-maxconn\) lifts it$/m,
+    );
+    assert.match(text.stdout, /^agreement {3}NO$/m);
+    const json = JSON.parse((await cli(d, "status", "--json")).stdout);
+    assert.equal(json.agree, false);
+    assert.deepEqual(
+      json.loadBalancers.map((p: { heldMaxconn: number; keptMaxconn: number }) => [
+        p.heldMaxconn,
+        p.keptMaxconn,
+      ]),
+      [[10, 10]],
+    );
+    // The fix the note names: the reply says maxconn:0, and once heard all agree.
+    const lifted = await cli(d, "set", "UP", "--no-maxconn");
+    assert.equal(lifted.code, CLI_EXIT.OK, lifted.stderr);
+    assert.equal(await d.probe(), "up ready 100% maxconn:0\n");
+    const after = await cli(d, "status");
+    assert.equal(after.code, CLI_EXIT.OK, after.stdout + after.stderr);
+    assert.doesNotMatch(after.stdout, /HOLDS/);
+    // No limit held, and the file drops maxconn again: HAProxy keeps none, not haproxy.cfg's.
+    await writeFile(d.stateFile, '{"status":"UP"}');
+    d.signal("SIGHUP");
+    await d.waitForReply("up ready 100%\n");
+    const none = await cli(d, "status");
+    assert.equal(none.code, CLI_EXIT.NOT_CONFIRMED, none.stdout + none.stderr);
+    assert.match(
+      none.stdout,
+      /^note {8}127\.0\.0\.1 HOLDS maxconn:0 \(no limit\) from an earlier reply: .*; hapgent set UP --maxconn N says the limit you want, --maxconn 0 \(or --no-maxconn\) agrees with none$/m,
     );
   });
 

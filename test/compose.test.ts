@@ -95,3 +95,22 @@ test("answerFor: an instance check reaches every service but never loosens one; 
   const ghost = { instance: [], services: new Map([["ghost", [down]]]) };
   assert.equal(reply(answerFor(state, "ghost", ghost)), "up ready 100%\n");
 });
+
+test("compose: maxconn 0 is no limit, lowered by any limit and lowering none", () => {
+  const cases: [own: number | undefined, verdict: number | undefined, got: number | undefined][] = [
+    [undefined, 10, 10],
+    [300, 10, 10],
+    [10, 300, 10],
+    [0, 10, 10],
+    [300, 0, 300],
+    [undefined, 0, undefined],
+    [0, 0, 0],
+  ];
+  for (const [own, verdict, got] of cases) {
+    const operator = { status: "UP", ...(own === undefined ? {} : { maxconn: own }) } as const;
+    const composed = compose(operator, [
+      { status: "UP", ...(verdict === undefined ? {} : { maxconn: verdict }), description: "f" },
+    ]);
+    assert.equal(composed.maxconn, got, `operator ${own}, verdict ${verdict}`);
+  }
+});

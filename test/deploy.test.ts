@@ -8,6 +8,8 @@
  * (a) The signal flow (`pkill -USR2 hapgent`, stop at once) loses requests: the drill can fail.
  * (b) `hapgent drain --wait --idle PORT`, stop, restart, `hapgent up --wait` loses none.
  * (c) A load balancer that stops polling during `--wait` is reported and does not hang it.
+ * (d) At the README's `agent-inter 2s`, every step of a run of deploys hears its state, though
+ *     HAProxy closes most agent checks with a reset.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -17,7 +19,7 @@ import type { Socket } from "node:net";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/exit.js";
-import { HAPROXIES, type HaproxyBuild, SKIP_HAPROXY } from "./haproxy.js";
+import { HAPROXIES, type HaproxyBuild, SKIP_HAPROXY, startOne, type View } from "./haproxy.js";
 import { cliFor, type Daemon, freePort, startDaemon, tempDir, waitFor } from "./helpers.js";
 
 const AGENT_INTER_MS = 200;
@@ -235,5 +237,68 @@ describe("deploys through real HAProxy", { skip: SKIP_HAPROXY }, () => {
     assert.match(drained.stdout, /127\.0\.0\.3 stopped polling/);
     assert.ok(Date.now() - began < 8000, `took ${Date.now() - began} ms`);
     await clients.stop();
+  });
+});
+
+describe("--wait at the README's agent-inter 2s", { skip: SKIP_HAPROXY }, () => {
+  test("14 alternating drain --wait --idle / up --wait steps all exit 0; HAProxy agrees after each", async (t) => {
+    const d = await startDaemon(t);
+    // Every supported version, each from its own address, so the ledger tells them apart.
+    const sources = HAPROXIES.map((_, i) => `127.0.0.${i + 2}`);
+    const each = await Promise.all(
+      HAPROXIES.map((build, i) =>
+        startOne(t, build, {
+          agentPort: d.port,
+          agentInterMs: 2000,
+          source: sources[i] as string,
+          backends: [{ name: "be", servers: [{ name: "web1", weight: 100 }] }],
+        }),
+      ),
+    );
+    t.diagnostic(
+      `load balancers: ${HAPROXIES.map((b, i) => `${b.label} from ${sources[i]}`).join(", ")}`,
+    );
+    await waitFor(
+      "every HAProxy polling",
+      async () => {
+        const status = await cliFor(d, "status", "--json");
+        const pollers = (JSON.parse(status.stdout).loadBalancers ?? []) as { address: string }[];
+        return sources.every((a) => pollers.some((p) => p.address === a)) ? true : undefined;
+      },
+      15_000,
+    );
+    // Nothing listens on the service's port here: --idle runs, and finds it idle at once.
+    const port = await freePort();
+    const drained = (view: View) => (view["be/web1"]?.adminState ?? 0) & 0x08;
+    for (let step = 0; step < 14; step++) {
+      const draining = step % 2 === 0;
+      // Four intervals: the command reports before the test's 10 s limit on a command's run.
+      const wait = ["--wait", "--wait-timeout", "8"];
+      const args = draining ? ["drain", ...wait, "--idle", String(port)] : ["up", ...wait];
+      const result = await cliFor(d, ...args);
+      assert.equal(
+        result.code,
+        CLI_EXIT.OK,
+        `step ${step} (${args.join(" ")}): ${result.stdout}${result.stderr}`,
+      );
+      const word = draining ? "up drain 100%" : "up ready 100%";
+      for (const source of sources) {
+        assert.match(
+          result.stdout,
+          new RegExp(`${source.replaceAll(".", "\\.")} (heard|hears) "${word}"`),
+        );
+      }
+      if (draining) assert.match(result.stdout, new RegExp(`port ${port}: 0 connections open`));
+      // What --wait said heard, HAProxy shows at once: show servers state's admin bits.
+      for (const h of each) {
+        const view = await h.view();
+        assert.equal(
+          Boolean(drained(view)),
+          draining,
+          `step ${step}, ${h.build.label}: ${JSON.stringify(view["be/web1"])}`,
+        );
+        assert.equal(view["be/web1"]?.opState, 2, `${h.build.label}: ${JSON.stringify(view)}`);
+      }
+    }
   });
 });

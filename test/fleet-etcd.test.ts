@@ -88,7 +88,13 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
       shown.stdout,
       /^note {8}the fleet decides: the file alone would answer up ready 80%$/m,
     );
-    assert.match(shown.stdout, /^agreement {3}yes$/m);
+    // The probes above heard the fleet's maxconn:20, which no reply since lifted: HAProxy would
+    // still hold it, so the reply alone is no agreement.
+    assert.match(
+      shown.stdout,
+      /^note {8}127\.0\.0\.1 HOLDS maxconn:20 from an earlier reply: .*; hapgent set UP --maxconn 0 \(or --no-maxconn\) lifts it$/m,
+    );
+    assert.match(shown.stdout, /^agreement {3}NO$/m);
     // Only the operator's changes reached the file.
     assert.doesNotMatch(await d.readRawState(), /fleet|DOWN|DRAIN/);
     assert.notEqual(raw, await d.readRawState());

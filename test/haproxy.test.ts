@@ -19,7 +19,7 @@ import {
   startHaproxy,
   type View,
 } from "./haproxy.js";
-import { type Daemon, runHapgent, startDaemon, tempDir } from "./helpers.js";
+import { cliFor, type Daemon, runHapgent, startDaemon, tempDir } from "./helpers.js";
 
 /** Configured weights 1, 100 and 200; with and without HAProxy's own check and agent-send. */
 const BACKENDS: readonly BackendSpec[] = [
@@ -93,6 +93,18 @@ async function setFile(d: Daemon, content: string) {
   d.signal("SIGHUP");
 }
 
+/** BACKENDS and a server with maxconn 50 in haproxy.cfg. */
+const WITH_LIMIT: readonly BackendSpec[] = [
+  ...BACKENDS,
+  { name: "be_c", servers: [{ name: "c50", weight: 100, maxconn: 50 }] },
+];
+
+/** Every server of WITH_LIMIT shows `value` as its maxconn ("" for none). */
+function maxconnIs(value: string) {
+  return (view: View) =>
+    [...CONFIGURED.keys(), "be_c/c50"].every((key) => view[key]?.maxconn === value);
+}
+
 /** An Eulerian circuit of the complete directed graph with loops: every ordered pair once. */
 function everyTransition(n: number): number[] {
   const remaining = Array.from({ length: n }, () => Array.from({ length: n }, (_, i) => i));
@@ -155,20 +167,45 @@ describe("HAProxy follows hapgent", { skip: SKIP_HAPROXY }, () => {
     }
   });
 
-  test("maxconn is set, changed, and left alone when absent", async (t) => {
+  test("maxconn is set, changed, and lifted by --no-maxconn, haproxy.cfg's too", async (t) => {
     const d = await startDaemon(t, { state: '{"status":"UP"}' });
-    const h = await startHaproxy(t, { agentPort: d.port, backends: BACKENDS });
-    const maxconnIs = (value: string) => (view: View) =>
-      [...CONFIGURED.keys()].every((key) => view[key]?.maxconn === value);
-    assert.ok((await h.views()).every(maxconnIs("")), "no maxconn configured at first");
-    await setFile(d, '{"status":"UP","maxconn":10}');
+    const h = await startHaproxy(t, { agentPort: d.port, backends: WITH_LIMIT });
+    const set = await cliFor(d, "set", "UP", "--maxconn", "10");
+    assert.equal(set.code, 0, set.stderr);
     await h.waitUntil("maxconn 10", maxconnIs("10"));
     await setFile(d, '{"status":"UP","maxconn":20}');
     await h.waitUntil("maxconn 20", maxconnIs("20"));
-    // Without maxconn the reply does not mention it; a weight change proves new replies arrived.
-    await setFile(d, '{"status":"UP","weight":50}');
-    const views = await h.waitUntil("weight 50% applied", allShow("UP", 50));
-    assert.ok(views.every(maxconnIs("20")), JSON.stringify(views));
+    // --no-maxconn says maxconn:0: no limit, on every server, the one with maxconn 50 included.
+    const lifted = await cliFor(d, "up", "--no-maxconn");
+    assert.equal(lifted.code, 0, lifted.stderr);
+    await h.waitUntil("no limit", maxconnIs(""));
+    assert.equal(await d.readState(), '{"status":"UP","maxconn":0}\n');
+    const status = await cliFor(d, "status");
+    assert.equal(status.code, 0, status.stdout + status.stderr);
+    assert.match(status.stdout, /^agreement {3}yes$/m);
+  });
+
+  test("without maxconn haproxy.cfg's stands; a file that drops one leaves it held, and status says so", async (t) => {
+    const d = await startDaemon(t, { state: '{"status":"UP","weight":50}' });
+    const h = await startHaproxy(t, { agentPort: d.port, backends: WITH_LIMIT });
+    // Replies arrived (the weight) and, saying no maxconn, left haproxy.cfg's alone.
+    for (const view of await h.waitUntil("weight 50% applied", allShow("UP", 50))) {
+      assert.equal(view["be_c/c50"]?.maxconn, "50", JSON.stringify(view));
+      assert.equal(view["be_a/w1"]?.maxconn, "", JSON.stringify(view));
+    }
+    await setFile(d, '{"status":"UP","maxconn":10}');
+    await h.waitUntil("maxconn 10", maxconnIs("10"));
+    // An edit drops maxconn: the reply says none, and HAProxy keeps 10 (a weight proves it heard).
+    await setFile(d, '{"status":"UP"}');
+    const views = await h.waitUntil("weight 100% applied", allShow("UP", 100));
+    assert.ok(views.every(maxconnIs("10")), JSON.stringify(views));
+    const status = await cliFor(d, "status");
+    assert.equal(status.code, 4, status.stdout + status.stderr);
+    assert.match(
+      status.stdout,
+      /^note {8}127\.0\.0\.1 HOLDS maxconn:10 from an earlier reply: .*; hapgent set UP --maxconn 0 \(or --no-maxconn\) lifts it$/m,
+    );
+    assert.match(status.stdout, /^agreement {3}NO$/m);
   });
 
   test("the classic deploy flow: missing file, USR1 in, USR2 out within two intervals, USR1 back", async (t) => {

@@ -18,6 +18,8 @@ export interface ServerSpec {
   readonly check?: boolean;
   /** Text sent with agent-send (a `\n` is appended). */
   readonly send?: string;
+  /** maxconn on the server line in haproxy.cfg. */
+  readonly maxconn?: number;
 }
 
 export interface BackendSpec {
@@ -190,6 +192,8 @@ interface HaproxySpec {
   agentPort: number;
   backends: readonly BackendSpec[];
   agentInterMs?: number;
+  /** The address its checks and agent checks leave from (a loopback address of its own). */
+  source?: string;
 }
 
 /** Starts every build of HAPROXIES on the same configuration, polling the same agent. */
@@ -220,7 +224,7 @@ export async function startHaproxy(
 export async function startOne(
   t: { after: (fn: () => Promise<void>) => void },
   build: HaproxyBuild,
-  { agentPort, backends, agentInterMs = 100 }: HaproxySpec,
+  { agentPort, backends, agentInterMs = 100, source }: HaproxySpec,
 ): Promise<Haproxy> {
   const dir = await tempDir(t);
   const socketPath = join(dir, "admin.sock");
@@ -245,7 +249,9 @@ export async function startOne(
       const parts = [
         `    server ${server.name} 127.0.0.1:${checkPort} weight ${server.weight}`,
         server.check ? "check inter 100ms" : "",
+        server.maxconn === undefined ? "" : `maxconn ${server.maxconn}`,
         `agent-check agent-addr 127.0.0.1 agent-port ${agentPort} agent-inter ${agentInterMs}ms`,
+        source === undefined ? "" : `source ${source}`,
         server.send === undefined ? "" : `agent-send "${server.send}\\n"`,
       ];
       lines.push(parts.filter(Boolean).join(" "));

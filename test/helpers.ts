@@ -27,7 +27,7 @@ import {
   stat,
   writeFile,
 } from "node:fs/promises";
-import { connect, createServer } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after } from "node:test";
@@ -689,29 +689,44 @@ export function missing(
 
 /**
  * A load balancer as HAProxy polls: connect to `port` from `address` (a loopback address of its
- * own), read the line, close, every `everyMs`. `reset` ends each probe with RST instead, so the
- * agent never counts a reply as heard.
+ * own), read the line, close, every `everyMs`. `reset` closes each probe with RST once the line is
+ * read, as HAProxy closes its checks (SO_LINGER 0) unless it saw the agent's FIN first. `deaf`
+ * never closes: each probe stays open until the agent cuts it, so the agent never counts a reply
+ * as heard.
  */
 export function poller(
   port: number,
   address: string,
   everyMs: number,
-  { reset = false }: { reset?: boolean } = {},
+  { reset = false, deaf = false }: { reset?: boolean; deaf?: boolean } = {},
 ) {
   let running = true;
   let probes = 0;
+  const open = new Set<Socket>();
   const loop = (async () => {
     while (running) {
-      await new Promise<void>((resolve) => {
-        const socket = connect({ host: "127.0.0.1", port, localAddress: address });
+      const closed = new Promise<void>((resolve) => {
+        // Half open when deaf: Node would otherwise answer the agent's FIN with its own.
+        const socket = connect({
+          host: "127.0.0.1",
+          port,
+          localAddress: address,
+          allowHalfOpen: deaf,
+        });
+        open.add(socket);
         socket.on("data", () => {
           if (reset) socket.resetAndDestroy();
         });
-        socket.on("end", () => socket.end());
-        socket.on("close", () => resolve());
-        socket.on("error", () => resolve());
+        // Deaf, a probe counts once its reply came: the agent's FIN is the last it says.
+        socket.on("end", () => (deaf ? probes++ : socket.end()));
+        socket.on("close", () => {
+          open.delete(socket);
+          if (!deaf) probes++;
+          resolve();
+        });
+        socket.on("error", () => {});
       });
-      probes++;
+      if (!deaf) await closed;
       await new Promise((resolve) => setTimeout(resolve, everyMs));
     }
   })();
@@ -722,6 +737,7 @@ export function poller(
     async stop() {
       running = false;
       await loop;
+      for (const socket of open) socket.destroy();
     },
   };
 }

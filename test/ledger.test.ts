@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { createLedger } from "../src/daemon/ledger.js";
+import { createLedger, heldMaxconn, keptMaxconn } from "../src/daemon/ledger.js";
 
 const line = (text: string) => new TextEncoder().encode(text);
 const UP = line("up ready 100%\n");
@@ -165,4 +165,53 @@ test("an address seen once is dropped after 10 minutes, or sooner when newer one
     ledger.pollers().map((p) => p.address),
     ["b", "c"],
   );
+});
+
+test("heldMaxconn: a reply's maxconn word replaces the one held; a reply without one keeps it", () => {
+  const cases: [held: number | undefined, reply: string, after: number | undefined][] = [
+    [undefined, "up ready 100%\n", undefined],
+    [undefined, "up ready 100% maxconn:10\n", 10],
+    [10, "up ready 100% maxconn:20\n", 20],
+    [20, "up ready 100%\n", 20],
+    [20, "up ready 100% maxconn:0\n", 0],
+    [0, "down ready 50%\n", 0],
+    // A description is not read by HAProxy as commands.
+    [7, "up ready 100% # maxconn:99\n", 7],
+    [undefined, "maint 100% maxconn:65535 # deploy\n", 65535],
+  ];
+  for (const [held, reply, after] of cases) {
+    assert.equal(heldMaxconn(held, line(reply)), after, `${held} then ${JSON.stringify(reply)}`);
+  }
+});
+
+test("keptMaxconn: the held limit HAProxy keeps only when the current reply says none", () => {
+  const cases: [held: number | undefined, current: string, kept: number | undefined][] = [
+    [undefined, "up ready 100%\n", undefined],
+    [10, "up ready 100%\n", 10],
+    [0, "up ready 100%\n", 0],
+    [10, "up ready 100% maxconn:0\n", undefined],
+    [10, "up ready 100% maxconn:10\n", undefined],
+    [10, "up ready 100% # maxconn:10\n", 10],
+  ];
+  for (const [held, current, kept] of cases) {
+    assert.equal(keptMaxconn(held, line(current)), kept, `${held} now ${JSON.stringify(current)}`);
+  }
+});
+
+test("the ledger holds the last maxconn heard, per load balancer, not one only given", () => {
+  const c = clock();
+  const ledger = createLedger({ now: c.now });
+  const limited = line("up ready 100% maxconn:10\n");
+  ledger.record("10.0.0.5", "", limited, c.now(), true);
+  ledger.record("10.0.0.6", "", limited, c.now(), false);
+  c.advance(2000);
+  ledger.record("10.0.0.5", "", UP, c.now(), true);
+  ledger.record("10.0.0.6", "", UP, c.now(), true);
+  // A late close of an older probe changes nothing it heard since.
+  ledger.record("10.0.0.5", "", line("up ready 100% maxconn:3\n"), c.now() - 1000, true);
+  const held = Object.fromEntries(ledger.pollers().map((p) => [p.address, p.heldMaxconn]));
+  assert.deepEqual(held, { "10.0.0.5": 10, "10.0.0.6": undefined });
+  c.advance(2000);
+  ledger.record("10.0.0.5", "", line("up ready 100% maxconn:0\n"), c.now(), true);
+  assert.equal(ledger.pollers().find((p) => p.address === "10.0.0.5")?.heldMaxconn, 0);
 });

@@ -79,6 +79,7 @@ function poller(
     lastGiven: undefined,
     lastHeard: undefined,
     lastHeardMs: undefined,
+    heldMaxconn: undefined,
     established,
   };
 }

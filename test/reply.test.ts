@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { reply } from "../src/core/reply.js";
+import { maxconnWord, reply } from "../src/core/reply.js";
 import { STATUSES, type State } from "../src/core/state.js";
 import { INTENDED as EXPECTED, readAgentReply } from "./haproxy-reply.js";
 
@@ -51,5 +51,19 @@ describe("reply", () => {
         });
       }
     }
+  }
+});
+
+test("maxconnWord reads the maxconn a reply says, none in a description", () => {
+  const cases: [State, number | undefined][] = [
+    [{ status: "UP" }, undefined],
+    [{ status: "UP", maxconn: 0 }, 0],
+    [{ status: "DOWN", maxconn: 10, weight: 5 }, 10],
+    [{ status: "MAINT", maxconn: 65535, description: "x" }, 65535],
+    [{ status: "UP", description: "maxconn:10" }, undefined],
+    [{ status: "DRAIN", reason: "a # maxconn:3" }, undefined],
+  ];
+  for (const [state, word] of cases) {
+    assert.equal(maxconnWord(reply(state)), word, JSON.stringify(state));
   }
 });

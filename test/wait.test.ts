@@ -8,7 +8,97 @@ import { connect, createServer, type Socket } from "node:net";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/exit.js";
-import { cliFor, collect, poller, spawnHapgent, startDaemon, tempDir, waitFor } from "./helpers.js";
+import {
+  cliFor,
+  collect,
+  type Daemon,
+  type Finished,
+  poller,
+  spawnHapgent,
+  startDaemon,
+  tempDir,
+  waitFor,
+} from "./helpers.js";
+
+/** One probe as HAProxy makes it, from `address`: read the line, close. */
+function probeOnce(port: number, address: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: "127.0.0.1", port, localAddress: address });
+    socket.on("end", () => socket.end());
+    socket.on("close", () => resolve());
+    socket.on("error", reject);
+    socket.resume();
+  });
+}
+
+/**
+ * A load balancer the test drives: three probes LEARN_GAP_MS apart teach the ledger its interval,
+ * so the command counts it as stopped only 9 s after its last probe: time for a loaded machine to
+ * start the command, fill the socket or restart the daemon before the next probe.
+ */
+const LEARN_GAP_MS = 3000;
+async function learnt(d: Daemon, address: string): Promise<void> {
+  for (let i = 0; i < 3; i++) {
+    if (i > 0) await new Promise((resolve) => setTimeout(resolve, LEARN_GAP_MS));
+    await probeOnce(d.port, address);
+  }
+}
+
+/** `hapgent ARGS` against `d`, its output watched as it comes. */
+function watched(d: Daemon, args: string[]) {
+  const child = spawnHapgent(args, {
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_IP: "127.0.0.1",
+      HAPGENT_PORT: String(d.port),
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  child.stdout?.on("data", (chunk: Buffer) => {
+    output += chunk;
+  });
+  child.stderr?.on("data", (chunk: Buffer) => {
+    output += chunk;
+  });
+  const done: Promise<Finished> = collect(child, 40_000);
+  return {
+    done,
+    until: (pattern: RegExp) =>
+      waitFor(`${args.join(" ")} to say ${pattern}`, () => pattern.exec(output)?.[0], 20_000).catch(
+        (err: Error) => {
+          throw new Error(`${err.message}; it said:\n${output}`);
+        },
+      ),
+  };
+}
+
+/** Connects to the control socket until it answers busy; returns the clients that hold it. */
+async function fillUntilBusy(path: string): Promise<Socket[]> {
+  const held: Socket[] = [];
+  for (let i = 0; i < 1000; i++) {
+    const socket = connect({ path });
+    socket.on("error", () => {});
+    const said = await new Promise<string>((resolve) => {
+      let text = "";
+      socket.on("data", (chunk: Buffer) => {
+        text += chunk;
+        if (text.includes("\n")) resolve(text);
+      });
+      // A client held is one the daemon keeps, silent: it waits for a request.
+      setTimeout(() => resolve(""), 200);
+    });
+    if (said === "") {
+      held.push(socket);
+      continue;
+    }
+    socket.destroy();
+    assert.match(said, /"ok":false.*busy/, "the socket refuses a client with its busy reply");
+    return held;
+  }
+  throw new Error("the control socket never said busy");
+}
 
 describe("--wait: every load balancer that polls has heard the change", () => {
   test("each is named as it hears, then the command returns", async (t) => {
@@ -63,18 +153,88 @@ describe("--wait: every load balancer that polls has heard the change", () => {
     assert.match(none.stdout, /no load balancer is polling this agent: nothing to wait for/);
   });
 
-  test("one that never hears (it resets every probe) is named at the timeout, exit 8", async (t) => {
+  test("one that resets each probe once it has read the line, as HAProxy does, has heard", async (t) => {
     const d = await startDaemon(t);
-    const deaf = poller(d.port, "127.0.0.4", 100, { reset: true });
+    const lb = poller(d.port, "127.0.0.5", 100, { reset: true });
+    t.after(() => lb.stop());
+    await waitFor("learnt", () => (lb.probes > 3 ? true : undefined));
+    const result = await cliFor(d, "drain", "--wait", "--wait-timeout", "5");
+    assert.equal(result.code, CLI_EXIT.OK, result.stdout + result.stderr);
+    assert.match(result.stdout, /127\.0\.0\.5 (heard|hears) "up drain 100%"/);
+  });
+
+  test("one that never hears (it never closes a probe) is named at the timeout, exit 8", async (t) => {
+    const d = await startDaemon(t);
+    // The agent learns of a probe when it closes: here, when the agent cuts it at its 2 s linger,
+    // so it polls slowly enough that a probe learnt that late is not one that stopped polling.
+    const deaf = poller(d.port, "127.0.0.4", 1500, { deaf: true });
     t.after(() => deaf.stop());
-    await waitFor("learnt", () => (deaf.probes > 3 ? true : undefined));
-    const result = await cliFor(d, "maint", "--wait", "--wait-timeout", "1.5");
+    await waitFor("learnt", async () => {
+      const status = JSON.parse((await cliFor(d, "status", "--json")).stdout);
+      const pollers = (status.loadBalancers ?? []) as { address: string; intervalMs: number }[];
+      return pollers.some((p) => p.address === "127.0.0.4" && p.intervalMs !== null)
+        ? true
+        : undefined;
+    });
+    const result = await cliFor(d, "maint", "--wait", "--wait-timeout", "3");
     assert.equal(result.code, CLI_EXIT.NOT_HEARD, result.stdout + result.stderr);
     assert.match(
       result.stderr,
-      /1 of 1 load balancers did not hear the new state within 1\.5 s: 127\.0\.0\.4 \(polls every 0\.1 s\)/,
+      /1 of 1 load balancers did not hear the new state within 3\.0 s: 127\.0\.0\.4 \(polls every 1\.\d s\)/,
     );
     assert.equal(await d.readState(), '{"status":"MAINT"}\n', "the change itself was made");
+  });
+
+  test("a busy control socket is asked again until the load balancer has heard", async (t) => {
+    const dir = await tempDir(t);
+    const path = join(dir, "control.sock");
+    const d = await startDaemon(t, { env: { HAPGENT_CONTROL_SOCKET: path } });
+    await learnt(d, "127.0.0.6");
+    const cli = watched(d, ["drain", "--wait", "--wait-timeout", "30"]);
+    await cli.until(/answers: up drain 100%/);
+    const held = await fillUntilBusy(path);
+    await cli.until(/note: the control socket .* is busy \(.*busy.*\); still waiting\n/);
+    for (const socket of held) socket.destroy();
+    await probeOnce(d.port, "127.0.0.6");
+    const result = await cli.done;
+    assert.equal(result.code, CLI_EXIT.OK, result.stdout + result.stderr);
+    assert.match(result.stdout, /127\.0\.0\.6 heard "up drain 100%" after \d+\.\d s \(1 of 1\)/);
+  });
+
+  test("a daemon restarted during the wait is waited for; its new ledger says who heard", async (t) => {
+    const dir = await tempDir(t);
+    const env = { HAPGENT_CONTROL_SOCKET: join(dir, "control.sock") };
+    const d = await startDaemon(t, { env });
+    await learnt(d, "127.0.0.7");
+    const cli = watched(d, ["drain", "--wait", "--wait-timeout", "30"]);
+    await cli.until(/answers: up drain 100%/);
+    d.child.kill("SIGKILL");
+    await d.exited;
+    await cli.until(
+      /note: the control socket .* does not answer \(E[A-Z]+\): waiting for the daemon/,
+    );
+    const again = await startDaemon(t, { env, dir: d.dir, port: d.port, state: null });
+    await again.waitForReply("up drain 100%\n");
+    await probeOnce(again.port, "127.0.0.7");
+    const result = await cli.done;
+    assert.equal(result.code, CLI_EXIT.OK, result.stdout + result.stderr);
+    assert.match(result.stdout, /note: the control socket answers again\n/);
+    assert.match(result.stdout, /127\.0\.0\.7 heard "up drain 100%" after \d+\.\d s \(1 of 1\)/);
+  });
+
+  test("a daemon that does not come back by the deadline: exit 3, saying so", async (t) => {
+    const dir = await tempDir(t);
+    const d = await startDaemon(t, { env: { HAPGENT_CONTROL_SOCKET: join(dir, "control.sock") } });
+    await learnt(d, "127.0.0.8");
+    const cli = watched(d, ["drain", "--wait", "--wait-timeout", "3"]);
+    await cli.until(/answers: up drain 100%/);
+    d.child.kill("SIGKILL");
+    const result = await cli.done;
+    assert.equal(result.code, CLI_EXIT.NO_AGENT, result.stdout + result.stderr);
+    assert.match(
+      result.stderr,
+      /hapgent: the control socket .* still does not answer \(E[A-Z]+\) after 3\.0 s: cannot tell whether 127\.0\.0\.8 \(polls every \d\.\d s\) heard the new state\n/,
+    );
   });
 
   test("--wait needs the control socket: without one nothing is written", async (t) => {

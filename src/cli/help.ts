@@ -85,7 +85,8 @@ SIGHUP); then the command probes it until it answers the new state.
                      of that name), not the instance's; NAME is what HAProxy
                      sends with agent-send, without the line end
   --weight N         weight percent 0-255; --no-weight removes it (100%)
-  --maxconn N        maxconn 0-65535; --no-maxconn removes it
+  --maxconn N        maxconn 0-65535, 0 for no limit; --no-maxconn sets 0,
+                     lifting a limit HAProxy holds (haproxy.cfg's too)
   --description TEXT text HAProxy shows in its stats (1-200 characters);
                      --no-description removes it
   --reason TEXT      why (1-200 characters): recorded with the change, with who
@@ -133,7 +134,9 @@ operator took out. A value is a state in the state file's format.
   status [KEY…]      what each key holds (default $HAPGENT_ETCD_KEYS), and
                      which one a host with these keys follows
   --service NAME, --weight N, --no-weight, --maxconn N, --no-maxconn,
-  --description TEXT, --no-description, --reason TEXT: as for hapgent set
+  --description TEXT, --no-description, --reason TEXT: as for hapgent set,
+                     but --no-maxconn removes the key's maxconn (a word only
+                     lowers one; its maxconn 0 lowers nothing)
   --for DURATION     the key is removed after 90s, 30m, 2h, 1d … (an etcd lease)
   --endpoints URLS   etcd's client URLs, comma-separated; default
                      $HAPGENT_ETCD_ENDPOINTS. Credentials as the agent's:

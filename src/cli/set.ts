@@ -6,7 +6,7 @@
 
 import { answerWith } from "../control-protocol.js";
 import { type Change, type FieldChange, parseDuration } from "../core/change.js";
-import { reply } from "../core/reply.js";
+import { NO_MAXCONN_LIMIT, reply } from "../core/reply.js";
 import {
   isDescription,
   isServiceName,
@@ -93,7 +93,16 @@ function fieldProblem(status: Status, name: string, value: FieldChange | undefin
   );
 }
 
-export function changeOf(values: Values, status: Status): Change {
+/**
+ * `--no-maxconn` is `noMaxconn`: for the agent's own state `maxconn: 0`, no limit, since HAProxy
+ * keeps the last maxconn it heard and a reply without one would leave it; a fleet's word passes
+ * null (no word of its own, as it only ever lowers).
+ */
+export function changeOf(
+  values: Values,
+  status: Status,
+  noMaxconn: FieldChange = NO_MAXCONN_LIMIT,
+): Change {
   const service = values.service;
   if (service !== undefined && !isServiceName(service)) {
     throw usage(
@@ -101,7 +110,7 @@ export function changeOf(values: Values, status: Status): Change {
     );
   }
   const field = (name: "weight" | "maxconn" | "description"): FieldChange | undefined => {
-    if (values[`no-${name}`]) return null;
+    if (values[`no-${name}`]) return name === "maxconn" ? noMaxconn : null;
     const given = values[name];
     if (given === undefined || name === "description") return given;
     // Numbers as numbers so the state rules judge them; anything else stays text and is refused.

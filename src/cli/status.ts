@@ -50,10 +50,12 @@ export async function status(io: CliIo, values: Values): Promise<number> {
   const live = await ask(target.probeHost, target.probePort, INSTANCE_PAYLOAD);
   const services = file.ok ? await askServices(target, answering, live, daemon) : [];
   // Something else may listen on the port when no daemon serves the file: its word is no agreement.
+  // HAProxy holds the last maxconn it heard: a reply without one does not bring haproxy.cfg's back.
   const agree =
     target.agents.length > 0 &&
     live.answer === expected &&
-    services.every((service) => service.asked.answer === service.expected);
+    services.every((service) => service.asked.answer === service.expected) &&
+    !(daemon?.pollers ?? []).some((p) => typeof p.keptMaxconn === "number");
   // Two agents answer from one file in turns: whatever they say now, that is the problem.
   const code =
     target.agents.length > 1
@@ -174,6 +176,7 @@ function asText(view: View): string {
     ...fleetLines(daemon?.fleet ?? null, Date.now()),
     ...decidedLines(fileOnly, checksOnly, expected),
     ...pollerLines(daemon?.pollers),
+    ...keptMaxconnLines(daemon?.pollers, file.ok ? file.state : undefined),
     ...target.notes.map((text) => `note        ${text}`),
     agree ? "agreement   yes" : "agreement   NO",
   ];
@@ -254,6 +257,29 @@ function pollerLines(pollers: readonly PollerView[] | undefined): string[] {
     const heard =
       p.heard === null ? "has heard nothing yet" : `heard ${JSON.stringify(printable(p.heard))}`;
     return `polled by   ${p.address}${p.service === "" ? "" : ` (${p.service})`}: ${every}, last ${(p.lastProbeAgoMs / 1000).toFixed(1)} s ago, ${heard}${p.current ? "" : " (NOT the current state)"}`;
+  });
+}
+
+/** Each load balancer that keeps a maxconn the reply no longer says, and the command to fix it. */
+function keptMaxconnLines(
+  pollers: readonly PollerView[] | undefined,
+  state: State | undefined,
+): string[] {
+  return (pollers ?? []).flatMap((p) => {
+    const kept = p.keptMaxconn;
+    if (typeof kept !== "number") return [];
+    // A service the file does not name is answered the instance's reply.
+    const named = p.service !== "" && state !== undefined && hasService(state, p.service);
+    const status = (named ? state.services?.[p.service] : state)?.status ?? "STATUS";
+    const set = `hapgent set ${status}${named ? ` --service ${p.service}` : ""}`;
+    const fix =
+      kept === 0
+        ? `${set} --maxconn N says the limit you want, --maxconn 0 (or --no-maxconn) agrees with none`
+        : `${set} --maxconn 0 (or --no-maxconn) lifts it`;
+    const where = `${p.address}${p.service === "" ? "" : ` (${p.service})`}`;
+    return [
+      `note        ${printable(where)} HOLDS maxconn:${kept}${kept === 0 ? " (no limit)" : ""} from an earlier reply: the reply says no maxconn, which HAProxy does not read as haproxy.cfg's; ${printable(fix)}`,
+    ];
   });
 }
 

@@ -5,7 +5,7 @@
  * never put back one its operator took out), and the lowest weight and maxconn. The description
  * comes from whoever decided, so HAProxy's stats say why. Pure.
  */
-import { DEFAULT_WEIGHT_PERCENT } from "./reply.js";
+import { DEFAULT_WEIGHT_PERCENT, NO_MAXCONN_LIMIT } from "./reply.js";
 import { hasService, type ServiceState, type State, type Status, serviceState } from "./state.js";
 
 /** A layer's word on the reply: a failing check's, the fleet's. A passing check has none. */
@@ -42,7 +42,7 @@ export const RESTRICTION: Readonly<Record<Status, number>> = {
 
 /**
  * The operator's state with the verdicts applied, per axis: the most restrictive status, the
- * lowest weight (the operator's absent weight is 100%) and maxconn; the first of equals keeps
+ * lowest weight (the operator's absent weight is 100%) and maxconn (0 being none); the first of equals keeps
  * its place. The description is the verdict's that decided the status, else the weight, else the
  * maxconn. The same object when no verdict outranks the operator on any axis.
  */
@@ -58,7 +58,13 @@ export function compose(operator: ServiceState, verdicts: readonly Verdict[]): S
       weight = verdict.weight;
       weightBy = verdict;
     }
-    if (verdict.maxconn !== undefined && (maxconn === undefined || verdict.maxconn < maxconn)) {
+    // maxconn 0 is no limit: it lowers nothing, and any limit lowers it.
+    const limit = verdict.maxconn;
+    if (
+      limit !== undefined &&
+      limit !== NO_MAXCONN_LIMIT &&
+      (maxconn === undefined || maxconn === NO_MAXCONN_LIMIT || limit < maxconn)
+    ) {
       maxconn = verdict.maxconn;
       maxconnBy = verdict;
     }

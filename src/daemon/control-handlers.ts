@@ -16,7 +16,7 @@ import {
   createControlServer,
 } from "./control.js";
 import type { FleetLayer } from "./fleet-layer.js";
-import type { Ledger } from "./ledger.js";
+import { keptMaxconn, type Ledger } from "./ledger.js";
 import type { Replies } from "./replies.js";
 
 export interface HandlerParts {
@@ -49,19 +49,23 @@ export function controlHandlers({
   });
   const pollers = (): PollerView[] => {
     const at = now();
-    return ledger.pollers().map((p) => ({
-      address: p.address,
-      service: p.service,
-      intervalMs: p.intervalMs ?? null,
-      lastProbeAgoMs: at - p.lastSeenMs,
-      lastProbeAt: new Date(p.lastSeenMs).toISOString(),
-      probes: p.probes,
-      given: text(p.lastGiven),
-      heard: text(p.lastHeard),
-      heardAgoMs: p.lastHeardMs === undefined ? null : at - p.lastHeardMs,
-      current:
-        p.lastHeard !== undefined && Buffer.from(p.lastHeard).equals(replies.currentFor(p.service)),
-    }));
+    return ledger.pollers().map((p) => {
+      const answer = replies.currentFor(p.service);
+      return {
+        address: p.address,
+        service: p.service,
+        intervalMs: p.intervalMs ?? null,
+        lastProbeAgoMs: at - p.lastSeenMs,
+        lastProbeAt: new Date(p.lastSeenMs).toISOString(),
+        probes: p.probes,
+        given: text(p.lastGiven),
+        heard: text(p.lastHeard),
+        heardAgoMs: p.lastHeardMs === undefined ? null : at - p.lastHeardMs,
+        current: p.lastHeard !== undefined && Buffer.from(p.lastHeard).equals(answer),
+        heldMaxconn: p.heldMaxconn ?? null,
+        keptMaxconn: keptMaxconn(p.heldMaxconn, answer) ?? null,
+      };
+    });
   };
   return {
     async handle(request: ControlRequest): Promise<StatusReply | ChangeReply> {

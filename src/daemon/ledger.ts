@@ -2,17 +2,21 @@
  * The probe ledger: every load balancer that polls the agent, keyed by its source address and the
  * service it asks for, with when it was first and last seen, how often it polls (learnt from the
  * gaps between its probes), what it was last given, and what it last *heard*: a reply counts as
- * heard only once the peer has closed the connection after the whole line went out (HAProxy closes
- * once it has read it), never when it is merely written.
+ * heard only once the peer has closed the connection, with a FIN or a reset, after the whole line
+ * went out (HAProxy closes once it has read it), never when it is merely written.
  *
  * A load balancer that stops polling is forgotten after a few of its intervals, so nothing waits on
  * it forever. Memory is bounded, and a scan from many addresses cannot push out the load balancers
  * that really poll: an address seen once waits on a small probation list, and only one that comes
  * back joins the ledger proper.
  *
+ * HAProxy keeps the last maxconn an agent said until it says another, so each load balancer's last
+ * maxconn word heard is kept too (one number): a reply that says none leaves that limit in place.
+ *
  * Pure but for the clock, which is passed in; the server tells it of each probe once, when the
  * connection closes.
  */
+import { maxconnWord } from "../core/reply.js";
 
 /** One load balancer polling for one service ("" for the instance). */
 export interface Poller {
@@ -27,6 +31,8 @@ export interface Poller {
   readonly lastGiven: Uint8Array | undefined;
   readonly lastHeard: Uint8Array | undefined;
   readonly lastHeardMs: number | undefined;
+  /** The last maxconn word it heard, which HAProxy holds until it hears another; none yet. */
+  readonly heldMaxconn: number | undefined;
   /** Seen more than once: a load balancer, not (yet) a one-off client. */
   readonly established: boolean;
 }
@@ -34,7 +40,7 @@ export interface Poller {
 export interface Ledger {
   /**
    * A probe from `address` for `service`, accepted at `atMs`, was given `reply`, and `heard` it
-   * when the peer closed after the whole reply went out. Told once the connection is closed.
+   * when the peer closed (FIN or reset) after the whole reply went out. Told once it is closed.
    */
   record(address: string, service: string, reply: Uint8Array, atMs: number, heard: boolean): void;
   /** Load balancers polling now (forgetting those that stopped), established ones first. */
@@ -74,6 +80,7 @@ interface Entry {
   lastGiven: Uint8Array | undefined;
   lastHeard: Uint8Array | undefined;
   lastHeardMs: number | undefined;
+  heldMaxconn: number | undefined;
 }
 
 /** A closure over the two maps; each function inside reads in a screen. */
@@ -117,6 +124,7 @@ export function createLedger({
     lastGiven: entry.lastGiven,
     lastHeard: entry.lastHeard,
     lastHeardMs: entry.lastHeardMs,
+    heldMaxconn: entry.heldMaxconn,
     established,
   });
 
@@ -143,6 +151,7 @@ export function createLedger({
       lastGiven: undefined,
       lastHeard: undefined,
       lastHeardMs: undefined,
+      heldMaxconn: undefined,
     };
     // Entries on probation are never seen again there: insertion order is age order.
     if (probation.size >= maxProbation) {
@@ -167,6 +176,8 @@ export function createLedger({
         entry.lastGiven = reply;
       }
       if (heard && (entry.lastHeardMs === undefined || at >= entry.lastHeardMs)) {
+        // Replies are built once per state: the same bytes again hold nothing new.
+        if (reply !== entry.lastHeard) entry.heldMaxconn = heldMaxconn(entry.heldMaxconn, reply);
         entry.lastHeard = reply;
         entry.lastHeardMs = at;
       }
@@ -186,6 +197,21 @@ export function createLedger({
       return pollers.size + probation.size;
     },
   };
+}
+
+const decoder = new TextDecoder();
+
+/** The maxconn HAProxy holds after hearing `reply` while it held `held`: the reply's, else `held`. */
+export function heldMaxconn(held: number | undefined, reply: Uint8Array): number | undefined {
+  return maxconnWord(decoder.decode(reply)) ?? held;
+}
+
+/**
+ * The limit HAProxy keeps against the agent's word: the one it holds when the `current` reply says
+ * no maxconn (meaning haproxy.cfg's), which only a maxconn word undoes; else undefined.
+ */
+export function keptMaxconn(held: number | undefined, current: Uint8Array): number | undefined {
+  return maxconnWord(decoder.decode(current)) === undefined ? held : undefined;
 }
 
 /** The key of the entry seen longest ago. */

@@ -36,8 +36,9 @@ export interface AgentServerOptions {
 export interface ProbeObserver {
   /**
    * `address` is the peer's; `name` the first line it sent (undefined: none was awaited);
-   * `atMs` when the reply was given. `heard` is true when the peer closed its side after the
-   * whole reply went out, without an error: HAProxy closes once it has read the line.
+   * `atMs` when the reply was given. `heard` is true when the whole reply went out and the peer
+   * then closed the connection, with a FIN or a reset: HAProxy closes an agent check only once
+   * the check is over, and resets unless it had already read the agent's own FIN.
    */
   probed(
     address: string,
@@ -71,6 +72,8 @@ interface Record {
   readonly name: string | undefined;
   /** hapgent's own probe, told by its first bytes. */
   own: boolean;
+  /** The peer reset the connection (HAProxy's usual close of a check: SO_LINGER 0). */
+  reset: boolean;
 }
 const RECORD = Symbol("hapgent probe");
 type Probe = Socket & { [RECORD]?: Record };
@@ -121,7 +124,7 @@ export function createAgentServer({
     const bytes = reply(name);
     if (observer) {
       const peer = socket.remoteAddress ?? "";
-      socket[RECORD] = { given: bytes, atMs: Date.now(), peer, name, own };
+      socket[RECORD] = { given: bytes, atMs: Date.now(), peer, name, own, reset: false };
     }
     socket.end(bytes);
   };
@@ -145,17 +148,21 @@ export function createAgentServer({
   });
 
   // Listeners shared by every socket (`this` is the socket): nothing is allocated per probe.
-  function onError(this: Socket): void {
+  function onError(this: Probe, err: NodeJS.ErrnoException): void {
+    const record = this[RECORD];
+    if (record !== undefined && err.code === "ECONNRESET") record.reset = true;
     // One socket's error ends that socket only.
     this.destroy();
   }
-  function onClose(this: Probe, hadError: boolean): void {
+  function onClose(this: Probe): void {
     open.forget(this);
     firstLines.forget(this);
     const record = this[RECORD];
     if (observer === undefined || record === undefined || record.own) return;
-    // The peer ended its side, every byte of the reply went out, and nothing failed.
-    const heard = !hadError && this.readableEnded && this.writableFinished;
+    // Every byte of the reply went out (and the FIN after it), then the peer closed: with a FIN,
+    // or with the reset HAProxy closes its checks with. A connection the agent cut (linger, cap,
+    // payload) was not closed by the peer, and a reset before the reply left fails the write.
+    const heard = this.writableFinished && (this.readableEnded || record.reset);
     observer.probed(record.peer, record.name, record.given, record.atMs, heard);
   }
   function onData(this: Probe, chunk: Buffer): void {
