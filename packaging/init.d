@@ -7,7 +7,7 @@
 # Default-Stop:      0 1 6
 # Short-Description: hapgent, HAProxy agent-check daemon
 # Description:       Answers HAProxy's agent-check probes from the state file
-#                    /etc/hapgent/state.json, changed by signals and hapgent(8).
+#                    /var/lib/hapgent/state.json, changed by signals and hapgent(8).
 ### END INIT INFO
 
 # For hosts where systemd is not PID 1. Where it is, hapgent.service runs the agent and

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds OUT/hapgent_VERSION_amd64.deb (OUT is the first argument, default build) with dpkg-deb:
 # the standalone binary, the systemd unit, an LSB init script for hosts where systemd is not PID 1,
-# the default state file and environment file as conffiles, a man page, and maintainer scripts
-# that create the hapgent user and start the service (the unit where systemd runs, else the init
+# the environment file as a conffile, the default state file as a template (the state lives in
+# /var/lib/hapgent, the service user's, and is no conffile), a man page, and maintainer scripts
+# that create the hapgent user and its state and start the service (the unit where systemd runs, else the init
 # script where a runlevel allows it). Needs dpkg-deb and dpkg-shlibdeps (Debian's dpkg-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,9 @@ install -m 0755 "$out/hapgent" "$stage/usr/bin/hapgent"
 install -d -m 0755 "$stage/usr/libexec/hapgent"
 ln -s ../../bin/hapgent "$stage/usr/libexec/hapgent/daemon"
 install -m 0644 packaging/hapgent.service "$stage/usr/lib/systemd/system/hapgent.service"
-install -m 0644 packaging/state.json "$stage/etc/hapgent/state.json"
+# Copied to /var/lib/hapgent/state.json by postinst when there is none: never a conffile, which
+# dpkg changes and removes as root, in the service user's directory.
+install -m 0644 packaging/state.json "$stage/usr/share/hapgent/state.json"
 install -m 0644 packaging/default "$stage/etc/default/hapgent"
 # For hosts where systemd is not PID 1; where it is, the unit runs the agent.
 install -m 0755 packaging/init.d "$stage/etc/init.d/hapgent"
@@ -74,8 +77,8 @@ cp packaging/lintian-overrides "$stage/usr/share/lintian/overrides/hapgent"
 for script in postinst prerm postrm; do
   install -m 0755 "packaging/$script" "$stage/DEBIAN/$script"
 done
-printf '%s\n' /etc/default/hapgent /etc/hapgent/state.json /etc/init.d/hapgent \
-  /etc/logrotate.d/hapgent >"$stage/DEBIAN/conffiles"
+printf '%s\n' /etc/default/hapgent /etc/init.d/hapgent /etc/logrotate.d/hapgent \
+  >"$stage/DEBIAN/conffiles"
 
 # Library dependencies as Debian computes them; dpkg-shlibdeps reads debian/control.
 shlibs="$out/shlibs"

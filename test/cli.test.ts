@@ -732,7 +732,7 @@ describe("finding the daemon (fake /proc)", () => {
     const proc = await fakeProc(dir, 1, join(dir, "state.json"), [[201, other, decoy, ""]]);
     await rm(join(proc, "101"), { recursive: true });
     const named = await cliInProcess(t, ["status", "--json"], { procRoot: proc });
-    assert.equal(JSON.parse(named.stdout).stateFile, "/etc/hapgent/state.json");
+    assert.equal(JSON.parse(named.stdout).stateFile, "/var/lib/hapgent/state.json");
 
     // 101 serves b/state.json; 202, of another user, claims it too.
     const file = join(dir, "b", "state.json");

@@ -140,7 +140,7 @@ describe("attacks by other local users", { skip: SKIP }, () => {
 
     // Alone, it names nothing: root's status looks at the default file, and shows no byte of it.
     const status = await ns.run(hapgentArgv(["status", "--json"]), { env: {} });
-    assert.equal(JSON.parse(status.stdout).stateFile, "/etc/hapgent/state.json", status.stderr);
+    assert.equal(JSON.parse(status.stdout).stateFile, "/var/lib/hapgent/state.json", status.stderr);
     assert.doesNotMatch(status.stdout + status.stderr, /secret/);
 
     // Beside root's own daemon, root's command drives that one.
@@ -198,8 +198,8 @@ describe("attacks by other local users", { skip: SKIP }, () => {
     const base = await tempDir(t);
     await chmod(base, 0o755);
     const secret = await rootFile(base);
-    // As the package installs it: /etc/hapgent belongs to the service user.
-    const dir = await dirOf(base, service, "etc-hapgent");
+    // As the package installs it: /var/lib/hapgent belongs to the service user.
+    const dir = await dirOf(base, service, "var-lib-hapgent");
     const stateFile = join(dir, "state.json");
     await writeFile(stateFile, '{"status":"UP"}');
     await chown(stateFile, service.uid, service.gid);

@@ -70,6 +70,15 @@ const ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 const NEXT_VERSION = `${VERSION}+1`;
 /** A version before this one, whose unit was in /lib/systemd/system, as Debian 12's packages have it. */
 const PREVIOUS_VERSION = `${VERSION}~1`;
+/**
+ * The last commit whose package kept the state in /etc/hapgent (a conffile, in a directory the
+ * service user owned), and the version its package is given here, for upgrades from it.
+ */
+const OLD_LAYOUT_COMMIT = "35f5fc8";
+const OLD_LAYOUT_VERSION = `${VERSION}~0`;
+/** What the service user's links point at: root's files, and a directory of root's. */
+const CANARY = "/root/canary";
+const CANARY_TEXT = "root's file, which no package script may touch\n";
 /** Where the unit may be found in a root: /lib is /usr/lib on both releases. */
 const UNIT_PATHS = [
   "/lib/systemd/system/hapgent.service",
@@ -112,6 +121,7 @@ async function assertPurged(root: string): Promise<void> {
     "etc/init.d/hapgent",
     "etc/logrotate.d/hapgent",
     "etc/hapgent",
+    "var/lib/hapgent",
     "etc/default/hapgent",
     "etc/systemd/system/multi-user.target.wants/hapgent.service",
     "usr/share/doc/hapgent",
@@ -137,6 +147,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
   let deb = "";
   let nextDeb = "";
   let previousDeb = "";
+  let oldLayoutDeb = "";
 
   before(async () => {
     out = await mkdtemp(join(tmpdir(), "hapgent-package-"));
@@ -148,6 +159,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     binary = join(out, "hapgent");
     deb = join(out, `hapgent_${VERSION}_amd64.deb`);
     ({ next: nextDeb, previous: previousDeb } = await repackVersions(deb, out));
+    oldLayoutDeb = await repackOldLayout(deb, out);
   });
   after(() => rm(out, { recursive: true, force: true }));
 
@@ -253,7 +265,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       'ExecReload=/bin/sh -c "kill -HUP $MAINPID"',
       "Restart=on-failure",
       "User=hapgent",
-      "ReadWritePaths=/etc/hapgent",
+      "ReadWritePaths=/var/lib/hapgent",
       "WantedBy=multi-user.target",
     ]) {
       assert.match(text, new RegExp(`^${line.replace(/[$()"]/g, "\\$&")}$`, "m"), line);
@@ -312,19 +324,19 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's format, not JavaScript's
       const conffiles = (await inRoot(["dpkg-query", "-W", "-f", "${Conffiles}", "hapgent"]))
         .stdout;
-      assert.match(conffiles, /\/etc\/hapgent\/state\.json /);
+      assert.doesNotMatch(conffiles, /hapgent\/state/, "the state is no conffile");
       assert.match(conffiles, /\/etc\/default\/hapgent /);
       assert.match(conffiles, /\/etc\/init\.d\/hapgent /);
       assert.match(conffiles, /\/etc\/logrotate\.d\/hapgent /);
       const user = await account(root, "hapgent");
       assert.ok(user, "postinst created the hapgent user");
       const [uid, gid] = user;
-      for (const path of ["etc/hapgent", "etc/hapgent/state.json"]) {
+      for (const path of ["var/lib/hapgent", "var/lib/hapgent/state.json"]) {
         const stats = await stat(join(root, path));
         assert.deepEqual([stats.uid, stats.gid], [uid, gid], `${path} belongs to hapgent`);
       }
-      // The service user owns /etc/hapgent and puts a link to /etc/shadow in the state file's
-      // place; an upgrade (root's postinst) must not give /etc/shadow away by following it.
+      // The service user owns /var/lib/hapgent and puts a link to /etc/shadow in the state
+      // file's place; an upgrade (root's postinst) must not give /etc/shadow away by following it.
       const shadow = await stat(join(root, "etc/shadow"));
       await inRoot([
         "runuser",
@@ -333,16 +345,14 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         "--",
         "sh",
         "-c",
-        "ln -s /etc/shadow /etc/hapgent/link && mv -T /etc/hapgent/link /etc/hapgent/state.json",
+        "ln -s /etc/shadow /var/lib/hapgent/link && mv -T /var/lib/hapgent/link /var/lib/hapgent/state.json",
       ]);
       await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
       const after = await stat(join(root, "etc/shadow"));
       assert.deepEqual([after.uid, after.gid, after.mode], [shadow.uid, shadow.gid, shadow.mode]);
-      // dpkg kept the changed conffile (the link) and put its own beside it: both go.
-      await rm(join(root, "etc/hapgent/state.json"));
-      await rm(join(root, "etc/hapgent/state.json.dpkg-new"));
-      await writeFile(join(root, "etc/hapgent/state.json"), '{"status":"UP"}\n');
-      await chown(join(root, "etc/hapgent/state.json"), uid, gid);
+      await rm(join(root, "var/lib/hapgent/state.json"));
+      await writeFile(join(root, "var/lib/hapgent/state.json"), '{"status":"UP"}\n');
+      await chown(join(root, "var/lib/hapgent/state.json"), uid, gid);
       // Enabled, so an image built this way starts it at boot, with systemd or with another init;
       // but nothing was started here: a chroot has no runlevel, and invoke-rc.d starts nothing.
       const wants = join(root, "etc/systemd/system/multi-user.target.wants/hapgent.service");
@@ -362,7 +372,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       await waitFor("the daemon in the root to listen", () =>
         /listening on/.test(agent.stderr()) ? true : undefined,
       );
-      const stateFile = join(root, "etc/hapgent/state.json");
+      const stateFile = join(root, "var/lib/hapgent/state.json");
       const { expect } = agentAt(port, stateFile);
       await expect("up ready 100%\n", '{"status":"UP"}\n');
       agent.child.kill("SIGUSR2");
@@ -371,7 +381,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       await expect("up ready 100%\n", '{"status":"UP"}\n');
       // Saved atomically (temporary file and rename): the service user owns the directory.
       assert.doesNotMatch(agent.stderr(), /not writable|cannot save/);
-      assert.deepEqual((await readdir(join(root, "etc/hapgent"))).sort(), ["state.json"]);
+      assert.deepEqual((await readdir(join(root, "var/lib/hapgent"))).sort(), ["state.json"]);
       assert.equal((await stat(stateFile)).uid, uid);
 
       // The command line, as root inside the root, finds the daemon of the package's state file
@@ -379,7 +389,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       // run other agents (other test runs) whose files are not this root's.
       const cli = (args: string[]) =>
         startInRoot(root, ["/usr/bin/hapgent", ...args], {
-          env: { HAPGENT_STATE_FILE: "/etc/hapgent/state.json" },
+          env: { HAPGENT_STATE_FILE: "/var/lib/hapgent/state.json" },
         }).done;
       const status = await cli(["status"]);
       assert.equal(status.code, 0, status.stdout + status.stderr);
@@ -396,6 +406,130 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       await inRoot(["dpkg", "--purge", "hapgent"]);
       await assertPurged(root);
       assert.equal((await exec("chroot", [root, "dpkg-query", "-W", "hapgent"])).code, 1);
+    });
+  }
+
+  for (const release of RELEASES) {
+    test(`in a ${release.name} root, purge, reinstall and upgrade follow no link the service user made`, async (t) => {
+      const root = await rootFor(
+        t,
+        join(out, `links-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => undefined,
+      );
+      const inRoot = chrootRunner(root);
+      await copyFile(deb, join(root, "root/hapgent.deb"));
+      await copyFile(nextDeb, join(root, "root/hapgent-next.deb"));
+      const intact = await rootsFiles(root);
+
+      // Installed, then everything the service user can write holds links to root's files.
+      await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      t.diagnostic(`planted: ${await plantLinks(inRoot)}`);
+      await inRoot(["dpkg", "--purge", "hapgent"]);
+      await intact("after a purge");
+      await assertPurged(root);
+
+      await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      await assertLayout(root, inRoot);
+      await plantLinks(inRoot);
+      await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      await intact("after a reinstall");
+      await plantLinks(inRoot);
+      await inRoot(["dpkg", "-i", "/root/hapgent-next.deb"]);
+      await intact("after an upgrade");
+      await plantLinks(inRoot);
+      await inRoot(["dpkg", "--purge", "hapgent"]);
+      await intact("after a purge");
+      await assertPurged(root);
+    });
+
+    test(`in a ${release.name} root, an upgrade from 0.1.0's /etc/hapgent carries the state over and follows no link`, async (t) => {
+      const root = await rootFor(
+        t,
+        join(out, `old-layout-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => undefined,
+      );
+      const inRoot = chrootRunner(root);
+      await copyFile(oldLayoutDeb, join(root, "root/hapgent-old.deb"));
+      await copyFile(deb, join(root, "root/hapgent.deb"));
+      const intact = await rootsFiles(root);
+      const asService = (script: string) =>
+        inRoot(["runuser", "-u", "hapgent", "--", "sh", "-c", script]);
+
+      // 0.1.0 as it was: /etc/hapgent and its state.json, a conffile, the service user's. The
+      // agent saved a state and the fleet's word there; the user put links beside them.
+      await inRoot(["dpkg", "-i", "/root/hapgent-old.deb"]);
+      const saved = '{"status":"DRAIN","weight":25,"description":"deploy 1.4"}\n';
+      const fleet = '{"status":"UP","weight":60}\n';
+      await asService(
+        `cd /etc/hapgent && printf '%s' '${saved}' >.state.json.tmp-1-a && mv -T .state.json.tmp-1-a state.json && printf '%s' '${fleet}' >state.fleet.json`,
+      );
+      t.diagnostic(`planted: ${await plantLinks(inRoot, ["state.json", "state.fleet.json"])}`);
+      const upgraded = await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      await intact("after the upgrade from 0.1.0");
+      const [uid, gid] = (await account(root, "hapgent")) ?? [];
+      for (const [name, text] of [
+        ["state.json", saved],
+        ["state.fleet.json", fleet],
+      ] as const) {
+        const path = join(root, "var/lib/hapgent", name);
+        assert.equal(await readFile(path, "utf8"), text, `${name} carried over`);
+        const stats = await lstat(path);
+        assert.deepEqual([stats.isFile(), stats.uid, stats.gid], [true, uid, gid], name);
+        assert.equal(existsSync(join(root, "etc/hapgent", name)), false, `the old ${name} is gone`);
+      }
+      await assertLayout(root, inRoot);
+      assert.doesNotMatch(upgraded.stderr, /not carried over/, upgraded.stderr);
+
+      // Again from 0.1.0, its state.json a link to /etc/shadow and the fleet's cache one to the
+      // canary: neither is read as root. The state says why the agent answers MAINT.
+      await inRoot(["dpkg", "--purge", "hapgent"]);
+      await intact("after a purge");
+      await inRoot(["dpkg", "-i", "/root/hapgent-old.deb"]);
+      await asService(
+        "cd /etc/hapgent && ln -sfn /etc/shadow state.json && ln -sfn /root/canary state.fleet.json",
+      );
+      await plantLinks(inRoot, ["state.json", "state.fleet.json"]);
+      const attacked = await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      assert.match(
+        attacked.stderr,
+        /\/etc\/hapgent\/state\.json could not be read as the service user/,
+      );
+      await intact("after the upgrade from 0.1.0 with links");
+      assert.equal(
+        await readFile(join(root, "var/lib/hapgent/state.json"), "utf8"),
+        '{"status":"MAINT","description":"/etc/hapgent/state.json was not carried over"}\n',
+      );
+      assert.equal(existsSync(join(root, "var/lib/hapgent/state.fleet.json")), false);
+      await assertLayout(root, inRoot);
+      await inRoot(["dpkg", "--purge", "hapgent"]);
+      await intact("after a purge");
+
+      // The operator's /etc/default/hapgent names the old file: it stays, with a word on what to
+      // do, which then moves it.
+      await inRoot(["dpkg", "-i", "/root/hapgent-old.deb"]);
+      await asService(`printf '%s' '${saved}' >/etc/hapgent/state.json`);
+      const defaults = join(root, "etc/default/hapgent");
+      const settings = await readFile(defaults, "utf8");
+      await writeFile(defaults, `${settings}HAPGENT_STATE_FILE=/etc/hapgent/state.json\n`);
+      const named = await inRoot(["dpkg", "-i", "--force-confold", "/root/hapgent.deb"]);
+      assert.match(
+        named.stderr,
+        /sets HAPGENT_STATE_FILE=\/etc\/hapgent\/state\.json, in \/etc\/hapgent, which belongs to root/,
+      );
+      assert.equal(await readFile(join(root, "etc/hapgent/state.json"), "utf8"), saved);
+      assert.equal(existsSync(join(root, "var/lib/hapgent/state.json")), false);
+      await writeFile(defaults, settings);
+      await inRoot(["dpkg-reconfigure", "hapgent"]);
+      assert.equal(await readFile(join(root, "var/lib/hapgent/state.json"), "utf8"), saved);
+      assert.equal(existsSync(join(root, "etc/hapgent/state.json")), false);
+      await assertLayout(root, inRoot);
+      await inRoot(["dpkg", "--purge", "hapgent"]);
+      await intact("after a purge");
+      await assertPurged(root);
     });
   }
 
@@ -466,7 +600,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         );
         assert.ok(exposure <= MAX_EXPOSURE, live);
 
-        const stateFile = join(root, "etc/hapgent/state.json");
+        const stateFile = join(root, "var/lib/hapgent/state.json");
         const { expect, silent } = agentAt(port, stateFile);
         const mainPid = async () =>
           (
@@ -510,7 +644,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         const set = await insideOk(["hapgent", "down", "--description", "deploy 2.0"]);
         assert.match(set, /answers: down ready 30% # deploy 2\.0/);
         const saved = '{"status":"DOWN","weight":30,"description":"deploy 2.0"}\n';
-        // Root's command acted as the service user, who owns /etc/hapgent: the file stays theirs.
+        // Root's command acted as the service user, who owns /var/lib/hapgent: the file stays theirs.
         const service = await account(root, "hapgent");
         const owner = await lstat(stateFile);
         assert.deepEqual([owner.uid, owner.gid], service);
@@ -525,7 +659,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
           "--",
           "sh",
           "-c",
-          "ln -s /etc/shadow /etc/hapgent/link && mv -T /etc/hapgent/link /etc/hapgent/state.json",
+          "ln -s /etc/shadow /var/lib/hapgent/link && mv -T /var/lib/hapgent/link /var/lib/hapgent/state.json",
         ]);
         const attacked = await inside(["hapgent", "up"]);
         assert.equal(attacked.code, 5, attacked.stdout + attacked.stderr);
@@ -533,12 +667,12 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         // /etc is read-only in its sandbox, and not the service user's to write anyway.
         assert.match(
           attacked.stderr,
-          /cannot (write|save) \/etc\/hapgent\/state\.json: (EACCES|EROFS)/,
+          /cannot (write|save) \/var\/lib\/hapgent\/state\.json: (EACCES|EROFS)/,
         );
         assert.equal(await readFile(join(root, "etc/shadow"), "utf8"), shadow, "shadow unchanged");
-        await insideOk(["rm", "/etc/hapgent/state.json"]);
+        await insideOk(["rm", "/var/lib/hapgent/state.json"]);
         await writeFile(stateFile, saved);
-        await insideOk(["chown", "hapgent:hapgent", "/etc/hapgent/state.json"]);
+        await insideOk(["chown", "hapgent:hapgent", "/var/lib/hapgent/state.json"]);
         await insideOk(["systemctl", "reload", "hapgent"]);
         await expect("down ready 30% # deploy 2.0\n", saved);
 
@@ -710,7 +844,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         // existed (systemd restarted them); the service account's symlink made a save fail until
         // the file was put back: those are expected, nothing else.
         const expected =
-          /closed the Node debugger|^check (app|flag): failing|^hapgent\.service: (Main process exited, code=killed, status=10\/USR1|Failed with result 'signal')|^Failed to start hapgent\.service|^control: the state file \/etc\/hapgent\/state\.json was invalid \(cannot be read: permission denied\); replaced|^cannot save state file \/etc\/hapgent\/state\.json: (EACCES|EROFS)|the state file \/etc\/hapgent\/state\.json was never saved with/;
+          /closed the Node debugger|^check (app|flag): failing|^hapgent\.service: (Main process exited, code=killed, status=10\/USR1|Failed with result 'signal')|^Failed to start hapgent\.service|^control: the state file \/var\/lib\/hapgent\/state\.json was invalid \(cannot be read: permission denied\); replaced|^cannot save state file \/var\/lib\/hapgent\/state\.json: (EACCES|EROFS)|the state file \/var\/lib\/hapgent\/state\.json was never saved with/;
         const unexpected = problems
           .split("\n")
           .filter((line) => /hapgent/i.test(line) && !expected.test(line));
@@ -723,6 +857,94 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         await assertPurged(root);
       } catch (err) {
         // What systemd saw is what explains a failure here.
+        const journal = await inside(["journalctl", "--boot", "--no-pager", "--lines=60"], 30_000);
+        throw new Error(
+          `${(err as Error).message}\n--- journal of the container:\n${journal.stdout}`,
+          {
+            cause: err,
+          },
+        );
+      }
+    });
+  }
+
+  for (const release of RELEASES) {
+    test(`under systemd (a ${release.name} root), an upgrade from 0.1.0 moves a running agent's state to /var/lib/hapgent`, async (t) => {
+      let machine: Machine | undefined;
+      const root = await rootFor(
+        t,
+        join(out, `booted-old-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => machine?.stop(),
+      );
+      const port = await freePort();
+      await mkdir(join(root, "etc/systemd/system/hapgent.service.d"), { recursive: true });
+      await writeFile(
+        join(root, "etc/systemd/system/hapgent.service.d/port.conf"),
+        `[Service]\nEnvironment=HAPGENT_IP=127.0.0.1 HAPGENT_PORT=${port}\n`,
+      );
+      await copyFile(oldLayoutDeb, join(root, "root/hapgent-old.deb"));
+      await copyFile(deb, join(root, "root/hapgent.deb"));
+      const intact = await rootsFiles(root);
+      const container = await boot(root);
+      machine = container;
+      const { run: inside, runOk: insideOk } = container;
+      const mainPid = async () =>
+        (await insideOk(["systemctl", "show", "--property=MainPID", "--value", "hapgent"])).trim();
+      try {
+        await inside(["systemctl", "is-system-running", "--wait"], 120_000);
+        // 0.1.0 runs, its state drained by root's command and saved in /etc/hapgent.
+        await insideOk(["dpkg", "-i", "/root/hapgent-old.deb"]);
+        const old = agentAt(port, join(root, "etc/hapgent/state.json"));
+        await old.expect("up ready 100%\n", '{"status":"UP"}\n');
+        // 0.1.0's command line, whose default file this was.
+        await insideOk([
+          "hapgent",
+          "drain",
+          "--state-file",
+          "/etc/hapgent/state.json",
+          "--weight",
+          "25",
+          "--description",
+          "deploy 1.4",
+        ]);
+        const saved = '{"status":"DRAIN","weight":25,"description":"deploy 1.4"}\n';
+        await old.expect("up drain 25% # deploy 1.4\n", saved);
+        await plantLinks(
+          async (args) => ({ stdout: await insideOk(args) }),
+          ["state.json", "state.fleet.json"],
+        );
+        const before = await mainPid();
+
+        const upgraded = await inside(["dpkg", "-i", "/root/hapgent.deb"]);
+        assert.equal(upgraded.code, 0, upgraded.stdout + upgraded.stderr);
+        await intact("after the upgrade of a running 0.1.0");
+        // Restarted on the moved state, which it answers and can save: a change is written there.
+        assert.notEqual(await mainPid(), before, "restarted");
+        const moved = agentAt(port, join(root, "var/lib/hapgent/state.json"));
+        await moved.expect("up drain 25% # deploy 1.4\n", saved);
+        assert.equal(existsSync(join(root, "etc/hapgent/state.json")), false);
+        const up = await inside(["hapgent", "up"]);
+        assert.equal(up.code, 0, up.stdout + up.stderr);
+        await moved.expect(
+          "up ready 25% # deploy 1.4\n",
+          '{"status":"UP","weight":25,"description":"deploy 1.4"}\n',
+        );
+        const warnings = await insideOk([
+          "journalctl",
+          "--unit=hapgent",
+          "--priority=warning",
+          "--output=cat",
+          "--no-pager",
+        ]);
+        assert.doesNotMatch(warnings, /cannot save|not writable/, warnings);
+
+        await insideOk(["dpkg", "--purge", "hapgent"]);
+        await moved.silent();
+        await intact("after a purge");
+        await assertPurged(root);
+      } catch (err) {
         const journal = await inside(["journalctl", "--boot", "--no-pager", "--lines=60"], 30_000);
         throw new Error(
           `${(err as Error).message}\n--- journal of the container:\n${journal.stdout}`,
@@ -758,7 +980,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     const container = await boot(root, "init");
     machine = container;
     const { run: inside, runOk: insideOk } = container;
-    const stateFile = join(root, "etc/hapgent/state.json");
+    const stateFile = join(root, "var/lib/hapgent/state.json");
     const { expect, silent } = agentAt(port, stateFile);
     const pid = async () => (await insideOk(["cat", "/run/hapgent.pid"])).trim();
     try {
@@ -1000,6 +1222,175 @@ async function repackVersions(
   const previous = await build(PREVIOUS_VERSION);
   await rm(dir, { recursive: true, force: true });
   return { next, previous };
+}
+
+/** Runs a command in `root` with chroot, failing unless it exits 0; what it printed. */
+function chrootRunner(root: string) {
+  return (args: string[], timeoutMs = 120_000) =>
+    execOk("chroot", [root, ...args], {
+      env: { PATH: ROOT_PATH, DEBIAN_FRONTEND: "noninteractive" },
+      timeoutMs,
+    });
+}
+
+/**
+ * Root's canary file (made here, 0600 in /root) and /etc/shadow, as they are now; returns the
+ * check that both are still so: the same content (but the hapgent user's line, which the
+ * package adds and removes), owner and mode, one link each.
+ */
+async function rootsFiles(root: string): Promise<(when: string) => Promise<void>> {
+  const canary = join(root, CANARY);
+  await writeFile(canary, CANARY_TEXT, { mode: 0o600 });
+  const shadow = join(root, "etc/shadow");
+  const others = async () =>
+    (await readFile(shadow, "utf8")).split("\n").filter((line) => !line.startsWith("hapgent:"));
+  const shadowText = await others();
+  const shape = async (path: string) => {
+    const stats = await lstat(path);
+    return [stats.isFile(), stats.uid, stats.gid, stats.mode, stats.nlink];
+  };
+  const shadowShape = await shape(shadow);
+  assert.deepEqual(await shape(canary), [true, 0, 0, 0o100600, 1]);
+  return async (when) => {
+    assert.ok(existsSync(canary), `${CANARY} is still there ${when}`);
+    assert.equal(await readFile(canary, "utf8"), CANARY_TEXT, `${CANARY} unchanged ${when}`);
+    assert.deepEqual(await shape(canary), [true, 0, 0, 0o100600, 1], `${CANARY} ${when}`);
+    assert.deepEqual(await others(), shadowText, `/etc/shadow unchanged ${when}`);
+    assert.deepEqual(await shape(shadow), shadowShape, `/etc/shadow ${when}`);
+  };
+}
+
+/**
+ * The service user's attack: in every directory of the agent it can write, each name a script or
+ * dpkg may touch (the state, the fleet's cache, temporary files, dpkg's copies of a conffile)
+ * becomes a link to root's canary, /etc/shadow or /root, and /etc/shadow is hard-linked where
+ * the kernel allows it; then it tries to put its own directory in /var/lib/hapgent's place.
+ * `keep` are names left as they are. Returns what it planted, failing if it could plant nothing.
+ */
+async function plantLinks(
+  inRoot: (args: string[]) => Promise<{ stdout: string }>,
+  keep: string[] = [],
+): Promise<string> {
+  const names = [
+    "state.json",
+    "state.fleet.json",
+    ".state.json.tmp-1-aaaaaaaaaaaa",
+    ".state.fleet.json.tmp-1-bbbbbbbbbbbb",
+    "state.json.carry",
+    "state.fleet.json.carry",
+    ...["new", "old", "dist", "bak", "tmp", "backup", "remove"].map((s) => `state.json.dpkg-${s}`),
+    "state.json~",
+  ].filter((name) => !keep.includes(name));
+  const script = `
+    planted=
+    for dir in /var/lib/hapgent /etc/hapgent; do
+      [ -w "$dir" ] || continue
+      i=0
+      for name in ${names.map((n) => `'${n}'`).join(" ")}; do
+        case $((i % 3)) in 0) to=${CANARY} ;; 1) to=/etc/shadow ;; *) to=/root ;; esac
+        rm -rf "$dir/$name" && ln -s "$to" "$dir/$name" && planted="$planted $dir/$name->$to"
+        i=$((i + 1))
+      done
+      ln /etc/shadow "$dir/shadow.hardlink" 2>/dev/null && planted="$planted $dir/shadow.hardlink"
+    done
+    mv -T /var/lib/hapgent /var/lib/hapgent.moved 2>/dev/null &&
+      ln -s /root /var/lib/hapgent && planted="$planted /var/lib/hapgent->/root"
+    echo "$planted"`;
+  const planted = (await inRoot(["runuser", "-u", "hapgent", "--", "sh", "-c", script])).stdout;
+  assert.notEqual(planted.trim(), "", "the service user could write somewhere");
+  return planted.trim();
+}
+
+/**
+ * The layout that keeps root's scripts from the service user's links: /etc/hapgent is root's and
+ * not writable by the service user, who owns /var/lib/hapgent; no conffile is in either (but an
+ * obsolete one of 0.1.0, which dpkg remembers).
+ */
+async function assertLayout(root: string, inRoot: ReturnType<typeof chrootRunner>): Promise<void> {
+  const [uid, gid] = (await account(root, "hapgent")) ?? [];
+  for (const [path, owner] of [
+    ["etc/hapgent", [0, 0]],
+    ["var/lib/hapgent", [uid, gid]],
+  ] as const) {
+    const stats = await lstat(join(root, path));
+    assert.deepEqual(
+      [stats.isDirectory(), stats.uid, stats.gid, stats.mode & 0o7777],
+      [true, ...owner, 0o755],
+      path,
+    );
+  }
+  const writable = await exec(
+    "chroot",
+    [root, "runuser", "-u", "hapgent", "--", "test", "-w", "/etc/hapgent"],
+    {
+      env: { PATH: ROOT_PATH },
+    },
+  );
+  assert.notEqual(writable.code, 0, "the service user cannot write /etc/hapgent");
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's format, not JavaScript's
+  const conffiles = (await inRoot(["dpkg-query", "-W", "-f", "${Conffiles}", "hapgent"])).stdout;
+  for (const line of conffiles.split("\n").filter((l) => /\/(etc\/hapgent|var\/lib)\//.test(l))) {
+    assert.match(line, /^ \/etc\/hapgent\/state\.json [0-9a-f]+ obsolete$/, conffiles);
+  }
+  const state = await lstat(join(root, "var/lib/hapgent/state.json"));
+  assert.deepEqual([state.uid, state.gid], [uid, gid], "state.json is the service user's");
+}
+
+/**
+ * `deb` repacked as the package of 35f5fc8 was, for upgrades from it: its maintainer scripts,
+ * unit, init script, environment file and conffiles (the state in /etc/hapgent, given to the
+ * service user), with this tree's binary, given 0.1.0's default state file in the unit.
+ */
+async function repackOldLayout(deb: string, out: string): Promise<string> {
+  const dir = join(out, "repack-old-layout");
+  await execOk("dpkg-deb", ["--raw-extract", deb, dir]);
+  const old = async (path: string) =>
+    (await execOk("git", ["show", `${OLD_LAYOUT_COMMIT}:${path}`], { cwd: REPO })).stdout;
+  for (const [from, to] of [
+    ["packaging/postinst", "DEBIAN/postinst"],
+    ["packaging/prerm", "DEBIAN/prerm"],
+    ["packaging/postrm", "DEBIAN/postrm"],
+    ["packaging/hapgent.service", "usr/lib/systemd/system/hapgent.service"],
+    ["packaging/init.d", "etc/init.d/hapgent"],
+    ["packaging/default", "etc/default/hapgent"],
+    ["packaging/state.json", "etc/hapgent/state.json"],
+  ] as const) {
+    await writeFile(join(dir, to), await old(from));
+  }
+  // The default of 0.1.0's binary, which this tree's no longer has.
+  const unit = join(dir, "usr/lib/systemd/system/hapgent.service");
+  await writeFile(
+    unit,
+    (await readFile(unit, "utf8")).replace(
+      /^EnvironmentFile=/m,
+      "Environment=HAPGENT_STATE_FILE=/etc/hapgent/state.json\nEnvironmentFile=",
+    ),
+  );
+  await rm(join(dir, "DEBIAN/preinst"), { force: true });
+  await rm(join(dir, "usr/share/hapgent/state.json"), { force: true });
+  const sums = await execOk("sh", ["-c", "find usr -type f -print0 | sort -z | xargs -0 md5sum"], {
+    cwd: dir,
+  });
+  await writeFile(join(dir, "DEBIAN/md5sums"), sums.stdout);
+  await writeFile(
+    join(dir, "DEBIAN/conffiles"),
+    [
+      "/etc/default/hapgent",
+      "/etc/hapgent/state.json",
+      "/etc/init.d/hapgent",
+      "/etc/logrotate.d/hapgent",
+      "",
+    ].join("\n"),
+  );
+  const control = join(dir, "DEBIAN/control");
+  await writeFile(
+    control,
+    (await readFile(control, "utf8")).replace(/^Version: .*$/m, `Version: ${OLD_LAYOUT_VERSION}`),
+  );
+  const repacked = join(out, `hapgent_${OLD_LAYOUT_VERSION}_amd64.deb`);
+  await execOk("dpkg-deb", ["--root-owner-group", "-Zgzip", "-z1", "--build", dir, repacked]);
+  await rm(dir, { recursive: true, force: true });
+  return repacked;
 }
 
 /** lintian's result, failing on any error or warning tag; returns what it said, for the log. */
