@@ -84,7 +84,11 @@ export type ChangeReply =
       /** The load balancers polling at the moment of the change, after it. */
       readonly pollers: readonly PollerView[];
     } & ChecksView)
-  | { readonly ok: false; readonly code: "invalid" | "no-instance"; readonly error: string };
+  | {
+      readonly ok: false;
+      readonly code: "invalid" | "no-instance" | "unreadable";
+      readonly error: string;
+    };
 
 export type ErrorReply = { readonly ok: false; readonly error: string };
 

@@ -8,7 +8,16 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
+import {
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -164,6 +173,80 @@ describe("a state file whose read fails with EIO", () => {
     assert.equal(await d.probe(), "up drain 30%\n");
     await replaceFile(stateFile, { content: '{"status":"UP"}' });
     await d.waitForReply("up ready 100%\n", 10_000);
+  });
+});
+
+describe("a state file that keeps failing to read (EIO)", () => {
+  test("a HUP holds the commands behind it 3 s at most; a change then keeps the services", async (t) => {
+    const dir = await tempDir(t);
+    const socket = join(dir, "control.sock");
+    const d = await startDaemon(t, {
+      state: '{"status":"UP","services":{"web":{"status":"DRAIN"}}}',
+      env: { HAPGENT_CONTROL_SOCKET: socket },
+    });
+    await replaceFile(d.stateFile, { target: "/proc/self/mem" });
+    d.signal("SIGHUP");
+    await d.waitForLog(/SIGHUP: state file .*EIO.*reading it again/);
+    // The operator's change, through the command line with its default timeout (5 s): it is
+    // applied to the state answered once the HUP gave way, services kept. Its save, beside where
+    // the link leads (/proc), fails and is retried.
+    const began = Date.now();
+    const down = await runHapgent(["up", "--weight", "50", "--no-confirm"], {
+      HAPGENT_STATE_FILE: d.stateFile,
+      HAPGENT_CONTROL_SOCKET: socket,
+      HAPGENT_PORT: String(d.port),
+    });
+    assert.equal(down.code, CLI_EXIT.CANNOT_WRITE, `${down.stderr}\n${d.stderr()}`);
+    assert.match(down.stderr, /answers the new state but cannot save .*; it keeps trying/);
+    assert.ok(Date.now() - began < 5000, `answered after ${Date.now() - began} ms`);
+    assert.match(
+      d.stderr(),
+      /SIGHUP: state file .*EIO.*: keeping state .*the commands behind go on/,
+    );
+    assert.equal(await d.probe({ payload: "web\n" }), "up drain 100%\n");
+    // The file comes back as a file: the save retried lands there, and the HUP's read in the
+    // background does not undo the change with what the file held.
+    await replaceFile(d.stateFile, { content: '{"status":"MAINT"}' });
+    await waitFor("the change saved", async () => {
+      const file = JSON.parse(await d.readState());
+      return file.weight === 50 ? file : undefined;
+    }).then((file) =>
+      assert.deepEqual(file, { status: "UP", weight: 50, services: { web: { status: "DRAIN" } } }),
+    );
+    await sleep(6000);
+    assert.equal(await d.probe({ payload: "web\n" }), "up drain 100%\n", d.stderr());
+    // A signal after it is not held either.
+    d.signal("SIGUSR2");
+    await d.waitForReply("down ready 50%\n", 5000);
+  });
+
+  test("before anything was read, a change is refused (exit 5) and the file left as it is", async (t) => {
+    const home = await mkdtemp(join(tmpdir(), "hapgent-eio-"));
+    t.after(() => rm(home, { recursive: true, force: true }));
+    const stateFile = join(home, "state.json");
+    await symlink("/proc/self/mem", stateFile);
+    const socket = join(home, "control.sock");
+    const d = await startDaemon(t, {
+      dir: home,
+      state: null,
+      ready: false,
+      env: { HAPGENT_CONTROL_SOCKET: socket },
+    });
+    await d.waitForLog(/listening on/, 15_000);
+    // Past the start-up's hold: the read goes on in the background, the queue is free.
+    await d.waitForLog(
+      /start-up: state file .*EIO.*: answering MAINT; the commands behind go on/,
+      15_000,
+    );
+    const up = await runHapgent(["up", "--weight", "50", "--no-confirm", "--timeout", "15"], {
+      HAPGENT_STATE_FILE: stateFile,
+      HAPGENT_CONTROL_SOCKET: socket,
+      HAPGENT_PORT: String(d.port),
+    });
+    assert.equal(up.code, CLI_EXIT.CANNOT_WRITE, `${up.stderr}\n${d.stderr()}`);
+    assert.match(up.stderr, /EIO.*no state read before can stand in for it: nothing was changed/);
+    assert.equal(await readlink(stateFile), "/proc/self/mem");
+    assert.equal(await d.probe(), "maint 100%\n");
   });
 });
 

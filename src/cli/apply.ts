@@ -82,6 +82,10 @@ function answered(
     return { code: CLI_EXIT.NOT_CONFIRMED };
   }
   if (!reply.ok) {
+    if (reply.code === "unreadable") {
+      io.err(`hapgent: hapgent pid ${pid}: ${reply.error}\n`);
+      return { code: CLI_EXIT.CANNOT_WRITE };
+    }
     io.err(`hapgent: ${path}: ${reply.error}; nothing was written\n`);
     return { code: reply.code === "no-instance" ? CLI_EXIT.INVALID_FILE : CLI_EXIT.USAGE };
   }

@@ -59,7 +59,12 @@ export type ChangeOutcome =
       /** The pending expiry the change replaced, if any. */
       readonly cancelled: Expiry | undefined;
     }
-  | { readonly ok: false; readonly code: "invalid" | "no-instance"; readonly reason: string };
+  | {
+      readonly ok: false;
+      /** `unreadable`: the file could not be read for a moment and no state read before stands in. */
+      readonly code: "invalid" | "no-instance" | "unreadable";
+      readonly reason: string;
+    };
 
 export interface Commands {
   /** The state every probe answers now. */
@@ -100,6 +105,15 @@ export interface CommandsOptions {
 
 /** 0.1 s, 0.2 s, 0.4 s … up to 5 s: the file is read soon after descriptors come back. */
 export const READ_RETRY_MAX_MS = 5000;
+/**
+ * How long a reload that meets a fault of the moment holds the commands behind it. Past it, the
+ * state stays, the commands go on, and the file is read again in the background: a disk that
+ * keeps failing must not leave every later signal and change waiting. Below the command line's
+ * default timeout (5 s), so that a change queued behind it is still answered; at start-up, past
+ * the 5 s the agent waits before it listens.
+ */
+export const READ_HOLD_MAX_MS = 3000;
+export const START_READ_HOLD_MS = 10_000;
 export function defaultReadRetryDelayMs(attempts: number): number {
   return Math.min(READ_RETRY_MAX_MS, 100 * 2 ** Math.max(0, attempts - 1));
 }
@@ -220,13 +234,22 @@ export function createCommands({
     }
     saves.abandon();
     const result = await readUntilRead(cause);
-    loaded(result.ok);
+    if (result.ok || !isTransientReadError(result.code)) {
+      cancelRetry();
+      loaded(result.ok);
+    }
     if (result.ok) {
       log.notice(
         `${cause}: loaded state file ${store.path}: ${set(reloaded(result.state, cause), "reload")}`,
       );
       // A deadline that passed while the agent was stopped, or while the file was being edited.
       expireIfDue(cause);
+    } else if (isTransientReadError(result.code)) {
+      const keeping = started ? `keeping state ${formatAnswered(state)}` : "answering MAINT";
+      log.warning(
+        `${cause}: state file ${store.path} still ${result.reason}: ${keeping}; the commands behind go on, and the file is read again every ${READ_RETRY_MAX_MS / 1000} s`,
+      );
+      retryLater(cause);
     } else {
       // Nothing of the previous state survives a bad file: the operator must look at it.
       log.warning(
@@ -238,14 +261,19 @@ export function createCommands({
   /**
    * The file, or why it is invalid. A failure that is not about the file (EMFILE, EIO …) says
    * nothing of it: the state stays as it is (MAINT before the first read) and the file is read
-   * again, 0.1 s to 5 s apart, until it can be; the commands behind wait, so that they still apply
-   * in their order on top of it. Not unref()'d: before the agent listens it is all there is to do.
+   * again, 0.1 s to 5 s apart; the commands behind wait, so that they still apply in their order
+   * on top of it, but for READ_HOLD_MAX_MS at most (START_READ_HOLD_MS before the agent listens):
+   * then the fault is returned, and the reload reads again in the background. Not unref()'d:
+   * before the agent listens it is all there is to do.
    */
   const readUntilRead = async (cause: string): Promise<LoadResult> => {
+    const since = now();
+    const holdMs = started ? READ_HOLD_MAX_MS : START_READ_HOLD_MS;
     for (let failures = 0; ; failures++) {
       const result = await store.load();
-      if (result.ok || !isTransientReadError(result.code)) {
-        if (failures > 0) {
+      const giveWay = failures > 0 && now() - since >= holdMs;
+      if (result.ok || !isTransientReadError(result.code) || giveWay) {
+        if (failures > 0 && !(giveWay && !result.ok && isTransientReadError(result.code))) {
           log.notice(
             `${cause}: read the state file ${store.path} after ${failures} failed attempt${failures === 1 ? "" : "s"}`,
           );
@@ -262,6 +290,21 @@ export function createCommands({
       }
       await new Promise((resolve) => setTimeout(resolve, readRetryDelayMs(failures + 1)));
     }
+  };
+
+  // The background read after a reload gave way to the commands behind it: one at a time.
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  const retryLater = (cause: string): void => {
+    if (retryTimer !== undefined) return;
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      enqueue({ command: "reload", cause: `${cause}, read again`, applied: () => {} });
+    }, READ_RETRY_MAX_MS);
+    retryTimer.unref();
+  };
+  const cancelRetry = (): void => {
+    clearTimeout(retryTimer);
+    retryTimer = undefined;
   };
 
   /**
@@ -293,6 +336,14 @@ export function createCommands({
     const unsaved = saves.pending;
     saves.abandon();
     const file = await store.load();
+    const transient = !file.ok && isTransientReadError(file.code);
+    // Nothing read yet to stand in for the file: applying the change to nothing would save it
+    // over a file that may hold services.
+    if (transient && !fileValid()) {
+      const reason = `the state file ${store.path} ${file.reason}, a fault of the moment, and no state read before can stand in for it: nothing was changed; try again`;
+      log.warning(`${cause}: refused: ${reason}`);
+      return { ok: false, code: "unreadable", reason };
+    }
     const base = baseOfChange(file, cause);
     const origin: Origin = { atMs: now(), via: "cli", by };
     // What an expiry brings back is what HAProxy hears now, which the file may not hold.
@@ -302,11 +353,12 @@ export function createCommands({
       log.warning(`${cause}: refused: ${next.reason}`);
       return next;
     }
-    const transient = !file.ok && isTransientReadError(file.code);
     const replaced = file.ok || transient || file.code === "ENOENT" ? undefined : file.reason;
     if (replaced !== undefined)
       log.warning(`${cause}: the state file ${store.path} was invalid (${replaced}); replaced`);
     log.notice(`${cause}: state ${set(next.state, "control")}${cancelled(next.cancelled)}`);
+    // What is answered now is saved over the file: reading it again would undo it.
+    cancelRetry();
     saves.request();
     await saves.idle();
     return { ok: true, state, replaced, unsaved: saves.failure, cancelled: next.cancelled };
@@ -363,6 +415,8 @@ export function createCommands({
           log.notice(
             `${next.cause}: state ${set(applySignal(state, status, origin), "signal")}${cancelled(ended)}`,
           );
+          // What is answered now is saved over the file: reading it again would undo it.
+          cancelRetry();
           saves.request();
         }
         next.applied();
