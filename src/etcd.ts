@@ -60,6 +60,12 @@ export interface Snapshot {
   readonly values: ReadonlyMap<string, KeyValueRecord | undefined>;
 }
 
+/** A listing (keys_only): the store's revision, and each key that exists, without its value. */
+export interface Listing {
+  readonly revision: number;
+  readonly found: ReadonlyMap<string, KeyValueRecord>;
+}
+
 export interface WatchEvent {
   readonly type: "put" | "delete";
   readonly key: string;
@@ -95,6 +101,11 @@ export interface Etcd {
    * others'. A revision etcd has compacted fails with GRPC.OUT_OF_RANGE.
    */
   read(keys: readonly string[], maxValueBytes: number, at?: number): Promise<Snapshot>;
+  /**
+   * Which of `keys` exist, and each one's mod_revision, at one revision: one request, no value
+   * (each record's value is undefined). What a periodic check costs etcd.
+   */
+  list(keys: readonly string[], at?: number): Promise<Listing>;
   put(key: string, value: string, lease?: string): Promise<number>;
   /**
    * Puts `value` only if `key` is still at `modRevision` (0: still absent); resolves with the new
@@ -335,6 +346,19 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
     return value !== undefined && value.length > maxValueBytes ? known : { ...known, value };
   };
 
+  const list = async (keys: readonly string[], at?: number): Promise<Listing> => {
+    const listed = await call("/v3/kv/txn", {
+      success: keys.map((key) => ({
+        request_range: {
+          key: b64(key),
+          keys_only: true,
+          ...(at === undefined ? {} : { revision: String(at) }),
+        },
+      })),
+    });
+    return shaped(current().origin, () => listing(listed, keys));
+  };
+
   return {
     get endpoint() {
       return current().origin;
@@ -343,20 +367,12 @@ export async function createEtcd(options: EtcdOptions, failover = false): Promis
       index = (index + 1) % options.endpoints.length;
       token = undefined;
     },
+    list,
     async read(keys, maxValueBytes, at) {
       // Which keys exist, at one revision, without their values; then each value at that
       // revision, alone and capped: etcd allows values of 1.5 MiB, 16 of which no reply can hold.
       for (let attempt = 1; ; attempt++) {
-        const listed = await call("/v3/kv/txn", {
-          success: keys.map((key) => ({
-            request_range: {
-              key: b64(key),
-              keys_only: true,
-              ...(at === undefined ? {} : { revision: String(at) }),
-            },
-          })),
-        });
-        const shape = shaped(current().origin, () => listing(listed, keys));
+        const shape = await list(keys, at);
         const { found } = shape;
         const revision = at ?? shape.revision;
         try {
@@ -656,10 +672,7 @@ export function whyTooCostly(text: string): string | undefined {
 }
 
 /** A read's listing (keys_only): its revision, and each key that exists, without its value. */
-function listing(
-  reply: Record<string, unknown>,
-  keys: readonly string[],
-): { revision: number; found: Map<string, KeyValueRecord> } {
+function listing(reply: Record<string, unknown>, keys: readonly string[]): Listing {
   const revision = revisionOf(reply);
   const responses = reply.responses;
   if (!Array.isArray(responses) || responses.length !== keys.length) {

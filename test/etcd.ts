@@ -306,6 +306,10 @@ export interface Relay {
    * an idle flow.
    */
   swallowWatches(on: boolean): void;
+  /** Requests relayed so far, per path (`/v3/kv/txn` …): what the agent asked etcd. */
+  requests(): ReadonlyMap<string, number>;
+  /** What etcd sends is passed on `ms` later (0: at once), in order: a slow etcd or link. */
+  delay(ms: number): void;
 }
 
 /** A TCP relay to `target` (etcd's client URL) on a loopback port of its own. */
@@ -314,6 +318,8 @@ export async function startRelay(t: After, target: string): Promise<Relay> {
   const sockets = new Set<Socket>();
   let open = true;
   let swallow = false;
+  let delayMs = 0;
+  const counts = new Map<string, number>();
   const server: Server = createServer((client) => {
     if (!open) return client.destroy();
     const upstream = connect(Number(targetPort), hostname);
@@ -330,10 +336,17 @@ export async function startRelay(t: After, target: string): Promise<Relay> {
     let watch = false;
     client.on("data", (chunk: Buffer) => {
       if (chunk.includes("POST /v3/watch")) watch = true;
+      // A request's first line starts a chunk (each request is written whole, one at a time).
+      for (const [, path] of chunk.toString("latin1").matchAll(/^POST (\S+) HTTP\/1\.1\r$/gm)) {
+        counts.set(path as string, (counts.get(path as string) ?? 0) + 1);
+      }
       upstream.write(chunk);
     });
     upstream.on("data", (chunk: Buffer) => {
-      if (!(swallow && watch)) client.write(chunk);
+      if (swallow && watch) return;
+      if (delayMs === 0) client.write(chunk);
+      // Timers of one length fire in the order they were set: the bytes keep theirs.
+      else setTimeout(() => client.destroyed || client.write(chunk), delayMs);
     });
   });
   const port = await freePort();
@@ -357,6 +370,10 @@ export async function startRelay(t: After, target: string): Promise<Relay> {
     },
     swallowWatches(on) {
       swallow = on;
+    },
+    requests: () => new Map(counts),
+    delay(ms) {
+      delayMs = ms;
     },
   };
 }

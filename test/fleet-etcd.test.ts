@@ -358,6 +358,64 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     assert.match((await cliFor(d, "status")).stdout, /watched, heard/);
   });
 
+  test("an idle agent's health read is one request to etcd: the keys listed, no value read again", async (t) => {
+    const etcd = await startEtcd(t);
+    const relay = await startRelay(t, etcd.endpoints);
+    await etcd.putNow("/hapgent/host/a", '{"status":"UP","weight":90}');
+    await etcd.putNow("/hapgent/group/web", '{"status":"DRAIN","reason":"group"}');
+    // A large valid value: re-read every period, it would be most of what etcd sends.
+    await etcd.putNow("/hapgent/all", `{"status":"UP","description":"${"x".repeat(60_000)}"}`);
+    const d = await startDaemon(t, { env: fleetEnv(relay.url) });
+    await d.waitForReply("up ready 90% # fleet /hapgent/host/a\n");
+    await waitFor("the watches", async () =>
+      /watched, heard/.test((await cliFor(d, "status")).stdout) ? true : undefined,
+    );
+    const listings = () => relay.requests().get("/v3/kv/txn") ?? 0;
+    const before = relay.requests();
+    const from = listings();
+    await waitFor("three health reads", () => (listings() >= from + 3 ? true : undefined), 30_000);
+    const asked = new Map<string, number>();
+    for (const [path, count] of relay.requests()) {
+      const more = count - (before.get(path) ?? 0);
+      if (more > 0 && path !== "/v3/watch") asked.set(path, more);
+    }
+    process.stdout.write(`# requests over health reads: ${JSON.stringify([...asked])}\n`);
+    // Each health read is one keys_only listing; a read in flight when counted adds at most one.
+    const reads = asked.get("/v3/kv/txn") ?? 0;
+    assert.ok(reads === 3 || reads === 4, JSON.stringify([...asked]));
+    assert.deepEqual([...asked.keys()], ["/v3/kv/txn"], "a value was read again");
+    assert.doesNotMatch(d.stderr(), /cannot reach etcd|reading the keys again/, d.stderr());
+  });
+
+  test("a slow etcd (replies 1.2 s late, longer than a health period for a read of values): changes followed, no stall claimed", async (t) => {
+    const etcd = await startEtcd(t);
+    const relay = await startRelay(t, etcd.endpoints);
+    await etcd.putNow("/hapgent/group/web", '{"status":"UP","weight":80}');
+    await etcd.putNow("/hapgent/all", '{"status":"UP","weight":70}');
+    await etcd.putNow("/hapgent/host/a", '{"status":"UP","weight":90}');
+    const metricsPort = await freePort();
+    const d = await startDaemon(t, {
+      env: fleetEnv(relay.url, { HAPGENT_METRICS: `127.0.0.1:${metricsPort}` }),
+    });
+    await d.waitForReply("up ready 90% # fleet /hapgent/host/a\n");
+    relay.delay(1200);
+    // Writes at every phase of the health reads (3 s apart), each followed through the slow
+    // watch before the next.
+    for (let weight = 11; weight <= 19; weight++) {
+      await etcd.putNow("/hapgent/host/a", `{"status":"UP","weight":${weight}}`);
+      await d.waitForReply(`up ready ${weight}% # fleet /hapgent/host/a\n`, 20_000);
+      await new Promise((resolve) => setTimeout(resolve, 700 + (weight % 3) * 500));
+    }
+    assert.doesNotMatch(
+      d.stderr(),
+      /stalled stream|cannot reach etcd|other values than its watches|reading the keys again/,
+      d.stderr(),
+    );
+    const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    assert.match(metrics, /^hapgent_fleet_connected 1$/m);
+    assert.match((await cliFor(d, "status")).stdout, /watched, heard/);
+  });
+
   test("three members, the leader killed mid-watch: every agent follows the next write", async (t) => {
     const etcd = await startEtcd(t, 3);
     const urls = etcd.members.map((m) => m.clientUrl);

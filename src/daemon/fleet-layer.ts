@@ -21,7 +21,14 @@ import {
 } from "../core/fleet.js";
 import { parseJsonFile } from "../core/json.js";
 import { formatAnswered, isTimestamp, type State, validateState } from "../core/state.js";
-import { createEtcd, type Etcd, EtcdError, type EtcdOptions, type Snapshot } from "../etcd.js";
+import {
+  createEtcd,
+  type Etcd,
+  EtcdError,
+  type EtcdOptions,
+  type KeyValueRecord,
+  type Snapshot,
+} from "../etcd.js";
 import type { Logger } from "../log.js";
 import { readCapped, type TextFile } from "../store.js";
 
@@ -204,56 +211,73 @@ export function createFleetLayer(parts: {
   };
 
   /**
-   * Whether etcd holds, at revisions the watches have passed, other values than they delivered:
-   * its data was replaced (restored from a backup, made anew) under the same revisions.
+   * Whether etcd holds, at revisions the watches have passed, other keys than they delivered
+   * (with `bytes`, other values too): its data was replaced (restored from a backup, made anew)
+   * under the same revisions. A read older than what a watch applied since says nothing of it.
    */
-  const differs = (snapshot: Snapshot): boolean =>
+  const differs = (at: Records, bytes: boolean): boolean =>
     keys.some((key) => {
-      const theirs = snapshot.values.get(key);
+      const theirs = at.records.get(key);
       const mine = seen.get(key);
       const upTo = applied.get(key) ?? 0;
-      if (theirs === undefined) return snapshot.revision <= upTo && mine != null;
+      if (at.revision < upTo) return false;
+      if (theirs === undefined) return at.revision === upTo && mine != null;
       if (theirs.modRevision > upTo) return false;
       return (
         mine == null ||
         mine.modRevision !== theirs.modRevision ||
-        !sameBytes(mine.value, theirs.value)
+        (bytes && !sameBytes(mine.value, theirs.value))
       );
     });
 
   /** Per key, the revision of a change etcd holds and the watches have not applied. */
-  const ahead = (snapshot: Snapshot): Map<string, number> => {
+  const ahead = (at: Records): Map<string, number> => {
     const owed = new Map<string, number>();
     for (const key of keys) {
-      const theirs = snapshot.values.get(key);
+      const theirs = at.records.get(key);
       const upTo = applied.get(key) ?? 0;
       if (theirs !== undefined && theirs.modRevision > upTo) owed.set(key, theirs.modRevision);
       // Deleted after what was applied (at a revision up to the read's): any later one will do.
-      if (theirs === undefined && seen.get(key) != null && snapshot.revision > upTo) {
+      if (theirs === undefined && seen.get(key) != null && at.revision > upTo) {
         owed.set(key, upTo + 1);
       }
     }
     return owed;
   };
 
+  /**
+   * Session start: the keys read alone with their values. Applied if the watches cannot be trusted
+   * (first, after a compaction or a stall); else only checked against what they delivered, as
+   * resumed watches bring every change since, in order.
+   */
+  const startRead = async (client: Etcd): Promise<Outcome | undefined> => {
+    const snapshot = await client.read(keys, MAX_FLEET_VALUE_BYTES);
+    if (stopped) return { stable: false };
+    if (!needRead && !stalled) {
+      if (!differs({ revision: snapshot.revision, records: snapshot.values }, true)) return;
+      needRead = true;
+      return { reread: DATA_REPLACED, stable: false };
+    }
+    applyRead(snapshot);
+    needRead = false;
+    firstRead?.();
+    return undefined;
+  };
+
   /** One session on the current endpoint; resolves with how it ended. */
   const session = async (client: Etcd): Promise<Outcome> => {
-    if (needRead || stalled) {
-      const snapshot = await client.read(keys, MAX_FLEET_VALUE_BYTES);
-      if (stopped) return { stable: false };
-      applyRead(snapshot);
-      needRead = false;
-      firstRead?.();
-    }
+    const early = await startRead(client);
+    if (early !== undefined) return early;
     return new Promise((resolve) => {
       let done = false;
       let created = 0;
       let stable = false;
+      let health: ReturnType<typeof setTimeout> | undefined;
       const watches: { close(): void }[] = [];
       const finish = (outcome: Omit<Outcome, "stable">) => {
         if (done) return;
         done = true;
-        clearInterval(health);
+        clearTimeout(health);
         for (const watch of watches) watch.close();
         connected = false;
         endSession = undefined;
@@ -315,39 +339,65 @@ export function createFleetLayer(parts: {
           }),
         );
       }
-      /** Per key, a revision a health read saw that the watch had not delivered yet. */
-      let owed = new Map<string, number>();
-      // The endpoint must keep answering, and agree with what the watches delivered.
-      const health = setInterval(() => {
-        client.read(keys, MAX_FLEET_VALUE_BYTES).then(
-          (snapshot) => {
-            if (done) return;
-            if (differs(snapshot)) {
-              return reread(
-                "etcd holds other values than its watches delivered (its data was replaced)",
-              );
-            }
-            // A change the read saw a health period ago and the watch still has not brought:
-            // the read is what etcd holds. Until watches work again, each session reads before it
-            // watches, so changes are followed even while every watch is swallowed.
-            const missed = [...owed].find(([key, revision]) => (applied.get(key) ?? 0) < revision);
-            if (missed !== undefined) {
-              applyRead(snapshot);
-              stalled = true;
-              return finish({ error: stalledWatch(client, missed, timing.healthMs) });
-            }
-            owed = ahead(snapshot);
-            // The read confirms the word only where it agrees with what is followed.
-            if (owed.size > 0) return;
-            heard();
-            if (connected && !stable) {
-              stable = true;
-              settled();
-            }
-          },
-          (error: EtcdError) => finish({ error }),
+      /**
+       * Per key, a revision a health read saw that the watch had not delivered yet, and when the
+       * read that first saw it started.
+       */
+      const owed = new Map<string, { readonly revision: number; readonly since: number }>();
+      // The endpoint must keep answering, and agree with what the watches delivered. One
+      // listing, no values: what etcd holds is told by each key's mod_revision. One read at a
+      // time, the next a period after the last ended, however slow etcd answers.
+      const check = async () => {
+        const started = now();
+        const listed = await client.list(keys);
+        if (done) return;
+        if (differs({ revision: listed.revision, records: listed.found }, false)) {
+          return reread(DATA_REPLACED);
+        }
+        // A change a read saw, still not brought by a read that started a health period later:
+        // the watch is stalled and etcd's values are what counts. Until watches work again, each
+        // session reads before it watches, so changes are followed even while every watch is
+        // swallowed.
+        const missed = [...owed].find(
+          ([key, { revision, since }]) =>
+            (applied.get(key) ?? 0) < revision && started - since >= timing.healthMs,
         );
-      }, timing.healthMs);
+        if (missed !== undefined) {
+          const [key, { revision }] = missed;
+          const snapshot = await client.read(keys, MAX_FLEET_VALUE_BYTES);
+          if (done) return;
+          applyRead(snapshot);
+          stalled = true;
+          return finish({ error: stalledWatch(client, [key, revision], timing.healthMs) });
+        }
+        for (const [key, revision] of ahead({ revision: listed.revision, records: listed.found })) {
+          const before = owed.get(key);
+          if (before === undefined || (applied.get(key) ?? 0) >= before.revision) {
+            owed.set(key, { revision, since: started });
+          }
+        }
+        for (const [key, { revision }] of owed) {
+          if ((applied.get(key) ?? 0) >= revision) owed.delete(key);
+        }
+        // The read confirms the word only where it agrees with what is followed.
+        if (owed.size > 0) return;
+        heard();
+        if (connected && !stable) {
+          stable = true;
+          settled();
+        }
+      };
+      const schedule = () => {
+        health = setTimeout(() => {
+          check().then(
+            () => {
+              if (!done) schedule();
+            },
+            (error: EtcdError) => finish({ error }),
+          );
+        }, timing.healthMs);
+      };
+      schedule();
     });
   };
 
@@ -471,6 +521,14 @@ export function createFleetLayer(parts: {
     },
   };
 }
+
+/** Records read or listed at one revision: a key absent from them was absent then. */
+interface Records {
+  readonly revision: number;
+  readonly records: ReadonlyMap<string, KeyValueRecord | undefined>;
+}
+
+const DATA_REPLACED = "etcd holds other values than its watches delivered (its data was replaced)";
 
 /** The error that ends a session whose watch of `key` did not bring `revision` in time. */
 function stalledWatch(client: Etcd, [key, revision]: [string, number], ms: number): EtcdError {
