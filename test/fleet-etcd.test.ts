@@ -453,8 +453,14 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
   }, async (t) => {
     const etcd = await startEtcd(t);
     await etcd.put("/hapgent/group/web", '{"status":"UP"}');
+    // Twenty agents start at once: on a loaded machine that takes longer than one agent's 5 s,
+    // and how long is not what this test measures.
     const agents = await Promise.all(
-      Array.from({ length: 20 }, () => startDaemon(t, { env: fleetEnv(etcd.endpoints) })),
+      Array.from({ length: 20 }, async () => {
+        const agent = await startDaemon(t, { env: fleetEnv(etcd.endpoints), ready: false });
+        await agent.waitForLog(/listening on/, 30_000);
+        return agent;
+      }),
     );
     const agentInterMs = 100;
     const watched = agents.slice(0, 5);
