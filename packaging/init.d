@@ -26,6 +26,7 @@ PIDFILE=/run/hapgent.pid
 RUNDIR=/run/hapgent
 LOG=/var/log/hapgent.log
 DEFAULTS=/etc/default/hapgent
+STATE_FILE=/var/lib/hapgent/state.json
 
 # Removed but not purged: nothing to run (status: 4, unknown).
 if [ ! -x /usr/bin/hapgent ]; then
@@ -37,9 +38,10 @@ fi
 
 # The daemon's environment: the variables /etc/default/hapgent sets, and not those of whoever runs
 # this script. The file is read by the shell here and by systemd's EnvironmentFile= under the
-# unit: NAME=value lines read the same by both (see the file's head).
+# unit: NAME=value lines read the same by both (see the file's head). As in the unit, the state
+# file is the package's unless that file sets another.
 daemon_env() {
-  env -i PATH="$PATH" RUNTIME_DIRECTORY="$RUNDIR" sh -c \
+  env -i PATH="$PATH" RUNTIME_DIRECTORY="$RUNDIR" HAPGENT_STATE_FILE="$STATE_FILE" sh -c \
     'set -a; [ ! -r "$0" ] || . "$0"; set +a; shift; exec "$@"' "$DEFAULTS" -- "$@"
 }
 

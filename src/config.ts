@@ -70,7 +70,7 @@ export type ConfigResult =
 export const DEFAULTS = Object.freeze({
   HAPGENT_IP: "0.0.0.0",
   HAPGENT_PORT: "9777",
-  HAPGENT_STATE_FILE: "/var/lib/hapgent/state.json",
+  HAPGENT_STATE_FILE: "/etc/hapgent/state.json",
   HAPGENT_SEND_WAIT_MS: "100",
   /** Empty: derived from the port and where the process may keep run-time files. */
   HAPGENT_CONTROL_SOCKET: "",

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { CLI_EXIT } from "../src/cli/cli.js";
 import { describeDaemon, findDaemons, systemUnit } from "../src/cli/daemons.js";
+import { unnamedStateFile } from "../src/cli/target.js";
 import { invoker } from "../src/cli/user.js";
 import { reply } from "../src/core/reply.js";
 import { parseState, type State } from "../src/core/state.js";
@@ -602,6 +603,23 @@ describe("safety", () => {
   });
 });
 
+test("no file named and no daemon: the default file, else the package's when only it exists", () => {
+  const table: [boolean, boolean, string][] = [
+    // [/etc/hapgent/state.json exists, /var/lib/hapgent/state.json exists, the file used]
+    [false, false, "/etc/hapgent/state.json"],
+    [true, false, "/etc/hapgent/state.json"],
+    [false, true, "/var/lib/hapgent/state.json"],
+    [true, true, "/etc/hapgent/state.json"],
+  ];
+  for (const [inDefault, inPackage, expected] of table) {
+    assert.equal(
+      unnamedStateFile({ default: inDefault, package: inPackage }),
+      expected,
+      `default ${inDefault}, package ${inPackage}`,
+    );
+  }
+});
+
 describe("finding the daemon (fake /proc)", () => {
   const me = process.getuid?.() ?? 0;
   /**
@@ -732,7 +750,7 @@ describe("finding the daemon (fake /proc)", () => {
     const proc = await fakeProc(dir, 1, join(dir, "state.json"), [[201, other, decoy, ""]]);
     await rm(join(proc, "101"), { recursive: true });
     const named = await cliInProcess(t, ["status", "--json"], { procRoot: proc });
-    assert.equal(JSON.parse(named.stdout).stateFile, "/var/lib/hapgent/state.json");
+    assert.equal(JSON.parse(named.stdout).stateFile, "/etc/hapgent/state.json");
 
     // 101 serves b/state.json; 202, of another user, claims it too.
     const file = join(dir, "b", "state.json");

@@ -19,7 +19,7 @@ describe("parseConfig", () => {
       config: {
         host: "0.0.0.0",
         port: 9777,
-        stateFile: "/var/lib/hapgent/state.json",
+        stateFile: "/etc/hapgent/state.json",
         sendWaitMs: 100,
         controlSocket: "/tmp/hapgent-1000/9777.sock",
         metrics: undefined,
@@ -44,7 +44,7 @@ describe("parseConfig", () => {
   test("HAPGENT_ETCD_*: endpoints, keys, the cache beside the state file, credentials", () => {
     const result = parseConfig(
       {
-        HAPGENT_STATE_FILE: "/var/lib/hapgent/state.json",
+        HAPGENT_STATE_FILE: "/etc/hapgent/state.json",
         HAPGENT_ETCD_ENDPOINTS: "http://10.0.0.1:2379, https://[2001:db8::1]:2379",
         HAPGENT_ETCD_KEYS: "/hapgent/host/web-12,/hapgent/group/web,/hapgent/all",
         HAPGENT_ETCD_USERNAME: "agent",
@@ -61,7 +61,7 @@ describe("parseConfig", () => {
       ["http://10.0.0.1:2379", "https://[2001:db8::1]:2379"],
     );
     assert.deepEqual(fleet?.keys, ["/hapgent/host/web-12", "/hapgent/group/web", "/hapgent/all"]);
-    assert.equal(fleet?.cacheFile, "/var/lib/hapgent/state.fleet.json");
+    assert.equal(fleet?.cacheFile, "/etc/hapgent/state.fleet.json");
     assert.deepEqual(fleet?.password, { file: "/srv/secret" });
     assert.equal(fleet?.caFile, "/etc/hapgent/ca.pem");
     const other = parseConfig(

@@ -140,7 +140,7 @@ describe("attacks by other local users", { skip: SKIP }, () => {
 
     // Alone, it names nothing: root's status looks at the default file, and shows no byte of it.
     const status = await ns.run(hapgentArgv(["status", "--json"]), { env: {} });
-    assert.equal(JSON.parse(status.stdout).stateFile, "/var/lib/hapgent/state.json", status.stderr);
+    assert.equal(JSON.parse(status.stdout).stateFile, "/etc/hapgent/state.json", status.stderr);
     assert.doesNotMatch(status.stdout + status.stderr, /secret/);
 
     // Beside root's own daemon, root's command drives that one.
@@ -162,6 +162,37 @@ describe("attacks by other local users", { skip: SKIP }, () => {
       '{"status":"DOWN"}\n',
     );
     await secret.intact();
+  });
+
+  test("no daemon and no file named: root's command finds the package's file and acts as its user", async (t) => {
+    const { service } = users();
+    const base = await tempDir(t);
+    await chmod(base, 0o755);
+    // The package's layout, in the namespace only: /var/lib/hapgent, the service user's, and no
+    // /etc/hapgent/state.json (this host has none).
+    const varLib = join(base, "var-lib");
+    await mkdir(varLib, { mode: 0o755 });
+    const dir = await dirOf(varLib, service, "hapgent");
+    await writeFile(join(dir, "state.json"), '{"status":"UP"}');
+    await chown(join(dir, "state.json"), service.uid, service.gid);
+    const ns = await pidNamespace(t);
+    const mounted = await ns.run(["mount", "--bind", varLib, "/var/lib"], { env: {} });
+    assert.equal(mounted.code, 0, mounted.stderr);
+
+    const status = await ns.run(hapgentArgv(["status", "--json"]), { env: {} });
+    assert.equal(JSON.parse(status.stdout).stateFile, "/var/lib/hapgent/state.json", status.stderr);
+    const down = await ns.run(hapgentArgv(["down"]), { env: {} });
+    assert.equal(down.code, CLI_EXIT.NO_AGENT, down.stderr);
+    assert.equal(
+      withoutRecord(await readFile(join(dir, "state.json"), "utf8")),
+      '{"status":"DOWN"}\n',
+    );
+    const saved = await lstat(join(dir, "state.json"));
+    assert.deepEqual(
+      [saved.uid, saved.gid],
+      [service.uid, service.gid],
+      "written as the service user",
+    );
   });
 
   test("root acts on a file in another user's directory as that user: a swapped symlink never reaches root's file", async (t) => {

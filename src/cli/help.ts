@@ -8,7 +8,9 @@ export const DEFAULT_TIMEOUT_S = 5;
 
 const TARGET_HELP = `  --state-file PATH  the state file; default $HAPGENT_STATE_FILE, else the file
                      of the one hapgent that runs as this user, as root or as
-                     the hapgent service, else /var/lib/hapgent/state.json
+                     the hapgent service, else /etc/hapgent/state.json, or
+                     /var/lib/hapgent/state.json (the package's) when only
+                     that one exists
   --ip ADDR          address to probe; default the agent's own, else $HAPGENT_IP
   --port N           port to probe; default the agent's own, else $HAPGENT_PORT
   --socket PATH      the daemon's control socket; default the one it says`;
@@ -33,7 +35,7 @@ const MAIN = `Usage: hapgent [COMMAND] [OPTIONS]
 
 Without a command, runs the agent: it answers HAProxy agent checks from the
 state file. Environment: HAPGENT_IP (default 0.0.0.0), HAPGENT_PORT (9777),
-HAPGENT_STATE_FILE (/var/lib/hapgent/state.json), HAPGENT_SEND_WAIT_MS (100: how
+HAPGENT_STATE_FILE (/etc/hapgent/state.json), HAPGENT_SEND_WAIT_MS (100: how
 long a probe may take to send its agent-send line when the file has services),
 HAPGENT_CONTROL_SOCKET (/run/hapgent/PORT.sock for root and the service),
 HAPGENT_METRICS (ADDRESS:PORT for Prometheus), HAPGENT_CHECKS_FILE (the agent's

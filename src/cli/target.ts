@@ -5,7 +5,7 @@
  * acts on a path with more rights than the user who controls it:
  * - the file is the one named (flag, environment), else the file of the one daemon whose word
  *   counts (one running as the caller, as root, or as a hapgent system service, which only root
- *   can start), else the default;
+ *   can start), else the default, or the package's file when only that one exists;
  * - the path is walked: when another user could redirect it (their directory on the way), a root
  *   caller acts as that user for good before touching the file, and any other caller refuses to
  *   change it; when several users could, everyone refuses. Reading needs no more: a caller other
@@ -15,8 +15,15 @@
  * - only daemons that could legitimately serve the file count (root, the user acted as, the
  *   file's owner); others that claim it are shown and ignored, so they cannot block a command.
  */
+import { lstat } from "node:fs/promises";
 import { resolve } from "node:path";
-import { type Config, formatAddress, type ProcessContext, parseConfig } from "../config.js";
+import {
+  type Config,
+  DEFAULTS,
+  formatAddress,
+  type ProcessContext,
+  parseConfig,
+} from "../config.js";
 import { printable } from "../core/state.js";
 import { controllerOf, walkPath } from "../path-control.js";
 import type { Values } from "./args.js";
@@ -105,6 +112,7 @@ export async function findTarget(io: TargetIo, values: Values, access: Access): 
   // A deploy script on a host with one hapgent need not know where its file is.
   const namedBy = fileNamed ? undefined : await fileNamer(io, found, read);
   if (namedBy !== undefined) config = { ...config, stateFile: namedBy.config.stateFile };
+  else if (!fileNamed) config = { ...config, stateFile: await unnamedFile() };
   const { uid, owner } = await actingUser(io, config.stateFile, namedBy, access);
   const serving = await servers(io, found, read, notes, { uid, owner, path: config.stateFile });
   notes.push(...unaskedNotes(io, found, [uid, owner, 0], fileNamed));
@@ -123,6 +131,34 @@ export async function findTarget(io: TargetIo, values: Values, access: Access): 
     probePort: address.port,
     socket,
   };
+}
+
+/** The file the Debian package's service is given (its unit and init script set it). */
+export const PACKAGE_STATE_FILE = "/var/lib/hapgent/state.json";
+
+/**
+ * The file a command uses when none is named and no daemon names one: the program's default,
+ * else the package's when only that one exists, so that root finds it with the service stopped.
+ * The default when neither exists: that is where an agent started without settings looks.
+ */
+export function unnamedStateFile(exists: { default: boolean; package: boolean }): string {
+  return exists.package && !exists.default ? PACKAGE_STATE_FILE : DEFAULTS.HAPGENT_STATE_FILE;
+}
+
+async function unnamedFile(): Promise<string> {
+  const [inDefault, inPackage] = await Promise.all([
+    present(DEFAULTS.HAPGENT_STATE_FILE),
+    present(PACKAGE_STATE_FILE),
+  ]);
+  return unnamedStateFile({ default: inDefault, package: inPackage });
+}
+
+/** Whether a name is there (a link too: whoever acts on it is decided as for any path). */
+async function present(path: string): Promise<boolean> {
+  return lstat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 type Read = (daemon: Found) => Promise<Readable | undefined>;

@@ -362,11 +362,15 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       assert.deepEqual(await processesIn(root), [], "postinst started nothing in the chroot");
       await validateUnitIn(root, t);
 
-      // The daemon as its service user, as the unit runs it (without the sandbox).
+      // The daemon as its service user, as the unit runs it (without the sandbox): on the state
+      // file the unit gives it, not the program's default.
+      const unit = await readFile(join(root, "usr/lib/systemd/system/hapgent.service"), "utf8");
+      const given = unit.match(/^Environment=HAPGENT_STATE_FILE=(.*)$/m)?.[1];
+      assert.equal(given, "/var/lib/hapgent/state.json", "the unit gives the package's file");
       const port = await freePort();
       const agent = startInRoot(root, ["/usr/bin/hapgent"], {
         user: `${uid}:${gid}`,
-        env: { HAPGENT_IP: "127.0.0.1", HAPGENT_PORT: String(port) },
+        env: { HAPGENT_IP: "127.0.0.1", HAPGENT_PORT: String(port), HAPGENT_STATE_FILE: given },
       });
       daemon = agent;
       await waitFor("the daemon in the root to listen", () =>
@@ -1008,10 +1012,11 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       const environ = (await insideOk(["cat", `/proc/${first}/environ`]))
         .split("\0")
         .filter(Boolean);
-      // PWD is the shell's: "/".
+      // PWD is the shell's: "/". The state file is the package's, as the unit gives it.
       assert.deepEqual(environ.sort(), [
         "HAPGENT_IP=127.0.0.1",
         `HAPGENT_PORT=${port}`,
+        "HAPGENT_STATE_FILE=/var/lib/hapgent/state.json",
         "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
         "PWD=/",
         "RUNTIME_DIRECTORY=/run/hapgent",
@@ -1339,7 +1344,7 @@ async function assertLayout(root: string, inRoot: ReturnType<typeof chrootRunner
 /**
  * `deb` repacked as the package of 35f5fc8 was, for upgrades from it: its maintainer scripts,
  * unit, init script, environment file and conffiles (the state in /etc/hapgent, given to the
- * service user), with this tree's binary, given 0.1.0's default state file in the unit.
+ * service user), with this tree's binary, whose default state file is 0.1.0's.
  */
 async function repackOldLayout(deb: string, out: string): Promise<string> {
   const dir = join(out, "repack-old-layout");
@@ -1357,15 +1362,6 @@ async function repackOldLayout(deb: string, out: string): Promise<string> {
   ] as const) {
     await writeFile(join(dir, to), await old(from));
   }
-  // The default of 0.1.0's binary, which this tree's no longer has.
-  const unit = join(dir, "usr/lib/systemd/system/hapgent.service");
-  await writeFile(
-    unit,
-    (await readFile(unit, "utf8")).replace(
-      /^EnvironmentFile=/m,
-      "Environment=HAPGENT_STATE_FILE=/etc/hapgent/state.json\nEnvironmentFile=",
-    ),
-  );
   await rm(join(dir, "DEBIAN/preinst"), { force: true });
   await rm(join(dir, "usr/share/hapgent/state.json"), { force: true });
   const sums = await execOk("sh", ["-c", "find usr -type f -print0 | sort -z | xargs -0 md5sum"], {
