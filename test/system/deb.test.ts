@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import {
+  chmod,
   chown,
   copyFile,
   lstat,
@@ -529,6 +530,40 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       await assertLayout(root, inRoot);
       await inRoot(["dpkg", "--purge", "hapgent"]);
       await intact("after a purge");
+      await assertPurged(root);
+    });
+
+    test(`in a ${release.name} root, reinstall, upgrade and dpkg-reconfigure keep the operator's /etc/hapgent`, async (t) => {
+      const root = await rootFor(
+        t,
+        join(out, `operator-dir-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => undefined,
+      );
+      const inRoot = chrootRunner(root);
+      await copyFile(deb, join(root, "root/hapgent.deb"));
+      await copyFile(nextDeb, join(root, "root/hapgent-next.deb"));
+      await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      // The operator lets the service read etcd's password, and no one else.
+      const [, gid] = (await account(root, "hapgent")) ?? [];
+      const dir = join(root, "etc/hapgent");
+      await chown(dir, 0, Number(gid));
+      await chmod(dir, 0o750);
+      for (const step of [
+        ["dpkg", "-i", "/root/hapgent.deb"],
+        ["dpkg", "-i", "/root/hapgent-next.deb"],
+        ["dpkg-reconfigure", "hapgent"],
+      ]) {
+        await inRoot(step);
+        const stats = await lstat(dir);
+        assert.deepEqual(
+          [stats.uid, stats.gid, stats.mode & 0o7777],
+          [0, Number(gid), 0o750],
+          `/etc/hapgent after ${step.join(" ")}`,
+        );
+      }
+      await inRoot(["dpkg", "--purge", "hapgent"]);
       await assertPurged(root);
     });
   }
