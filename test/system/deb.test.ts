@@ -566,6 +566,63 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       await inRoot(["dpkg", "--purge", "hapgent"]);
       await assertPurged(root);
     });
+
+    test(`in a ${release.name} root, an upgrade from 0.1.0 names what the service user left in /etc/hapgent`, async (t) => {
+      const root = await rootFor(
+        t,
+        join(out, `left-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => undefined,
+      );
+      const inRoot = chrootRunner(root);
+      await copyFile(oldLayoutDeb, join(root, "root/hapgent-old.deb"));
+      await copyFile(deb, join(root, "root/hapgent.deb"));
+      const intact = await rootsFiles(root);
+      await inRoot(["dpkg", "-i", "/root/hapgent-old.deb"]);
+      // Under 0.1.0 the service user owned /etc/hapgent: it pre-made root's configuration files,
+      // a directory, links out of it, and a name that would write escapes to root's terminal.
+      await inRoot([
+        "runuser",
+        "-u",
+        "hapgent",
+        "--",
+        "sh",
+        "-c",
+        `cd /etc/hapgent && echo '{"checks":[]}' >checks.json && mkdir checks.d && touch checks.d/disk &&
+         ln -s ${CANARY} etcd-ca.pem && ln -s /root certs && touch "$(printf 'x\\033]0;owned\\007')"`,
+      ]);
+      const upgraded = await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      await intact("after the upgrade from 0.1.0");
+      assert.match(
+        upgraded.stderr,
+        /WARNING: these entries of \/etc\/hapgent belong to the service user/,
+      );
+      for (const name of ["checks.json", "checks.d", "checks.d/disk", "etcd-ca.pem", "certs"]) {
+        assert.match(
+          upgraded.stderr,
+          new RegExp(`^hapgent: +/etc/hapgent/${name.replace(".", "\\.")}$`, "m"),
+          name,
+        );
+      }
+      assert.match(
+        upgraded.stderr,
+        /^hapgent: +\/etc\/hapgent\/x\?]0;owned\?$/m,
+        "the name, escapes shown as ?",
+      );
+      assert.doesNotMatch(upgraded.stderr, /\/etc\/hapgent\/certs\/|canary/, "nothing followed");
+      assert.ok(!upgraded.stderr.includes(String.fromCharCode(0x1b)), "no escape on the terminal");
+      // Named, not changed: still the service user's, links still links.
+      const [uid] = (await account(root, "hapgent")) ?? [];
+      assert.equal((await lstat(join(root, "etc/hapgent/checks.json"))).uid, uid);
+      assert.ok((await lstat(join(root, "etc/hapgent/certs"))).isSymbolicLink());
+      assert.equal((await lstat(join(root, CANARY))).uid, 0);
+      // Said once, at the upgrade that takes the directory back.
+      const again = await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      assert.doesNotMatch(again.stderr, /WARNING/);
+      await inRoot(["dpkg", "--purge", "hapgent"]);
+      await intact("after a purge");
+    });
   }
 
   for (const release of RELEASES) {
