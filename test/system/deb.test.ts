@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import {
+  chmod,
   chown,
   copyFile,
   lstat,
@@ -110,6 +111,63 @@ async function processesIn(root: string): Promise<number[]> {
     if (at === root) found.push(Number(name));
   }
   return found;
+}
+
+/** What a process shows of its session: its user, controlling terminal, descriptors. */
+interface Attachment {
+  pid: number;
+  command: string;
+  uid: number;
+  /** Field 7 of /proc/PID/stat: 0 when it has no controlling terminal. */
+  ttyNr: number;
+  /** Where each of its descriptors leads, by number. */
+  fds: Record<string, string>;
+}
+
+/** Of processes `belongs` accepts, those of user `uid`; empty unless one of them runs `command`. */
+async function serviceProcesses(
+  uid: number,
+  command: string,
+  belongs: (pid: number) => Promise<boolean>,
+): Promise<Attachment[]> {
+  const found: Attachment[] = [];
+  for (const name of await readdir("/proc")) {
+    if (!/^[0-9]+$/.test(name) || !(await belongs(Number(name)))) continue;
+    try {
+      const status = await readFile(`/proc/${name}/status`, "utf8");
+      if (Number(status.match(/^Uid:\s+(\d+)/m)?.[1]) !== uid) continue;
+      const stat = await readFile(`/proc/${name}/stat`, "utf8");
+      const fds: Record<string, string> = {};
+      for (const fd of await readdir(`/proc/${name}/fd`)) {
+        fds[fd] = await readlink(`/proc/${name}/fd/${fd}`).catch(() => "");
+      }
+      found.push({
+        pid: Number(name),
+        command: (await readFile(`/proc/${name}/comm`, "utf8")).trim(),
+        uid,
+        ttyNr: Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[4]),
+        fds,
+      });
+    } catch {
+      // It ended meanwhile.
+    }
+  }
+  return found.some((process) => process.command === command) ? found : [];
+}
+
+/**
+ * The carry-over's processes, blocked on the FIFO planted at /etc/hapgent/state.json (until
+ * their timeout of 10 s ends them: found well before).
+ */
+function blockedCarryOver(uid: number, belongs: (pid: number) => Promise<boolean>) {
+  return waitFor(
+    "the service user's head to block on the FIFO at /etc/hapgent/state.json",
+    async () => {
+      const found = await serviceProcesses(uid, "head", belongs);
+      return found.length > 0 ? found : undefined;
+    },
+    60_000,
+  );
 }
 
 /** What an uninstalled package must not leave behind in a root. */
@@ -534,6 +592,159 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       await inRoot(["dpkg", "--purge", "hapgent"]);
       await intact("after a purge");
       await assertPurged(root);
+    });
+
+    test(`in a ${release.name} root, the upgrade from 0.1.0 reads as the service user detached from root's terminal`, async (t) => {
+      const root = await rootFor(
+        t,
+        join(out, `detached-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => undefined,
+      );
+      const inRoot = chrootRunner(root);
+      await copyFile(oldLayoutDeb, join(root, "root/hapgent-old.deb"));
+      await copyFile(deb, join(root, "root/hapgent.deb"));
+      const intact = await rootsFiles(root);
+      await inRoot(["dpkg", "-i", "/root/hapgent-old.deb"]);
+      const [uid] = (await account(root, "hapgent")) ?? [];
+      // A FIFO holds the carry-over's head as the service user, for its session to be seen.
+      await inRoot([
+        "runuser",
+        "-u",
+        "hapgent",
+        "--",
+        "sh",
+        "-c",
+        "cd /etc/hapgent && rm -f state.json && mkfifo state.json",
+      ]);
+      // Root upgrades from a terminal, holding a descriptor of a root-only file.
+      const upgrade = exec(
+        "script",
+        [
+          "-qec",
+          `exec 7<${join(root, CANARY)}; exec chroot ${root} dpkg -i /root/hapgent.deb`,
+          "/dev/null",
+        ],
+        { env: { PATH: ROOT_PATH, DEBIAN_FRONTEND: "noninteractive" }, timeoutMs: 120_000 },
+      );
+      const inThisRoot = async (pid: number) =>
+        (await readlink(`/proc/${pid}/root`).catch(() => "")) === root;
+      const processes = await blockedCarryOver(Number(uid), inThisRoot);
+      const upgraded = await upgrade;
+      assert.equal(upgraded.code, 0, upgraded.stdout);
+      for (const process of processes) {
+        const what = `${process.command} (${process.pid}) of the service user: ${JSON.stringify(process)}`;
+        assert.equal(process.ttyNr, 0, `${what} has no controlling terminal`);
+        // Any descriptor above 2 is a shell's saved copy of its own 0-2 (dash keeps one at 10).
+        const std = ["0", "1", "2"].map((fd) => process.fds[fd]);
+        for (const [fd, target] of Object.entries(process.fds)) {
+          assert.doesNotMatch(target, /^\/dev\/(pts|tty)/, `${what}: ${fd} is not the terminal`);
+          if (Number(fd) > 2) assert.ok(std.includes(target), `${what}: ${fd} is not root's`);
+        }
+      }
+      assert.match(
+        upgraded.stdout,
+        /\/etc\/hapgent\/state\.json could not be read as the service user/,
+      );
+      assert.equal(
+        await readFile(join(root, "var/lib/hapgent/state.json"), "utf8"),
+        '{"status":"MAINT","description":"/etc/hapgent/state.json was not carried over"}\n',
+      );
+      await assertLayout(root, inRoot);
+      await inRoot(["dpkg", "--purge", "hapgent"]);
+      await intact("after a purge");
+    });
+
+    test(`in a ${release.name} root, reinstall, upgrade and dpkg-reconfigure keep the operator's /etc/hapgent`, async (t) => {
+      const root = await rootFor(
+        t,
+        join(out, `operator-dir-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => undefined,
+      );
+      const inRoot = chrootRunner(root);
+      await copyFile(deb, join(root, "root/hapgent.deb"));
+      await copyFile(nextDeb, join(root, "root/hapgent-next.deb"));
+      await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      // The operator lets the service read etcd's password, and no one else.
+      const [, gid] = (await account(root, "hapgent")) ?? [];
+      const dir = join(root, "etc/hapgent");
+      await chown(dir, 0, Number(gid));
+      await chmod(dir, 0o750);
+      for (const step of [
+        ["dpkg", "-i", "/root/hapgent.deb"],
+        ["dpkg", "-i", "/root/hapgent-next.deb"],
+        ["dpkg-reconfigure", "hapgent"],
+      ]) {
+        await inRoot(step);
+        const stats = await lstat(dir);
+        assert.deepEqual(
+          [stats.uid, stats.gid, stats.mode & 0o7777],
+          [0, Number(gid), 0o750],
+          `/etc/hapgent after ${step.join(" ")}`,
+        );
+      }
+      await inRoot(["dpkg", "--purge", "hapgent"]);
+      await assertPurged(root);
+    });
+
+    test(`in a ${release.name} root, an upgrade from 0.1.0 names what the service user left in /etc/hapgent`, async (t) => {
+      const root = await rootFor(
+        t,
+        join(out, `left-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => undefined,
+      );
+      const inRoot = chrootRunner(root);
+      await copyFile(oldLayoutDeb, join(root, "root/hapgent-old.deb"));
+      await copyFile(deb, join(root, "root/hapgent.deb"));
+      const intact = await rootsFiles(root);
+      await inRoot(["dpkg", "-i", "/root/hapgent-old.deb"]);
+      // Under 0.1.0 the service user owned /etc/hapgent: it pre-made root's configuration files,
+      // a directory, links out of it, and a name that would write escapes to root's terminal.
+      await inRoot([
+        "runuser",
+        "-u",
+        "hapgent",
+        "--",
+        "sh",
+        "-c",
+        `cd /etc/hapgent && echo '{"checks":[]}' >checks.json && mkdir checks.d && touch checks.d/disk &&
+         ln -s ${CANARY} etcd-ca.pem && ln -s /root certs && touch "$(printf 'x\\033]0;owned\\007')"`,
+      ]);
+      const upgraded = await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      await intact("after the upgrade from 0.1.0");
+      assert.match(
+        upgraded.stderr,
+        /WARNING: these entries of \/etc\/hapgent belong to the service user/,
+      );
+      for (const name of ["checks.json", "checks.d", "checks.d/disk", "etcd-ca.pem", "certs"]) {
+        assert.match(
+          upgraded.stderr,
+          new RegExp(`^hapgent: +/etc/hapgent/${name.replace(".", "\\.")}$`, "m"),
+          name,
+        );
+      }
+      assert.match(
+        upgraded.stderr,
+        /^hapgent: +\/etc\/hapgent\/x\?]0;owned\?$/m,
+        "the name, escapes shown as ?",
+      );
+      assert.doesNotMatch(upgraded.stderr, /\/etc\/hapgent\/certs\/|canary/, "nothing followed");
+      assert.ok(!upgraded.stderr.includes(String.fromCharCode(0x1b)), "no escape on the terminal");
+      // Named, not changed: still the service user's, links still links.
+      const [uid] = (await account(root, "hapgent")) ?? [];
+      assert.equal((await lstat(join(root, "etc/hapgent/checks.json"))).uid, uid);
+      assert.ok((await lstat(join(root, "etc/hapgent/certs"))).isSymbolicLink());
+      assert.equal((await lstat(join(root, CANARY))).uid, 0);
+      // Said once, at the upgrade that takes the directory back.
+      const again = await inRoot(["dpkg", "-i", "/root/hapgent.deb"]);
+      assert.doesNotMatch(again.stderr, /WARNING/);
+      await inRoot(["dpkg", "--purge", "hapgent"]);
+      await intact("after a purge");
     });
   }
 
