@@ -8,6 +8,7 @@
  */
 import type { Socket } from "node:net";
 import { type ControlRequest, type ErrorReply, parseRequest } from "../control-protocol.js";
+import { LineBuffer } from "./line-buffer.js";
 
 export interface ControlHandlers {
   /** Answers one valid request; the object is sent as one line. */
@@ -28,14 +29,12 @@ export interface ConnectionOptions {
   readonly idleMs: number;
 }
 
-const NEWLINE = 0x0a;
-
 /** Serves `socket` (made with allowHalfOpen: the reply still goes to a client that has ended). */
 export function serveConnection(
   socket: Socket,
   { handlers, maxLineBytes, idleMs }: ConnectionOptions,
 ): ControlConnection {
-  let input: Buffer = Buffer.alloc(0);
+  const input = new LineBuffer();
   let answering = false;
   let draining = false;
   let ended = false;
@@ -63,7 +62,7 @@ export function serveConnection(
 
   const next = (): void => {
     while (!answering && !draining && !cutOff && !socket.destroyed) {
-      const end = input.indexOf(NEWLINE);
+      const end = input.firstLineEnd;
       if (end > maxLineBytes || (end < 0 && input.length > maxLineBytes)) {
         refuseLong();
         return;
@@ -73,16 +72,14 @@ export function serveConnection(
         else flow();
         return;
       }
-      const line = input.subarray(0, end).toString("utf8");
-      input = input.subarray(end + 1);
+      const line = input.takeLine()?.toString("utf8") ?? "";
       if (line.trim() !== "") answer(line);
     }
     if (!cutOff) flow();
   };
   // The client has ended its side: a last line without its newline is still a request.
   const finish = (): void => {
-    const line = input.toString("utf8");
-    input = Buffer.alloc(0);
+    const line = input.takeAll().toString("utf8");
     if (line.trim() !== "") answer(line);
     else socket.end();
   };
@@ -99,7 +96,7 @@ export function serveConnection(
   // Past a line too long, what the client sends is read to its end and dropped.
   const refuseLong = (): void => {
     cutOff = true;
-    input = Buffer.alloc(0);
+    input.clear();
     send({ ok: false, error: `request longer than ${maxLineBytes} bytes` });
     socket.end();
     socket.resume();
@@ -107,7 +104,7 @@ export function serveConnection(
 
   socket.on("data", (chunk: Buffer) => {
     if (cutOff) return;
-    input = input.length === 0 ? chunk : Buffer.concat([input, chunk]);
+    input.push(chunk);
     next();
   });
   socket.on("end", () => {
