@@ -60,6 +60,14 @@ export async function apply(
       (err: ControlError) => err,
     );
     if (!(reply instanceof ControlError)) return answered(io, target, daemon.pid, change, reply);
+    if (reply.unanswered) {
+      // The daemon may have read it and made it: sending it again (or through the file) could
+      // make it twice, or undo one made since by someone else.
+      io.err(
+        `hapgent: the control socket ${target.socket.path} closed the connection before replying (${reply.message}); the change may or may not have been made, and was not sent again: see hapgent status\n`,
+      );
+      return { code: CLI_EXIT.NOT_CONFIRMED };
+    }
     io.err(
       `hapgent: the control socket ${target.socket.path} did not answer (${reply.message}); saving the file and signalling instead\n`,
     );

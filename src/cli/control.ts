@@ -31,10 +31,16 @@ export async function untrustedSocket(
 /** A control request that could not be made or answered; `code` is Node's, when it has one. */
 export class ControlError extends Error {
   readonly code: string | undefined;
-  constructor(message: string, code?: string) {
+  /**
+   * The daemon took the connection and closed or reset it before any byte of a reply: the
+   * request may have been read and acted on, or not.
+   */
+  readonly unanswered: boolean;
+  constructor(message: string, code?: string, unanswered = false) {
     super(message);
     this.name = "ControlError";
     this.code = code;
+    this.unanswered = unanswered;
   }
 }
 
@@ -44,7 +50,8 @@ const BUSY_RETRY_MS = 50;
 /**
  * Sends one request and resolves with the reply object. A daemon busy with other clients'
  * changes reads nothing of it, so it is sent again until `timeoutMs` has passed; then the busy
- * reply is the answer.
+ * reply is the answer. A status, which changes nothing, is also sent again when the connection
+ * closed before any reply; a change is not, as it may have been made.
  */
 export async function request(
   path: string,
@@ -53,8 +60,15 @@ export async function request(
 ): Promise<unknown> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const reply = await ask(path, body, Math.max(1, deadline - Date.now()));
-    if (!isBusy(reply) || Date.now() + BUSY_RETRY_MS >= deadline) return reply;
+    const reply = await ask(path, body, Math.max(1, deadline - Date.now())).catch(
+      (err: ControlError) => {
+        if (err.unanswered && readOnly(body) && Date.now() + BUSY_RETRY_MS < deadline) return err;
+        throw err;
+      },
+    );
+    if (!(reply instanceof ControlError)) {
+      if (!isBusy(reply) || Date.now() + BUSY_RETRY_MS >= deadline) return reply;
+    }
     await sleep(BUSY_RETRY_MS);
   }
 }
@@ -63,13 +77,17 @@ function ask(path: string, body: ControlRequest | object, timeoutMs: number): Pr
   return new Promise((resolve, reject) => {
     const socket = connect(path);
     let received = "";
+    let connected = false;
     const fail = (err: ControlError) => {
       socket.destroy();
       reject(err);
     };
     socket.setEncoding("utf8");
     socket.setTimeout(timeoutMs, () => fail(new ControlError(`no reply within ${timeoutMs} ms`)));
-    socket.on("connect", () => socket.write(`${JSON.stringify(flatten(body))}\n`));
+    socket.on("connect", () => {
+      connected = true;
+      socket.write(`${JSON.stringify(flatten(body))}\n`);
+    });
     socket.on("data", (chunk: string) => {
       received += chunk;
       const end = received.indexOf("\n");
@@ -82,12 +100,18 @@ function ask(path: string, body: ControlRequest | object, timeoutMs: number): Pr
       }
     });
     socket.on("error", (err: NodeJS.ErrnoException) =>
-      fail(new ControlError(err.code ?? err.message, err.code)),
+      fail(new ControlError(err.code ?? err.message, err.code, connected && received === "")),
     );
     socket.on("end", () => {
-      if (!received.includes("\n")) fail(new ControlError("closed without a reply"));
+      if (!received.includes("\n")) {
+        fail(new ControlError("closed without a reply", undefined, received === ""));
+      }
     });
   });
+}
+
+function readOnly(body: ControlRequest | object): boolean {
+  return "op" in body && body.op === "status";
 }
 
 /** The wire form: a change's fields beside its op. */

@@ -21,6 +21,11 @@ export interface ControlConnection {
   readonly answering: boolean;
   /** When it last sent a request or took a whole reply, on performance.now()'s clock. */
   readonly lastActiveMs: number;
+  /**
+   * Closes it to make room, never while answering: `reply` is sent and nothing more is read of
+   * it, so the client knows what it sent since its last reply was not done.
+   */
+  evict(reply: object): void;
 }
 
 export interface ConnectionOptions {
@@ -124,6 +129,14 @@ export function serveConnection(
     },
     get lastActiveMs() {
       return lastActiveMs;
+    },
+    evict(reply) {
+      cutOff = true;
+      input.clear();
+      // Written at once (the kernel takes a short line whole) and so read by the client before it
+      // learns of the close, even though what it sent since is dropped unread.
+      send(reply);
+      socket.destroy();
     },
   };
 }

@@ -4,7 +4,9 @@
  * and changes the state: the daemon applies the change in order with signals and reloads, saves
  * it, and answers once it is saved. Bad requests get a clear error and leave the daemon unharmed;
  * clients are few, their lines short, their time bounded, and a new client is never turned away
- * for idle ones: the one idle longest is closed to make room.
+ * for idle ones: the one idle longest is closed to make room. One turned away or closed to make
+ * room hears the busy reply (nothing of what it sent since its last reply was done), and one
+ * whose request was read is answered before it can be closed.
  */
 import { chmod, lstat, unlink } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
@@ -50,12 +52,19 @@ export function createControlServer({
   idleMs = CONTROL_IDLE_MS,
 }: ControlOptions): ControlServer {
   const clients = new Set<ControlConnection>();
+  const busy: BusyReply = {
+    ok: false,
+    code: "busy",
+    error: `busy: ${maxClients} clients are waiting for their replies`,
+  };
+  // Newcomers turned away, told busy, until their side closes (each at most `idleMs`).
   const refused = new Set<Socket>();
+  const maxRefused = maxClients;
   // allowHalfOpen: a client that ends its side after its request (`nc -N`) still gets the reply.
   const server: Server = createServer({ allowHalfOpen: true }, (socket) => {
     socket.on("error", () => socket.destroy());
-    if (clients.size >= maxClients && !closeIdlest(clients)) {
-      refuse(socket, refused, maxClients, idleMs);
+    if (clients.size >= maxClients && !evictIdlest(clients, busy)) {
+      refuse(socket, refused, maxRefused, busy, idleMs);
       return;
     }
     const client = serveConnection(socket, { handlers, maxLineBytes, idleMs });
@@ -87,11 +96,12 @@ export function createControlServer({
 }
 
 /**
- * Closes the client idle longest, one whose reply the daemon is not working out; false when
- * every client waits for one. Forgotten at once, not at its 'close', so a burst accepted in one
- * tick closes one client each.
+ * Closes the client idle longest that is not waiting for a reply, told busy: what it sent since
+ * its last reply was not read, and the command line asks again. False when every client waits
+ * for a reply. Forgotten at once, not at its 'close', so a burst accepted in one tick closes one
+ * client each.
  */
-function closeIdlest(clients: Set<ControlConnection>): boolean {
+function evictIdlest(clients: Set<ControlConnection>, busy: BusyReply): boolean {
   let idlest: ControlConnection | undefined;
   for (const client of clients) {
     if (client.answering) continue;
@@ -99,30 +109,31 @@ function closeIdlest(clients: Set<ControlConnection>): boolean {
   }
   if (idlest === undefined) return false;
   clients.delete(idlest);
-  idlest.socket.destroy();
+  idlest.evict(busy);
   return true;
 }
 
 /**
- * Every client is waiting for a change to be saved: the newcomer is told so at once, and its
- * request is never read (the command line tries again). Its input is read to its end and dropped,
- * since closing over unread data would reset the connection and could lose the line; at most
- * `maxClients` such wait for that, each at most `idleMs`.
+ * No client can be closed to make room: the newcomer is told it is busy at once, and its request
+ * is never read (the command line tries again). Its input is read to its end and dropped, since
+ * closing over unread data would reset the connection and could lose the line; at most
+ * `maxRefused` such wait for that, each at most `idleMs`.
  */
-function refuse(socket: Socket, refused: Set<Socket>, maxClients: number, idleMs: number): void {
-  if (refused.size >= maxClients) {
+function refuse(
+  socket: Socket,
+  refused: Set<Socket>,
+  maxRefused: number,
+  busy: BusyReply,
+  idleMs: number,
+): void {
+  if (refused.size >= maxRefused) {
     socket.destroy();
     return;
   }
   refused.add(socket);
   socket.on("close", () => refused.delete(socket));
   socket.setTimeout(idleMs, () => socket.destroy());
-  const reply: BusyReply = {
-    ok: false,
-    code: "busy",
-    error: `busy: ${maxClients} clients are waiting for their replies`,
-  };
-  socket.end(`${JSON.stringify(reply)}\n`);
+  socket.end(`${JSON.stringify(busy)}\n`);
   socket.resume();
 }
 
