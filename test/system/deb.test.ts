@@ -1199,8 +1199,10 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     const { expect, silent } = agentAt(port, stateFile);
     const pid = async () => (await insideOk(["cat", "/run/hapgent.pid"])).trim();
     try {
-      // Started at boot, by init's runlevel 2 and the package's link.
-      await expect("up ready 100%\n", '{"status":"UP"}\n');
+      // Started at boot, by init's runlevel 2 and the package's link: after rcS and rc 2 have run
+      // their scripts, which on a busy host take longer than an answer's 5 s (as the systemd
+      // tests wait for is-system-running).
+      await expect("up ready 100%\n", '{"status":"UP"}\n', BOOT_MS);
       assert.match(await insideOk(["runlevel"]), /^N 2$/m);
       assert.match(await insideOk(["service", "hapgent", "status"]), /hapgent is running/);
       // As the unit runs it: the service user, its name once it handles signals, and only the
@@ -1363,16 +1365,21 @@ async function rootFor(
   return dir;
 }
 
+/** How long a container's boot may take, to the end of its init's start-up (its services run). */
+const BOOT_MS = 120_000;
+
 /**
  * The agent on `port` as a load balancer sees it: `expect` waits until it answers `line` (and,
- * given `file`, until its state file holds `file`, the change record aside); `silent`, until
- * nothing answers on the port.
+ * given `file`, until its state file holds `file`, the change record aside), for `timeoutMs`
+ * (waitFor's 5 s unless given); `silent`, until nothing answers on the port.
  */
 function agentAt(port: number, stateFile: string) {
   return {
-    async expect(line: string, file?: string) {
-      await waitFor(`reply ${line}`, async () =>
-        (await probe(port).catch(() => "")) === line ? true : undefined,
+    async expect(line: string, file?: string, timeoutMs?: number) {
+      await waitFor(
+        `reply ${line}`,
+        async () => ((await probe(port).catch(() => "")) === line ? true : undefined),
+        timeoutMs,
       );
       if (file !== undefined) {
         await waitFor(`file ${file}`, async () =>
