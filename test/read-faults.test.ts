@@ -269,6 +269,12 @@ describe("a checks file that cannot be read for a moment", { skip: SKIP_PRLIMIT 
     });
     await d.waitForLog(/start-up: loaded checks file .*: 1 check \(one\)/);
     const control = await controlConnection(t, socket);
+    // The check's first run is over, its process and pipes gone: no descriptor it holds comes
+    // free once the limit is down, which would let the file be read after all.
+    await waitFor("the check's first run", async () => {
+      const status = await control.ask({ op: "status" });
+      return status.checks[0]?.runs >= 1 ? true : undefined;
+    });
     const restore = await exhaustDescriptors(d.pid);
     t.after(restore);
     await writeFile(checksFile, checksOf("one", "two"));
