@@ -594,7 +594,9 @@ export async function startDaemon(
       process.kill(child.pid ?? 0, name);
     },
   };
-  if (ready) await daemon.waitForLog(/listening on/);
+  // How long a start takes is not what a test of a started agent is about: a loaded machine (two
+  // lanes, the binary without its JIT) can take longer than 5 s.
+  if (ready) await daemon.waitForLog(/listening on/, 15_000);
   return daemon;
 }
 
