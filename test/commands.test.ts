@@ -188,6 +188,24 @@ describe("agent", () => {
     assert.equal(store.saves.at(-1), '{"status":"UP"}');
   });
 
+  test("an invalid file is said to be replaced only once the save is done", async () => {
+    const store = fakeStore({ ok: false, reason: "not JSON" });
+    const { log, lines } = capture();
+    const agent = createCommands({ store, log, retryDelayMs: () => 60_000 });
+    await agent.command("reload", "start-up");
+    store.failSaves(true);
+    const failed = await agent.change({ status: "DRAIN" }, "control");
+    assert.ok(failed.ok && failed.unsaved !== undefined);
+    const said = (ending: string) =>
+      lines.filter((line) => line.includes(`state.json was invalid (not JSON); ${ending}`));
+    assert.deepEqual(said("replaced"), [], lines.join("\n"));
+    assert.equal(said("not replaced yet: the save failed, and is retried").length, 1);
+    store.failSaves(false);
+    const saved = await agent.change({ status: "UP" }, "control");
+    assert.ok(saved.ok && saved.unsaved === undefined);
+    assert.equal(store.saves.at(-1), '{"status":"UP"}');
+  });
+
   test("a failed save is tried again, backing off, until the file holds the state", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } }, 1);
     const { log, lines } = capture();

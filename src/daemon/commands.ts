@@ -354,14 +354,18 @@ export function createCommands({
       return next;
     }
     const replaced = file.ok || transient || file.code === "ENOENT" ? undefined : file.reason;
-    if (replaced !== undefined)
-      log.warning(`${cause}: the state file ${store.path} was invalid (${replaced}); replaced`);
     log.notice(`${cause}: state ${set(next.state, "control")}${cancelled(next.cancelled)}`);
     // What is answered now is saved over the file: reading it again would undo it.
     cancelRetry();
     saves.request();
     await saves.idle();
-    return { ok: true, state, replaced, unsaved: saves.failure, cancelled: next.cancelled };
+    const unsavedNow = saves.failure;
+    // Said only once it is so: an invalid file is replaced when the save is done.
+    if (replaced !== undefined)
+      log.warning(
+        `${cause}: the state file ${store.path} was invalid (${replaced}); ${unsavedNow === undefined ? "replaced" : "not replaced yet: the save failed, and is retried"}`,
+      );
+    return { ok: true, state, replaced, unsaved: unsavedNow, cancelled: next.cancelled };
   };
 
   /**

@@ -1059,7 +1059,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
         // existed (systemd restarted them); the service account's symlink made a save fail until
         // the file was put back: those are expected, nothing else.
         const expected =
-          /closed the Node debugger|^check (app|flag): failing|^hapgent\.service: (Main process exited, code=killed, status=10\/USR1|Failed with result 'signal')|^Failed to start hapgent\.service|^control: the state file \/var\/lib\/hapgent\/state\.json was invalid \(cannot be read: permission denied\); replaced|^cannot save state file \/var\/lib\/hapgent\/state\.json: (EACCES|EROFS)|the state file \/var\/lib\/hapgent\/state\.json was never saved with/;
+          /closed the Node debugger|^check (app|flag): failing|^hapgent\.service: (Main process exited, code=killed, status=10\/USR1|Failed with result 'signal')|^Failed to start hapgent\.service|^control: the state file \/var\/lib\/hapgent\/state\.json was invalid \(cannot be read: permission denied\); (replaced|not replaced yet: the save failed, and is retried)|^cannot save state file \/var\/lib\/hapgent\/state\.json: (EACCES|EROFS)|the state file \/var\/lib\/hapgent\/state\.json was never saved with/;
         const unexpected = problems
           .split("\n")
           .filter((line) => /hapgent/i.test(line) && !expected.test(line));
