@@ -18,7 +18,7 @@ import {
   symlink,
   writeFile,
 } from "node:fs/promises";
-import { connect } from "node:net";
+import { type AddressInfo, connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -27,6 +27,7 @@ import { CLI_EXIT } from "../src/cli/exit.js";
 import {
   execOk,
   missing,
+  probe,
   runHapgent,
   startDaemon,
   tempDir,
@@ -303,6 +304,66 @@ describe("a checks file that cannot be read for a moment", { skip: SKIP_PRLIMIT 
       after.checks.map((check: { name: string }) => check.name),
       ["one", "two"],
     );
+  });
+});
+
+describe("checks that cannot run for a moment", { skip: SKIP_PRLIMIT }, () => {
+  test("a check the agent cannot start for EMFILE keeps its verdict, and runs once it can", async (t) => {
+    const dir = await tempDir(t);
+    const socket = join(dir, "control.sock");
+    const checksFile = join(dir, "checks.json");
+    // A listener the tcp check reaches, in this process: it needs no descriptor of the agent's.
+    const server = createServer((client) => client.destroy());
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    t.after(() => server.close());
+    const { port } = server.address() as AddressInfo;
+    const checks = [
+      { name: "cmd", exec: ["/bin/true"], interval: "1s", fall: 1 },
+      { name: "port", tcp: `127.0.0.1:${port}`, interval: "200ms", fall: 1 },
+    ];
+    await writeFile(checksFile, JSON.stringify({ checks }), { mode: 0o644 });
+    const d = await startDaemon(t, {
+      state: '{"status":"UP"}',
+      env: { HAPGENT_CONTROL_SOCKET: socket, HAPGENT_CHECKS_FILE: checksFile },
+    });
+    const control = await controlConnection(t, socket);
+    const runs = async () =>
+      Object.fromEntries(
+        (await control.ask({ op: "status" })).checks.map((c: { name: string; runs: number }) => [
+          c.name,
+          c.runs,
+        ]),
+      );
+    await waitFor("both checks' first runs", async () => {
+      const now = await runs();
+      return now.cmd >= 1 && now.port >= 1 ? true : undefined;
+    });
+    const restore = await exhaustDescriptors(d.pid);
+    t.after(restore);
+    // No process, pipe or socket can be made: neither check runs, and neither fails.
+    await d.waitForLog(/check cmd: not run: EMFILE; its verdict stands until it runs/, 10_000);
+    await d.waitForLog(/check port: not run: EMFILE; its verdict stands until it runs/, 10_000);
+    await sleep(2500);
+    const during = await control.ask({ op: "status" });
+    for (const check of during.checks) {
+      assert.equal(check.passing, true, JSON.stringify(check));
+      assert.equal(check.verdict, undefined, JSON.stringify(check));
+      assert.equal(check.fails, 0, JSON.stringify(check));
+      assert.equal(check.last.detail, "not run: EMFILE", JSON.stringify(check));
+    }
+    assert.doesNotMatch(d.stderr(), /failing/);
+    const before = await runs();
+    await restore();
+    await d.waitForLog(/check cmd: runs again: exit 0/, 10_000);
+    await d.waitForLog(/check port: runs again: tcp 127\.0\.0\.1:\d+: connected/, 10_000);
+    await waitFor("both checks to run again", async () => {
+      const now = await runs();
+      return now.cmd > before.cmd && now.port > before.port ? true : undefined;
+    });
+    // Logged once a streak, not once a run.
+    assert.equal(d.stderr().match(/check port: not run: EMFILE/g)?.length, 1, d.stderr());
+    assert.equal(await probe(d.port), "up ready 100%\n");
   });
 });
 

@@ -25,6 +25,11 @@ export interface CheckResult {
   readonly detail: string;
   readonly atMs: number;
   readonly durationMs: number;
+  /**
+   * Not run, for a fault of the agent's own of the moment (no descriptor left, no memory): it
+   * says nothing of what is checked, so it counts as neither a pass nor a failure.
+   */
+  readonly agentFault?: true;
 }
 
 /** A check as status, metrics and the control socket show it. */
@@ -115,12 +120,22 @@ export function createChecks({
     runs: 0,
     failedRuns: 0,
     ...kept.get(keyOf(check)),
+    /** The last run was not made, for a fault of the agent's (logged once a streak). */
+    faulted: false,
     timer: undefined as NodeJS.Timeout | undefined,
   }));
   type State = (typeof states)[number];
 
   const record = (s: State, result: CheckResult): void => {
     s.last = result;
+    if (result.agentFault) {
+      if (!s.faulted)
+        log.warning(`check ${s.check.name}: ${result.detail}; its verdict stands until it runs`);
+      s.faulted = true;
+      return;
+    }
+    if (s.faulted) log.notice(`check ${s.check.name}: runs again: ${result.detail}`);
+    s.faulted = false;
     s.runs++;
     const { check } = s;
     const before = s.verdict;
@@ -243,10 +258,29 @@ export async function runProbe(check: Check, uid: number): Promise<Omit<CheckRes
     status: outcome.status,
     detail: shownDetail(outcome.detail),
     durationMs: Math.round((performance.now() - started) * 10) / 10,
+    ...(outcome.agentFault ? { agentFault: true } : {}),
   };
 }
 
-type Outcome = { status: Status; detail: string };
+type Outcome = { status: Status; detail: string; agentFault?: true };
+
+/**
+ * Errors of the agent's own resources of the moment, not of what a check checks: a socket or a
+ * process that could not be made (no descriptor, no memory, a process limit).
+ */
+const AGENT_FAULTS = new Set(["EMFILE", "ENFILE", "ENOMEM", "ENOBUFS", "EAGAIN"]);
+
+/** The outcome of a probe that failed with `err`: a failure, or the agent's fault. */
+function failedWith(check: Check, err: NodeJS.ErrnoException, detail: string): Outcome {
+  if (err.code !== undefined && AGENT_FAULTS.has(err.code)) {
+    return {
+      status: statusFor(check, undefined),
+      detail: `not run: ${err.code}`,
+      agentFault: true,
+    };
+  }
+  return { status: statusFor(check, undefined), detail };
+}
 
 /**
  * A run's detail holds what a program printed or a server said, which may hold terminal escapes
@@ -310,7 +344,7 @@ function httpProbe(check: Check, url: string): Promise<Outcome> {
     });
     req.on("error", (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      failed(err.code ?? err.message);
+      resolve(failedWith(check, err, `${url}: ${err.code ?? err.message}`));
     });
     req.end();
   });
@@ -335,7 +369,7 @@ function tcpProbe(check: Check, host: string, port: number): Promise<Outcome> {
     );
     socket.on("connect", () => done({ status: "UP", detail: `${where}: connected` }));
     socket.on("error", (err: NodeJS.ErrnoException) =>
-      done({ status: statusFor(check, undefined), detail: `${where}: ${err.code ?? err.message}` }),
+      done(failedWith(check, err, `${where}: ${err.code ?? err.message}`)),
     );
   });
 }
@@ -353,13 +387,21 @@ function execProbe(check: Check, argv: readonly string[]): Promise<Outcome> {
     const [file = "", ...args] = argv;
     let output = "";
     let settled = false;
-    const child = spawn(file, args, {
-      stdio: ["ignore", "pipe", "ignore"],
-      // Its own process group, so a timeout ends whatever it started too.
-      detached: true,
-      cwd: "/",
-      env: { PATH: COMMAND_PATH, LANG: "C.UTF-8", HAPGENT_CHECK: check.name },
-    });
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(file, args, {
+        stdio: ["ignore", "pipe", "ignore"],
+        // Its own process group, so a timeout ends whatever it started too.
+        detached: true,
+        cwd: "/",
+        env: { PATH: COMMAND_PATH, LANG: "C.UTF-8", HAPGENT_CHECK: check.name },
+      });
+    } catch (err) {
+      // Node throws rather than emits for some of the system's refusals (ENOMEM).
+      const error = err as NodeJS.ErrnoException;
+      resolve(failedWith(check, error, `cannot run ${file}: ${error.code ?? error.message}`));
+      return;
+    }
     const kill = () => {
       try {
         if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
@@ -387,10 +429,7 @@ function execProbe(check: Check, argv: readonly string[]): Promise<Outcome> {
         output += chunk.slice(0, MAX_OUTPUT_BYTES - output.length);
     });
     child.on("error", (err: NodeJS.ErrnoException) =>
-      finish({
-        status: statusFor(check, undefined),
-        detail: `cannot run ${file}: ${err.code ?? err.message}`,
-      }),
+      finish(failedWith(check, err, `cannot run ${file}: ${err.code ?? err.message}`)),
     );
     // The exit decides, not the end of its output: something it started may hold the pipe.
     // Whatever it left running is ended with it, so a check leaves nothing behind.
