@@ -26,6 +26,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { CLI_EXIT } from "../src/cli/exit.js";
 import {
   execOk,
+  freePort,
   missing,
   probe,
   runHapgent,
@@ -174,6 +175,37 @@ describe("a state file whose read fails with EIO", () => {
     assert.equal(await d.probe(), "up drain 30%\n");
     await replaceFile(stateFile, { content: '{"status":"UP"}' });
     await d.waitForReply("up ready 100%\n", 10_000);
+  });
+});
+
+describe("a fleet cache whose read fails with EIO for a moment", () => {
+  test("is read again at start-up, and its word followed while etcd is unreachable", async (t) => {
+    const home = await mkdtemp(join(tmpdir(), "hapgent-eio-"));
+    t.after(() => rm(home, { recursive: true, force: true }));
+    const cacheFile = join(home, "state.fleet.json");
+    const key = "/hapgent/host/h1";
+    await symlink("/proc/self/mem", cacheFile);
+    // Nothing listens there: the cache is all the agent has of the fleet's word.
+    const endpoint = `http://127.0.0.1:${await freePort()}`;
+    const d = await startDaemon(t, {
+      dir: home,
+      ready: false,
+      env: { HAPGENT_ETCD_ENDPOINTS: endpoint, HAPGENT_ETCD_KEYS: key },
+    });
+    await d.waitForLog(/fleet: the cache .*EIO.*; trying again/);
+    await replaceFile(cacheFile, {
+      content: JSON.stringify({
+        format: 1,
+        keys: [key],
+        heardAt: new Date().toISOString(),
+        word: { key, revision: 7, state: { status: "DRAIN", reason: "zone b" } },
+      }),
+    });
+    await d.waitForLog(/fleet: read the cache .* after \d+ failed attempts/);
+    await d.waitForLog(/following the cached word until etcd answers: \/hapgent\/host\/h1/);
+    await d.waitForLog(/listening on/);
+    assert.equal(await d.probe(), "up drain 100% # fleet /hapgent/host/h1: zone b\n");
+    assert.doesNotMatch(d.stderr(), /not used/);
   });
 });
 

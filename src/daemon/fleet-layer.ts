@@ -30,7 +30,8 @@ import {
   type Snapshot,
 } from "../etcd.js";
 import type { Logger } from "../log.js";
-import { readCapped, type TextFile } from "../store.js";
+import { isTransientReadError, type ReadResult, readCapped, type TextFile } from "../store.js";
+import { READ_HOLD_MAX_MS } from "./commands.js";
 
 /** What `hapgent status` and the metrics show of the fleet. */
 export interface FleetView {
@@ -544,13 +545,34 @@ function sameBytes(a: Buffer | undefined, b: Buffer | undefined): boolean {
   return a === undefined || b === undefined ? a === b : a.equals(b);
 }
 
+/**
+ * The cache's bytes. A read that fails for a fault of the moment (EMFILE, EIO …) is tried again
+ * for READ_HOLD_MAX_MS: giving up on it would forget the fleet's word while etcd is unreachable.
+ */
+async function readCacheBytes(path: string, log: Logger): Promise<ReadResult> {
+  const started = performance.now();
+  let read = await readCapped(path, MAX_CACHE_BYTES);
+  let attempts = 1;
+  for (let delayMs = 50; !read.ok && isTransientReadError(read.code); delayMs *= 2) {
+    if (attempts === 1) log.warning(`fleet: the cache ${path} ${read.reason}; trying again`);
+    const leftMs = READ_HOLD_MAX_MS - (performance.now() - started);
+    if (leftMs <= 0) break;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(delayMs, leftMs)));
+    read = await readCapped(path, MAX_CACHE_BYTES);
+    attempts++;
+  }
+  if (read.ok && attempts > 1)
+    log.notice(`fleet: read the cache ${path} after ${attempts - 1} failed attempts`);
+  return read;
+}
+
 /** The cached word, if the cache is the agent's for these keys; undefined otherwise (logged). */
 async function readCache(
   path: string,
   keys: readonly string[],
   log: Logger,
 ): Promise<{ word: FleetWord | undefined; heardAt: number } | undefined> {
-  const read = await readCapped(path, MAX_CACHE_BYTES);
+  const read = await readCacheBytes(path, log);
   if (!read.ok) {
     if (read.code !== "ENOENT") log.warning(`fleet: the cache ${path} ${read.reason}; not used`);
     return undefined;
