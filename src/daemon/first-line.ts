@@ -31,6 +31,7 @@ export function createFirstLines({ waitMs, maxLineBytes, answer }: FirstLinesOpt
   // (one wait for all), so the timer looks at the front only.
   const waiting = new Map<Socket, { text: string; deadline: number }>();
   let timer: NodeJS.Timeout | undefined;
+  let expiring: NodeJS.Immediate | undefined;
 
   const finish = (socket: Socket, line: string | undefined): void => {
     if (!waiting.delete(socket)) return;
@@ -38,13 +39,20 @@ export function createFirstLines({ waitMs, maxLineBytes, answer }: FirstLinesOpt
   };
 
   const arm = (): void => {
-    if (timer !== undefined) return;
+    if (timer !== undefined || expiring !== undefined) return;
     const first = waiting.values().next().value;
     if (first === undefined) return;
     timer = setTimeout(onTimer, Math.max(0, first.deadline - performance.now()));
   };
+  // Timers run before the loop reads its sockets: after a busy turn (a flood, a collection) the
+  // timer would end waits whose line has already arrived, unread. The waits end after this
+  // turn's reads instead.
   function onTimer(): void {
     timer = undefined;
+    expiring = setImmediate(expire);
+  }
+  function expire(): void {
+    expiring = undefined;
     const now = performance.now();
     for (const [socket, entry] of waiting) {
       if (entry.deadline > now) break;
@@ -83,7 +91,9 @@ export function createFirstLines({ waitMs, maxLineBytes, answer }: FirstLinesOpt
     },
     stop() {
       clearTimeout(timer);
+      clearImmediate(expiring);
       timer = undefined;
+      expiring = undefined;
     },
   };
 }
