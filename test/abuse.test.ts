@@ -10,6 +10,8 @@ import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { Worker } from "node:worker_threads";
+import { goodProbe, type ProberData, type ProberResults } from "./abuse-prober.js";
 import {
   cliFor,
   type Daemon,
@@ -51,21 +53,21 @@ function open(port: number, options: { allowHalfOpen?: boolean } = {}): Promise<
   });
 }
 
-/** One good probe: connect, send HAProxy's payload, read to the end. */
-function goodProbe(port: number, payload: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: "127.0.0.1", port });
-    let received = "";
-    socket.setEncoding("utf8");
-    socket.setTimeout(3000, () => socket.destroy(new Error("no answer in 3 s")));
-    socket.on("connect", () => socket.write(payload));
-    socket.on("data", (chunk: string) => {
-      received += chunk;
-    });
-    socket.on("end", () => socket.end());
-    socket.on("close", () => resolve(received));
-    socket.on("error", reject);
+/** Starts the good prober in a thread of its own; stop() ends it and gives its results. */
+function startProber(data: ProberData): { stop(): Promise<ProberResults> } {
+  const worker = new Worker(new URL("./abuse-prober.js", import.meta.url), { workerData: data });
+  const results = new Promise<ProberResults>((resolve, reject) => {
+    worker.once("message", resolve);
+    worker.once("error", reject);
   });
+  return {
+    async stop() {
+      worker.postMessage("stop");
+      const got = await results;
+      await worker.terminate();
+      return got;
+    },
+  };
 }
 
 /** Runs every hostile kind at once for STORM_MS; returns how many connections each made. */
@@ -166,20 +168,9 @@ for (const { name, state, probes } of CASES) {
     // nothing. A leak grows with every round: the lowest of the later rounds climbs above the
     // highest of the earlier ones, which noise does not do.
     for (let round = 0; round < ROUNDS; round++) {
-      let stop = false;
-      const results = { ok: 0, wrong: [] as string[] };
-      const prober = (async () => {
-        for (let i = 0; !stop; i++) {
-          const [payload, expected] = probes[i % probes.length] ?? instance;
-          const answer = await goodProbe(d.port, payload).catch((err: Error) => `(${err.message})`);
-          if (answer === expected) results.ok++;
-          else results.wrong.push(answer);
-          await sleep(2);
-        }
-      })();
+      const prober = startProber({ port: d.port, probes });
       const counts = await storm(d.port);
-      stop = true;
-      await prober;
+      const results = await prober.stop();
 
       assert.deepEqual(results.wrong, [], "every good probe got the right answer");
       // Dozens at the least, even on a loaded machine: the prober was never starved.
