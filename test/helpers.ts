@@ -353,7 +353,21 @@ export function collect(child: ChildProcess, timeoutMs = 10_000): Promise<Finish
     child.stderr?.on("data", (d) => {
       stderr += d;
     });
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    let exited = false;
+    child.once("exit", () => {
+      exited = true;
+    });
+    // What the command started may hold its pipes open after it is killed (dpkg in a container
+    // nsenter entered): its output ends with it, so a timeout always ends the wait.
+    const endOutput = () => {
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+    };
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      if (exited) endOutput();
+      else child.once("exit", endOutput);
+    }, timeoutMs);
     child.on("close", (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
