@@ -1171,6 +1171,97 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
     });
   }
 
+  for (const release of RELEASES) {
+    test(`under systemd (a ${release.name} root), an upgrade from 0.1.0 that stopped the agent starts it again, whatever fails`, async (t) => {
+      let machine: Machine | undefined;
+      const root = await rootFor(
+        t,
+        join(out, `booted-restart-${release.suite}`),
+        release.suite,
+        "systemd",
+        () => machine?.stop(),
+      );
+      const port = await freePort();
+      await mkdir(join(root, "etc/systemd/system/hapgent.service.d"), { recursive: true });
+      await writeFile(
+        join(root, "etc/systemd/system/hapgent.service.d/port.conf"),
+        `[Service]\nEnvironment=HAPGENT_IP=127.0.0.1 HAPGENT_PORT=${port}\n`,
+      );
+      await copyFile(oldLayoutDeb, join(root, "root/hapgent-old.deb"));
+      await copyFile(deb, join(root, "root/hapgent.deb"));
+      const container = await boot(root);
+      machine = container;
+      const { run: inside, runOk: insideOk } = container;
+      const mainPid = async () =>
+        (await insideOk(["systemctl", "show", "--property=MainPID", "--value", "hapgent"])).trim();
+      const asService = (script: string) =>
+        insideOk(["runuser", "-u", "hapgent", "--", "sh", "-c", script]);
+      const namespace = await readlink(`/proc/${container.leader}/ns/pid`);
+      const inThisMachine = async (pid: number) =>
+        (await readlink(`/proc/${pid}/ns/pid`).catch(() => "")) === namespace;
+      const old = agentAt(port, join(root, "etc/hapgent/state.json"));
+      try {
+        await inside(["systemctl", "is-system-running", "--wait"], 120_000);
+        await insideOk(["dpkg", "-i", "/root/hapgent-old.deb"]);
+        await old.expect("up ready 100%\n");
+        const [uid] = (await account(root, "hapgent")) ?? [];
+
+        // The service user holds the carry-over with a FIFO at the old name and, meanwhile,
+        // makes the new name a FIFO too: writing MAINT there would wait for a reader forever.
+        await asService("cd /etc/hapgent && rm -f state.json && mkfifo state.json");
+        let before = await mainPid();
+        const upgrade = inside(["dpkg", "-i", "/root/hapgent.deb"]);
+        await blockedCarryOver(Number(uid), inThisMachine);
+        await asService("mkfifo /var/lib/hapgent/state.json");
+        const upgraded = await upgrade;
+        assert.equal(upgraded.code, 0, upgraded.stdout + upgraded.stderr);
+        assert.match(
+          upgraded.stderr,
+          /\/var\/lib\/hapgent\/state\.json could not be written as the service user either/,
+        );
+        // Started again on the new binary, answering MAINT for a state file that is no file.
+        assert.notEqual(await mainPid(), before, "restarted");
+        assert.equal((await inside(["systemctl", "is-active", "hapgent"])).stdout.trim(), "active");
+        await old.expect("maint 100%\n", undefined, 30_000);
+
+        // A step after the stop that fails for another reason (here update-rc.d, as on a full
+        // disk): dpkg reports the failure, and the agent it stopped is running again.
+        await insideOk(["dpkg", "--purge", "hapgent"]);
+        await insideOk(["dpkg", "-i", "/root/hapgent-old.deb"]);
+        await old.expect("up ready 100%\n");
+        before = await mainPid();
+        await insideOk(["mv", "/usr/sbin/update-rc.d", "/usr/sbin/update-rc.d.real"]);
+        await insideOk(["sh", "-c", "printf '#!/bin/sh\\nexit 1\\n' >/usr/sbin/update-rc.d"]);
+        await insideOk(["chmod", "0755", "/usr/sbin/update-rc.d"]);
+        const failed = await inside(["dpkg", "-i", "/root/hapgent.deb"]);
+        await insideOk(["mv", "-f", "/usr/sbin/update-rc.d.real", "/usr/sbin/update-rc.d"]);
+        assert.notEqual(failed.code, 0, failed.stdout + failed.stderr);
+        assert.equal(
+          (await inside(["systemctl", "is-active", "hapgent"])).stdout.trim(),
+          "active",
+          failed.stderr,
+        );
+        assert.notEqual(await mainPid(), before, "restarted");
+        assert.match(failed.stderr, /postinst failed; starting the agent it stopped/);
+        // The carried-over state, now from /var/lib/hapgent.
+        await agentAt(port, join(root, "var/lib/hapgent/state.json")).expect(
+          "up ready 100%\n",
+          '{"status":"UP"}\n',
+        );
+        await insideOk(["dpkg", "--configure", "-a"]);
+        await insideOk(["dpkg", "--purge", "hapgent"]);
+        await old.silent();
+        await assertPurged(root);
+      } catch (err) {
+        const journal = await inside(["journalctl", "--boot", "--no-pager", "--lines=60"], 30_000);
+        throw new Error(
+          `${(err as Error).message}\n--- journal of the container:\n${journal.stdout}`,
+          { cause: err },
+        );
+      }
+    });
+  }
+
   test("where systemd is not PID 1 (a Debian 13 root booted with sysvinit): the LSB init script", async (t) => {
     let machine: Machine | undefined;
     const root = await rootFor(t, join(out, "sysvinit"), "trixie", "sysvinit", () =>
