@@ -15,12 +15,20 @@ for tool in dpkg-deb dpkg-shlibdeps gzip; do
   }
 done
 
+version="$(node -p 'require("./package.json").version')"
+# The man page carries the version as written (`man ./packaging/hapgent.8` from a clone shows it);
+# a release changes it with package.json's.
+man_version="$(sed -n '1s/^\.TH HAPGENT 8 "[^"]*" "hapgent \([^"]*\)".*/\1/p' packaging/hapgent.8)"
+if [ "$man_version" != "$version" ]; then
+  echo "build-deb: packaging/hapgent.8 says hapgent ${man_version:-(none)}, package.json $version; make them agree" >&2
+  exit 2
+fi
+
 out="${1:-build}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 bash scripts/build-binary.sh "$out"
 
-version="$(node -p 'require("./package.json").version')"
 maintainer="${DEB_MAINTAINER:-hapgent maintainers <hapgent@users.noreply.github.com>}"
 # Reproducible dates: the last commit's, else now.
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
@@ -45,7 +53,7 @@ install -m 0644 packaging/default "$stage/etc/default/hapgent"
 install -m 0755 packaging/init.d "$stage/etc/init.d/hapgent"
 install -m 0644 packaging/logrotate "$stage/etc/logrotate.d/hapgent"
 install -m 0644 packaging/prometheus/hapgent.rules.yml "$stage/usr/share/hapgent/prometheus/hapgent.rules.yml"
-sed "s/@VERSION@/$version/" packaging/hapgent.8 | gzip -9n >"$stage/usr/share/man/man8/hapgent.8.gz"
+gzip -9n <packaging/hapgent.8 >"$stage/usr/share/man/man8/hapgent.8.gz"
 chmod 0644 "$stage/usr/share/man/man8/hapgent.8.gz"
 gzip -9n <README.md >"$stage/usr/share/doc/hapgent/README.md.gz"
 printf 'hapgent (%s) stable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \

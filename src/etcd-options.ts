@@ -19,7 +19,7 @@ export type OptionsResult =
 
 /**
  * The password in a password file: its first line, without its line end (as editors and `echo`
- * leave one), as the README says; what follows (a note, a second secret) is never sent.
+ * leave one), as docs/fleets.md says; what follows (a note, a second secret) is never sent.
  */
 export function firstLine(bytes: Buffer): string {
   return bytes.toString("utf8").split(/\r?\n/, 1)[0] ?? "";
