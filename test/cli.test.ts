@@ -561,7 +561,7 @@ describe("safety", () => {
     const second = start();
     const results = Promise.all([collect(first), collect(second)]);
     // As a deploy script's pkill meets a running command: after its start-up (the first tens of
-    // milliseconds of any Node process, documented in the README), once the kernel shows that
+    // milliseconds of any Node process, documented in docs/internals.md), once the kernel shows that
     // it catches HUP and USR2, which main.ts handles together with USR1. (Node itself catches
     // USR1 from its start, for its debugger.)
     for (const child of [first, second]) {

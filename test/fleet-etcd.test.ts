@@ -528,7 +528,7 @@ describe("the fleet's word from etcd", { skip: SKIP_ETCD, concurrency: false }, 
     await etcd.ctl("auth", "enable");
     const dir = await tempDir(t);
     const file = join(dir, "etcd-password");
-    // The first line is the password (README); a second line is never sent.
+    // The first line is the password (docs/fleets.md); a second line is never sent.
     await writeFile(file, "agent-pw-xyz\r\nrotated 2026-01: old-pw-qrs\n", { mode: 0o600 });
     const adminFile = join(dir, "admin-password");
     await writeFile(adminFile, `${password}\n`, { mode: 0o600 });

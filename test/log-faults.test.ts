@@ -160,7 +160,7 @@ describe("a log that cannot be written", () => {
     ]);
     const took = performance.now() - began;
     assert.deepEqual(ended, { code: 0, signal: null });
-    // systemd kills a service still stopping after 5 s; the README promises 0.5 s for the log.
+    // systemd kills a service still stopping after 5 s; docs/operations.md promises 0.5 s for the log.
     assert.ok(took < 3000, `stopping took ${Math.round(took)} ms`);
     await assert.rejects(probe(d.port), { code: "ECONNREFUSED" });
   });
