@@ -56,6 +56,12 @@ install -m 0644 packaging/prometheus/hapgent.rules.yml "$stage/usr/share/hapgent
 gzip -9n <packaging/hapgent.8 >"$stage/usr/share/man/man8/hapgent.8.gz"
 chmod 0644 "$stage/usr/share/man/man8/hapgent.8.gz"
 gzip -9n <README.md >"$stage/usr/share/doc/hapgent/README.md.gz"
+# The pages the README links to, beside it as the links expect.
+install -d -m 0755 "$stage/usr/share/doc/hapgent/docs"
+for page in docs/*.md; do
+  gzip -9n <"$page" >"$stage/usr/share/doc/hapgent/$page.gz"
+  chmod 0644 "$stage/usr/share/doc/hapgent/$page.gz"
+done
 printf 'hapgent (%s) stable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
   "$version" "$version" "$maintainer" "$date_rfc2822" |
   gzip -9n >"$stage/usr/share/doc/hapgent/changelog.gz"

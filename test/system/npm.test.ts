@@ -34,18 +34,19 @@ describe("the npm package", () => {
   });
   after(() => rm(dir, { recursive: true, force: true }));
 
-  test("holds the compiled agent, its README and licence, and nothing else", () => {
+  test("holds the compiled agent, its README, docs and licence, and nothing else", () => {
     const paths = packed.files.map((file) => file.path).sort();
     for (const path of paths) {
       assert.match(
         path,
-        /^(package\.json|README\.md|LICENSE|packaging\/prometheus\/hapgent\.rules\.yml|dist\/src\/((core|daemon|cli)\/)?[a-z-]+\.js)$/,
+        /^(package\.json|README\.md|LICENSE|docs\/[a-z]+\.md|packaging\/prometheus\/hapgent\.rules\.yml|dist\/src\/((core|daemon|cli)\/)?[a-z-]+\.js)$/,
         path,
       );
     }
     for (const needed of [
       "package.json",
       "README.md",
+      "docs/reference.md",
       "LICENSE",
       "dist/src/main.js",
       "dist/src/daemon/metrics.js",
