@@ -357,6 +357,52 @@ test("as HAProxy starts a server: a check that never passed fails at its first f
   }
 });
 
+test("runs the agent cannot make leave the verdict as it was for 30 s, then count as failures", async () => {
+  let clock = 1_000_000;
+  let fault = false;
+  const { log, lines } = capture();
+  const checks = createChecks({
+    checks: checksOf({
+      checks: [{ name: "c", tcp: "127.0.0.1:1", interval: "100ms", rise: 1, fall: 1 }],
+    }),
+    log,
+    now: () => clock,
+    run: async () =>
+      fault
+        ? { status: "DOWN", detail: "not run: EMFILE", durationMs: 0, agentFault: true }
+        : { status: "UP", detail: "connected", durationMs: 1 },
+  });
+  const view = () => checks.views()[0];
+  const ranAt = (atMs: number) =>
+    waitFor(`a run at ${atMs}`, async () => ((view()?.last?.atMs ?? 0) >= atMs ? true : undefined));
+  try {
+    await waitFor("a pass", async () => ((view()?.runs ?? 0) >= 1 ? true : undefined));
+    fault = true;
+    await waitFor("the fault logged", async () =>
+      lines.some((l) => l.includes("check c: not run: EMFILE; its verdict stands"))
+        ? true
+        : undefined,
+    );
+    const runs = view()?.runs;
+    clock += 29_000;
+    await ranAt(clock);
+    assert.equal(view()?.passing, true, JSON.stringify(view()));
+    assert.equal(view()?.runs, runs, "not counted");
+    clock += 2_000;
+    await waitFor("failing", async () => (view()?.passing === false ? true : undefined));
+    assert.equal(view()?.verdict?.description, "check c: not run: EMFILE (31 s) for 1 check");
+    fault = false;
+    await waitFor("passing again", async () => (view()?.passing ? true : undefined));
+    assert.ok(
+      lines.some((l) => l.includes("check c: runs again: connected")),
+      lines.join("\n"),
+    );
+    assert.equal(lines.filter((l) => l.includes("its verdict stands")).length, 1, lines.join("\n"));
+  } finally {
+    checks.stop();
+  }
+});
+
 test("a check defined as before keeps its counters and verdict across a reload", async () => {
   const definition = { checks: [{ name: "c", tcp: "127.0.0.1:1", interval: "1h", fall: 1 }] };
   const first = createChecks({ checks: checksOf(definition), log: capture().log });

@@ -66,16 +66,34 @@ async function controlConnection(t: { after: (fn: () => void) => void }, path: s
 
 /**
  * Lowers the process's soft limit on descriptors to its lowest free descriptor: its next open(),
- * accept() or socket() fails with EMFILE, as under a flood of clients. Returns the way back.
+ * accept() or socket() fails with EMFILE, as under a flood of clients. A descriptor open at the
+ * first look (a check's socket, a pipe) may close just after it and leave a slot free below the
+ * limit: the limit is lowered again until a second look a while later finds none. Returns the
+ * way back.
  */
 async function exhaustDescriptors(pid: number): Promise<() => Promise<void>> {
   const limits = await readFile(`/proc/${pid}/limits`, "utf8");
   const [, soft, hard] = /^Max open files\s+(\d+)\s+(\d+)/m.exec(limits) ?? [];
   assert.ok(soft && hard, limits);
-  const open = new Set((await readdir(`/proc/${pid}/fd`)).map(Number));
-  let lowest = 0;
-  while (open.has(lowest)) lowest++;
-  await execOk("prlimit", [`--pid=${pid}`, `--nofile=${lowest}:${hard}`]);
+  const lowestFree = async () => {
+    const open = new Set((await readdir(`/proc/${pid}/fd`)).map(Number));
+    let lowest = 0;
+    while (open.has(lowest)) lowest++;
+    return lowest;
+  };
+  let limit = await lowestFree();
+  await execOk("prlimit", [`--pid=${pid}`, `--nofile=${limit}:${hard}`]);
+  for (let settled = 0; settled < 3; ) {
+    await sleep(100);
+    const free = await lowestFree();
+    if (free >= limit) {
+      settled++;
+      continue;
+    }
+    limit = free;
+    settled = 0;
+    await execOk("prlimit", [`--pid=${pid}`, `--nofile=${limit}:${hard}`]);
+  }
   let restored = false;
   return async () => {
     if (restored) return;
@@ -374,9 +392,30 @@ describe("checks that cannot run for a moment", { skip: SKIP_PRLIMIT }, () => {
     const restore = await exhaustDescriptors(d.pid);
     t.after(restore);
     // No process, pipe or socket can be made: neither check runs, and neither fails.
-    await d.waitForLog(/check cmd: not run: EMFILE; its verdict stands until it runs/, 10_000);
-    await d.waitForLog(/check port: not run: EMFILE; its verdict stands until it runs/, 10_000);
-    await sleep(2500);
+    await d.waitForLog(
+      /check cmd: not run: EMFILE; its verdict stands until it runs, for 30 s at most/,
+      10_000,
+    );
+    await d.waitForLog(
+      /check port: not run: EMFILE; its verdict stands until it runs, for 30 s at most/,
+      10_000,
+    );
+    // Several more runs of each (every 200 ms and 1 s), none made, none counted.
+    const lastRuns = async () =>
+      Object.fromEntries(
+        (await control.ask({ op: "status" })).checks.map(
+          (c: { name: string; last: { atMs: number } }) => [c.name, c.last.atMs],
+        ),
+      );
+    const first = await lastRuns();
+    await waitFor(
+      "more runs of both checks",
+      async () => {
+        const now = await lastRuns();
+        return now.port >= first.port + 800 && now.cmd >= first.cmd + 2000 ? true : undefined;
+      },
+      15_000,
+    );
     const during = await control.ask({ op: "status" });
     for (const check of during.checks) {
       assert.equal(check.passing, true, JSON.stringify(check));

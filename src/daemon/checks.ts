@@ -65,6 +65,9 @@ export interface Checks {
   stop(): void;
 }
 
+/** How long runs the agent cannot make (EMFILE …) leave a check's verdict as it was. */
+export const NOT_RUN_MAX_MS = 30_000;
+
 /** Runs one probe; never throws. */
 export type Runner = (check: Check) => Promise<Omit<CheckResult, "atMs">>;
 
@@ -120,22 +123,39 @@ export function createChecks({
     runs: 0,
     failedRuns: 0,
     ...kept.get(keyOf(check)),
-    /** The last run was not made, for a fault of the agent's (logged once a streak). */
-    faulted: false,
+    /** Since when runs are not made, for a fault of the agent's (logged once a streak). */
+    faultedSinceMs: undefined as number | undefined,
     timer: undefined as NodeJS.Timeout | undefined,
   }));
   type State = (typeof states)[number];
 
-  const record = (s: State, result: CheckResult): void => {
-    s.last = result;
-    if (result.agentFault) {
-      if (!s.faulted)
-        log.warning(`check ${s.check.name}: ${result.detail}; its verdict stands until it runs`);
-      s.faulted = true;
-      return;
+  /**
+   * A run the agent could not make counts as nothing (undefined) for NOT_RUN_MAX_MS; after that,
+   * each counts as a failure: a check nobody can run vouches for nothing.
+   */
+  const counted = (s: State, result: CheckResult): CheckResult | undefined => {
+    const { name } = s.check;
+    if (!result.agentFault) {
+      if (s.faultedSinceMs !== undefined) log.notice(`check ${name}: runs again: ${result.detail}`);
+      s.faultedSinceMs = undefined;
+      return result;
     }
-    if (s.faulted) log.notice(`check ${s.check.name}: runs again: ${result.detail}`);
-    s.faulted = false;
+    if (s.faultedSinceMs === undefined) {
+      s.faultedSinceMs = result.atMs;
+      log.warning(
+        `check ${name}: ${result.detail}; its verdict stands until it runs, for ${NOT_RUN_MAX_MS / 1000} s at most`,
+      );
+    }
+    const forMs = result.atMs - s.faultedSinceMs;
+    if (forMs < NOT_RUN_MAX_MS) return undefined;
+    return { ...result, detail: `${result.detail} (${Math.round(forMs / 1000)} s)` };
+  };
+
+  const record = (s: State, run: CheckResult): void => {
+    s.last = run;
+    const result = counted(s, run);
+    if (result === undefined) return;
+    s.last = result;
     s.runs++;
     const { check } = s;
     const before = s.verdict;
