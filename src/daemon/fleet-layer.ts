@@ -31,7 +31,7 @@ import {
 } from "../etcd.js";
 import type { Logger } from "../log.js";
 import { isTransientReadError, type ReadResult, readCapped, type TextFile } from "../store.js";
-import { READ_HOLD_MAX_MS } from "./commands.js";
+import { START_READ_HOLD_MS } from "./commands.js";
 
 /** What `hapgent status` and the metrics show of the fleet. */
 export interface FleetView {
@@ -547,22 +547,29 @@ function sameBytes(a: Buffer | undefined, b: Buffer | undefined): boolean {
 
 /**
  * The cache's bytes. A read that fails for a fault of the moment (EMFILE, EIO …) is tried again
- * for READ_HOLD_MAX_MS: giving up on it would forget the fleet's word while etcd is unreachable.
+ * for START_READ_HOLD_MS, as the state file's first read is: giving up on it would forget the
+ * fleet's word while etcd is unreachable.
  */
 async function readCacheBytes(path: string, log: Logger): Promise<ReadResult> {
   const started = performance.now();
   let read = await readCapped(path, MAX_CACHE_BYTES);
   let attempts = 1;
-  for (let delayMs = 50; !read.ok && isTransientReadError(read.code); delayMs *= 2) {
+  for (
+    let delayMs = 50;
+    !read.ok && isTransientReadError(read.code);
+    delayMs = Math.min(2 * delayMs, 1000)
+  ) {
     if (attempts === 1) log.warning(`fleet: the cache ${path} ${read.reason}; trying again`);
-    const leftMs = READ_HOLD_MAX_MS - (performance.now() - started);
+    const leftMs = START_READ_HOLD_MS - (performance.now() - started);
     if (leftMs <= 0) break;
     await new Promise((resolve) => setTimeout(resolve, Math.min(delayMs, leftMs)));
     read = await readCapped(path, MAX_CACHE_BYTES);
     attempts++;
   }
   if (read.ok && attempts > 1)
-    log.notice(`fleet: read the cache ${path} after ${attempts - 1} failed attempts`);
+    log.notice(
+      `fleet: read the cache ${path} after ${attempts - 1} failed attempt${attempts === 2 ? "" : "s"}`,
+    );
   return read;
 }
 
