@@ -1208,6 +1208,10 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
 
         // The service user holds the carry-over with a FIFO at the old name and, meanwhile,
         // makes the new name a FIFO too: writing MAINT there would wait for a reader forever.
+        // It has also won the race for the state directory (made and given to it before the
+        // carry-over): a FIFO at the name a copy would be made under would hold that open.
+        await insideOk(["install", "-d", "-o", "hapgent", "-g", "hapgent", "/var/lib/hapgent"]);
+        await asService("mkfifo /var/lib/hapgent/state.json.carry");
         await asService("cd /etc/hapgent && rm -f state.json && mkfifo state.json");
         let before = await mainPid();
         const upgrade = inside(["dpkg", "-i", "/root/hapgent.deb"]);
