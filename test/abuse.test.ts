@@ -59,6 +59,7 @@ function startProber(data: ProberData): { stop(): Promise<ProberResults> } {
   const results = new Promise<ProberResults>((resolve, reject) => {
     worker.once("message", resolve);
     worker.once("error", reject);
+    worker.once("exit", (code) => reject(new Error(`the prober exited (${code}) without results`)));
   });
   return {
     async stop() {
