@@ -411,7 +411,10 @@ export async function cliInProcess(
     args,
     env,
     cwd: "/",
-    pid: process.pid,
+    // The command's own pid, which it never takes for a daemon: none of a test's made-up /proc
+    // entries. This process's real pid may be one of them (401 in a pid namespace of its own,
+    // as CI runs the suite in), and that daemon would silently vanish.
+    pid: 0,
     procRoot: procRoot ?? (await tempDir(t)),
     uid: process.getuid?.() ?? 0,
     become: (uid) => {
