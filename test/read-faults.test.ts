@@ -199,7 +199,6 @@ describe("a state file whose read fails with EIO", () => {
 describe("a fleet cache whose read fails with EIO for a moment", () => {
   test("is read again at start-up, and its word followed while etcd is unreachable", async (t) => {
     const home = await mkdtemp(join(tmpdir(), "hapgent-eio-"));
-    t.after(() => rm(home, { recursive: true, force: true }));
     const cacheFile = join(home, "state.fleet.json");
     const key = "/hapgent/host/h1";
     await symlink("/proc/self/mem", cacheFile);
@@ -210,6 +209,9 @@ describe("a fleet cache whose read fails with EIO for a moment", () => {
       ready: false,
       env: { HAPGENT_ETCD_ENDPOINTS: endpoint, HAPGENT_ETCD_KEYS: key },
     });
+    // Added after startDaemon's: after-hooks run in the order they were added, and the
+    // directory is removed only once the daemon, which writes there, is gone.
+    t.after(() => rm(home, { recursive: true, force: true }));
     await d.waitForLog(/fleet: the cache .*EIO.*; trying again/);
     await replaceFile(cacheFile, {
       content: JSON.stringify({
@@ -273,7 +275,6 @@ describe("a state file that keeps failing to read (EIO)", () => {
 
   test("before anything was read, a change is refused (exit 5) and the file left as it is", async (t) => {
     const home = await mkdtemp(join(tmpdir(), "hapgent-eio-"));
-    t.after(() => rm(home, { recursive: true, force: true }));
     const stateFile = join(home, "state.json");
     await symlink("/proc/self/mem", stateFile);
     const socket = join(home, "control.sock");
@@ -283,6 +284,8 @@ describe("a state file that keeps failing to read (EIO)", () => {
       ready: false,
       env: { HAPGENT_CONTROL_SOCKET: socket },
     });
+    // After startDaemon's hook: the daemon, which writes there, is gone first.
+    t.after(() => rm(home, { recursive: true, force: true }));
     await d.waitForLog(/listening on/, 15_000);
     // Past the start-up's hold: the read goes on in the background, the queue is free.
     await d.waitForLog(
