@@ -32,7 +32,7 @@ import {
   targetSpecs,
 } from "./targets.js";
 
-const REPO = fileURLToPath(new URL("../../", import.meta.url));
+const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const MAIN = join(REPO, "dist/src/main.js");
 
 function say(text: string): void {

@@ -3,26 +3,69 @@
  * per line. Requests are checked here, by both sides' shared rules; the daemon trusts nothing else.
  */
 import type { Change, FieldChange } from "./core/change.js";
-import {
-  answerFor,
-  groupVerdicts,
-  NO_VERDICTS,
-  UNUSABLE_VERDICTS,
-  type Verdicts,
-} from "./core/compose.js";
-import { fleetVerdict } from "./core/fleet.js";
+import type { Verdict } from "./core/compose.js";
 import { findDuplicateKey } from "./core/json.js";
 import {
   type Expiry,
   isRecordedUser,
   isServiceName,
   isStatus,
-  type ServiceState,
   STATUSES,
   type State,
+  type Status,
 } from "./core/state.js";
-import type { CheckView } from "./daemon/checks.js";
-import type { FleetView } from "./daemon/fleet-layer.js";
+
+/** One result of one run. */
+export interface CheckResult {
+  readonly status: Status;
+  /** What happened, for logs and status: `http://…/health: 503`, `exit 2: disk 95% full`. */
+  readonly detail: string;
+  readonly atMs: number;
+  readonly durationMs: number;
+  /**
+   * Not run, for a fault of the agent's own of the moment (no descriptor left, no memory): it
+   * says nothing of what is checked, so it counts as neither a pass nor a failure.
+   */
+  readonly agentFault?: true;
+}
+
+/** A check as status, metrics and the control socket show it. */
+export interface CheckView {
+  readonly name: string;
+  readonly service: string | undefined;
+  readonly target: string;
+  readonly passing: boolean;
+  /** Its word on the reply while it fails. */
+  readonly verdict: Verdict | undefined;
+  readonly last: CheckResult | undefined;
+  /** Passes and failures in a row, against rise and fall. */
+  readonly passes: number;
+  readonly fails: number;
+  readonly rise: number;
+  readonly fall: number;
+  readonly runs: number;
+  readonly failedRuns: number;
+}
+
+/** What `hapgent status` and the metrics show of the fleet. */
+export interface FleetView {
+  readonly keys: readonly string[];
+  readonly endpoint: string;
+  /** Every key is watched on a live endpoint now. */
+  readonly connected: boolean;
+  /** The word followed: the key, its revision and its state; null: no key holds one. */
+  readonly word: { readonly key: string; readonly revision: number; readonly state: State } | null;
+  /** Why a key's value is not followed, or null. */
+  readonly problem: string | null;
+  /** When etcd last confirmed the word (an event, a read that agreed with it); null: never. */
+  readonly heardAt: string | null;
+  readonly heardAgoMs: number | null;
+  /** Since when etcd cannot be reached, and why; null while connected. */
+  readonly lostAt: string | null;
+  readonly lostReason: string | null;
+  /** The word came from the cache file and etcd has not confirmed it since the start. */
+  readonly fromCache: boolean;
+}
 
 export type ControlRequest =
   | { readonly op: "status" }
@@ -107,32 +150,6 @@ export function isBusy(reply: unknown): reply is BusyReply {
     "ok" in reply &&
     reply.ok === false
   );
-}
-
-/**
- * What the agent answers a probe of `name` (undefined: the instance) in `state`, with the
- * verdicts of the checks and the fleet's word the daemon reported: what a command expects to
- * hear. A checks file that cannot be used means MAINT, as in the daemon. A daemon that says
- * nothing of checks or the fleet (one older than them) has none.
- */
-export function answerWith(
-  state: State,
-  name: string | undefined,
-  view: Partial<ChecksView> | undefined,
-): ServiceState {
-  const word = view?.fleet?.word ?? undefined;
-  return answerFor(
-    state,
-    name,
-    verdictsOf(view),
-    word === undefined ? undefined : (named) => fleetVerdict(word, named),
-  );
-}
-
-function verdictsOf(view: Partial<ChecksView> | undefined): Verdicts {
-  if (view === undefined) return NO_VERDICTS;
-  if (typeof view.checksProblem === "string") return UNUSABLE_VERDICTS;
-  return groupVerdicts(view.checks ?? []);
 }
 
 export type RequestResult =

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type State, type StateResult, serialiseState, withRecords } from "../src/core/state.js";
-import { createCommands, defaultRetryDelayMs } from "../src/daemon/commands.js";
+import { createCommands, defaultRetryDelayMs } from "../src/daemon/operator.js";
 import { createLogger } from "../src/log.js";
 
 /** A store in memory whose saves take a while, so commands can pile up behind them. */

@@ -14,7 +14,7 @@ import {
 } from "../src/core/fleet.js";
 import { reply } from "../src/core/reply.js";
 import { STATUSES, type State, type Status } from "../src/core/state.js";
-import { firstLine } from "../src/etcd-options.js";
+import { firstLine } from "../src/etcd/options.js";
 
 const KEYS = ["/hapgent/host/web-12", "/hapgent/group/web", "/hapgent/all"];
 const ORDER: Status[][] = [["UP", "READY"], ["DRAIN"], ["DOWN"], ["FAIL"], ["STOPPED"], ["MAINT"]];

@@ -34,7 +34,7 @@ import { after } from "node:test";
 import { fileURLToPath } from "node:url";
 import { nodeFlags } from "../scripts/node-flags.js";
 
-export const DIST_SRC = fileURLToPath(new URL("../src/", import.meta.url));
+export const DIST_SRC = fileURLToPath(new URL("../src", import.meta.url));
 export const MAIN = join(DIST_SRC, "main.js");
 /**
  * How the tests start hapgent: the compiled sources on this Node, or, with HAPGENT_TEST_BINARY
@@ -635,7 +635,7 @@ export function withoutRecord(text: string): string {
 }
 
 /** The repository: the compiled tests live in dist/test. */
-export const REPO = fileURLToPath(new URL("../../", import.meta.url));
+export const REPO = fileURLToPath(new URL("../..", import.meta.url));
 
 /** Runs a command to its end; killed after `timeoutMs`. */
 export function exec(

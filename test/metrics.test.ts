@@ -10,7 +10,6 @@ import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import * as client from "prom-client";
 import type { State } from "../src/core/state.js";
-import type { CommandStats } from "../src/daemon/commands.js";
 import type { Poller } from "../src/daemon/ledger.js";
 import {
   COUNTERS_REUSE_MS,
@@ -18,6 +17,7 @@ import {
   METRICS_LIMITS,
   type MetricsSource,
 } from "../src/daemon/metrics.js";
+import type { CommandStats } from "../src/daemon/operator.js";
 import {
   DIST_SRC,
   freePort,

@@ -21,7 +21,7 @@ import {
   validateState,
   withStatus,
 } from "../src/core/state.js";
-import { createCommands } from "../src/daemon/commands.js";
+import { createCommands } from "../src/daemon/operator.js";
 import { createLogger } from "../src/log.js";
 import { intendedCommands, readAgentReply } from "./haproxy-reply.js";
 

@@ -16,8 +16,8 @@ import {
   wordAfter,
 } from "../core/fleet.js";
 import { formatAnswered, printable, type Status, serialiseState } from "../core/state.js";
-import { createEtcd, type Etcd, EtcdError, GRPC, type Snapshot } from "../etcd.js";
-import { etcdOptions } from "../etcd-options.js";
+import { createEtcd, type Etcd, EtcdError, GRPC, type Snapshot } from "../etcd/client.js";
+import { etcdOptions } from "../etcd/options.js";
 import type { Values } from "./args.js";
 import { CLI_EXIT, CliError, usage } from "./exit.js";
 import type { CliIo } from "./io.js";

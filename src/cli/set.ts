@@ -4,7 +4,6 @@
  * load balancer heard it (--wait) and the service's port is idle (--idle PORT).
  */
 
-import { answerWith } from "../control-protocol.js";
 import { type Change, type FieldChange, parseDuration } from "../core/change.js";
 import { NO_MAXCONN_LIMIT, reply } from "../core/reply.js";
 import {
@@ -18,6 +17,7 @@ import {
 import { apply } from "./apply.js";
 import type { Values } from "./args.js";
 import { CLI_EXIT, usage } from "./exit.js";
+import { answerWith } from "./expected.js";
 import { DEFAULT_IDLE_TIMEOUT_S, DEFAULT_TIMEOUT_S } from "./help.js";
 import type { CliIo } from "./io.js";
 import { findTarget } from "./target.js";

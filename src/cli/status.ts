@@ -1,11 +1,12 @@
 /** `hapgent status`: the file's state, what the live agent answers, and whether they agree. */
 
 import { formatAddress } from "../config.js";
-import {
-  answerWith,
-  type ChecksView,
-  type PollerView,
-  type StatusReply,
+import type {
+  ChecksView,
+  CheckView,
+  FleetView,
+  PollerView,
+  StatusReply,
 } from "../control-protocol.js";
 import { reply } from "../core/reply.js";
 import {
@@ -17,13 +18,12 @@ import {
   type ServiceState,
   type State,
 } from "../core/state.js";
-import type { CheckView } from "../daemon/checks.js";
-import type { FleetView } from "../daemon/fleet-layer.js";
 import { silentLogger } from "../log.js";
 import { createStateStore, type LoadResult } from "../store.js";
 import type { Values } from "./args.js";
 import { request } from "./control.js";
 import { CLI_EXIT } from "./exit.js";
+import { answerWith } from "./expected.js";
 import { describeHistory } from "./history.js";
 import type { CliIo } from "./io.js";
 import { type Asked, ask, INSTANCE_PAYLOAD, servicePayload } from "./probe.js";

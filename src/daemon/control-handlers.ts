@@ -7,16 +7,16 @@ import { dirname } from "node:path";
 import type { ChangeReply, ControlRequest, PollerView, StatusReply } from "../control-protocol.js";
 import type { Logger } from "../log.js";
 import { controllerOf, walkPath } from "../path-control.js";
-import type { CheckLayer } from "./check-layer.js";
-import type { Commands } from "./commands.js";
+import type { CheckLayer } from "./checks/layer.js";
 import {
   type ControlHandlers,
   type ControlServer,
   ControlSocketError,
   createControlServer,
 } from "./control.js";
-import type { FleetLayer } from "./fleet-layer.js";
+import type { FleetLayer } from "./fleet/layer.js";
 import { keptMaxconn, type Ledger } from "./ledger.js";
+import type { Commands } from "./operator.js";
 import type { Replies } from "./replies.js";
 
 export interface HandlerParts {

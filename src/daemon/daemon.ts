@@ -17,18 +17,18 @@ import {
 } from "../config.js";
 import { answerFor, NO_VERDICTS } from "../core/compose.js";
 import { formatState, type ServiceState, type State } from "../core/state.js";
-import { etcdOptions } from "../etcd-options.js";
+import { etcdOptions } from "../etcd/options.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
 import { createStateStore, createTextFile } from "../store.js";
 import { VERSION } from "../version.js";
-import type { CheckLayer } from "./check-layer.js";
-import { type Commands, createCommands } from "./commands.js";
+import type { CheckLayer } from "./checks/layer.js";
 import type { ControlServer } from "./control.js";
 import { controlHandlers, startControl } from "./control-handlers.js";
-import type { FleetLayer } from "./fleet-layer.js";
+import type { FleetLayer } from "./fleet/layer.js";
 import { createLedger, type Ledger } from "./ledger.js";
 import type { MetricsServer } from "./metrics.js";
+import { type Commands, createCommands } from "./operator.js";
 import { createReplies } from "./replies.js";
 import { guardedStore, guardedTextFile, refuseForeignPath } from "./root-guard.js";
 import { createAgentServer } from "./server.js";
@@ -257,7 +257,7 @@ function agentPort(config: Config, commands: Commands, layers: Layers | undefine
 
 /** HAPGENT_CHECKS_FILE: the checks, and Node's HTTP client they use, are loaded only now. */
 async function checkLayer(path: string, uid: number, log: Logger): Promise<CheckLayer> {
-  const { createCheckLayer } = await import("./check-layer.js");
+  const { createCheckLayer } = await import("./checks/layer.js");
   return createCheckLayer(path, uid, log);
 }
 
@@ -278,7 +278,7 @@ async function fleetLayer(
   const file = createTextFile(fleet.cacheFile, log);
   const cache =
     uid === 0 ? guardedTextFile(file, fleet.cacheFile, "HAPGENT_ETCD_CACHE_FILE") : file;
-  const { createFleetLayer } = await import("./fleet-layer.js");
+  const { createFleetLayer } = await import("./fleet/layer.js");
   return createFleetLayer({ config: fleet, options: options.options, log, cache });
 }
 

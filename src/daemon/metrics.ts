@@ -17,10 +17,10 @@ import { DEFAULT_WEIGHT_PERCENT } from "../core/reply.js";
 import { type ServiceState, STATUSES, type State, serviceState } from "../core/state.js";
 import type { Logger } from "../log.js";
 import { VERSION } from "../version.js";
-import type { CheckView } from "./checks.js";
-import { CHANGE_CAUSES, type CommandStats } from "./commands.js";
-import type { FleetView } from "./fleet-layer.js";
+import type { CheckView } from "./checks/runner.js";
+import type { FleetView } from "./fleet/layer.js";
 import type { Poller } from "./ledger.js";
+import { CHANGE_CAUSES, type CommandStats } from "./operator.js";
 
 type PromClient = typeof import("prom-client");
 

@@ -8,8 +8,9 @@
  * means the keys are read again. While etcd cannot be reached the last word stands, and it is kept
  * in a cache file, so a restart without etcd keeps it too.
  */
-import type { FleetConfig } from "../config.js";
-import type { Verdict } from "../core/compose.js";
+import type { FleetConfig } from "../../config.js";
+import type { FleetView } from "../../control-protocol.js";
+import type { Verdict } from "../../core/compose.js";
 import {
   chooseWord,
   type FleetWord,
@@ -18,9 +19,9 @@ import {
   MAX_FLEET_VALUE_BYTES,
   parseFleetValue,
   readValue,
-} from "../core/fleet.js";
-import { parseJsonFile } from "../core/json.js";
-import { formatAnswered, isTimestamp, type State, validateState } from "../core/state.js";
+} from "../../core/fleet.js";
+import { parseJsonFile } from "../../core/json.js";
+import { formatAnswered, isTimestamp, validateState } from "../../core/state.js";
 import {
   createEtcd,
   type Etcd,
@@ -28,30 +29,12 @@ import {
   type EtcdOptions,
   type KeyValueRecord,
   type Snapshot,
-} from "../etcd.js";
-import type { Logger } from "../log.js";
-import { isTransientReadError, type ReadResult, readCapped, type TextFile } from "../store.js";
-import { START_READ_HOLD_MS } from "./commands.js";
+} from "../../etcd/client.js";
+import type { Logger } from "../../log.js";
+import { isTransientReadError, type ReadResult, readCapped, type TextFile } from "../../store.js";
+import { START_READ_HOLD_MS } from "../operator.js";
 
-/** What `hapgent status` and the metrics show of the fleet. */
-export interface FleetView {
-  readonly keys: readonly string[];
-  readonly endpoint: string;
-  /** Every key is watched on a live endpoint now. */
-  readonly connected: boolean;
-  /** The word followed: the key, its revision and its state; null: no key holds one. */
-  readonly word: { readonly key: string; readonly revision: number; readonly state: State } | null;
-  /** Why a key's value is not followed, or null. */
-  readonly problem: string | null;
-  /** When etcd last confirmed the word (an event, a read that agreed with it); null: never. */
-  readonly heardAt: string | null;
-  readonly heardAgoMs: number | null;
-  /** Since when etcd cannot be reached, and why; null while connected. */
-  readonly lostAt: string | null;
-  readonly lostReason: string | null;
-  /** The word came from the cache file and etcd has not confirmed it since the start. */
-  readonly fromCache: boolean;
-}
+export type { FleetView };
 
 export interface FleetLayer {
   /** The fleet's verdict on an answer for `name` (undefined: the instance); none without a word. */

@@ -6,13 +6,13 @@
  * reason other than the file (EMFILE, EIO …) is no such error: the checks keep running as they
  * are, and the file is read again until it can be, as the state file is (commands.ts).
  */
-import { NO_VERDICTS, UNUSABLE_VERDICTS, type Verdicts } from "../core/compose.js";
-import type { Logger } from "../log.js";
-import { isTransientReadError } from "../store.js";
-import { keyOf } from "./check-key.js";
-import { type Checks, type CheckView, createChecks } from "./checks.js";
-import { type ChecksFileResult, loadChecksFile } from "./checks-file.js";
-import { defaultReadRetryDelayMs } from "./commands.js";
+import { NO_VERDICTS, UNUSABLE_VERDICTS, type Verdicts } from "../../core/compose.js";
+import type { Logger } from "../../log.js";
+import { isTransientReadError } from "../../store.js";
+import { defaultReadRetryDelayMs } from "../operator.js";
+import { type ChecksFileResult, loadChecksFile } from "./file.js";
+import { keyOf } from "./key.js";
+import { type Checks, type CheckView, createChecks } from "./runner.js";
 
 export interface CheckLayer {
   /** The failing checks' verdicts now (MAINT for all while the checks file cannot be used). */

@@ -10,45 +10,16 @@ import { spawn } from "node:child_process";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { connect } from "node:net";
-import { type Check, statusFor, target } from "../core/checks.js";
-import { groupVerdicts, type Verdict } from "../core/compose.js";
-import { MAX_DESCRIPTION_CHARS, printable, type Status } from "../core/state.js";
-import type { Logger } from "../log.js";
-import { VERSION } from "../version.js";
-import { keyOf } from "./check-key.js";
-import { whyNotRunnable } from "./checks-file.js";
+import type { CheckResult, CheckView } from "../../control-protocol.js";
+import { type Check, statusFor, target } from "../../core/checks.js";
+import { groupVerdicts, type Verdict } from "../../core/compose.js";
+import { MAX_DESCRIPTION_CHARS, printable, type Status } from "../../core/state.js";
+import type { Logger } from "../../log.js";
+import { VERSION } from "../../version.js";
+import { whyNotRunnable } from "./file.js";
+import { keyOf } from "./key.js";
 
-/** One result of one run. */
-export interface CheckResult {
-  readonly status: Status;
-  /** What happened, for logs and status: `http://…/health: 503`, `exit 2: disk 95% full`. */
-  readonly detail: string;
-  readonly atMs: number;
-  readonly durationMs: number;
-  /**
-   * Not run, for a fault of the agent's own of the moment (no descriptor left, no memory): it
-   * says nothing of what is checked, so it counts as neither a pass nor a failure.
-   */
-  readonly agentFault?: true;
-}
-
-/** A check as status, metrics and the control socket show it. */
-export interface CheckView {
-  readonly name: string;
-  readonly service: string | undefined;
-  readonly target: string;
-  readonly passing: boolean;
-  /** Its word on the reply while it fails. */
-  readonly verdict: Verdict | undefined;
-  readonly last: CheckResult | undefined;
-  /** Passes and failures in a row, against rise and fall. */
-  readonly passes: number;
-  readonly fails: number;
-  readonly rise: number;
-  readonly fall: number;
-  readonly runs: number;
-  readonly failedRuns: number;
-}
+export type { CheckResult, CheckView };
 
 export interface Checks {
   /** Goes up on every change of a verdict. */

@@ -1,4 +1,4 @@
-import type { Check } from "../core/checks.js";
+import type { Check } from "../../core/checks.js";
 
 /** A check's definition as one text: one read again as it was keeps its counters. */
 export function keyOf(check: Check | readonly Check[]): string {

@@ -5,10 +5,10 @@
  * file of root's (a symlink to /etc/shadow sent to their etcd as a password) nor swap the CA.
  * What the files hold never appears in a message.
  */
-import type { EtcdAccess } from "./config.js";
-import type { EtcdOptions } from "./etcd.js";
-import { whyUntrusted } from "./path-control.js";
-import { readCapped } from "./store.js";
+import type { EtcdAccess } from "../config.js";
+import { whyUntrusted } from "../path-control.js";
+import { readCapped } from "../store.js";
+import type { EtcdOptions } from "./client.js";
 
 /** Certificates and keys are a few KiB; a password far less. */
 const MAX_SECRET_FILE_BYTES = 256 * 1024;

@@ -12,9 +12,9 @@ import {
   type ChecksResult,
   MAX_CHECKS_FILE_BYTES,
   parseChecks,
-} from "../core/checks.js";
-import { whyUntrusted } from "../path-control.js";
-import { readCapped } from "../store.js";
+} from "../../core/checks.js";
+import { whyUntrusted } from "../../path-control.js";
+import { readCapped } from "../../store.js";
 
 const SET_ID = 0o6000;
 
