@@ -24,31 +24,26 @@ function cacheText(fleet: Fleet): string {
   })}\n`;
 }
 
-/** Saves the word now followed; a burst of changes costs one save at a time, the last wins. */
-export function saveCache(fleet: Fleet): void {
-  fleet.dirty = true;
-  if (fleet.saving) return;
-  fleet.saving = true;
-  void (async () => {
-    const { cache, config, log } = fleet;
-    while (fleet.dirty && !fleet.stopped) {
-      fleet.dirty = false;
-      try {
-        await cache.save(cacheText(fleet));
-        if (fleet.saveFailed) log.notice(`fleet: saved the cache ${config.cacheFile} again`);
-        fleet.saveFailed = false;
-      } catch (err) {
-        const { code, message } = err as NodeJS.ErrnoException;
-        if (!fleet.saveFailed) {
-          log.warning(
-            `fleet: cannot save the cache ${config.cacheFile} (${code === "EPERM" ? message : (code ?? message)}); a restart while etcd is unreachable would not know the fleet's word`,
-          );
-        }
-        fleet.saveFailed = true;
-      }
+/**
+ * Saves the word now followed, once; fleet.cacheSaves runs it, so a burst of changes costs one
+ * save at a time, the last wins.
+ */
+export async function saveCache(fleet: Fleet): Promise<void> {
+  if (fleet.stopped) return;
+  const { cache, config, log } = fleet;
+  try {
+    await cache.save(cacheText(fleet));
+    if (fleet.saveFailed) log.notice(`fleet: saved the cache ${config.cacheFile} again`);
+    fleet.saveFailed = false;
+  } catch (err) {
+    const { code, message } = err as NodeJS.ErrnoException;
+    if (!fleet.saveFailed) {
+      log.warning(
+        `fleet: cannot save the cache ${config.cacheFile} (${code === "EPERM" ? message : (code ?? message)}); a restart while etcd is unreachable would not know the fleet's word`,
+      );
     }
-    fleet.saving = false;
-  })();
+    fleet.saveFailed = true;
+  }
 }
 
 /**

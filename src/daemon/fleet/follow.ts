@@ -14,7 +14,7 @@ import { formatAnswered } from "../../core/state.js";
 import type { Etcd, EtcdOptions, KeyValueRecord, Snapshot, WatchEvent } from "../../etcd/client.js";
 import type { Logger } from "../../log.js";
 import type { TextFile } from "../../store.js";
-import { saveCache } from "./cache.js";
+import type { SaveQueue } from "../saves.js";
 import type { FleetTiming } from "./layer.js";
 
 export interface Fleet {
@@ -37,6 +37,8 @@ export interface Fleet {
     string,
     { readonly modRevision: number; readonly value: Buffer | undefined } | null
   >;
+  /** One save at a time; changes meanwhile are written together by the next. */
+  readonly cacheSaves: SaveQueue;
   etcd: Etcd | undefined;
   word: FleetWord | undefined;
   problem: string | undefined;
@@ -52,9 +54,7 @@ export interface Fleet {
   endSession: (() => void) | undefined;
   wake: (() => void) | undefined;
   firstRead: (() => void) | undefined;
-  /** One save at a time; changes meanwhile are written together by the next. */
-  saving: boolean;
-  dirty: boolean;
+  /** The last save of the cache failed: the next that works is logged. */
   saveFailed: boolean;
 }
 
@@ -84,7 +84,7 @@ export function decide(fleet: Fleet, cause: string): void {
       `fleet: ${cause}: following ${word.key} (revision ${word.revision}): ${formatAnswered(word.state)}`,
     );
   }
-  saveCache(fleet);
+  fleet.cacheSaves.request();
 }
 
 export function applyRead(fleet: Fleet, snapshot: Snapshot): void {
@@ -190,5 +190,5 @@ export function offline(fleet: Fleet, reason: string): void {
       ? "no fleet word is followed"
       : `keeping the fleet's last word, ${word.key} (revision ${word.revision})`;
   fleet.log.warning(`fleet: cannot reach etcd: ${reason}; ${kept}, and retrying every endpoint`);
-  saveCache(fleet);
+  fleet.cacheSaves.request();
 }

@@ -15,7 +15,8 @@ import { fleetVerdict } from "../../core/fleet.js";
 import { createEtcd, type Etcd, type EtcdError, type EtcdOptions } from "../../etcd/client.js";
 import type { Logger } from "../../log.js";
 import type { TextFile } from "../../store.js";
-import { followCache } from "./cache.js";
+import { createSaveQueue } from "../saves.js";
+import { followCache, saveCache } from "./cache.js";
 import { type Fleet, offline } from "./follow.js";
 import { type Outcome, session } from "./session.js";
 
@@ -70,6 +71,7 @@ export function createFleetLayer(parts: {
     values: new Map(),
     applied: new Map(),
     seen: new Map(),
+    cacheSaves: createSaveQueue(() => saveCache(fleet)),
     etcd: undefined,
     word: undefined,
     problem: undefined,
@@ -84,8 +86,6 @@ export function createFleetLayer(parts: {
     endSession: undefined,
     wake: undefined,
     firstRead: undefined,
-    saving: false,
-    dirty: false,
     saveFailed: false,
   };
   return {
