@@ -2,7 +2,7 @@
  * The fleet's cache: the word last followed, kept in a file so that a restart while etcd cannot be
  * reached keeps it too.
  */
-import type { FleetWord } from "../../core/fleet.js";
+import type { FleetWord as FleetEntry } from "../../core/fleet.js";
 import { parseJsonFile } from "../../core/json.js";
 import { formatAnswered, isTimestamp, validateState } from "../../core/state.js";
 import type { Logger } from "../../log.js";
@@ -15,11 +15,11 @@ const MAX_CACHE_BYTES = 256 * 1024;
 const CACHE_FORMAT = 1;
 
 function cacheText(fleet: Fleet): string {
-  const { word, heardAt } = fleet;
+  const { entry, heardAt } = fleet;
   return `${JSON.stringify({
     format: CACHE_FORMAT,
     keys: fleet.keys,
-    word: word === undefined ? null : word,
+    word: entry === undefined ? null : entry,
     heardAt: new Date(heardAt ?? fleet.now()).toISOString(),
   })}\n`;
 }
@@ -55,15 +55,15 @@ export async function followCache(fleet: Fleet): Promise<boolean> {
   await fleet.cache.removeStaleTemporaries();
   const cached = await readCache(config.cacheFile, fleet.keys, log);
   if (cached === undefined) return false;
-  const { word } = cached;
-  fleet.word = word;
+  const { entry } = cached;
+  fleet.entry = entry;
   fleet.heardAt = cached.heardAt;
   fleet.fromCache = true;
   fleet.version++;
   log.notice(
-    word === undefined
+    entry === undefined
       ? `fleet: the cache ${config.cacheFile} says no key held a word when etcd was last heard`
-      : `fleet: following the cached word until etcd answers: ${word.key} (revision ${word.revision}): ${formatAnswered(word.state)}`,
+      : `fleet: following the cached word until etcd answers: ${entry.key} (revision ${entry.revision}): ${formatAnswered(entry.state)}`,
   );
   return true;
 }
@@ -101,7 +101,7 @@ async function readCache(
   path: string,
   keys: readonly string[],
   log: Logger,
-): Promise<{ word: FleetWord | undefined; heardAt: number } | undefined> {
+): Promise<{ entry: FleetEntry | undefined; heardAt: number } | undefined> {
   const read = await readCacheBytes(path, log);
   if (!read.ok) {
     if (read.code !== "ENOENT") log.warning(`fleet: the cache ${path} ${read.reason}; not used`);
@@ -116,7 +116,7 @@ async function readCache(
   const cache = (parsed as { value: Record<string, unknown> }).value;
   const heardAt = Date.parse(cache.heardAt as string);
   const raw = cache.word as Record<string, unknown> | null;
-  if (raw === null) return { word: undefined, heardAt };
+  if (raw === null) return { entry: undefined, heardAt };
   const state = validateState(raw.state);
   if (!state.ok) {
     log.warning(
@@ -125,7 +125,7 @@ async function readCache(
     return undefined;
   }
   return {
-    word: Object.freeze({
+    entry: Object.freeze({
       key: raw.key as string,
       revision: raw.revision as number,
       state: state.state,
@@ -148,11 +148,11 @@ function whyNotCache(value: unknown, keys: readonly string[]): string | undefine
   }
   if (!isTimestamp(cache.heardAt)) return "heardAt is not a timestamp";
   if (cache.word === null) return undefined;
-  const word = cache.word as Record<string, unknown>;
-  if (typeof word !== "object" || typeof word.key !== "string" || !keys.includes(word.key)) {
+  const entry = cache.word as Record<string, unknown>;
+  if (typeof entry !== "object" || typeof entry.key !== "string" || !keys.includes(entry.key)) {
     return "its word names none of the keys";
   }
-  if (!Number.isSafeInteger(word.revision) || (word.revision as number) < 1) {
+  if (!Number.isSafeInteger(entry.revision) || (entry.revision as number) < 1) {
     return "its word has no revision";
   }
   return undefined;

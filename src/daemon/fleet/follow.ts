@@ -5,7 +5,7 @@
 import type { FleetConfig } from "../../config.js";
 import {
   chooseWord,
-  type FleetWord,
+  type FleetWord as FleetEntry,
   type KeyValue,
   parseFleetValue,
   readValue,
@@ -40,7 +40,8 @@ export interface Fleet {
   /** One save at a time; changes meanwhile are written together by the next. */
   readonly cacheSaves: SaveQueue;
   etcd: Etcd | undefined;
-  word: FleetWord | undefined;
+  /** The key that speaks for this host, at its revision, and its state: the fleet's word. */
+  entry: FleetEntry | undefined;
   problem: string | undefined;
   version: number;
   connected: boolean;
@@ -65,23 +66,23 @@ export function heard(fleet: Fleet): void {
 /** Decides the word from the values; logs and caches what changed. */
 export function decide(fleet: Fleet, cause: string): void {
   const { keys, log } = fleet;
-  const chosen = chooseWord(keys, fleet.values, fleet.word);
+  const chosen = chooseWord(keys, fleet.values, fleet.entry);
   if (chosen.problem !== fleet.problem) {
     fleet.problem = chosen.problem;
     if (fleet.problem !== undefined) log.warning(`fleet: ${fleet.problem}`);
   }
-  if (chosen.word === fleet.word) return;
-  const word = chosen.word;
-  fleet.word = word;
+  if (chosen.word === fleet.entry) return;
+  const entry = chosen.word;
+  fleet.entry = entry;
   fleet.fromCache = false;
   fleet.version++;
-  if (word === undefined) {
+  if (entry === undefined) {
     log.notice(
       `fleet: ${cause}: no key holds a word (${keys.join(", ")}); the operator's state alone decides`,
     );
   } else {
     log.notice(
-      `fleet: ${cause}: following ${word.key} (revision ${word.revision}): ${formatAnswered(word.state)}`,
+      `fleet: ${cause}: following ${entry.key} (revision ${entry.revision}): ${formatAnswered(entry.state)}`,
     );
   }
   fleet.cacheSaves.request();
@@ -184,11 +185,11 @@ export function offline(fleet: Fleet, reason: string): void {
   // Once per outage: sessions that end before they prove themselves are the same outage.
   if (fleet.lost !== undefined) return;
   fleet.lost = { at: fleet.now(), reason };
-  const { word } = fleet;
+  const { entry } = fleet;
   const kept =
-    word === undefined
+    entry === undefined
       ? "no fleet word is followed"
-      : `keeping the fleet's last word, ${word.key} (revision ${word.revision})`;
+      : `keeping the fleet's last word, ${entry.key} (revision ${entry.revision})`;
   fleet.log.warning(`fleet: cannot reach etcd: ${reason}; ${kept}, and retrying every endpoint`);
   fleet.cacheSaves.request();
 }

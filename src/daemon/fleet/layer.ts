@@ -73,7 +73,7 @@ export function createFleetLayer(parts: {
     seen: new Map(),
     cacheSaves: createSaveQueue(() => saveCache(fleet)),
     etcd: undefined,
-    word: undefined,
+    entry: undefined,
     problem: undefined,
     version: 0,
     connected: false,
@@ -89,7 +89,7 @@ export function createFleetLayer(parts: {
     saveFailed: false,
   };
   return {
-    verdict: (name) => (fleet.word === undefined ? undefined : fleetVerdict(fleet.word, name)),
+    verdict: (name) => (fleet.entry === undefined ? undefined : fleetVerdict(fleet.entry, name)),
     version: () => fleet.version,
     view: () => view(fleet),
     start: () => start(fleet),
@@ -98,13 +98,14 @@ export function createFleetLayer(parts: {
 }
 
 function view(fleet: Fleet): FleetView {
-  const { word, heardAt, lost } = fleet;
+  const { entry, heardAt, lost } = fleet;
   const at = fleet.now();
   return {
     keys: fleet.keys,
     endpoint: fleet.etcd?.endpoint ?? fleet.options.endpoints[0]?.origin ?? "",
     connected: fleet.connected,
-    word: word === undefined ? null : { key: word.key, revision: word.revision, state: word.state },
+    word:
+      entry === undefined ? null : { key: entry.key, revision: entry.revision, state: entry.state },
     problem: fleet.problem ?? null,
     heardAt: heardAt === undefined ? null : new Date(heardAt).toISOString(),
     heardAgoMs: heardAt === undefined ? null : at - heardAt,
