@@ -39,62 +39,22 @@ export function defaultRetryDelayMs(failures: number): number {
 }
 
 /**
- * A closure over the save in progress, the request waiting and the retry timer; each function
- * inside reads in a screen.
+ * One save at a time, the last wins: requests made during a save collapse into one more call of
+ * `save`, which reads what it saves when it runs. Used for the state file and the fleet's cache.
  */
-export function createSaves({
-  store,
-  log,
-  current,
-  retryDelayMs = defaultRetryDelayMs,
-}: SavesOptions): Saves {
+export interface SaveQueue {
+  /** Runs `save` soon, or once more after the running one. */
+  request(): void;
+  /** Whether a request waits for the running save to end. */
+  readonly waiting: boolean;
+  /** Resolves when no save is running. */
+  idle(): Promise<void>;
+}
+
+/** `save` handles its own failures: it must not reject. */
+export function createSaveQueue(save: () => Promise<void>): SaveQueue {
   let saving: Promise<void> | undefined;
   let wanted = false;
-  // Failed saves in a row, and the timer that will try again.
-  let failures = 0;
-  let retry: NodeJS.Timeout | undefined;
-  let failure: string | undefined;
-  let savedTotal = 0;
-  let failedTotal = 0;
-
-  const cancelRetry = (): void => {
-    clearTimeout(retry);
-    retry = undefined;
-  };
-
-  const request = (): void => {
-    cancelRetry();
-    wanted = true;
-    saving ??= run();
-  };
-
-  const saveOnce = async (snapshot: State): Promise<void> => {
-    try {
-      await store.save(snapshot);
-      if (failures > 0) {
-        log.notice(
-          `saved state file ${store.path} after ${failures} failed attempt${failures === 1 ? "" : "s"}: ${formatAnswered(snapshot)}`,
-        );
-      }
-      failures = 0;
-      failure = undefined;
-      savedTotal++;
-    } catch (err) {
-      failures++;
-      failedTotal++;
-      failure = (err as Error).message;
-      const delayMs = retryDelayMs(failures);
-      log.error(
-        `cannot save state file ${store.path}: ${(err as Error).message}; still answering ${formatAnswered(snapshot)}; trying again in ${delayMs / 1000} s`,
-      );
-      // Unless a newer request is already waiting, which saves at once.
-      if (!wanted) {
-        retry = setTimeout(request, delayMs);
-        // A retry never keeps the process alive; TERM makes its own last attempt.
-        retry.unref();
-      }
-    }
-  };
 
   const run = async (): Promise<void> => {
     // Never finishes synchronously, so `saving` is assigned before it is cleared below.
@@ -102,7 +62,7 @@ export function createSaves({
     try {
       while (wanted) {
         wanted = false;
-        await saveOnce(current());
+        await save();
       }
     } finally {
       // In the same step as the last check of `wanted`: no request can fall between them.
@@ -111,25 +71,103 @@ export function createSaves({
   };
 
   return {
-    request,
+    request() {
+      wanted = true;
+      saving ??= run();
+    },
+    get waiting() {
+      return wanted;
+    },
     async idle() {
       while (saving) await saving;
     },
+  };
+}
+
+/** The state file's saves: the queue, and the failures and retry around it. */
+interface StateSaves {
+  readonly options: Required<SavesOptions>;
+  readonly queue: SaveQueue;
+  // Failed saves in a row, and the timer that will try again.
+  failures: number;
+  retry: NodeJS.Timeout | undefined;
+  failure: string | undefined;
+  savedTotal: number;
+  failedTotal: number;
+}
+
+export function createSaves({
+  store,
+  log,
+  current,
+  retryDelayMs = defaultRetryDelayMs,
+}: SavesOptions): Saves {
+  const saves: StateSaves = {
+    options: { store, log, current, retryDelayMs },
+    queue: createSaveQueue(() => saveOnce(saves, current())),
+    failures: 0,
+    retry: undefined,
+    failure: undefined,
+    savedTotal: 0,
+    failedTotal: 0,
+  };
+  return {
+    request: () => request(saves),
+    idle: () => saves.queue.idle(),
     get pending() {
-      return retry !== undefined;
+      return saves.retry !== undefined;
     },
     get failure() {
-      return retry === undefined ? undefined : failure;
+      return saves.retry === undefined ? undefined : saves.failure;
     },
     abandon() {
-      cancelRetry();
-      failures = 0;
+      cancelRetry(saves);
+      saves.failures = 0;
     },
     get savedTotal() {
-      return savedTotal;
+      return saves.savedTotal;
     },
     get failedTotal() {
-      return failedTotal;
+      return saves.failedTotal;
     },
   };
+}
+
+function cancelRetry(saves: StateSaves): void {
+  clearTimeout(saves.retry);
+  saves.retry = undefined;
+}
+
+function request(saves: StateSaves): void {
+  cancelRetry(saves);
+  saves.queue.request();
+}
+
+async function saveOnce(saves: StateSaves, snapshot: State): Promise<void> {
+  const { store, log, retryDelayMs } = saves.options;
+  try {
+    await store.save(snapshot);
+    if (saves.failures > 0) {
+      log.notice(
+        `saved state file ${store.path} after ${saves.failures} failed attempt${saves.failures === 1 ? "" : "s"}: ${formatAnswered(snapshot)}`,
+      );
+    }
+    saves.failures = 0;
+    saves.failure = undefined;
+    saves.savedTotal++;
+  } catch (err) {
+    saves.failures++;
+    saves.failedTotal++;
+    saves.failure = (err as Error).message;
+    const delayMs = retryDelayMs(saves.failures);
+    log.error(
+      `cannot save state file ${store.path}: ${(err as Error).message}; still answering ${formatAnswered(snapshot)}; trying again in ${delayMs / 1000} s`,
+    );
+    // Unless a newer request is already waiting, which saves at once.
+    if (!saves.queue.waiting) {
+      saves.retry = setTimeout(() => request(saves), delayMs);
+      // A retry never keeps the process alive; TERM makes its own last attempt.
+      saves.retry.unref();
+    }
+  }
 }
