@@ -28,7 +28,7 @@ import { controlHandlers, startControl } from "./control-handlers.js";
 import type { FleetLayer } from "./fleet/layer.js";
 import { createLedger, type Ledger } from "./ledger.js";
 import type { MetricsServer } from "./metrics.js";
-import { type Commands, createCommands } from "./operator.js";
+import { createOperator, type Operator } from "./operator.js";
 import { createReplies } from "./replies.js";
 import { guardedStore, guardedTextFile, refuseForeignPath } from "./root-guard.js";
 import { createAgentServer } from "./server.js";
@@ -73,7 +73,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
 
   const files = createStateStore(config.stateFile, log);
   const store = io.uid === 0 ? guardedStore(files) : files;
-  const commands = createCommands({ store, log });
+  const commands = createOperator({ store, log });
   // Without a checks file nothing of the checks is made, and probes read the state as it is.
   const checks =
     config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io.uid, log);
@@ -229,7 +229,7 @@ function composeLayers(
 }
 
 /** The agent port: its replies, and the ledger of the load balancers that poll it. */
-function agentPort(config: Config, commands: Commands, layers: Layers | undefined, log: Logger) {
+function agentPort(config: Config, commands: Operator, layers: Layers | undefined, log: Logger) {
   const replies = createReplies({
     current: () => commands.state,
     ...(layers === undefined ? {} : { answer: layers.answer, version: layers.version }),
@@ -289,7 +289,7 @@ const FLEET_REQUEST_TIMEOUT_MS = 2000;
 async function serveMetrics(
   address: MetricsAddress,
   parts: {
-    readonly commands: Commands;
+    readonly commands: Operator;
     readonly checks: CheckLayer | undefined;
     readonly fleet: FleetLayer | undefined;
     readonly answer: Layers["answer"] | undefined;
@@ -374,7 +374,7 @@ function removeAtExit(io: DaemonIo, path: string): void {
 }
 
 /** TERM and INT: close the socket, let signals in flight and a pending save finish, exit 0. */
-function stopper(io: DaemonIo, log: Logger, commands: Commands, closeSockets: () => Promise<void>) {
+function stopper(io: DaemonIo, log: Logger, commands: Operator, closeSockets: () => Promise<void>) {
   let stopping = false;
   return {
     get stopping() {
