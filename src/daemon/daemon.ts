@@ -49,6 +49,8 @@ export interface DaemonIo extends ProcessContext {
   };
   /** Hands signals to `handler`, first those that arrived before, in their order. */
   readonly onSignal: (handler: (signal: DaemonSignal) => void) => void;
+  /** Signals a process, or a process group by its negative id: a check's command and its own. */
+  readonly kill: (pid: number, signal: NodeJS.Signals) => void;
   readonly exit: (code: number) => void;
   /** Runs `fn` as the process exits, however it exits (a crash included); `fn` is synchronous. */
   readonly atExit: (fn: () => void) => void;
@@ -76,7 +78,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const commands = createOperator({ store, log });
   // Without a checks file nothing of the checks is made, and probes read the state as it is.
   const checks =
-    config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io.uid, log);
+    config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io, log);
   // Without HAPGENT_ETCD_ENDPOINTS nothing of etcd is loaded.
   const fleet =
     config.fleet === undefined ? undefined : await fleetLayer(config.fleet, io.uid, log);
@@ -256,9 +258,9 @@ function agentPort(config: Config, commands: Operator, layers: Layers | undefine
 }
 
 /** HAPGENT_CHECKS_FILE: the checks, and Node's HTTP client they use, are loaded only now. */
-async function checkLayer(path: string, uid: number, log: Logger): Promise<CheckLayer> {
+async function checkLayer(path: string, io: DaemonIo, log: Logger): Promise<CheckLayer> {
   const { createCheckLayer } = await import("./checks/layer.js");
-  return createCheckLayer(path, uid, log);
+  return createCheckLayer({ path, uid: io.uid, kill: io.kill, log });
 }
 
 /**

@@ -12,7 +12,7 @@ import { isTransientReadError } from "../../store.js";
 import { defaultReadRetryDelayMs } from "../operator.js";
 import { type ChecksFileResult, loadChecksFile } from "./file.js";
 import { keyOf } from "./key.js";
-import { type Checks, type CheckView, createChecks } from "./runner.js";
+import { type Checks, type CheckView, createChecks, type Kill } from "./runner.js";
 
 export interface CheckLayer {
   /** The failing checks' verdicts now (MAINT for all while the checks file cannot be used). */
@@ -27,10 +27,22 @@ export interface CheckLayer {
   stop(): void;
 }
 
+export interface CheckLayerOptions {
+  /** The checks file. */
+  readonly path: string;
+  /** The agent's uid: who may control the file and the programs it names. */
+  readonly uid: number;
+  /** Ends a command's process group, as its checks need (kill(2)). */
+  readonly kill: Kill;
+  readonly log: Logger;
+  readonly readRetryDelayMs?: (attempts: number) => number;
+}
+
 /** The layer as it is: the running checks, or why the file cannot be used. */
 interface LayerState {
   readonly path: string;
   readonly uid: number;
+  readonly kill: Kill;
   readonly log: Logger;
   readonly readRetryDelayMs: (attempts: number) => number;
   checks: Checks | undefined;
@@ -46,15 +58,17 @@ interface LayerState {
   stopped: boolean;
 }
 
-export function createCheckLayer(
-  path: string,
-  uid: number,
-  log: Logger,
-  readRetryDelayMs: (attempts: number) => number = defaultReadRetryDelayMs,
-): CheckLayer {
+export function createCheckLayer({
+  path,
+  uid,
+  kill,
+  log,
+  readRetryDelayMs = defaultReadRetryDelayMs,
+}: CheckLayerOptions): CheckLayer {
   const layer: LayerState = {
     path,
     uid,
+    kill,
     log,
     readRetryDelayMs,
     checks: undefined,
@@ -162,6 +176,7 @@ async function load(layer: LayerState, cause: string): Promise<void> {
     checks: result.checks,
     log,
     uid: layer.uid,
+    kill: layer.kill,
     previous,
     onChange: () => {
       layer.version++;

@@ -54,11 +54,16 @@ export interface Carried {
   readonly failedRuns: number;
 }
 
+/** Sends a signal to a process, or to a process group by its negative id, as kill(2) does. */
+export type Kill = (pid: number, signal: NodeJS.Signals) => void;
+
 export interface ChecksOptions {
   readonly checks: readonly Check[];
   readonly log: Logger;
   /** The agent's uid: a command's program is judged again before each run. */
-  readonly uid?: number;
+  readonly uid: number;
+  /** Ends a command's process group: at its timeout, at its exit, and at stop(). */
+  readonly kill: Kill;
   /** The checks these replace: one defined the same keeps its counters. */
   readonly previous?: Checks | undefined;
   /** Told when a verdict changes. */
@@ -101,10 +106,11 @@ interface ChecksState {
 export function createChecks({
   checks,
   log,
-  uid = process.getuid?.() ?? 0,
+  uid,
+  kill,
   previous,
   onChange = () => {},
-  run = (check) => runProbe(check, uid),
+  run = (check) => runProbe(check, uid, kill),
   now = Date.now,
 }: ChecksOptions): Checks {
   const kept = previous?.carried() ?? new Map<string, Carried>();
@@ -285,9 +291,13 @@ function verdictOf(check: Check, result: CheckResult, count: number): Verdict {
 const running = new Set<() => void>();
 
 /** Runs a check's probe once, within its timeout. Never throws. */
-export async function runProbe(check: Check, uid: number): Promise<Omit<CheckResult, "atMs">> {
+export async function runProbe(
+  check: Check,
+  uid: number,
+  kill: Kill,
+): Promise<Omit<CheckResult, "atMs">> {
   const started = performance.now();
-  const outcome = await probeOnce(check, uid);
+  const outcome = await probeOnce(check, uid, kill);
   return {
     status: outcome.status,
     detail: shownDetail(outcome.detail),
@@ -334,7 +344,7 @@ export function shownDetail(text: string): string {
   return `${cut >= 0 && cut > head.length - 6 ? head.slice(0, cut) : head}...`;
 }
 
-async function probeOnce(check: Check, uid: number): Promise<Outcome> {
+async function probeOnce(check: Check, uid: number, kill: Kill): Promise<Outcome> {
   const { probe } = check;
   switch (probe.kind) {
     case "http":
@@ -349,7 +359,7 @@ async function probeOnce(check: Check, uid: number): Promise<Outcome> {
       if (refused !== undefined) {
         return { status: statusFor(check, undefined), detail: `not run: ${refused}` };
       }
-      return execProbe(check, argv);
+      return execProbe(check, argv, kill);
     }
   }
 }
@@ -416,7 +426,7 @@ const COMMAND_PATH = "/usr/sbin:/usr/bin:/sbin:/bin";
 const OUTPUT_GRACE_MS = 100;
 const SHELL = "/bin/sh";
 
-function execProbe(check: Check, argv: readonly string[]): Promise<Outcome> {
+function execProbe(check: Check, argv: readonly string[], killGroup: Kill): Promise<Outcome> {
   return new Promise((resolve) => {
     const [file = "", ...args] = argv;
     let output = "";
@@ -438,7 +448,7 @@ function execProbe(check: Check, argv: readonly string[]): Promise<Outcome> {
     }
     const kill = () => {
       try {
-        if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+        if (child.pid !== undefined) killGroup(-child.pid, "SIGKILL");
       } catch {
         // Already gone.
       }
