@@ -175,6 +175,7 @@ async function runAgent(inspector: DaemonIo["inspector"]): Promise<void> {
       deliver = handler;
       for (const signal of early.splice(0)) handler(signal);
     },
+    kill: (pid, signal) => process.kill(pid, signal),
     exit,
     atExit: (fn) => process.on("exit", fn),
   });

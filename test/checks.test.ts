@@ -17,6 +17,12 @@ import { createLogger } from "../src/log.js";
 import { IS_ROOT, tempDir, waitFor } from "./helpers.js";
 import { createUser } from "./users.js";
 
+/** What the daemon gives its checks from its process: who it runs as, and kill(2). */
+const agentProcess = {
+  uid: process.getuid?.() ?? 0,
+  kill: (pid: number, signal: NodeJS.Signals) => process.kill(pid, signal),
+};
+
 function checksOf(value: unknown) {
   const parsed = parseChecks(new TextEncoder().encode(JSON.stringify(value)));
   assert.ok(parsed.ok, parsed.ok ? "" : parsed.reason);
@@ -72,6 +78,7 @@ test("an HTTP check: 503 drains after exactly `fall` answers, 2xx brings it back
     "500": app.served("500"),
   });
   checks = createChecks({
+    ...agentProcess,
     checks: checksOf({
       checks: [
         // A timeout a loaded machine still meets for a healthy answer, well under "slow"'s 400 ms.
@@ -145,6 +152,7 @@ test("a command check: exit codes as mapped, its first line as the reason, kille
   await writeFile(slow, `#!/bin/sh\nsleep 30 &\necho $! > ${dir}/child\nwait\n`);
   await chmod(slow, 0o755);
   const checks = createChecks({
+    ...agentProcess,
     checks: checksOf({
       checks: [
         {
@@ -199,6 +207,7 @@ test("a command that exits while something it started holds its output is judged
   await writeFile(script, `#!/bin/sh\necho fine\nsleep 30 &\necho $! > ${dir}/child\nexit 0\n`);
   await chmod(script, 0o755);
   const checks = createChecks({
+    ...agentProcess,
     checks: checksOf({ checks: [{ name: "c", exec: [script], interval: "1s", timeout: "800ms" }] }),
     log: capture().log,
   });
@@ -218,6 +227,7 @@ test("a TCP check: a port that accepts passes, a closed one fails", async (t) =>
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
   const checks = createChecks({
+    ...agentProcess,
     checks: checksOf({
       checks: [{ name: "db", tcp: `127.0.0.1:${port}`, interval: "100ms", fall: 2, rise: 1 }],
     }),
@@ -240,6 +250,7 @@ test("a TCP check: a port that accepts passes, a closed one fails", async (t) =>
 test("stop() ends the checks: no run after it", async (t) => {
   const app = await service(t);
   const checks = createChecks({
+    ...agentProcess,
     checks: checksOf({ checks: [{ name: "web", http: app.url, interval: "100ms" }] }),
     log: capture().log,
   });
@@ -323,6 +334,7 @@ test("another user's checks file or program is refused: it could run its command
 test("as HAProxy starts a server: a check that never passed fails at its first failure; one that passed needs `fall`", async () => {
   const results: string[] = [];
   const checks = createChecks({
+    ...agentProcess,
     checks: checksOf({
       checks: [{ name: "c", tcp: "127.0.0.1:1", interval: "100ms", rise: 2, fall: 3 }],
     }),
@@ -362,6 +374,7 @@ test("runs the agent cannot make leave the verdict as it was for 30 s, then coun
   let fault = false;
   const { log, lines } = capture();
   const checks = createChecks({
+    ...agentProcess,
     checks: checksOf({
       checks: [{ name: "c", tcp: "127.0.0.1:1", interval: "100ms", rise: 1, fall: 1 }],
     }),
@@ -405,12 +418,17 @@ test("runs the agent cannot make leave the verdict as it was for 30 s, then coun
 
 test("a check defined as before keeps its counters and verdict across a reload", async () => {
   const definition = { checks: [{ name: "c", tcp: "127.0.0.1:1", interval: "1h", fall: 1 }] };
-  const first = createChecks({ checks: checksOf(definition), log: capture().log });
+  const first = createChecks({ ...agentProcess, checks: checksOf(definition), log: capture().log });
   await waitFor("the first run", async () => (first.views()[0]?.runs === 1 ? true : undefined));
   assert.equal(first.views()[0]?.passing, false);
   const verdict = first.views()[0]?.verdict;
   first.stop();
-  const again = createChecks({ checks: checksOf(definition), log: capture().log, previous: first });
+  const again = createChecks({
+    ...agentProcess,
+    checks: checksOf(definition),
+    log: capture().log,
+    previous: first,
+  });
   try {
     // Failing from the start, before its own first run, with the same words.
     assert.equal(again.views()[0]?.passing, false);
@@ -420,6 +438,7 @@ test("a check defined as before keeps its counters and verdict across a reload",
     again.stop();
   }
   const changed = createChecks({
+    ...agentProcess,
     checks: checksOf({ checks: [{ ...definition.checks[0], fall: 2 }] }),
     log: capture().log,
     previous: first,

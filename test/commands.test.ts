@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type State, type StateResult, serialiseState, withRecords } from "../src/core/state.js";
-import { createCommands, defaultRetryDelayMs } from "../src/daemon/operator.js";
+import { createOperator, defaultRetryDelayMs } from "../src/daemon/operator.js";
 import { createLogger } from "../src/log.js";
 
 /** A store in memory whose saves take a while, so commands can pile up behind them. */
@@ -61,7 +61,7 @@ function capture() {
 describe("agent", () => {
   test("starts in MAINT until the file is loaded", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 3 } });
-    const agent = createCommands({ store, log: capture().log });
+    const agent = createOperator({ store, log: capture().log });
     assert.deepEqual(answered(agent.state), { status: "MAINT" });
     await agent.command("reload", "start-up");
     assert.deepEqual(answered(agent.state), { status: "UP", weight: 3 });
@@ -70,7 +70,7 @@ describe("agent", () => {
 
   test("up and down apply before the call returns, keeping weight and maxconn", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 3, maxconn: 4 } });
-    const agent = createCommands({ store, log: capture().log });
+    const agent = createOperator({ store, log: capture().log });
     await agent.command("reload", "start-up");
     void agent.command("down", "SIGUSR2");
     assert.deepEqual(answered(agent.state), { status: "DOWN", weight: 3, maxconn: 4 });
@@ -82,7 +82,7 @@ describe("agent", () => {
 
   test("a burst ends with the last command in memory and in the file; saves never overlap", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } }, 3);
-    const agent = createCommands({ store, log: capture().log });
+    const agent = createOperator({ store, log: capture().log });
     await agent.command("reload", "start-up");
     let last: "up" | "down" = "up";
     for (let i = 0; i < 200; i++) {
@@ -100,7 +100,7 @@ describe("agent", () => {
 
   test("a reload waits for pending saves, so it reads what came before it", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 9 } }, 20);
-    const agent = createCommands({ store, log: capture().log });
+    const agent = createOperator({ store, log: capture().log });
     await agent.command("reload", "start-up");
     void agent.command("down", "SIGUSR2");
     await agent.command("reload", "SIGHUP");
@@ -109,7 +109,7 @@ describe("agent", () => {
 
   test("commands behind a reload wait for it and apply after it, in order", async () => {
     const store = fakeStore({ ok: true, state: { status: "DRAIN" } }, 5);
-    const agent = createCommands({ store, log: capture().log });
+    const agent = createOperator({ store, log: capture().log });
     await agent.command("reload", "start-up");
     void agent.command("reload", "SIGHUP");
     void agent.command("up", "SIGUSR1");
@@ -123,7 +123,7 @@ describe("agent", () => {
     const store = fakeStore({ ok: true, state: { status: "DRAIN", weight: 7 } });
     const { log, lines } = capture();
     let attempts = 0;
-    const agent = createCommands({
+    const agent = createOperator({
       store,
       log,
       readRetryDelayMs: () => {
@@ -150,7 +150,7 @@ describe("agent", () => {
   test("a bad file gives exactly MAINT, and a later up gives exactly UP", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 5, maxconn: 6 } });
     const { log, lines } = capture();
-    const agent = createCommands({ store, log });
+    const agent = createOperator({ store, log });
     await agent.command("reload", "start-up");
     store.setFile({ ok: false, reason: "weight must be an integer 0-255, got 1.5" });
     await agent.command("reload", "SIGHUP");
@@ -170,7 +170,7 @@ describe("agent", () => {
   test("a failed save is logged and the new state is still answered", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } });
     const { log, lines } = capture();
-    const agent = createCommands({ store, log });
+    const agent = createOperator({ store, log });
     await agent.command("reload", "start-up");
     store.failSaves(true);
     await agent.command("down", "SIGUSR2");
@@ -191,7 +191,7 @@ describe("agent", () => {
   test("an invalid file is said to be replaced only once the save is done", async () => {
     const store = fakeStore({ ok: false, reason: "not JSON" });
     const { log, lines } = capture();
-    const agent = createCommands({ store, log, retryDelayMs: () => 60_000 });
+    const agent = createOperator({ store, log, retryDelayMs: () => 60_000 });
     await agent.command("reload", "start-up");
     store.failSaves(true);
     const failed = await agent.change({ status: "DRAIN" }, "control");
@@ -210,7 +210,7 @@ describe("agent", () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } }, 1);
     const { log, lines } = capture();
     const delays: number[] = [];
-    const agent = createCommands({
+    const agent = createOperator({
       store,
       log,
       retryDelayMs: (failures) => {
@@ -249,7 +249,7 @@ describe("agent", () => {
   test("a reload gives the file precedence over a save still to be retried", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 5 } }, 1);
     const { log, lines } = capture();
-    const agent = createCommands({ store, log, retryDelayMs: () => 30 });
+    const agent = createOperator({ store, log, retryDelayMs: () => 30 });
     await agent.command("reload", "start-up");
     store.failSaves(true);
     await agent.command("down", "SIGUSR2");
@@ -269,7 +269,7 @@ describe("agent", () => {
 
   test("a new command saves at once, and settled() gives a waiting retry its last chance", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } }, 1);
-    const agent = createCommands({ store, log: capture().log, retryDelayMs: () => 60_000 });
+    const agent = createOperator({ store, log: capture().log, retryDelayMs: () => 60_000 });
     await agent.command("reload", "start-up");
     store.failSaves(true);
     await agent.command("down", "SIGUSR2");
@@ -290,7 +290,7 @@ describe("agent", () => {
   test("every change is logged with its cause, old and new", async () => {
     const store = fakeStore({ ok: true, state: { status: "READY" } });
     const { log, lines } = capture();
-    const agent = createCommands({ store, log, now: () => Date.parse("2026-11-25T14:02:00.000Z") });
+    const agent = createOperator({ store, log, now: () => Date.parse("2026-11-25T14:02:00.000Z") });
     await agent.command("reload", "start-up");
     await agent.command("down", "SIGUSR2");
     await agent.command("down", "SIGUSR2");
@@ -304,7 +304,7 @@ describe("agent", () => {
 
   test("stats: changes by cause (an unchanged state is none), file validity, failed saves", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } });
-    const agent = createCommands({ store, log: capture().log, retryDelayMs: () => 60_000 });
+    const agent = createOperator({ store, log: capture().log, retryDelayMs: () => 60_000 });
     const stats = () => ({ ...agent.stats, changes: { ...agent.stats.changes } });
     await agent.command("reload", "start-up");
     await agent.settled();
@@ -352,7 +352,7 @@ describe("reasons and expiring changes", () => {
   test("a change --for returns the state from before by itself, saved and logged", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP", weight: 40 } });
     const { log, lines } = capture();
-    const agent = createCommands({ store, log });
+    const agent = createOperator({ store, log });
     await agent.command("reload", "start-up");
     const drained = await agent.change(
       { status: "DRAIN", reason: "deploy 1.4.2", forMs: 400 },
@@ -383,7 +383,7 @@ describe("reasons and expiring changes", () => {
 
   test("a later change cancels a pending expiry", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } });
-    const agent = createCommands({ store, log: capture().log });
+    const agent = createOperator({ store, log: capture().log });
     await agent.command("reload", "start-up");
     await agent.change({ status: "MAINT", forMs: 100 }, "control");
     await agent.command("down", "SIGUSR2");
@@ -408,7 +408,7 @@ describe("reasons and expiring changes", () => {
     const store = fakeStore({ ok: true, state: file });
     const { log, lines } = capture();
     const now = () => Date.parse("2026-11-25T18:00:00.000Z");
-    const agent = createCommands({ store, log, now });
+    const agent = createOperator({ store, log, now });
     await agent.command("reload", "start-up");
     assert.deepEqual(answered(agent.state), { status: "UP", weight: 70 }, "before any probe");
     await agent.settled();
@@ -425,7 +425,7 @@ describe("reasons and expiring changes", () => {
   test("a wall clock set forward brings the expiry on time, not a timer's delay late", async () => {
     let clock = Date.parse("2026-11-25T14:02:00.000Z");
     const store = fakeStore({ ok: true, state: { status: "UP" } });
-    const agent = createCommands({
+    const agent = createOperator({
       store,
       log: capture().log,
       now: () => clock,
@@ -452,7 +452,7 @@ describe("reasons and expiring changes", () => {
   test("a file edited by hand and read again is recorded as a reload, and saved with the next change", async () => {
     const store = fakeStore({ ok: true, state: { status: "UP" } });
     const now = () => Date.parse("2026-11-25T15:00:00.000Z");
-    const agent = createCommands({ store, log: capture().log, now });
+    const agent = createOperator({ store, log: capture().log, now });
     await agent.command("reload", "start-up");
     assert.equal(agent.state.changed, undefined, "the file read at start-up is not a change");
     store.setFile({ ok: true, state: { status: "DRAIN" } });

@@ -17,7 +17,7 @@ import {
   METRICS_LIMITS,
   type MetricsSource,
 } from "../src/daemon/metrics.js";
-import type { CommandStats } from "../src/daemon/operator.js";
+import type { OperatorStats } from "../src/daemon/operator.js";
 import {
   DIST_SRC,
   freePort,
@@ -42,7 +42,7 @@ const FLEET_VIEW = {
 };
 
 function source(state: State, overrides: Partial<MetricsSource> = {}): MetricsSource {
-  const stats: CommandStats = {
+  const stats: OperatorStats = {
     changes: { signal: 3, reload: 1, control: 2, expiry: 5 },
     fileValid: true,
     saveFailures: 0,

@@ -21,7 +21,7 @@ import {
   validateState,
   withStatus,
 } from "../src/core/state.js";
-import { createCommands } from "../src/daemon/operator.js";
+import { createOperator } from "../src/daemon/operator.js";
 import { createLogger } from "../src/log.js";
 import { intendedCommands, readAgentReply } from "./haproxy-reply.js";
 
@@ -159,7 +159,7 @@ describe("properties of the state codec", () => {
     await fc.assert(
       fc.asyncProperty(anyFile, async (bytes) => {
         const parsed = parseState(bytes);
-        const agent = createCommands({
+        const agent = createOperator({
           store: { path: "/fake/state.json", load: async () => parsed, save: async () => {} },
           log,
           initial: { status: "UP", weight: 7 },

@@ -16,11 +16,11 @@ import {
 } from "./control.js";
 import type { FleetLayer } from "./fleet/layer.js";
 import { keptMaxconn, type Ledger } from "./ledger.js";
-import type { Commands } from "./operator.js";
+import type { Operator } from "./operator.js";
 import type { Replies } from "./replies.js";
 
 export interface HandlerParts {
-  readonly commands: Pick<Commands, "state" | "change">;
+  readonly commands: Pick<Operator, "state" | "change">;
   readonly ledger: Pick<Ledger, "pollers">;
   readonly replies: Pick<Replies, "currentFor">;
   /** The agent's own checks; undefined without a checks file. */

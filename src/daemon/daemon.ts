@@ -28,7 +28,7 @@ import { controlHandlers, startControl } from "./control-handlers.js";
 import type { FleetLayer } from "./fleet/layer.js";
 import { createLedger, type Ledger } from "./ledger.js";
 import type { MetricsServer } from "./metrics.js";
-import { type Commands, createCommands } from "./operator.js";
+import { createOperator, type Operator } from "./operator.js";
 import { createReplies } from "./replies.js";
 import { guardedStore, guardedTextFile, refuseForeignPath } from "./root-guard.js";
 import { createAgentServer } from "./server.js";
@@ -49,6 +49,8 @@ export interface DaemonIo extends ProcessContext {
   };
   /** Hands signals to `handler`, first those that arrived before, in their order. */
   readonly onSignal: (handler: (signal: DaemonSignal) => void) => void;
+  /** Signals a process, or a process group by its negative id: a check's command and its own. */
+  readonly kill: (pid: number, signal: NodeJS.Signals) => void;
   readonly exit: (code: number) => void;
   /** Runs `fn` as the process exits, however it exits (a crash included); `fn` is synchronous. */
   readonly atExit: (fn: () => void) => void;
@@ -73,10 +75,10 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
 
   const files = createStateStore(config.stateFile, log);
   const store = io.uid === 0 ? guardedStore(files) : files;
-  const commands = createCommands({ store, log });
+  const commands = createOperator({ store, log });
   // Without a checks file nothing of the checks is made, and probes read the state as it is.
   const checks =
-    config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io.uid, log);
+    config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io, log);
   // Without HAPGENT_ETCD_ENDPOINTS nothing of etcd is loaded.
   const fleet =
     config.fleet === undefined ? undefined : await fleetLayer(config.fleet, io.uid, log);
@@ -229,7 +231,7 @@ function composeLayers(
 }
 
 /** The agent port: its replies, and the ledger of the load balancers that poll it. */
-function agentPort(config: Config, commands: Commands, layers: Layers | undefined, log: Logger) {
+function agentPort(config: Config, commands: Operator, layers: Layers | undefined, log: Logger) {
   const replies = createReplies({
     current: () => commands.state,
     ...(layers === undefined ? {} : { answer: layers.answer, version: layers.version }),
@@ -256,9 +258,9 @@ function agentPort(config: Config, commands: Commands, layers: Layers | undefine
 }
 
 /** HAPGENT_CHECKS_FILE: the checks, and Node's HTTP client they use, are loaded only now. */
-async function checkLayer(path: string, uid: number, log: Logger): Promise<CheckLayer> {
+async function checkLayer(path: string, io: DaemonIo, log: Logger): Promise<CheckLayer> {
   const { createCheckLayer } = await import("./checks/layer.js");
-  return createCheckLayer(path, uid, log);
+  return createCheckLayer({ path, uid: io.uid, kill: io.kill, log });
 }
 
 /**
@@ -289,7 +291,7 @@ const FLEET_REQUEST_TIMEOUT_MS = 2000;
 async function serveMetrics(
   address: MetricsAddress,
   parts: {
-    readonly commands: Commands;
+    readonly commands: Operator;
     readonly checks: CheckLayer | undefined;
     readonly fleet: FleetLayer | undefined;
     readonly answer: Layers["answer"] | undefined;
@@ -374,7 +376,7 @@ function removeAtExit(io: DaemonIo, path: string): void {
 }
 
 /** TERM and INT: close the socket, let signals in flight and a pending save finish, exit 0. */
-function stopper(io: DaemonIo, log: Logger, commands: Commands, closeSockets: () => Promise<void>) {
+function stopper(io: DaemonIo, log: Logger, commands: Operator, closeSockets: () => Promise<void>) {
   let stopping = false;
   return {
     get stopping() {

@@ -20,14 +20,14 @@ import { VERSION } from "../version.js";
 import type { CheckView } from "./checks/runner.js";
 import type { FleetView } from "./fleet/layer.js";
 import type { Poller } from "./ledger.js";
-import { CHANGE_CAUSES, type CommandStats } from "./operator.js";
+import { CHANGE_CAUSES, type OperatorStats } from "./operator.js";
 
 type PromClient = typeof import("prom-client");
 
 /** What the metrics are read from, at each scrape. */
 export interface MetricsSource {
   readonly state: () => State;
-  readonly stats: () => CommandStats;
+  readonly stats: () => OperatorStats;
   /** Probes answered since the start, by service ("" for the instance). */
   readonly probes: () => ReadonlyMap<string, number>;
   readonly pollers: () => readonly Poller[];
@@ -70,7 +70,7 @@ export interface MetricsServer {
 interface StateSnapshot {
   /** The instance (no service label), then each service, as HAProxy is given them now. */
   readonly answered: readonly (readonly [Labels, ServiceState])[];
-  readonly stats: CommandStats;
+  readonly stats: OperatorStats;
 }
 
 /** What the counters' metrics are rendered from, likewise. */

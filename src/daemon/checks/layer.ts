@@ -4,7 +4,7 @@
  * checks' verdicts (core/compose.ts). A checks file that cannot be used is a configuration error,
  * as a bad state file is: the agent answers MAINT until it is fixed. A read that fails for a
  * reason other than the file (EMFILE, EIO …) is no such error: the checks keep running as they
- * are, and the file is read again until it can be, as the state file is (commands.ts).
+ * are, and the file is read again until it can be, as the state file is (operator.ts).
  */
 import { NO_VERDICTS, UNUSABLE_VERDICTS, type Verdicts } from "../../core/compose.js";
 import type { Logger } from "../../log.js";
@@ -12,7 +12,7 @@ import { isTransientReadError } from "../../store.js";
 import { defaultReadRetryDelayMs } from "../operator.js";
 import { type ChecksFileResult, loadChecksFile } from "./file.js";
 import { keyOf } from "./key.js";
-import { type Checks, type CheckView, createChecks } from "./runner.js";
+import { type Checks, type CheckView, createChecks, type Kill } from "./runner.js";
 
 export interface CheckLayer {
   /** The failing checks' verdicts now (MAINT for all while the checks file cannot be used). */
@@ -27,120 +27,163 @@ export interface CheckLayer {
   stop(): void;
 }
 
-export function createCheckLayer(
-  path: string,
-  uid: number,
-  log: Logger,
-  readRetryDelayMs: (attempts: number) => number = defaultReadRetryDelayMs,
-): CheckLayer {
-  let checks: Checks | undefined;
-  let problem: string | undefined;
+export interface CheckLayerOptions {
+  /** The checks file. */
+  readonly path: string;
+  /** The agent's uid: who may control the file and the programs it names. */
+  readonly uid: number;
+  /** Ends a command's process group, as its checks need (kill(2)). */
+  readonly kill: Kill;
+  readonly log: Logger;
+  readonly readRetryDelayMs?: (attempts: number) => number;
+}
+
+/** The layer as it is: the running checks, or why the file cannot be used. */
+interface LayerState {
+  readonly path: string;
+  readonly uid: number;
+  readonly kill: Kill;
+  readonly log: Logger;
+  readonly readRetryDelayMs: (attempts: number) => number;
+  checks: Checks | undefined;
+  problem: string | undefined;
   // Bumped on every load and every change of a verdict: answers may differ.
-  let version = 0;
+  version: number;
   // What the running checks were made from: a file read again unchanged leaves them running.
-  let loadedKey: string | undefined;
-  let loading = Promise.resolve();
-  let verdicts: { version: number; value: Verdicts } | undefined;
+  loadedKey: string | undefined;
+  loading: Promise<void>;
+  verdicts: { version: number; value: Verdicts } | undefined;
   // Whether the file was ever read (valid or not): before, a fault of the moment means MAINT.
-  let read = false;
-  let stopped = false;
+  read: boolean;
+  stopped: boolean;
+}
 
-  const current = (): Verdicts => {
-    if (problem !== undefined) return UNUSABLE_VERDICTS;
-    if (checks === undefined) return NO_VERDICTS;
-    if (verdicts?.version !== version) verdicts = { version, value: checks.verdicts() };
-    return verdicts.value;
+export function createCheckLayer({
+  path,
+  uid,
+  kill,
+  log,
+  readRetryDelayMs = defaultReadRetryDelayMs,
+}: CheckLayerOptions): CheckLayer {
+  const layer: LayerState = {
+    path,
+    uid,
+    kill,
+    log,
+    readRetryDelayMs,
+    checks: undefined,
+    problem: undefined,
+    version: 0,
+    loadedKey: undefined,
+    loading: Promise.resolve(),
+    verdicts: undefined,
+    read: false,
+    stopped: false,
   };
-
-  /**
-   * The file's checks, or why it cannot be used. A failure that is not about the file (EMFILE,
-   * EIO …) says nothing of it: the checks keep running as they are (MAINT before the first read,
-   * for want of the file) and it is read again, 0.1 s to 5 s apart, until it can be; the loads
-   * asked for meanwhile wait behind. Undefined once the agent stops.
-   */
-  const readUntilRead = async (cause: string): Promise<ChecksFileResult | undefined> => {
-    for (let failures = 0; !stopped; failures++) {
-      const result = await loadChecksFile(path, uid);
-      if (result.ok || !("code" in result) || !isTransientReadError(result.code)) {
-        if (failures > 0) {
-          log.notice(
-            `${cause}: read the checks file ${path} after ${failures} failed attempt${failures === 1 ? "" : "s"}`,
-          );
-        }
-        read = true;
-        return result;
-      }
-      if (failures === 0) {
-        const keeping = !read
-          ? ""
-          : problem === undefined
-            ? "keeping its checks running and "
-            : "still answering MAINT and ";
-        log.warning(
-          `${cause}: checks file ${path}: ${result.reason}, a fault of the moment, not of the file: ${keeping}reading it again until it can be read`,
-        );
-        if (!read) {
-          problem = result.reason;
-          version++;
-        }
-      }
-      await new Promise((resolve) => setTimeout(resolve, readRetryDelayMs(failures + 1)));
-    }
-    return undefined;
-  };
-
-  const load = async (cause: string): Promise<void> => {
-    const result = await readUntilRead(cause);
-    if (result === undefined) return;
-    const key = result.ok ? keyOf(result.checks) : undefined;
-    if (key !== undefined && key === loadedKey && checks !== undefined) {
-      log.info(`${cause}: checks file ${path} unchanged; its checks keep running`);
-      return;
-    }
-    const previous = checks;
-    previous?.stop();
-    checks = undefined;
-    loadedKey = key;
-    version++;
-    if (!result.ok) {
-      problem = result.reason;
-      log.warning(
-        `${cause}: checks file ${path}: ${result.reason}; answering MAINT until it is fixed and read again (HUP)`,
-      );
-      return;
-    }
-    problem = undefined;
-    // A check defined as before keeps its counters and its verdict.
-    checks = createChecks({
-      checks: result.checks,
-      log,
-      uid,
-      previous,
-      onChange: () => {
-        version++;
-      },
-    });
-    const names = result.checks.map((check) => check.name).join(", ");
-    log.notice(
-      `${cause}: loaded checks file ${path}: ${result.checks.length} check${result.checks.length === 1 ? "" : "s"}${names === "" ? "" : ` (${names})`}`,
-    );
-  };
-
   return {
-    verdicts: current,
-    version: () => version,
-    views: () => checks?.views() ?? [],
+    verdicts: () => current(layer),
+    version: () => layer.version,
+    views: () => layer.checks?.views() ?? [],
     get problem() {
-      return problem;
+      return layer.problem;
     },
     load(cause) {
       // Loads apply in the order they were asked for.
-      loading = loading.then(() => load(cause));
-      return loading;
+      layer.loading = layer.loading.then(() => load(layer, cause));
+      return layer.loading;
     },
     stop() {
-      stopped = true;
-      checks?.stop();
+      layer.stopped = true;
+      layer.checks?.stop();
     },
   };
+}
+
+function current(layer: LayerState): Verdicts {
+  if (layer.problem !== undefined) return UNUSABLE_VERDICTS;
+  if (layer.checks === undefined) return NO_VERDICTS;
+  if (layer.verdicts?.version !== layer.version) {
+    layer.verdicts = { version: layer.version, value: layer.checks.verdicts() };
+  }
+  return layer.verdicts.value;
+}
+
+/**
+ * The file's checks, or why it cannot be used. A failure that is not about the file (EMFILE,
+ * EIO …) says nothing of it: the checks keep running as they are (MAINT before the first read,
+ * for want of the file) and it is read again, 0.1 s to 5 s apart, until it can be; the loads
+ * asked for meanwhile wait behind. Undefined once the agent stops.
+ */
+async function readUntilRead(
+  layer: LayerState,
+  cause: string,
+): Promise<ChecksFileResult | undefined> {
+  const { path, log } = layer;
+  for (let failures = 0; !layer.stopped; failures++) {
+    const result = await loadChecksFile(path, layer.uid);
+    if (result.ok || !("code" in result) || !isTransientReadError(result.code)) {
+      if (failures > 0) {
+        log.notice(
+          `${cause}: read the checks file ${path} after ${failures} failed attempt${failures === 1 ? "" : "s"}`,
+        );
+      }
+      layer.read = true;
+      return result;
+    }
+    if (failures === 0) {
+      const keeping = !layer.read
+        ? ""
+        : layer.problem === undefined
+          ? "keeping its checks running and "
+          : "still answering MAINT and ";
+      log.warning(
+        `${cause}: checks file ${path}: ${result.reason}, a fault of the moment, not of the file: ${keeping}reading it again until it can be read`,
+      );
+      if (!layer.read) {
+        layer.problem = result.reason;
+        layer.version++;
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, layer.readRetryDelayMs(failures + 1)));
+  }
+  return undefined;
+}
+
+async function load(layer: LayerState, cause: string): Promise<void> {
+  const { path, log } = layer;
+  const result = await readUntilRead(layer, cause);
+  if (result === undefined) return;
+  const key = result.ok ? keyOf(result.checks) : undefined;
+  if (key !== undefined && key === layer.loadedKey && layer.checks !== undefined) {
+    log.info(`${cause}: checks file ${path} unchanged; its checks keep running`);
+    return;
+  }
+  const previous = layer.checks;
+  previous?.stop();
+  layer.checks = undefined;
+  layer.loadedKey = key;
+  layer.version++;
+  if (!result.ok) {
+    layer.problem = result.reason;
+    log.warning(
+      `${cause}: checks file ${path}: ${result.reason}; answering MAINT until it is fixed and read again (HUP)`,
+    );
+    return;
+  }
+  layer.problem = undefined;
+  // A check defined as before keeps its counters and its verdict.
+  layer.checks = createChecks({
+    checks: result.checks,
+    log,
+    uid: layer.uid,
+    kill: layer.kill,
+    previous,
+    onChange: () => {
+      layer.version++;
+    },
+  });
+  const names = result.checks.map((check) => check.name).join(", ");
+  log.notice(
+    `${cause}: loaded checks file ${path}: ${result.checks.length} check${result.checks.length === 1 ? "" : "s"}${names === "" ? "" : ` (${names})`}`,
+  );
 }

@@ -54,11 +54,16 @@ export interface Carried {
   readonly failedRuns: number;
 }
 
+/** Sends a signal to a process, or to a process group by its negative id, as kill(2) does. */
+export type Kill = (pid: number, signal: NodeJS.Signals) => void;
+
 export interface ChecksOptions {
   readonly checks: readonly Check[];
   readonly log: Logger;
   /** The agent's uid: a command's program is judged again before each run. */
-  readonly uid?: number;
+  readonly uid: number;
+  /** Ends a command's process group: at its timeout, at its exit, and at stop(). */
+  readonly kill: Kill;
   /** The checks these replace: one defined the same keeps its counters. */
   readonly previous?: Checks | undefined;
   /** Told when a verdict changes. */
@@ -68,160 +73,204 @@ export interface ChecksOptions {
   readonly now?: () => number;
 }
 
-/** A closure over the checks' counters; each function inside reads in a screen. */
+/** One check's counters, and its timer. */
+interface CheckState {
+  readonly check: Check;
+  readonly key: string;
+  passing: boolean;
+  // Passed at least once: until then the first failure fails it, as HAProxy does.
+  confirmed: boolean;
+  verdict: Verdict | undefined;
+  last: CheckResult | undefined;
+  passes: number;
+  fails: number;
+  runs: number;
+  failedRuns: number;
+  /** Since when runs are not made, for a fault of the agent's (logged once a streak). */
+  faultedSinceMs: number | undefined;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/** The checks' counters, and what a run needs. */
+interface ChecksState {
+  readonly states: readonly CheckState[];
+  readonly log: Logger;
+  readonly onChange: () => void;
+  readonly run: Runner;
+  readonly now: () => number;
+  version: number;
+  stopped: boolean;
+}
+
+/** Runs each check on its own timer, and keeps its counters and its verdict. */
 export function createChecks({
   checks,
   log,
-  uid = process.getuid?.() ?? 0,
+  uid,
+  kill,
   previous,
   onChange = () => {},
-  run = (check) => runProbe(check, uid),
+  run = (check) => runProbe(check, uid, kill),
   now = Date.now,
 }: ChecksOptions): Checks {
-  let version = 0;
-  let stopped = false;
   const kept = previous?.carried() ?? new Map<string, Carried>();
-  const states = checks.map((check) => ({
-    check,
-    key: keyOf(check),
-    passing: true,
-    // Passed at least once: until then the first failure fails it, as HAProxy does.
-    confirmed: false,
-    verdict: undefined as Verdict | undefined,
-    last: undefined as CheckResult | undefined,
-    passes: 0,
-    fails: 0,
-    runs: 0,
-    failedRuns: 0,
-    ...kept.get(keyOf(check)),
-    /** Since when runs are not made, for a fault of the agent's (logged once a streak). */
-    faultedSinceMs: undefined as number | undefined,
-    timer: undefined as NodeJS.Timeout | undefined,
-  }));
-  type State = (typeof states)[number];
-
-  /**
-   * A run the agent could not make counts as nothing (undefined) for NOT_RUN_MAX_MS; after that,
-   * each counts as a failure: a check nobody can run vouches for nothing.
-   */
-  const counted = (s: State, result: CheckResult): CheckResult | undefined => {
-    const { name } = s.check;
-    if (!result.agentFault) {
-      if (s.faultedSinceMs !== undefined) log.notice(`check ${name}: runs again: ${result.detail}`);
-      s.faultedSinceMs = undefined;
-      return result;
-    }
-    if (s.faultedSinceMs === undefined) {
-      s.faultedSinceMs = result.atMs;
-      log.warning(
-        `check ${name}: ${result.detail}; its verdict stands until it runs, for ${NOT_RUN_MAX_MS / 1000} s at most`,
-      );
-    }
-    const forMs = result.atMs - s.faultedSinceMs;
-    if (forMs < NOT_RUN_MAX_MS) return undefined;
-    return { ...result, detail: `${result.detail} (${Math.round(forMs / 1000)} s)` };
+  const cs: ChecksState = {
+    states: checks.map((check) => ({
+      check,
+      key: keyOf(check),
+      passing: true,
+      confirmed: false,
+      verdict: undefined,
+      last: undefined,
+      passes: 0,
+      fails: 0,
+      runs: 0,
+      failedRuns: 0,
+      ...kept.get(keyOf(check)),
+      faultedSinceMs: undefined,
+      timer: undefined,
+    })),
+    log,
+    onChange,
+    run,
+    now,
+    version: 0,
+    stopped: false,
   };
-
-  const record = (s: State, run: CheckResult): void => {
-    s.last = run;
-    const result = counted(s, run);
-    if (result === undefined) return;
-    s.last = result;
-    s.runs++;
-    const { check } = s;
-    const before = s.verdict;
-    if (result.status === "UP" || result.status === "READY") {
-      s.fails = 0;
-      s.passes++;
-      if (s.passing) s.confirmed = true;
-      else if (s.passes >= check.rise) {
-        s.passing = true;
-        s.confirmed = true;
-        s.verdict = undefined;
-        log.notice(
-          `check ${check.name}: passing again after ${s.passes} passes in a row: ${result.detail}`,
-        );
-      }
-    } else {
-      s.failedRuns++;
-      s.passes = 0;
-      s.fails++;
-      if (s.passing && (s.fails >= check.fall || !s.confirmed)) s.passing = false;
-      // The reply's words change only with the verdict's status, not with every run's detail
-      // (a plugin's "91% full", then "92%"): status and the log show each run.
-      if (!s.passing && s.verdict?.status !== result.status) {
-        s.verdict = verdictOf(check, result, s.fails);
-        log.warning(
-          `check ${check.name}: failing (${result.status}) after ${s.fails} failure${s.fails === 1 ? "" : "s"} in a row: ${result.detail}`,
-        );
-      }
-    }
-    if (s.verdict !== before) {
-      version++;
-      onChange();
-    }
-  };
-
-  const schedule = (s: State, delayMs: number): void => {
-    if (stopped) return;
-    s.timer = setTimeout(async () => {
-      const started = now();
-      const result = await run(s.check);
-      if (stopped) return;
-      record(s, { ...result, atMs: started });
-      schedule(s, Math.max(0, s.check.intervalMs - (now() - started)));
-    }, delayMs);
-    // The agent's sockets keep the process; its checks alone do not.
-    s.timer.unref();
-  };
-  for (const s of states) schedule(s, 0);
-
+  for (const s of cs.states) schedule(cs, s, 0);
   return {
     get version() {
-      return version;
+      return cs.version;
     },
-    carried() {
-      return new Map(
-        states.map((s) => [
-          s.key,
-          {
-            passing: s.passing,
-            confirmed: s.confirmed,
-            verdict: s.verdict,
-            last: s.last,
-            passes: s.passes,
-            fails: s.fails,
-            runs: s.runs,
-            failedRuns: s.failedRuns,
-          },
-        ]),
+    carried: () => carried(cs),
+    verdicts() {
+      return groupVerdicts(
+        cs.states.map((s) => ({ service: s.check.service, verdict: s.verdict })),
       );
     },
-    verdicts() {
-      return groupVerdicts(states.map((s) => ({ service: s.check.service, verdict: s.verdict })));
+    views: () => views(cs),
+    stop() {
+      cs.stopped = true;
+      for (const s of cs.states) clearTimeout(s.timer);
+      for (const kill of running) kill();
     },
-    views() {
-      return states.map((s) => ({
-        name: s.check.name,
-        service: s.check.service,
-        target: target(s.check.probe),
+  };
+}
+
+function carried(cs: ChecksState): ReadonlyMap<string, Carried> {
+  return new Map(
+    cs.states.map((s) => [
+      s.key,
+      {
         passing: s.passing,
+        confirmed: s.confirmed,
         verdict: s.verdict,
         last: s.last,
         passes: s.passes,
         fails: s.fails,
-        rise: s.check.rise,
-        fall: s.check.fall,
         runs: s.runs,
         failedRuns: s.failedRuns,
-      }));
-    },
-    stop() {
-      stopped = true;
-      for (const s of states) clearTimeout(s.timer);
-      for (const kill of running) kill();
-    },
-  };
+      },
+    ]),
+  );
+}
+
+function views(cs: ChecksState): CheckView[] {
+  return cs.states.map((s) => ({
+    name: s.check.name,
+    service: s.check.service,
+    target: target(s.check.probe),
+    passing: s.passing,
+    verdict: s.verdict,
+    last: s.last,
+    passes: s.passes,
+    fails: s.fails,
+    rise: s.check.rise,
+    fall: s.check.fall,
+    runs: s.runs,
+    failedRuns: s.failedRuns,
+  }));
+}
+
+function schedule(cs: ChecksState, s: CheckState, delayMs: number): void {
+  if (cs.stopped) return;
+  s.timer = setTimeout(async () => {
+    const started = cs.now();
+    const result = await cs.run(s.check);
+    if (cs.stopped) return;
+    record(cs, s, { ...result, atMs: started });
+    schedule(cs, s, Math.max(0, s.check.intervalMs - (cs.now() - started)));
+  }, delayMs);
+  // The agent's sockets keep the process; its checks alone do not.
+  s.timer.unref();
+}
+
+/**
+ * A run the agent could not make counts as nothing (undefined) for NOT_RUN_MAX_MS; after that,
+ * each counts as a failure: a check nobody can run vouches for nothing.
+ */
+function counted(log: Logger, s: CheckState, result: CheckResult): CheckResult | undefined {
+  const { name } = s.check;
+  if (!result.agentFault) {
+    if (s.faultedSinceMs !== undefined) log.notice(`check ${name}: runs again: ${result.detail}`);
+    s.faultedSinceMs = undefined;
+    return result;
+  }
+  if (s.faultedSinceMs === undefined) {
+    s.faultedSinceMs = result.atMs;
+    log.warning(
+      `check ${name}: ${result.detail}; its verdict stands until it runs, for ${NOT_RUN_MAX_MS / 1000} s at most`,
+    );
+  }
+  const forMs = result.atMs - s.faultedSinceMs;
+  if (forMs < NOT_RUN_MAX_MS) return undefined;
+  return { ...result, detail: `${result.detail} (${Math.round(forMs / 1000)} s)` };
+}
+
+function record(cs: ChecksState, s: CheckState, run: CheckResult): void {
+  s.last = run;
+  const result = counted(cs.log, s, run);
+  if (result === undefined) return;
+  s.last = result;
+  s.runs++;
+  const before = s.verdict;
+  if (result.status === "UP" || result.status === "READY") passed(cs.log, s, result);
+  else failed(cs.log, s, result);
+  if (s.verdict !== before) {
+    cs.version++;
+    cs.onChange();
+  }
+}
+
+function passed(log: Logger, s: CheckState, result: CheckResult): void {
+  const { check } = s;
+  s.fails = 0;
+  s.passes++;
+  if (s.passing) s.confirmed = true;
+  else if (s.passes >= check.rise) {
+    s.passing = true;
+    s.confirmed = true;
+    s.verdict = undefined;
+    log.notice(
+      `check ${check.name}: passing again after ${s.passes} passes in a row: ${result.detail}`,
+    );
+  }
+}
+
+function failed(log: Logger, s: CheckState, result: CheckResult): void {
+  const { check } = s;
+  s.failedRuns++;
+  s.passes = 0;
+  s.fails++;
+  if (s.passing && (s.fails >= check.fall || !s.confirmed)) s.passing = false;
+  // The reply's words change only with the verdict's status, not with every run's detail
+  // (a plugin's "91% full", then "92%"): status and the log show each run.
+  if (!s.passing && s.verdict?.status !== result.status) {
+    s.verdict = verdictOf(check, result, s.fails);
+    log.warning(
+      `check ${check.name}: failing (${result.status}) after ${s.fails} failure${s.fails === 1 ? "" : "s"} in a row: ${result.detail}`,
+    );
+  }
 }
 
 /** What HAProxy shows while a check fails: `check web: http://…/health: 503 for 3 checks`. */
@@ -242,9 +291,13 @@ function verdictOf(check: Check, result: CheckResult, count: number): Verdict {
 const running = new Set<() => void>();
 
 /** Runs a check's probe once, within its timeout. Never throws. */
-export async function runProbe(check: Check, uid: number): Promise<Omit<CheckResult, "atMs">> {
+export async function runProbe(
+  check: Check,
+  uid: number,
+  kill: Kill,
+): Promise<Omit<CheckResult, "atMs">> {
   const started = performance.now();
-  const outcome = await probeOnce(check, uid);
+  const outcome = await probeOnce(check, uid, kill);
   return {
     status: outcome.status,
     detail: shownDetail(outcome.detail),
@@ -291,7 +344,7 @@ export function shownDetail(text: string): string {
   return `${cut >= 0 && cut > head.length - 6 ? head.slice(0, cut) : head}...`;
 }
 
-async function probeOnce(check: Check, uid: number): Promise<Outcome> {
+async function probeOnce(check: Check, uid: number, kill: Kill): Promise<Outcome> {
   const { probe } = check;
   switch (probe.kind) {
     case "http":
@@ -306,7 +359,7 @@ async function probeOnce(check: Check, uid: number): Promise<Outcome> {
       if (refused !== undefined) {
         return { status: statusFor(check, undefined), detail: `not run: ${refused}` };
       }
-      return execProbe(check, argv);
+      return execProbe(check, argv, kill);
     }
   }
 }
@@ -373,7 +426,7 @@ const COMMAND_PATH = "/usr/sbin:/usr/bin:/sbin:/bin";
 const OUTPUT_GRACE_MS = 100;
 const SHELL = "/bin/sh";
 
-function execProbe(check: Check, argv: readonly string[]): Promise<Outcome> {
+function execProbe(check: Check, argv: readonly string[], killGroup: Kill): Promise<Outcome> {
   return new Promise((resolve) => {
     const [file = "", ...args] = argv;
     let output = "";
@@ -395,7 +448,7 @@ function execProbe(check: Check, argv: readonly string[]): Promise<Outcome> {
     }
     const kill = () => {
       try {
-        if (child.pid !== undefined) process.kill(-child.pid, "SIGKILL");
+        if (child.pid !== undefined) killGroup(-child.pid, "SIGKILL");
       } catch {
         // Already gone.
       }
