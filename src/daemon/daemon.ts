@@ -20,6 +20,7 @@ import { formatState, type ServiceState, type State } from "../core/state.js";
 import { etcdOptions } from "../etcd/options.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
+import type { StoreProcess } from "../store.js";
 import { createStateStore, createTextFile } from "../store.js";
 import { VERSION } from "../version.js";
 import type { CheckLayer } from "./checks/layer.js";
@@ -71,15 +72,14 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const config = await configure(io, log);
   if (config === undefined) return io.exit(EXIT.INVALID_CONFIG);
 
-  const files = createStateStore(config.stateFile, log);
+  const files = createStateStore(config.stateFile, log, io);
   const store = io.uid === 0 ? guardedStore(files) : files;
   const commands = createCommands({ store, log });
   // Without a checks file nothing of the checks is made, and probes read the state as it is.
   const checks =
     config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io.uid, log);
   // Without HAPGENT_ETCD_ENDPOINTS nothing of etcd is loaded.
-  const fleet =
-    config.fleet === undefined ? undefined : await fleetLayer(config.fleet, io.uid, log);
+  const fleet = config.fleet === undefined ? undefined : await fleetLayer(config.fleet, io, log);
   if (fleet === null) return io.exit(EXIT.INVALID_CONFIG);
   const layers = composeLayers(checks, fleet);
   const { replies, ledger, probes, server } = agentPort(config, commands, layers, log);
@@ -267,15 +267,16 @@ async function checkLayer(path: string, uid: number, log: Logger): Promise<Check
  */
 async function fleetLayer(
   fleet: FleetConfig,
-  uid: number,
+  io: DaemonIo,
   log: Logger,
 ): Promise<FleetLayer | null> {
+  const uid = io.uid;
   const options = await etcdOptions(fleet, uid, FLEET_REQUEST_TIMEOUT_MS);
   if (!options.ok) {
     log.error(options.reason);
     return null;
   }
-  const file = createTextFile(fleet.cacheFile, log);
+  const file = createTextFile(fleet.cacheFile, log, io);
   const cache =
     uid === 0 ? guardedTextFile(file, fleet.cacheFile, "HAPGENT_ETCD_CACHE_FILE") : file;
   const { createFleetLayer } = await import("./fleet/layer.js");
