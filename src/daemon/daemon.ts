@@ -36,7 +36,7 @@ import { createAgentServer } from "./server.js";
 
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
 
-export interface DaemonIo extends ProcessContext {
+export interface DaemonIo extends ProcessContext, StoreProcess {
   readonly nodeVersion: string;
   /** True when stderr goes to the systemd journal. */
   readonly journal: boolean;
@@ -140,6 +140,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
       metrics = await serveMetrics(
         config.metrics,
         {
+          nodeVersion: io.nodeVersion,
           commands,
           checks,
           fleet,
@@ -290,6 +291,7 @@ const FLEET_REQUEST_TIMEOUT_MS = 2000;
 async function serveMetrics(
   address: MetricsAddress,
   parts: {
+    readonly nodeVersion: string;
     readonly commands: Commands;
     readonly checks: CheckLayer | undefined;
     readonly fleet: FleetLayer | undefined;
@@ -300,11 +302,12 @@ async function serveMetrics(
   },
   log: Logger,
 ): Promise<MetricsServer> {
-  const { commands, checks, fleet, answer, version, ledger, probes } = parts;
+  const { nodeVersion, commands, checks, fleet, answer, version, ledger, probes } = parts;
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
     address,
     {
+      nodeVersion,
       state: () => commands.state,
       answer,
       version,
