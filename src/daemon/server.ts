@@ -64,7 +64,7 @@ function startsWithMark(chunk: Buffer): boolean {
 }
 
 /** What the probe ledger is told of a connection, kept on the socket itself: no map per probe. */
-interface Record {
+interface ProbeRecord {
   readonly given: string | Uint8Array;
   readonly atMs: number;
   /** Read while the connection is open: a closed socket no longer knows it. */
@@ -76,7 +76,7 @@ interface Record {
   reset: boolean;
 }
 const RECORD = Symbol("hapgent probe");
-type Probe = Socket & { [RECORD]?: Record };
+type Probe = Socket & { [RECORD]?: ProbeRecord };
 
 export interface AgentServer {
   readonly server: Server;
