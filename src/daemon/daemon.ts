@@ -32,6 +32,7 @@ import type { MetricsServer } from "./metrics.js";
 import { type Commands, createCommands } from "./operator.js";
 import { createReplies } from "./replies.js";
 import { guardedStore, guardedTextFile, refuseForeignPath } from "./root-guard.js";
+import type { AgentServer } from "./server.js";
 import { createAgentServer } from "./server.js";
 
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
@@ -102,18 +103,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   await store.removeStaleTemporaries();
   // Queued before any signal, so the signals that came early apply on top of the file, in order.
   const loaded = commands.command("reload", "start-up");
-  if (!io.inspector.requested) {
-    guardInspector({
-      url: io.inspector.url,
-      close: io.inspector.close,
-      onClosed: (url) => {
-        log.warning(
-          `closed the Node debugger (${url}) that a SIGUSR1 sent during start-up opened; applying that SIGUSR1`,
-        );
-        handle("SIGUSR1");
-      },
-    });
-  }
+  if (!io.inspector.requested) guardDebugger(io, log, handle);
   io.onSignal(handle);
   await Promise.all([
     readOrGiveUp(
@@ -136,38 +126,13 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   // Before the agent port: an agent that cannot serve its metrics never answers a probe, so it
   // does not come and go while systemd restarts it.
   if (config.metrics !== undefined) {
-    try {
-      metrics = await serveMetrics(
-        config.metrics,
-        {
-          nodeVersion: io.nodeVersion,
-          commands,
-          checks,
-          fleet,
-          answer: layers?.answer,
-          version: layers?.version,
-          ledger,
-          probes,
-        },
-        log,
-      );
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      log.error(describeMetricsListenError(config.metrics, code));
-      // A missing module is not fixed by a restart; a busy port may be.
-      return io.exit(code === "ERR_MODULE_NOT_FOUND" ? EXIT.INVALID_CONFIG : EXIT.CANNOT_LISTEN);
-    }
+    const parts = { commands, checks, fleet, layers, ledger, probes };
+    metrics = await metricsOrExit(io, config.metrics, parts, log);
+    if (metrics === undefined) return;
     if (stop.stopping) return void metrics.close();
   }
-  let address: string;
-  try {
-    const bound = await server.listen(config.host, config.port);
-    address = formatAddress(bound.address, bound.port);
-  } catch (err) {
-    log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
-    await metrics?.close();
-    return io.exit(EXIT.CANNOT_LISTEN);
-  }
+  const address = await listenOrExit(io, config, server, metrics, log);
+  if (address === undefined) return;
   const handlers = controlHandlers({ commands, ledger, replies, checks, fleet, now: Date.now });
   control = await startControl(config.controlSocket, io.uid, handlers, log);
   if (control !== undefined) removeAtExit(io, config.controlSocket);
@@ -176,6 +141,60 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   log.notice(
     `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}${metrics ? `, metrics on http://${metrics.address}/metrics` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
   );
+}
+
+/**
+ * Closes the debugger a SIGUSR1 opened before the daemon could handle it, and applies that
+ * SIGUSR1.
+ */
+function guardDebugger(io: DaemonIo, log: Logger, handle: (signal: DaemonSignal) => void): void {
+  guardInspector({
+    url: io.inspector.url,
+    close: io.inspector.close,
+    onClosed: (url) => {
+      log.warning(
+        `closed the Node debugger (${url}) that a SIGUSR1 sent during start-up opened; applying that SIGUSR1`,
+      );
+      handle("SIGUSR1");
+    },
+  });
+}
+
+/** The metrics listener, or undefined after logging why there is none and exiting. */
+async function metricsOrExit(
+  io: DaemonIo,
+  address: MetricsAddress,
+  parts: Omit<MetricsParts, "nodeVersion">,
+  log: Logger,
+): Promise<MetricsServer | undefined> {
+  try {
+    return await serveMetrics(address, { ...parts, nodeVersion: io.nodeVersion }, log);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    log.error(describeMetricsListenError(address, code));
+    // A missing module is not fixed by a restart; a busy port may be.
+    io.exit(code === "ERR_MODULE_NOT_FOUND" ? EXIT.INVALID_CONFIG : EXIT.CANNOT_LISTEN);
+    return undefined;
+  }
+}
+
+/** The agent port's address once it listens, or undefined after logging why not and exiting. */
+async function listenOrExit(
+  io: DaemonIo,
+  config: Config,
+  server: AgentServer,
+  metrics: MetricsServer | undefined,
+  log: Logger,
+): Promise<string | undefined> {
+  try {
+    const bound = await server.listen(config.host, config.port);
+    return formatAddress(bound.address, bound.port);
+  } catch (err) {
+    log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
+    await metrics?.close();
+    io.exit(EXIT.CANNOT_LISTEN);
+    return undefined;
+  }
 }
 
 /**
@@ -287,30 +306,32 @@ async function fleetLayer(
 /** How long one request to etcd may take before its endpoint counts as unreachable. */
 const FLEET_REQUEST_TIMEOUT_MS = 2000;
 
+/** What the metrics are read from. */
+interface MetricsParts {
+  readonly nodeVersion: string;
+  readonly commands: Commands;
+  readonly checks: CheckLayer | undefined;
+  readonly fleet: FleetLayer | undefined;
+  readonly layers: Layers | undefined;
+  readonly ledger: Ledger;
+  readonly probes: ReadonlyMap<string, number> | undefined;
+}
+
 /** HAPGENT_METRICS: prom-client and its listener are loaded only now. */
 async function serveMetrics(
   address: MetricsAddress,
-  parts: {
-    readonly nodeVersion: string;
-    readonly commands: Commands;
-    readonly checks: CheckLayer | undefined;
-    readonly fleet: FleetLayer | undefined;
-    readonly answer: Layers["answer"] | undefined;
-    readonly version: Layers["version"] | undefined;
-    readonly ledger: Ledger;
-    readonly probes: ReadonlyMap<string, number> | undefined;
-  },
+  parts: MetricsParts,
   log: Logger,
 ): Promise<MetricsServer> {
-  const { nodeVersion, commands, checks, fleet, answer, version, ledger, probes } = parts;
+  const { nodeVersion, commands, checks, fleet, layers, ledger, probes } = parts;
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
     address,
     {
       nodeVersion,
       state: () => commands.state,
-      answer,
-      version,
+      answer: layers?.answer,
+      version: layers?.version,
       stats: () => commands.stats,
       probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),
