@@ -44,10 +44,7 @@ export interface LogSinkOptions {
 export const MAX_QUEUED_LOG_BYTES = 256 * 1024;
 const RETRY_MS = 50;
 
-/**
- * A closure over the queue and the line being written; its functions (next, carry, writeCurrent,
- * write, flushSync) each read in a screen.
- */
+/** The queue and the line being written, kept by the functions below. */
 export function createLogSink({
   fd,
   dropNote,
@@ -56,93 +53,116 @@ export function createLogSink({
   write = fsWrite,
   stream,
 }: LogSinkOptions): LogSink {
-  const put = stream === undefined ? fdWriter(fd, write) : streamWriter(stream);
-  // Each line with the number of lines lost just before it, which it reports first.
-  const queue: { line: Buffer; lostBefore: number }[] = [];
-  let queuedBytes = 0;
-  // Lines lost since the last one queued: the next line queued reports them.
-  let lost = 0;
-  let lastCode = "";
-  // The bytes being written (a line, after its report of lost lines), and how far they got.
-  let current: { bytes: Buffer; lines: number } | undefined;
-  let offset = 0;
-  // Told when the queue is empty and nothing is being written.
-  const idle: (() => void)[] = [];
+  const sink: Sink = {
+    put: stream === undefined ? fdWriter(fd, write) : streamWriter(stream),
+    dropNote,
+    maxQueuedBytes,
+    retryMs,
+    queue: [],
+    queuedBytes: 0,
+    lost: 0,
+    lastCode: "",
+    current: undefined,
+    offset: 0,
+    idle: [],
+  };
+  return {
+    write: (line) => queueLine(sink, line),
+    drain: (timeoutMs) => drain(sink, timeoutMs),
+  };
+}
 
-  const next = (): void => {
-    if (current !== undefined) return;
-    const entry = queue.shift();
-    if (entry === undefined) {
-      for (const resolve of idle.splice(0)) resolve();
+interface Sink {
+  readonly put: (bytes: Buffer, done: Done) => void;
+  readonly dropNote: LogSinkOptions["dropNote"];
+  readonly maxQueuedBytes: number;
+  readonly retryMs: number;
+  // Each line with the number of lines lost just before it, which it reports first.
+  readonly queue: { line: Buffer; lostBefore: number }[];
+  queuedBytes: number;
+  // Lines lost since the last one queued: the next line queued reports them.
+  lost: number;
+  lastCode: string;
+  // The bytes being written (a line, after its report of lost lines), and how far they got.
+  current: { bytes: Buffer; lines: number } | undefined;
+  offset: number;
+  // Told when the queue is empty and nothing is being written.
+  readonly idle: (() => void)[];
+}
+
+function queueLine(sink: Sink, line: string): void {
+  const bytes = Buffer.from(line);
+  if (sink.queuedBytes + bytes.length > sink.maxQueuedBytes) {
+    sink.lost++;
+    sink.lastCode = "the log reader is not keeping up";
+    return;
+  }
+  sink.queue.push({ line: bytes, lostBefore: sink.lost });
+  sink.lost = 0;
+  sink.queuedBytes += bytes.length;
+  next(sink);
+}
+
+function drain(sink: Sink, timeoutMs: number): Promise<void> {
+  // Lines lost with nothing written after them are counted now, or never.
+  if (sink.lost > 0) {
+    sink.queue.push({ line: Buffer.alloc(0), lostBefore: sink.lost });
+    sink.lost = 0;
+    next(sink);
+  }
+  if (sink.current === undefined && sink.queue.length === 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    sink.idle.push(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+function next(sink: Sink): void {
+  if (sink.current !== undefined) return;
+  const entry = sink.queue.shift();
+  if (entry === undefined) {
+    for (const resolve of sink.idle.splice(0)) resolve();
+    return;
+  }
+  sink.queuedBytes -= entry.line.length;
+  const note =
+    entry.lostBefore > 0 ? [Buffer.from(sink.dropNote(entry.lostBefore, sink.lastCode))] : [];
+  sink.current = { bytes: Buffer.concat([...note, entry.line]), lines: entry.lostBefore + 1 };
+  sink.offset = 0;
+  writeCurrent(sink);
+}
+
+/** `count` more lines lost before whatever is written next. */
+function carry(sink: Sink, count: number): void {
+  const first = sink.queue[0];
+  if (first === undefined) sink.lost += count;
+  else first.lostBefore += count;
+}
+
+function writeCurrent(sink: Sink): void {
+  const { bytes, lines } = sink.current ?? { bytes: undefined, lines: 0 };
+  if (bytes === undefined) return;
+  sink.put(bytes.subarray(sink.offset), (err, written) => {
+    if (err) {
+      if (err.code === "EAGAIN") {
+        setTimeout(writeCurrent, sink.retryMs, sink).unref();
+        return;
+      }
+      // The line, and the report before it, are lost; whatever of it went out stays torn.
+      sink.lastCode = err.code ?? "EIO";
+      sink.current = undefined;
+      carry(sink, lines);
+      next(sink);
       return;
     }
-    queuedBytes -= entry.line.length;
-    const note = entry.lostBefore > 0 ? [Buffer.from(dropNote(entry.lostBefore, lastCode))] : [];
-    current = { bytes: Buffer.concat([...note, entry.line]), lines: entry.lostBefore + 1 };
-    offset = 0;
-    writeCurrent();
-  };
-
-  /** `count` more lines lost before whatever is written next. */
-  const carry = (count: number): void => {
-    const first = queue[0];
-    if (first === undefined) lost += count;
-    else first.lostBefore += count;
-  };
-
-  const writeCurrent = (): void => {
-    const { bytes, lines } = current ?? { bytes: undefined, lines: 0 };
-    if (bytes === undefined) return;
-    put(bytes.subarray(offset), (err, written) => {
-      if (err) {
-        if (err.code === "EAGAIN") {
-          setTimeout(writeCurrent, retryMs).unref();
-          return;
-        }
-        // The line, and the report before it, are lost; whatever of it went out stays torn.
-        lastCode = err.code ?? "EIO";
-        current = undefined;
-        carry(lines);
-        next();
-        return;
-      }
-      offset += written;
-      if (offset < bytes.length) return writeCurrent();
-      current = undefined;
-      next();
-    });
-  };
-
-  return {
-    write(line) {
-      const bytes = Buffer.from(line);
-      if (queuedBytes + bytes.length > maxQueuedBytes) {
-        lost++;
-        lastCode = "the log reader is not keeping up";
-        return;
-      }
-      queue.push({ line: bytes, lostBefore: lost });
-      lost = 0;
-      queuedBytes += bytes.length;
-      next();
-    },
-    drain(timeoutMs) {
-      // Lines lost with nothing written after them are counted now, or never.
-      if (lost > 0) {
-        queue.push({ line: Buffer.alloc(0), lostBefore: lost });
-        lost = 0;
-        next();
-      }
-      if (current === undefined && queue.length === 0) return Promise.resolve();
-      return new Promise((resolve) => {
-        const timer = setTimeout(resolve, timeoutMs);
-        idle.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    },
-  };
+    sink.offset += written;
+    if (sink.offset < bytes.length) return writeCurrent(sink);
+    sink.current = undefined;
+    next(sink);
+  });
 }
 
 type Done = (err: NodeJS.ErrnoException | null, written: number) => void;

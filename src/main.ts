@@ -122,6 +122,7 @@ async function runCommand(say: (fd: number, text: string) => void): Promise<void
     reload: (pid) => {
       process.kill(pid, "SIGHUP");
     },
+    kill: (pid, signal) => process.kill(pid, signal),
   });
 }
 
@@ -167,6 +168,8 @@ async function runAgent(inspector: DaemonIo["inspector"]): Promise<void> {
     env: process.env,
     cwd: process.cwd(),
     nodeVersion: process.version,
+    pid: process.pid,
+    kill: (pid, signal) => process.kill(pid, signal),
     uid: process.getuid?.() ?? 0,
     journal,
     write: (text) => sink.write(text),
@@ -175,7 +178,6 @@ async function runAgent(inspector: DaemonIo["inspector"]): Promise<void> {
       deliver = handler;
       for (const signal of early.splice(0)) handler(signal);
     },
-    kill: (pid, signal) => process.kill(pid, signal),
     exit,
     atExit: (fn) => process.on("exit", fn),
   });

@@ -81,8 +81,16 @@ const NEW_FILE_MODE = 0o644;
 /** Linux's own limit on symlinks followed in one path lookup. */
 const MAX_SYMLINKS = 40;
 
-export function createStateStore(path: string, log: Logger): StateStore {
-  const file = createTextFile(path, log);
+/** What saving needs of the process it runs in; main.ts gives the real one. */
+export interface StoreProcess {
+  /** This process's pid, which names its temporary files. */
+  readonly pid: number;
+  /** Sends `signal` to `pid`; throws Node's error (ESRCH, EPERM). Signal 0 only asks. */
+  readonly kill: (pid: number, signal: 0) => void;
+}
+
+export function createStateStore(path: string, log: Logger, self: StoreProcess): StateStore {
+  const file = createTextFile(path, log, self);
   return {
     path,
     load: () => loadFile(path),
@@ -99,7 +107,7 @@ export interface TextFile {
   removeStaleTemporaries(): Promise<void>;
 }
 
-export function createTextFile(path: string, log: Logger): TextFile {
+export function createTextFile(path: string, log: Logger, self: StoreProcess): TextFile {
   let warnedInPlace = false;
   const inPlace = (directory: string, target: string): void => {
     if (warnedInPlace) return;
@@ -109,7 +117,7 @@ export function createTextFile(path: string, log: Logger): TextFile {
     );
   };
   return {
-    save: (text) => saveFile(path, text, inPlace),
+    save: (text) => saveFile(path, text, self.pid, inPlace),
     async removeStaleTemporaries() {
       const target = await resolveSymlinks(path).catch(() => path);
       const prefix = temporaryPrefix(target);
@@ -122,7 +130,7 @@ export function createTextFile(path: string, log: Logger): TextFile {
         // A save in progress (the command line's, as an agent starts beside it) is not stale.
         // This process's own pid is one reused (a container's pid 1): it saves nothing yet.
         const pid = Number(made[1]);
-        if (made[1] !== undefined && pid !== process.pid && isAlive(pid)) continue;
+        if (made[1] !== undefined && pid !== self.pid && isAlive(pid, self.kill)) continue;
         await unlink(join(dirname(target), name)).catch(() => {});
       }
     },
@@ -130,9 +138,9 @@ export function createTextFile(path: string, log: Logger): TextFile {
 }
 
 /** Whether a process of that pid exists (of any user). */
-function isAlive(pid: number): boolean {
+function isAlive(pid: number, kill: StoreProcess["kill"]): boolean {
   try {
-    process.kill(pid, 0);
+    kill(pid, 0);
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "EPERM";
@@ -182,6 +190,7 @@ export async function readCapped(path: string, maxBytes: number): Promise<ReadRe
 async function saveFile(
   path: string,
   text: string,
+  pid: number,
   inPlace: (directory: string, target: string) => void,
 ): Promise<void> {
   const target = await resolveSymlinks(path);
@@ -194,7 +203,7 @@ async function saveFile(
   // command line's, as systemd restarts the agent) leaves it alone.
   const temporary = join(
     directory,
-    `${temporaryPrefix(target)}${process.pid}-${randomBytes(6).toString("hex")}`,
+    `${temporaryPrefix(target)}${pid}-${randomBytes(6).toString("hex")}`,
   );
   let handle: FileHandle;
   try {

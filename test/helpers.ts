@@ -429,6 +429,7 @@ export async function cliInProcess(
     err: (text) => {
       stderr += text;
     },
+    kill: (pid, signal) => process.kill(pid, signal),
     reload: (pid) => {
       reloaded.push(pid);
       reload(pid);

@@ -48,6 +48,7 @@ function source(state: State, overrides: Partial<MetricsSource> = {}): MetricsSo
     saveFailures: 0,
   };
   return {
+    nodeVersion: process.version,
     state: () => state,
     stats: () => stats,
     probes: () => new Map(),

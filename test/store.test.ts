@@ -21,11 +21,14 @@ import { createLogger, silentLogger } from "../src/log.js";
 import { createStateStore, isTransientReadError } from "../src/store.js";
 import { IS_ROOT, NOBODY, run, runUnprivileged, tempDir } from "./helpers.js";
 
+/** This process, as main.ts gives it to the store. */
+const SELF = { pid: process.pid, kill: (pid: number, signal: 0) => process.kill(pid, signal) };
+
 describe("store load", () => {
   test("a valid file", async (t) => {
     const dir = await tempDir(t);
     await writeFile(join(dir, "s.json"), '{"status":"DRAIN","weight":20}');
-    const result = await createStateStore(join(dir, "s.json"), silentLogger).load();
+    const result = await createStateStore(join(dir, "s.json"), silentLogger, SELF).load();
     assert.deepEqual(result, { ok: true, state: { status: "DRAIN", weight: 20 } });
   });
 
@@ -53,7 +56,7 @@ describe("store load", () => {
       const dir = await tempDir(t);
       const file = name === "under a file" ? join(dir, "f", "s.json") : join(dir, "s.json");
       await make(dir, file);
-      const result = await createStateStore(file, silentLogger).load();
+      const result = await createStateStore(file, silentLogger, SELF).load();
       assert.equal(result.ok, false);
       assert.ok(!result.ok && result.reason.startsWith(reason), !result.ok ? result.reason : "");
       // A file that could not be read says why with Node's code; a file read but invalid has none.
@@ -70,8 +73,9 @@ describe("store load", () => {
     const result = await runUnprivileged(
       (src) => `
       import { createStateStore } from ${JSON.stringify(join(src, "store.js"))};
+      const SELF = { pid: process.pid, kill: (p, s) => process.kill(p, s) };
       import { silentLogger } from ${JSON.stringify(join(src, "log.js"))};
-      console.log(JSON.stringify(await createStateStore(${JSON.stringify(file)}, silentLogger).load()));`,
+      console.log(JSON.stringify(await createStateStore(${JSON.stringify(file)}, silentLogger, SELF).load()));`,
     );
     assert.equal(result.stderr, "");
     assert.deepEqual(JSON.parse(result.stdout), {
@@ -125,7 +129,7 @@ describe("read errors: the file's or the moment's", () => {
 describe("store save", () => {
   test("creates the file and reads it back", async (t) => {
     const dir = await tempDir(t);
-    const store = createStateStore(join(dir, "s.json"), silentLogger);
+    const store = createStateStore(join(dir, "s.json"), silentLogger, SELF);
     await store.save({ status: "UP", weight: 77, maxconn: 300 });
     assert.equal(
       await readFile(join(dir, "s.json"), "utf8"),
@@ -144,7 +148,7 @@ describe("store save", () => {
       const file = join(dir, "s.json");
       await writeFile(file, '{"status":"UP"}');
       await chmod(file, mode);
-      await createStateStore(file, silentLogger).save({ status: "DOWN" });
+      await createStateStore(file, silentLogger, SELF).save({ status: "DOWN" });
       assert.equal((await stat(file)).mode & 0o7777, mode);
       assert.equal(await readFile(file, "utf8"), '{"status":"DOWN"}\n');
     });
@@ -157,7 +161,7 @@ describe("store save", () => {
     const file = join(dir, "s.json");
     await writeFile(file, '{"status":"UP"}');
     await chown(file, NOBODY, NOBODY);
-    await createStateStore(file, silentLogger).save({ status: "DOWN" });
+    await createStateStore(file, silentLogger, SELF).save({ status: "DOWN" });
     const stats = await stat(file);
     assert.deepEqual([stats.uid, stats.gid], [NOBODY, NOBODY]);
   });
@@ -167,7 +171,7 @@ describe("store save", () => {
     await mkdir(join(dir, "real"));
     await writeFile(join(dir, "real", "s.json"), '{"status":"UP"}');
     await symlink("real/s.json", join(dir, "s.json"));
-    await createStateStore(join(dir, "s.json"), silentLogger).save({ status: "DRAIN" });
+    await createStateStore(join(dir, "s.json"), silentLogger, SELF).save({ status: "DRAIN" });
     assert.ok((await lstat(join(dir, "s.json"))).isSymbolicLink());
     assert.equal(await readlink(join(dir, "s.json")), "real/s.json");
     assert.equal(await readFile(join(dir, "real", "s.json"), "utf8"), '{"status":"DRAIN"}\n');
@@ -177,14 +181,14 @@ describe("store save", () => {
   test("creates the target of a dangling symlink", async (t) => {
     const dir = await tempDir(t);
     await symlink(join(dir, "target.json"), join(dir, "s.json"));
-    await createStateStore(join(dir, "s.json"), silentLogger).save({ status: "UP" });
+    await createStateStore(join(dir, "s.json"), silentLogger, SELF).save({ status: "UP" });
     assert.ok((await lstat(join(dir, "s.json"))).isSymbolicLink());
     assert.equal(await readFile(join(dir, "target.json"), "utf8"), '{"status":"UP"}\n');
   });
 
   test("fails with Node's error when the directory is gone, leaving nothing behind", async (t) => {
     const dir = await tempDir(t);
-    const store = createStateStore(join(dir, "gone", "s.json"), silentLogger);
+    const store = createStateStore(join(dir, "gone", "s.json"), silentLogger, SELF);
     await assert.rejects(store.save({ status: "UP" }), { code: "ENOENT" });
     await mkdir(join(dir, "gone"));
     await rm(join(dir, "gone"), { recursive: true });
@@ -200,9 +204,10 @@ describe("store save", () => {
     const result = await runUnprivileged(
       (src) => `
       import { createStateStore } from ${JSON.stringify(join(src, "store.js"))};
+      const SELF = { pid: process.pid, kill: (p, s) => process.kill(p, s) };
       import { createLogger } from ${JSON.stringify(join(src, "log.js"))};
       const log = createLogger({ write: (l) => process.stdout.write(l), journal: true });
-      const store = createStateStore(${JSON.stringify(file)}, log);
+      const store = createStateStore(${JSON.stringify(file)}, log, SELF);
       await store.save({ status: "DOWN" });
       await store.save({ status: "DRAIN", weight: 5 });
       console.log(JSON.stringify(await store.load()));`,
@@ -231,8 +236,9 @@ describe("store save", () => {
     const result = await runUnprivileged(
       (src) => `
       import { createStateStore } from ${JSON.stringify(join(src, "store.js"))};
+      const SELF = { pid: process.pid, kill: (p, s) => process.kill(p, s) };
       import { silentLogger } from ${JSON.stringify(join(src, "log.js"))};
-      try { await createStateStore(${JSON.stringify(file)}, silentLogger).save({ status: "DOWN" }); }
+      try { await createStateStore(${JSON.stringify(file)}, silentLogger, SELF).save({ status: "DOWN" }); }
       catch (err) { console.log(err.code); }`,
     );
     assert.equal(result.stdout.trim(), "EACCES");
@@ -256,6 +262,7 @@ describe("store save", () => {
     await createStateStore(
       join(dir, "s.json"),
       createLogger({ write: () => {}, journal: false }),
+      SELF,
     ).removeStaleTemporaries();
     assert.deepEqual((await readdir(dir)).sort(), [
       ".other.json.tmp-0123456789ab",
@@ -270,7 +277,7 @@ test("an agent starting beside a save (its stale temporaries removed) leaves tha
   const dir = await tempDir(t);
   const file = join(dir, "s.json");
   await writeFile(file, '{"status":"UP"}');
-  const store = createStateStore(file, silentLogger);
+  const store = createStateStore(file, silentLogger, SELF);
   // The saver is another process, as the command line is beside a starting agent.
   const saver = spawn(
     process.execPath,
@@ -278,8 +285,9 @@ test("an agent starting beside a save (its stale temporaries removed) leaves tha
       "--input-type=module",
       "-e",
       `import { createStateStore } from ${JSON.stringify(fileURLToPath(new URL("../src/store.js", import.meta.url)))};
+       const SELF = { pid: process.pid, kill: (p, s) => process.kill(p, s) };
        import { silentLogger } from ${JSON.stringify(fileURLToPath(new URL("../src/log.js", import.meta.url)))};
-       const store = createStateStore(${JSON.stringify(file)}, silentLogger);
+       const store = createStateStore(${JSON.stringify(file)}, silentLogger, SELF);
        for (let i = 0; i < 200; i++) await store.save({ status: "DOWN", weight: i });`,
     ],
     { stdio: ["ignore", "ignore", "pipe"] },

@@ -121,7 +121,7 @@ function answered(
 async function viaFile(io: CliIo, target: Target, change: Change): Promise<Applied> {
   const path = target.config.stateFile;
   // The store logs only the in-place save's warning, which the operator should see.
-  const store = createStateStore(path, createLogger({ write: io.err, journal: false }));
+  const store = createStateStore(path, createLogger({ write: io.err, journal: false }), io);
   const current = await store.load();
   // EMFILE, EIO …: the file may be perfectly valid; replacing it would lose what it holds.
   if (!current.ok && isTransientReadError(current.code)) {

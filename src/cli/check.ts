@@ -15,7 +15,7 @@ export async function check(io: CliIo, values: Values, file: string | undefined)
   const absolute = resolve(io.cwd, path);
   await actOn(io, absolute, "read");
   // Nothing is saved, so the store never has anything to log.
-  const result = await createStateStore(absolute, silentLogger).load();
+  const result = await createStateStore(absolute, silentLogger, io).load();
   if (result.ok) {
     io.out(`${path}: valid: ${formatState(result.state)}\n`);
     return CLI_EXIT.OK;

@@ -1,7 +1,8 @@
 /** What the command line needs from its process; main.ts gives the real one, tests their own. */
+import type { StoreProcess } from "../store.js";
 import type { TargetIo } from "./target.js";
 
-export interface CliIo extends TargetIo {
+export interface CliIo extends TargetIo, StoreProcess {
   readonly args: readonly string[];
   readonly out: (text: string) => void;
   readonly err: (text: string) => void;

@@ -39,7 +39,7 @@ interface ServiceView {
 export async function status(io: CliIo, values: Values): Promise<number> {
   const target = await findTarget(io, values, "read");
   const daemon = await daemonStatus(target);
-  const file = await createStateStore(target.config.stateFile, silentLogger).load();
+  const file = await createStateStore(target.config.stateFile, silentLogger, io).load();
   const last = recorded(file, daemon);
   const history = last === undefined ? undefined : describeHistory(last, Date.now());
   // What the agent should answer: the file's state, with its checks' verdicts when it has any.

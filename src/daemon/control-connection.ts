@@ -39,106 +39,135 @@ export function serveConnection(
   socket: Socket,
   { handlers, maxLineBytes, idleMs }: ConnectionOptions,
 ): ControlConnection {
-  const input = new LineBuffer();
-  let answering = false;
-  let draining = false;
-  let ended = false;
-  let cutOff = false;
-  let lastActiveMs = performance.now();
-  const idle = setTimeout(function expire() {
-    if (answering) idle.refresh();
-    else socket.destroy();
-  }, idleMs);
-  idle.unref();
-  const touch = (): void => {
-    lastActiveMs = performance.now();
-    idle.refresh();
+  const client: Client = {
+    socket,
+    handlers,
+    maxLineBytes,
+    input: new LineBuffer(),
+    answering: false,
+    draining: false,
+    ended: false,
+    cutOff: false,
+    lastActiveMs: performance.now(),
+    idle: setTimeout(() => expire(client), idleMs),
   };
-  // Reading stops while a reply waits for the client, or while enough of its input waits for
-  // the requests before it: the kernel's buffer then fills and the client's writes block.
-  const flow = (): void => {
-    if (draining || input.length > maxLineBytes) socket.pause();
-    else socket.resume();
-  };
-  const send = (reply: object): void => {
-    if (socket.destroyed) return;
-    if (!socket.write(`${JSON.stringify(reply)}\n`)) draining = true;
-  };
-
-  const next = (): void => {
-    while (!answering && !draining && !cutOff && !socket.destroyed) {
-      const end = input.firstLineEnd;
-      if (end > maxLineBytes || (end < 0 && input.length > maxLineBytes)) {
-        refuseLong();
-        return;
-      }
-      if (end < 0) {
-        if (ended) finish();
-        else flow();
-        return;
-      }
-      const line = input.takeLine()?.toString("utf8") ?? "";
-      if (line.trim() !== "") answer(line);
-    }
-    if (!cutOff) flow();
-  };
-  // The client has ended its side: a last line without its newline is still a request.
-  const finish = (): void => {
-    const line = input.takeAll().toString("utf8");
-    if (line.trim() !== "") answer(line);
-    else socket.end();
-  };
-  const answer = (line: string): void => {
-    answering = true;
-    touch();
-    void replyTo(line, handlers).then((reply) => {
-      answering = false;
-      touch();
-      send(reply);
-      next();
-    });
-  };
-  // Past a line too long, what the client sends is read to its end and dropped.
-  const refuseLong = (): void => {
-    cutOff = true;
-    input.clear();
-    send({ ok: false, error: `request longer than ${maxLineBytes} bytes` });
-    socket.end();
-    socket.resume();
-  };
-
+  client.idle.unref();
   socket.on("data", (chunk: Buffer) => {
-    if (cutOff) return;
-    input.push(chunk);
-    next();
+    if (client.cutOff) return;
+    client.input.push(chunk);
+    next(client);
   });
   socket.on("end", () => {
-    ended = true;
-    next();
+    client.ended = true;
+    next(client);
   });
   socket.on("drain", () => {
-    draining = false;
-    touch();
-    next();
+    client.draining = false;
+    touch(client);
+    next(client);
   });
-  socket.on("close", () => clearTimeout(idle));
+  socket.on("close", () => clearTimeout(client.idle));
   return {
     socket,
     get answering() {
-      return answering;
+      return client.answering;
     },
     get lastActiveMs() {
-      return lastActiveMs;
+      return client.lastActiveMs;
     },
-    evict(reply) {
-      cutOff = true;
-      input.clear();
-      // Written at once (the kernel takes a short line whole) and so read by the client before it
-      // learns of the close, even though what it sent since is dropped unread.
-      send(reply);
-      socket.destroy();
-    },
+    evict: (reply) => evict(client, reply),
   };
+}
+
+/** One client, as the functions below serve it. */
+interface Client {
+  readonly socket: Socket;
+  readonly handlers: ControlHandlers;
+  readonly maxLineBytes: number;
+  readonly input: LineBuffer;
+  answering: boolean;
+  draining: boolean;
+  ended: boolean;
+  cutOff: boolean;
+  lastActiveMs: number;
+  readonly idle: NodeJS.Timeout;
+}
+
+function expire(client: Client): void {
+  if (client.answering) client.idle.refresh();
+  else client.socket.destroy();
+}
+
+function touch(client: Client): void {
+  client.lastActiveMs = performance.now();
+  client.idle.refresh();
+}
+
+// Reading stops while a reply waits for the client, or while enough of its input waits for
+// the requests before it: the kernel's buffer then fills and the client's writes block.
+function flow(client: Client): void {
+  if (client.draining || client.input.length > client.maxLineBytes) client.socket.pause();
+  else client.socket.resume();
+}
+
+function send(client: Client, reply: object): void {
+  if (client.socket.destroyed) return;
+  if (!client.socket.write(`${JSON.stringify(reply)}\n`)) client.draining = true;
+}
+
+function next(client: Client): void {
+  const { input, maxLineBytes, socket } = client;
+  while (!client.answering && !client.draining && !client.cutOff && !socket.destroyed) {
+    const end = input.firstLineEnd;
+    if (end > maxLineBytes || (end < 0 && input.length > maxLineBytes)) {
+      refuseLong(client);
+      return;
+    }
+    if (end < 0) {
+      if (client.ended) finish(client);
+      else flow(client);
+      return;
+    }
+    const line = input.takeLine()?.toString("utf8") ?? "";
+    if (line.trim() !== "") answer(client, line);
+  }
+  if (!client.cutOff) flow(client);
+}
+
+// The client has ended its side: a last line without its newline is still a request.
+function finish(client: Client): void {
+  const line = client.input.takeAll().toString("utf8");
+  if (line.trim() !== "") answer(client, line);
+  else client.socket.end();
+}
+
+function answer(client: Client, line: string): void {
+  client.answering = true;
+  touch(client);
+  void replyTo(line, client.handlers).then((reply) => {
+    client.answering = false;
+    touch(client);
+    send(client, reply);
+    next(client);
+  });
+}
+
+// Past a line too long, what the client sends is read to its end and dropped.
+function refuseLong(client: Client): void {
+  client.cutOff = true;
+  client.input.clear();
+  send(client, { ok: false, error: `request longer than ${client.maxLineBytes} bytes` });
+  client.socket.end();
+  client.socket.resume();
+}
+
+function evict(client: Client, reply: object): void {
+  client.cutOff = true;
+  client.input.clear();
+  // Written at once (the kernel takes a short line whole) and so read by the client before it
+  // learns of the close, even though what it sent since is dropped unread.
+  send(client, reply);
+  client.socket.destroy();
 }
 
 /** The reply to one line; a handler that fails gives an error reply, never a crash. */

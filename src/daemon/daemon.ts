@@ -20,6 +20,7 @@ import { formatState, type ServiceState, type State } from "../core/state.js";
 import { etcdOptions } from "../etcd/options.js";
 import { guardInspector } from "../inspector-guard.js";
 import { createLogger, type Logger } from "../log.js";
+import type { StoreProcess } from "../store.js";
 import { createStateStore, createTextFile } from "../store.js";
 import { VERSION } from "../version.js";
 import type { CheckLayer } from "./checks/layer.js";
@@ -31,11 +32,12 @@ import type { MetricsServer } from "./metrics.js";
 import { createOperator, type Operator } from "./operator.js";
 import { createReplies } from "./replies.js";
 import { guardedStore, guardedTextFile, refuseForeignPath } from "./root-guard.js";
+import type { AgentServer } from "./server.js";
 import { createAgentServer } from "./server.js";
 
 export type DaemonSignal = "SIGUSR1" | "SIGUSR2" | "SIGHUP" | "SIGTERM" | "SIGINT";
 
-export interface DaemonIo extends ProcessContext {
+export interface DaemonIo extends ProcessContext, StoreProcess {
   readonly nodeVersion: string;
   /** True when stderr goes to the systemd journal. */
   readonly journal: boolean;
@@ -49,8 +51,11 @@ export interface DaemonIo extends ProcessContext {
   };
   /** Hands signals to `handler`, first those that arrived before, in their order. */
   readonly onSignal: (handler: (signal: DaemonSignal) => void) => void;
-  /** Signals a process, or a process group by its negative id: a check's command and its own. */
-  readonly kill: (pid: number, signal: NodeJS.Signals) => void;
+  /**
+   * Signals a process, or a process group by its negative id (a check's command and its own);
+   * signal 0 only asks whether it exists.
+   */
+  readonly kill: (pid: number, signal: NodeJS.Signals | 0) => void;
   readonly exit: (code: number) => void;
   /** Runs `fn` as the process exits, however it exits (a crash included); `fn` is synchronous. */
   readonly atExit: (fn: () => void) => void;
@@ -73,15 +78,14 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const config = await configure(io, log);
   if (config === undefined) return io.exit(EXIT.INVALID_CONFIG);
 
-  const files = createStateStore(config.stateFile, log);
+  const files = createStateStore(config.stateFile, log, io);
   const store = io.uid === 0 ? guardedStore(files) : files;
   const commands = createOperator({ store, log });
   // Without a checks file nothing of the checks is made, and probes read the state as it is.
   const checks =
     config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io, log);
   // Without HAPGENT_ETCD_ENDPOINTS nothing of etcd is loaded.
-  const fleet =
-    config.fleet === undefined ? undefined : await fleetLayer(config.fleet, io.uid, log);
+  const fleet = config.fleet === undefined ? undefined : await fleetLayer(config.fleet, io, log);
   if (fleet === null) return io.exit(EXIT.INVALID_CONFIG);
   const layers = composeLayers(checks, fleet);
   const { replies, ledger, probes, server } = agentPort(config, commands, layers, log);
@@ -104,18 +108,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   await store.removeStaleTemporaries();
   // Queued before any signal, so the signals that came early apply on top of the file, in order.
   const loaded = commands.command("reload", "start-up");
-  if (!io.inspector.requested) {
-    guardInspector({
-      url: io.inspector.url,
-      close: io.inspector.close,
-      onClosed: (url) => {
-        log.warning(
-          `closed the Node debugger (${url}) that a SIGUSR1 sent during start-up opened; applying that SIGUSR1`,
-        );
-        handle("SIGUSR1");
-      },
-    });
-  }
+  if (!io.inspector.requested) guardDebugger(io, log, handle);
   io.onSignal(handle);
   await Promise.all([
     readOrGiveUp(
@@ -138,37 +131,13 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   // Before the agent port: an agent that cannot serve its metrics never answers a probe, so it
   // does not come and go while systemd restarts it.
   if (config.metrics !== undefined) {
-    try {
-      metrics = await serveMetrics(
-        config.metrics,
-        {
-          commands,
-          checks,
-          fleet,
-          answer: layers?.answer,
-          version: layers?.version,
-          ledger,
-          probes,
-        },
-        log,
-      );
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      log.error(describeMetricsListenError(config.metrics, code));
-      // A missing module is not fixed by a restart; a busy port may be.
-      return io.exit(code === "ERR_MODULE_NOT_FOUND" ? EXIT.INVALID_CONFIG : EXIT.CANNOT_LISTEN);
-    }
+    const parts = { commands, checks, fleet, layers, ledger, probes };
+    metrics = await metricsOrExit(io, config.metrics, parts, log);
+    if (metrics === undefined) return;
     if (stop.stopping) return void metrics.close();
   }
-  let address: string;
-  try {
-    const bound = await server.listen(config.host, config.port);
-    address = formatAddress(bound.address, bound.port);
-  } catch (err) {
-    log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
-    await metrics?.close();
-    return io.exit(EXIT.CANNOT_LISTEN);
-  }
+  const address = await listenOrExit(io, config, server, metrics, log);
+  if (address === undefined) return;
   const handlers = controlHandlers({ commands, ledger, replies, checks, fleet, now: Date.now });
   control = await startControl(config.controlSocket, io.uid, handlers, log);
   if (control !== undefined) removeAtExit(io, config.controlSocket);
@@ -177,6 +146,60 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   log.notice(
     `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}${metrics ? `, metrics on http://${metrics.address}/metrics` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
   );
+}
+
+/**
+ * Closes the debugger a SIGUSR1 opened before the daemon could handle it, and applies that
+ * SIGUSR1.
+ */
+function guardDebugger(io: DaemonIo, log: Logger, handle: (signal: DaemonSignal) => void): void {
+  guardInspector({
+    url: io.inspector.url,
+    close: io.inspector.close,
+    onClosed: (url) => {
+      log.warning(
+        `closed the Node debugger (${url}) that a SIGUSR1 sent during start-up opened; applying that SIGUSR1`,
+      );
+      handle("SIGUSR1");
+    },
+  });
+}
+
+/** The metrics listener, or undefined after logging why there is none and exiting. */
+async function metricsOrExit(
+  io: DaemonIo,
+  address: MetricsAddress,
+  parts: Omit<MetricsParts, "nodeVersion">,
+  log: Logger,
+): Promise<MetricsServer | undefined> {
+  try {
+    return await serveMetrics(address, { ...parts, nodeVersion: io.nodeVersion }, log);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    log.error(describeMetricsListenError(address, code));
+    // A missing module is not fixed by a restart; a busy port may be.
+    io.exit(code === "ERR_MODULE_NOT_FOUND" ? EXIT.INVALID_CONFIG : EXIT.CANNOT_LISTEN);
+    return undefined;
+  }
+}
+
+/** The agent port's address once it listens, or undefined after logging why not and exiting. */
+async function listenOrExit(
+  io: DaemonIo,
+  config: Config,
+  server: AgentServer,
+  metrics: MetricsServer | undefined,
+  log: Logger,
+): Promise<string | undefined> {
+  try {
+    const bound = await server.listen(config.host, config.port);
+    return formatAddress(bound.address, bound.port);
+  } catch (err) {
+    log.error(describeListenError(config, (err as NodeJS.ErrnoException).code));
+    await metrics?.close();
+    io.exit(EXIT.CANNOT_LISTEN);
+    return undefined;
+  }
 }
 
 /**
@@ -269,15 +292,16 @@ async function checkLayer(path: string, io: DaemonIo, log: Logger): Promise<Chec
  */
 async function fleetLayer(
   fleet: FleetConfig,
-  uid: number,
+  io: DaemonIo,
   log: Logger,
 ): Promise<FleetLayer | null> {
+  const uid = io.uid;
   const options = await etcdOptions(fleet, uid, FLEET_REQUEST_TIMEOUT_MS);
   if (!options.ok) {
     log.error(options.reason);
     return null;
   }
-  const file = createTextFile(fleet.cacheFile, log);
+  const file = createTextFile(fleet.cacheFile, log, io);
   const cache =
     uid === 0 ? guardedTextFile(file, fleet.cacheFile, "HAPGENT_ETCD_CACHE_FILE") : file;
   const { createFleetLayer } = await import("./fleet/layer.js");
@@ -287,28 +311,32 @@ async function fleetLayer(
 /** How long one request to etcd may take before its endpoint counts as unreachable. */
 const FLEET_REQUEST_TIMEOUT_MS = 2000;
 
+/** What the metrics are read from. */
+interface MetricsParts {
+  readonly nodeVersion: string;
+  readonly commands: Operator;
+  readonly checks: CheckLayer | undefined;
+  readonly fleet: FleetLayer | undefined;
+  readonly layers: Layers | undefined;
+  readonly ledger: Ledger;
+  readonly probes: ReadonlyMap<string, number> | undefined;
+}
+
 /** HAPGENT_METRICS: prom-client and its listener are loaded only now. */
 async function serveMetrics(
   address: MetricsAddress,
-  parts: {
-    readonly commands: Operator;
-    readonly checks: CheckLayer | undefined;
-    readonly fleet: FleetLayer | undefined;
-    readonly answer: Layers["answer"] | undefined;
-    readonly version: Layers["version"] | undefined;
-    readonly ledger: Ledger;
-    readonly probes: ReadonlyMap<string, number> | undefined;
-  },
+  parts: MetricsParts,
   log: Logger,
 ): Promise<MetricsServer> {
-  const { commands, checks, fleet, answer, version, ledger, probes } = parts;
+  const { nodeVersion, commands, checks, fleet, layers, ledger, probes } = parts;
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
     address,
     {
+      nodeVersion,
       state: () => commands.state,
-      answer,
-      version,
+      answer: layers?.answer,
+      version: layers?.version,
       stats: () => commands.stats,
       probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),

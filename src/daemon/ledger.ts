@@ -83,7 +83,19 @@ interface Entry {
   heldMaxconn: number | undefined;
 }
 
-/** A closure over the two maps; each function inside reads in a screen. */
+/** What the ledger keeps, and the bounds it keeps it within. */
+interface LedgerState {
+  // Load balancers, and addresses seen once (in the order they came).
+  readonly pollers: Map<string, Entry>;
+  readonly probation: Map<string, Entry>;
+  readonly maxPollers: number;
+  readonly maxProbation: number;
+  readonly forgetAfterIntervals: number;
+  readonly minForgetMs: number;
+  readonly maxForgetMs: number;
+}
+
+/** The two maps, kept by the functions below. */
 export function createLedger({
   now,
   maxPollers = MAX_POLLERS,
@@ -92,29 +104,86 @@ export function createLedger({
   minForgetMs = MIN_FORGET_MS,
   maxForgetMs = MAX_FORGET_MS,
 }: LedgerOptions): Ledger {
-  // Load balancers, and addresses seen once (in the order they came).
-  const pollers = new Map<string, Entry>();
-  const probation = new Map<string, Entry>();
-
-  const forgetAfter = (entry: Entry): number => {
-    const interval = median(entry.gaps);
-    const wait = interval === undefined ? minForgetMs : interval * forgetAfterIntervals;
-    return Math.min(maxForgetMs, Math.max(minForgetMs, wait));
+  const ledger: LedgerState = {
+    pollers: new Map(),
+    probation: new Map(),
+    maxPollers,
+    maxProbation,
+    forgetAfterIntervals,
+    minForgetMs,
+    maxForgetMs,
   };
-
-  // A poller goes after a few of its intervals. An address seen once stays on probation for as
-  // long as any poller may be waited for (or until newer ones push it out), so a load balancer
-  // that polls less often than every 10 s still joins the ledger at its second probe; it is
-  // reported only while it would be kept if it were a poller.
-  const sweep = (at: number): void => {
-    for (const [key, entry] of pollers) {
-      if (at - entry.lastSeenMs > forgetAfter(entry)) pollers.delete(key);
-    }
-    for (const [key, entry] of probation) {
-      if (at - entry.lastSeenMs > maxForgetMs) probation.delete(key);
-    }
+  return {
+    record(address, service, reply, at, heard) {
+      record(ledger, address, service, reply, at, heard);
+    },
+    pollers: () => pollersAt(ledger, now()),
+    get size() {
+      return ledger.pollers.size + ledger.probation.size;
+    },
   };
-  const view = (entry: Entry, established: boolean): Poller => ({
+}
+
+function record(
+  ledger: LedgerState,
+  address: string,
+  service: string,
+  reply: Uint8Array,
+  at: number,
+  heard: boolean,
+): void {
+  const entry = entryFor(ledger, `${address} ${service}`, address, service, at);
+  // Connections close in any order: a probe older than the last one seen changes no gap.
+  if (entry.probes > 0 && at >= entry.lastSeenMs) {
+    entry.gaps.push(at - entry.lastSeenMs);
+    if (entry.gaps.length > GAPS) entry.gaps.shift();
+  }
+  entry.probes++;
+  if (at >= entry.lastSeenMs) {
+    entry.lastSeenMs = at;
+    entry.lastGiven = reply;
+  }
+  if (heard && (entry.lastHeardMs === undefined || at >= entry.lastHeardMs)) {
+    // Replies are built once per state: the same bytes again hold nothing new.
+    if (reply !== entry.lastHeard) entry.heldMaxconn = heldMaxconn(entry.heldMaxconn, reply);
+    entry.lastHeard = reply;
+    entry.lastHeardMs = at;
+  }
+}
+
+/** Load balancers polling at `at` (forgetting those that stopped), established ones first. */
+function pollersAt(ledger: LedgerState, at: number): Poller[] {
+  sweep(ledger, at);
+  const recent = [...ledger.probation.values()].filter(
+    (e) => at - e.lastSeenMs <= forgetAfter(ledger, e),
+  );
+  return [
+    ...[...ledger.pollers.values()].map((entry) => view(entry, true)),
+    ...recent.map((entry) => view(entry, false)),
+  ];
+}
+
+function forgetAfter(ledger: LedgerState, entry: Entry): number {
+  const interval = median(entry.gaps);
+  const wait = interval === undefined ? ledger.minForgetMs : interval * ledger.forgetAfterIntervals;
+  return Math.min(ledger.maxForgetMs, Math.max(ledger.minForgetMs, wait));
+}
+
+// A poller goes after a few of its intervals. An address seen once stays on probation for as
+// long as any poller may be waited for (or until newer ones push it out), so a load balancer
+// that polls less often than every 10 s still joins the ledger at its second probe; it is
+// reported only while it would be kept if it were a poller.
+function sweep(ledger: LedgerState, at: number): void {
+  for (const [key, entry] of ledger.pollers) {
+    if (at - entry.lastSeenMs > forgetAfter(ledger, entry)) ledger.pollers.delete(key);
+  }
+  for (const [key, entry] of ledger.probation) {
+    if (at - entry.lastSeenMs > ledger.maxForgetMs) ledger.probation.delete(key);
+  }
+}
+
+function view(entry: Entry, established: boolean): Poller {
+  return {
     address: entry.address,
     service: entry.service,
     firstSeenMs: entry.firstSeenMs,
@@ -126,77 +195,48 @@ export function createLedger({
     lastHeardMs: entry.lastHeardMs,
     heldMaxconn: entry.heldMaxconn,
     established,
-  });
-
-  /** The entry for `key`; a new one starts on probation, and one seen again joins the pollers. */
-  const entryFor = (key: string, address: string, service: string, at: number): Entry => {
-    const known = pollers.get(key);
-    if (known !== undefined) return known;
-    const waiting = probation.get(key);
-    if (waiting !== undefined) {
-      // Seen again: a load balancer, not a one-off. When full, the stalest gives way: one that
-      // really polls is seen again within its interval. Rare, so a scan is fine.
-      probation.delete(key);
-      if (pollers.size >= maxPollers) pollers.delete(stalest(pollers));
-      pollers.set(key, waiting);
-      return waiting;
-    }
-    const fresh: Entry = {
-      address,
-      service,
-      firstSeenMs: at,
-      lastSeenMs: at,
-      gaps: [],
-      probes: 0,
-      lastGiven: undefined,
-      lastHeard: undefined,
-      lastHeardMs: undefined,
-      heldMaxconn: undefined,
-    };
-    // Entries on probation are never seen again there: insertion order is age order.
-    if (probation.size >= maxProbation) {
-      const oldest = probation.keys().next().value;
-      if (oldest !== undefined) probation.delete(oldest);
-    }
-    probation.set(key, fresh);
-    return fresh;
   };
+}
 
-  return {
-    record(address, service, reply, at, heard) {
-      const entry = entryFor(`${address} ${service}`, address, service, at);
-      // Connections close in any order: a probe older than the last one seen changes no gap.
-      if (entry.probes > 0 && at >= entry.lastSeenMs) {
-        entry.gaps.push(at - entry.lastSeenMs);
-        if (entry.gaps.length > GAPS) entry.gaps.shift();
-      }
-      entry.probes++;
-      if (at >= entry.lastSeenMs) {
-        entry.lastSeenMs = at;
-        entry.lastGiven = reply;
-      }
-      if (heard && (entry.lastHeardMs === undefined || at >= entry.lastHeardMs)) {
-        // Replies are built once per state: the same bytes again hold nothing new.
-        if (reply !== entry.lastHeard) entry.heldMaxconn = heldMaxconn(entry.heldMaxconn, reply);
-        entry.lastHeard = reply;
-        entry.lastHeardMs = at;
-      }
-    },
-
-    pollers() {
-      const at = now();
-      sweep(at);
-      const recent = [...probation.values()].filter((e) => at - e.lastSeenMs <= forgetAfter(e));
-      return [
-        ...[...pollers.values()].map((entry) => view(entry, true)),
-        ...recent.map((entry) => view(entry, false)),
-      ];
-    },
-
-    get size() {
-      return pollers.size + probation.size;
-    },
+/** The entry for `key`; a new one starts on probation, and one seen again joins the pollers. */
+function entryFor(
+  ledger: LedgerState,
+  key: string,
+  address: string,
+  service: string,
+  at: number,
+): Entry {
+  const { pollers, probation } = ledger;
+  const known = pollers.get(key);
+  if (known !== undefined) return known;
+  const waiting = probation.get(key);
+  if (waiting !== undefined) {
+    // Seen again: a load balancer, not a one-off. When full, the stalest gives way: one that
+    // really polls is seen again within its interval. Rare, so a scan is fine.
+    probation.delete(key);
+    if (pollers.size >= ledger.maxPollers) pollers.delete(stalest(pollers));
+    pollers.set(key, waiting);
+    return waiting;
+  }
+  const fresh: Entry = {
+    address,
+    service,
+    firstSeenMs: at,
+    lastSeenMs: at,
+    gaps: [],
+    probes: 0,
+    lastGiven: undefined,
+    lastHeard: undefined,
+    lastHeardMs: undefined,
+    heldMaxconn: undefined,
   };
+  // Entries on probation are never seen again there: insertion order is age order.
+  if (probation.size >= ledger.maxProbation) {
+    const oldest = probation.keys().next().value;
+    if (oldest !== undefined) probation.delete(oldest);
+  }
+  probation.set(key, fresh);
+  return fresh;
 }
 
 const decoder = new TextDecoder();

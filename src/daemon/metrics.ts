@@ -26,6 +26,8 @@ type PromClient = typeof import("prom-client");
 
 /** What the metrics are read from, at each scrape. */
 export interface MetricsSource {
+  /** The Node.js that runs the agent (process.version), for hapgent_build_info. */
+  readonly nodeVersion: string;
   readonly state: () => State;
   readonly stats: () => OperatorStats;
   /** Probes answered since the start, by service ("" for the instance). */
@@ -127,7 +129,11 @@ export function createMetrics(
     register: own,
     eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS,
   });
-  const renderState = renderer(client, () => stateSnapshot(source), stateMetrics);
+  const renderState = renderer(
+    client,
+    () => stateSnapshot(source),
+    (metric) => stateMetrics(metric, source.nodeVersion),
+  );
   const renderCounters = renderer(
     client,
     () => countersSnapshot(source),
@@ -253,13 +259,13 @@ function countersSnapshot(source: MetricsSource): CountersSnapshot {
 }
 
 /** The state's metrics: what HAProxy is given, the file's health, the changes. */
-function stateMetrics(metric: Define<StateSnapshot>): void {
+function stateMetrics(metric: Define<StateSnapshot>, nodeVersion: string): void {
   metric(
     "gauge",
     "hapgent_build_info",
     "Always 1; the labels say which hapgent runs on which Node.js.",
     ["version", "nodejs"],
-    () => [[{ version: VERSION, nodejs: process.version }, 1]],
+    () => [[{ version: VERSION, nodejs: nodeVersion }, 1]],
   );
   metric(
     "gauge",

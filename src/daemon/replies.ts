@@ -46,7 +46,23 @@ export interface RepliesOptions {
 /** Distinct unknown service names logged per state; a client cycling names cannot flood the log. */
 export const MAX_UNKNOWN_NAMES_LOGGED = 20;
 
-/** A closure over the lines of the current state; each function inside reads in a screen. */
+/** The lines of the state answered last, and what was logged about it. */
+interface Lines {
+  readonly current: () => State;
+  readonly answer: (state: State, name: string | undefined) => ServiceState;
+  readonly version: () => number;
+  readonly log: Logger;
+  readonly sendWaitMs: number;
+  answered: State | undefined;
+  answeredVersion: number;
+  line: Uint8Array;
+  named: boolean;
+  serviceLines: Map<string, Uint8Array>;
+  readonly unknownNames: Set<string>;
+  waitLogged: boolean;
+}
+
+/** The lines of the current state, kept by the functions below. */
 export function createReplies({
   current,
   log,
@@ -54,78 +70,87 @@ export function createReplies({
   answer = serviceState,
   version = () => 0,
 }: RepliesOptions): Replies {
-  let answered: State | undefined;
-  let answeredVersion = 0;
-  let line = new Uint8Array(0);
-  let named = false;
-  let serviceLines = new Map<string, Uint8Array>();
-  const unknownNames = new Set<string>();
-  let waitLogged = false;
-
-  const refresh = (): State => {
-    const state = current();
-    const now = version();
-    if (state !== answered || now !== answeredVersion) {
-      answered = state;
-      answeredVersion = now;
-      line = Buffer.from(reply(answer(state, undefined)));
-      named = state.services !== undefined && Object.keys(state.services).length > 0;
-      serviceLines = new Map();
-      unknownNames.clear();
-      waitLogged = false;
-    }
-    return state;
+  const lines: Lines = {
+    current,
+    answer,
+    version,
+    log,
+    sendWaitMs,
+    answered: undefined,
+    answeredVersion: 0,
+    line: new Uint8Array(0),
+    named: false,
+    serviceLines: new Map(),
+    unknownNames: new Set(),
+    waitLogged: false,
   };
-
-  const unnamed = (): Uint8Array => {
-    if (named && !waitLogged) {
-      waitLogged = true;
-      log.warning(
-        `a probe sent no agent-send line within ${sendWaitMs} ms (HAPGENT_SEND_WAIT_MS) and was answered the instance state; a server probing without agent-send waits that long for every reply`,
-      );
-    }
-    return line;
-  };
-
-  const unknown = (name: string): Uint8Array => {
-    if (!unknownNames.has(name) && unknownNames.size < MAX_UNKNOWN_NAMES_LOGGED) {
-      unknownNames.add(name);
-      log.warning(
-        `a probe asked for service ${printable(JSON.stringify(name))}, which the state file does not name; answered the instance state`,
-      );
-    }
-    return line;
-  };
-
-  /** A service's line, built once per state. */
-  const serviceLine = (state: State, name: string): Uint8Array => {
-    let bytes = serviceLines.get(name);
-    if (bytes === undefined) {
-      bytes = Buffer.from(reply(answer(state, name)));
-      serviceLines.set(name, bytes);
-    }
-    return bytes;
-  };
-
   return {
     currentFor(service) {
-      const state = refresh();
-      return service !== "" && hasService(state, service) ? serviceLine(state, service) : line;
+      const state = refresh(lines);
+      return service !== "" && hasService(state, service)
+        ? serviceLine(lines, state, service)
+        : lines.line;
     },
     serviceOf(name) {
-      const state = refresh();
+      const state = refresh(lines);
       return name !== undefined && name !== "" && hasService(state, name) ? name : "";
     },
     awaitsName() {
-      refresh();
-      return named;
+      refresh(lines);
+      return lines.named;
     },
     lineFor(name) {
-      const state = refresh();
-      if (name === undefined) return unnamed();
-      if (name === "") return line;
-      if (!hasService(state, name)) return unknown(name);
-      return serviceLine(state, name);
+      const state = refresh(lines);
+      if (name === undefined) return unnamed(lines);
+      if (name === "") return lines.line;
+      if (!hasService(state, name)) return unknown(lines, name);
+      return serviceLine(lines, state, name);
     },
   };
+}
+
+function refresh(lines: Lines): State {
+  const state = lines.current();
+  const now = lines.version();
+  if (state !== lines.answered || now !== lines.answeredVersion) {
+    lines.answered = state;
+    lines.answeredVersion = now;
+    lines.line = Buffer.from(reply(lines.answer(state, undefined)));
+    lines.named = state.services !== undefined && Object.keys(state.services).length > 0;
+    lines.serviceLines = new Map();
+    lines.unknownNames.clear();
+    lines.waitLogged = false;
+  }
+  return state;
+}
+
+function unnamed(lines: Lines): Uint8Array {
+  if (lines.named && !lines.waitLogged) {
+    lines.waitLogged = true;
+    lines.log.warning(
+      `a probe sent no agent-send line within ${lines.sendWaitMs} ms (HAPGENT_SEND_WAIT_MS) and was answered the instance state; a server probing without agent-send waits that long for every reply`,
+    );
+  }
+  return lines.line;
+}
+
+function unknown(lines: Lines, name: string): Uint8Array {
+  const { unknownNames } = lines;
+  if (!unknownNames.has(name) && unknownNames.size < MAX_UNKNOWN_NAMES_LOGGED) {
+    unknownNames.add(name);
+    lines.log.warning(
+      `a probe asked for service ${printable(JSON.stringify(name))}, which the state file does not name; answered the instance state`,
+    );
+  }
+  return lines.line;
+}
+
+/** A service's line, built once per state. */
+function serviceLine(lines: Lines, state: State, name: string): Uint8Array {
+  let bytes = lines.serviceLines.get(name);
+  if (bytes === undefined) {
+    bytes = Buffer.from(reply(lines.answer(state, name)));
+    lines.serviceLines.set(name, bytes);
+  }
+  return bytes;
 }

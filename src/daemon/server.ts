@@ -4,8 +4,8 @@
  * line (the state names services), the reply waits briefly for that line first.
  */
 import { type AddressInfo, createServer, type Server, type Socket } from "node:net";
-import { createConnections } from "./connections.js";
-import { createFirstLines } from "./first-line.js";
+import { type Connections, createConnections } from "./connections.js";
+import { createFirstLines, type FirstLines } from "./first-line.js";
 
 export interface AgentServerOptions {
   /**
@@ -64,7 +64,7 @@ function startsWithMark(chunk: Buffer): boolean {
 }
 
 /** What the probe ledger is told of a connection, kept on the socket itself: no map per probe. */
-interface Record {
+interface ProbeRecord {
   readonly given: string | Uint8Array;
   readonly atMs: number;
   /** Read while the connection is open: a closed socket no longer knows it. */
@@ -76,7 +76,7 @@ interface Record {
   reset: boolean;
 }
 const RECORD = Symbol("hapgent probe");
-type Probe = Socket & { [RECORD]?: Record };
+type Probe = Socket & { [RECORD]?: ProbeRecord };
 
 export interface AgentServer {
   readonly server: Server;
@@ -120,34 +120,79 @@ export function createAgentServer({
   onServerError = () => {},
   observer,
 }: AgentServerOptions): AgentServer {
-  const send = (socket: Probe, name: string | undefined, own = false): void => {
-    const bytes = reply(name);
-    if (observer) {
-      const peer = socket.remoteAddress ?? "";
-      socket[RECORD] = { given: bytes, atMs: Date.now(), peer, name, own, reset: false };
-    }
-    socket.end(bytes);
-  };
+  const replier: Replier = { reply, observer };
   const firstLines = createFirstLines({
     waitMs: nameWaitMs,
     maxLineBytes: MAX_NAME_LINE_BYTES,
-    answer: (socket: Probe, line) => {
-      if (socket.destroyed) return;
-      const name = line?.trim();
-      if (name?.startsWith(CLI_PROBE_MARK)) {
-        send(socket, name.slice(CLI_PROBE_MARK.length).trim(), true);
-      } else {
-        send(socket, name);
-      }
-    },
+    answer: (socket: Probe, line) => answerLine(replier, socket, line),
   });
   const open = createConnections({
     lingerMs,
     maxConnections,
     onClosed: (socket) => firstLines.forget(socket),
   });
+  const { onError, onClose, onData } = socketListeners({
+    open,
+    firstLines,
+    observer,
+    maxPayloadBytes,
+  });
 
-  // Listeners shared by every socket (`this` is the socket): nothing is allocated per probe.
+  // Half-open allowed: a client that sends its line and shuts down its side still gets a reply.
+  // Every connection ends its own side right after the reply, so none is left half open.
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    socket.on("error", onError);
+    socket.on("close", onClose);
+    socket.on("data", onData);
+    open.admit(socket);
+    if (awaitsName()) {
+      firstLines.wait(socket);
+      return;
+    }
+    // The reply goes out before anything is read: HAProxy may send nothing at all. end() sends
+    // FIN after it; the read side stays open so the payload is consumed, since closing a socket
+    // with unread data sends RST, and an RST can make HAProxy lose the reply it has not read yet.
+    send(replier, socket, undefined);
+  });
+  return agentServer({ server, open, firstLines, backlog, onServerError });
+}
+
+/** What sending a reply needs: the reply, and whether the ledger is told of it. */
+interface Replier {
+  readonly reply: AgentServerOptions["reply"];
+  readonly observer: ProbeObserver | undefined;
+}
+
+function send(replier: Replier, socket: Probe, name: string | undefined, own = false): void {
+  const bytes = replier.reply(name);
+  if (replier.observer) {
+    const peer = socket.remoteAddress ?? "";
+    socket[RECORD] = { given: bytes, atMs: Date.now(), peer, name, own, reset: false };
+  }
+  socket.end(bytes);
+}
+
+/** The reply to a probe whose first line is `line` (undefined: none came in time). */
+function answerLine(replier: Replier, socket: Probe, line: string | undefined): void {
+  if (socket.destroyed) return;
+  const name = line?.trim();
+  if (name?.startsWith(CLI_PROBE_MARK)) {
+    send(replier, socket, name.slice(CLI_PROBE_MARK.length).trim(), true);
+  } else {
+    send(replier, socket, name);
+  }
+}
+
+/** What the listeners of every socket share. */
+interface ListenerContext {
+  readonly open: Connections;
+  readonly firstLines: FirstLines;
+  readonly observer: ProbeObserver | undefined;
+  readonly maxPayloadBytes: number;
+}
+
+/** Listeners shared by every socket (`this` is the socket): nothing is allocated per probe. */
+function socketListeners({ open, firstLines, observer, maxPayloadBytes }: ListenerContext) {
   function onError(this: Probe, err: NodeJS.ErrnoException): void {
     const record = this[RECORD];
     if (record !== undefined && err.code === "ECONNRESET") record.reset = true;
@@ -173,24 +218,23 @@ export function createAgentServer({
       record.own = true;
     }
   }
+  return { onError, onClose, onData };
+}
 
-  // Half-open allowed: a client that sends its line and shuts down its side still gets a reply.
-  // Every connection ends its own side right after the reply, so none is left half open.
-  const server = createServer({ allowHalfOpen: true }, (socket) => {
-    socket.on("error", onError);
-    socket.on("close", onClose);
-    socket.on("data", onData);
-    open.admit(socket);
-    if (awaitsName()) {
-      firstLines.wait(socket);
-      return;
-    }
-    // The reply goes out before anything is read: HAProxy may send nothing at all. end() sends
-    // FIN after it; the read side stays open so the payload is consumed, since closing a socket
-    // with unread data sends RST, and an RST can make HAProxy lose the reply it has not read yet.
-    send(socket, undefined);
-  });
-
+/** The listening server, its connections and the first-line wait, as one AgentServer. */
+function agentServer({
+  server,
+  open,
+  firstLines,
+  backlog,
+  onServerError,
+}: {
+  readonly server: Server;
+  readonly open: Connections;
+  readonly firstLines: FirstLines;
+  readonly backlog: number;
+  readonly onServerError: (err: Error) => void;
+}): AgentServer {
   return {
     server,
     get connections() {
