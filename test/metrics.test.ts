@@ -226,7 +226,7 @@ describe("the metrics registry", () => {
           ...s,
           status: verdicts > 0 && name === "api" ? "DRAIN" : s.status,
         }),
-        version: () => verdicts,
+        generation: () => verdicts,
         probes: () => new Map([["", probes]]),
         stats: () => ({
           changes: { signal: 0, reload: 0, control: 0, expiry: 0 },

@@ -237,7 +237,7 @@ async function readOrGiveUp(
 interface Layers {
   readonly answer: (state: State, name: string | undefined) => ServiceState;
   /** Goes up whenever an answer may have changed without the state changing. */
-  readonly version: () => number;
+  readonly generation: () => number;
 }
 
 /** The operator's state with the checks' verdicts and the fleet's word; undefined: neither. */
@@ -249,7 +249,7 @@ function composeLayers(
   return {
     answer: (state, name) =>
       answerFor(state, name, checks?.verdicts() ?? NO_VERDICTS, fleet?.verdict),
-    version: () => (checks?.version() ?? 0) + (fleet?.version() ?? 0),
+    generation: () => (checks?.generation() ?? 0) + (fleet?.generation() ?? 0),
   };
 }
 
@@ -257,7 +257,7 @@ function composeLayers(
 function agentPort(config: Config, commands: Operator, layers: Layers | undefined, log: Logger) {
   const replies = createReplies({
     current: () => commands.state,
-    ...(layers === undefined ? {} : { answer: layers.answer, version: layers.version }),
+    ...(layers === undefined ? {} : { answer: layers.answer, generation: layers.generation }),
     log,
     sendWaitMs: config.sendWaitMs,
   });
@@ -336,7 +336,7 @@ async function serveMetrics(
       nodeVersion,
       state: () => commands.state,
       answer: layers?.answer,
-      version: layers?.version,
+      generation: layers?.generation,
       stats: () => commands.stats,
       probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),

@@ -36,7 +36,7 @@ export interface MetricsSource {
   /** A probe's answer for a name in a state, when checks have a say; else the file's rule. */
   readonly answer?: ((state: State, name: string | undefined) => ServiceState) | undefined;
   /** Goes up whenever `answer` may give another answer for the same state (a check's verdict). */
-  readonly version?: (() => number) | undefined;
+  readonly generation?: (() => number) | undefined;
   /** The agent's own checks; undefined without a checks file (no check metrics at all). */
   readonly checks?: (() => readonly CheckView[]) | undefined;
   /** The fleet's word; undefined without HAPGENT_ETCD_ENDPOINTS (no fleet metrics at all). */
@@ -224,7 +224,7 @@ function generationOf(source: MetricsSource): readonly unknown[] {
   const stats = source.stats();
   return [
     source.state(),
-    source.version?.() ?? 0,
+    source.generation?.() ?? 0,
     stats.fileValid,
     stats.saveFailures,
     ...CHANGE_CAUSES.map((cause) => stats.changes[cause]),

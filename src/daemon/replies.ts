@@ -37,7 +37,7 @@ export interface RepliesOptions {
    */
   readonly answer?: (state: State, name: string | undefined) => ServiceState;
   /** Goes up whenever `answer` would answer differently for the same state (a check's verdict). */
-  readonly version?: () => number;
+  readonly generation?: () => number;
   readonly log: Logger;
   /** HAPGENT_SEND_WAIT_MS, quoted in the warning about probes that send no line. */
   readonly sendWaitMs: number;
@@ -50,7 +50,7 @@ export const MAX_UNKNOWN_NAMES_LOGGED = 20;
 interface Lines {
   readonly current: () => State;
   readonly answer: (state: State, name: string | undefined) => ServiceState;
-  readonly version: () => number;
+  readonly generation: () => number;
   readonly log: Logger;
   readonly sendWaitMs: number;
   answered: State | undefined;
@@ -68,12 +68,12 @@ export function createReplies({
   log,
   sendWaitMs,
   answer = serviceState,
-  version = () => 0,
+  generation = () => 0,
 }: RepliesOptions): Replies {
   const lines: Lines = {
     current,
     answer,
-    version,
+    generation,
     log,
     sendWaitMs,
     answered: undefined,
@@ -111,7 +111,7 @@ export function createReplies({
 
 function refresh(lines: Lines): State {
   const state = lines.current();
-  const now = lines.version();
+  const now = lines.generation();
   if (state !== lines.answered || now !== lines.answeredVersion) {
     lines.answered = state;
     lines.answeredVersion = now;

@@ -18,7 +18,7 @@ export interface CheckLayer {
   /** The failing checks' verdicts now (MAINT for all while the checks file cannot be used). */
   verdicts(): Verdicts;
   /** Goes up whenever an answer may have changed: a verdict, a load. */
-  version(): number;
+  generation(): number;
   views(): CheckView[];
   /** Why the checks file cannot be used, while it cannot. */
   readonly problem: string | undefined;
@@ -48,11 +48,11 @@ interface LayerState {
   checks: Checks | undefined;
   problem: string | undefined;
   // Bumped on every load and every change of a verdict: answers may differ.
-  version: number;
+  generation: number;
   // What the running checks were made from: a file read again unchanged leaves them running.
   loadedKey: string | undefined;
   loading: Promise<void>;
-  verdicts: { version: number; value: Verdicts } | undefined;
+  verdicts: { generation: number; value: Verdicts } | undefined;
   // Whether the file was ever read (valid or not): before, a fault of the moment means MAINT.
   read: boolean;
   stopped: boolean;
@@ -73,7 +73,7 @@ export function createCheckLayer({
     readRetryDelayMs,
     checks: undefined,
     problem: undefined,
-    version: 0,
+    generation: 0,
     loadedKey: undefined,
     loading: Promise.resolve(),
     verdicts: undefined,
@@ -82,7 +82,7 @@ export function createCheckLayer({
   };
   return {
     verdicts: () => current(layer),
-    version: () => layer.version,
+    generation: () => layer.generation,
     views: () => layer.checks?.views() ?? [],
     get problem() {
       return layer.problem;
@@ -102,8 +102,8 @@ export function createCheckLayer({
 function current(layer: LayerState): Verdicts {
   if (layer.problem !== undefined) return UNUSABLE_VERDICTS;
   if (layer.checks === undefined) return NO_VERDICTS;
-  if (layer.verdicts?.version !== layer.version) {
-    layer.verdicts = { version: layer.version, value: layer.checks.verdicts() };
+  if (layer.verdicts?.generation !== layer.generation) {
+    layer.verdicts = { generation: layer.generation, value: layer.checks.verdicts() };
   }
   return layer.verdicts.value;
 }
@@ -141,7 +141,7 @@ async function readUntilRead(
       );
       if (!layer.read) {
         layer.problem = result.reason;
-        layer.version++;
+        layer.generation++;
       }
     }
     await new Promise((resolve) => setTimeout(resolve, layer.readRetryDelayMs(failures + 1)));
@@ -162,7 +162,7 @@ async function load(layer: LayerState, cause: string): Promise<void> {
   previous?.stop();
   layer.checks = undefined;
   layer.loadedKey = key;
-  layer.version++;
+  layer.generation++;
   if (!result.ok) {
     layer.problem = result.reason;
     log.warning(
@@ -179,7 +179,7 @@ async function load(layer: LayerState, cause: string): Promise<void> {
     kill: layer.kill,
     previous,
     onChange: () => {
-      layer.version++;
+      layer.generation++;
     },
   });
   const names = result.checks.map((check) => check.name).join(", ");

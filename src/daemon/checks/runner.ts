@@ -23,7 +23,7 @@ export type { CheckResult, CheckView };
 
 export interface Checks {
   /** Goes up on every change of a verdict. */
-  readonly version: number;
+  readonly generation: number;
   /** The counters of each check by its definition, for the checks that replace these. */
   carried(): ReadonlyMap<string, Carried>;
   /** The failing checks' verdicts: the instance's, and each service's. */
@@ -98,7 +98,7 @@ interface ChecksState {
   readonly onChange: () => void;
   readonly run: Runner;
   readonly now: () => number;
-  version: number;
+  generation: number;
   stopped: boolean;
 }
 
@@ -134,13 +134,13 @@ export function createChecks({
     onChange,
     run,
     now,
-    version: 0,
+    generation: 0,
     stopped: false,
   };
   for (const s of cs.states) schedule(cs, s, 0);
   return {
-    get version() {
-      return cs.version;
+    get generation() {
+      return cs.generation;
     },
     carried: () => carried(cs),
     verdicts() {
@@ -237,7 +237,7 @@ function record(cs: ChecksState, s: CheckState, run: CheckResult): void {
   if (result.status === "UP" || result.status === "READY") passed(cs.log, s, result);
   else failed(cs.log, s, result);
   if (s.verdict !== before) {
-    cs.version++;
+    cs.generation++;
     cs.onChange();
   }
 }

@@ -59,7 +59,7 @@ export async function followCache(fleet: Fleet): Promise<boolean> {
   fleet.entry = entry;
   fleet.heardAt = cached.heardAt;
   fleet.fromCache = true;
-  fleet.version++;
+  fleet.generation++;
   log.notice(
     entry === undefined
       ? `fleet: the cache ${config.cacheFile} says no key held a word when etcd was last heard`

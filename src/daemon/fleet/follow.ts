@@ -43,7 +43,7 @@ export interface Fleet {
   /** The key that speaks for this host, at its revision, and its state: the fleet's word. */
   entry: FleetEntry | undefined;
   problem: string | undefined;
-  version: number;
+  generation: number;
   connected: boolean;
   fromCache: boolean;
   heardAt: number | undefined;
@@ -75,7 +75,7 @@ export function decide(fleet: Fleet, cause: string): void {
   const entry = chosen.word;
   fleet.entry = entry;
   fleet.fromCache = false;
-  fleet.version++;
+  fleet.generation++;
   if (entry === undefined) {
     log.notice(
       `fleet: ${cause}: no key holds a word (${keys.join(", ")}); the operator's state alone decides`,

@@ -26,7 +26,7 @@ export interface FleetLayer {
   /** The fleet's verdict on an answer for `name` (undefined: the instance); none without a word. */
   verdict(name: string | undefined): Verdict | undefined;
   /** Goes up whenever the word changes. */
-  version(): number;
+  generation(): number;
   view(): FleetView;
   /** Reads the cache, starts watching; resolves once etcd was read, or soon without it. */
   start(): Promise<void>;
@@ -75,7 +75,7 @@ export function createFleetLayer(parts: {
     etcd: undefined,
     entry: undefined,
     problem: undefined,
-    version: 0,
+    generation: 0,
     connected: false,
     fromCache: false,
     heardAt: undefined,
@@ -90,7 +90,7 @@ export function createFleetLayer(parts: {
   };
   return {
     verdict: (name) => (fleet.entry === undefined ? undefined : fleetVerdict(fleet.entry, name)),
-    version: () => fleet.version,
+    generation: () => fleet.generation,
     view: () => view(fleet),
     start: () => start(fleet),
     stop: () => stop(fleet),
