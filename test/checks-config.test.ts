@@ -27,7 +27,7 @@ test("parseChecks: each kind with its defaults", () => {
     {
       name: "web",
       service: undefined,
-      probe: { kind: "http", url: "http://127.0.0.1:8080/health" },
+      action: { kind: "http", url: "http://127.0.0.1:8080/health" },
       intervalMs: 2000,
       timeoutMs: 1000,
       rise: 2,
@@ -35,7 +35,7 @@ test("parseChecks: each kind with its defaults", () => {
       results: { "2xx": "UP", "503": "DRAIN", default: "DOWN" },
     },
   );
-  assert.deepEqual(db?.probe, { kind: "tcp", host: "::1", port: 5432 });
+  assert.deepEqual(db?.action, { kind: "tcp", host: "::1", port: 5432 });
   assert.deepEqual([db?.intervalMs, db?.timeoutMs, db?.rise, db?.fall], [5000, 500, 1, 5]);
   assert.deepEqual(Object.fromEntries(disk?.results ?? []), {
     "0": "UP",
@@ -44,7 +44,7 @@ test("parseChecks: each kind with its defaults", () => {
   });
   assert.equal(shell?.service, "be_web/srv1");
   assert.equal(
-    target(shell?.probe ?? { kind: "shell", command: "" }),
+    target(shell?.action ?? { kind: "shell", command: "" }),
     'sh -c "test -f /run/app.ready"',
   );
   assert.deepEqual(parseChecks(bytes({ checks: [] })), { ok: true, checks: [] });

@@ -6,33 +6,33 @@
 import { parseJsonFile } from "./json.js";
 import { isServiceName, isStatus, printable, STATUSES, type Status } from "./state.js";
 
-export interface HttpProbe {
+export interface HttpAction {
   readonly kind: "http";
   /** http: or https:, as given. */
   readonly url: string;
 }
-export interface TcpProbe {
+export interface TcpAction {
   readonly kind: "tcp";
   readonly host: string;
   readonly port: number;
 }
-export interface ExecProbe {
+export interface ExecAction {
   readonly kind: "exec";
   /** argv; argv[0] an absolute path. No shell. */
   readonly argv: readonly string[];
 }
-export interface ShellProbe {
+export interface ShellAction {
   readonly kind: "shell";
   /** Run with /bin/sh -c, only when the file asks for a shell. */
   readonly command: string;
 }
-export type Probe = HttpProbe | TcpProbe | ExecProbe | ShellProbe;
+export type Action = HttpAction | TcpAction | ExecAction | ShellAction;
 
 export interface Check {
   readonly name: string;
   /** The service whose reply it rules; the instance (and so every service) when absent. */
   readonly service: string | undefined;
-  readonly probe: Probe;
+  readonly action: Action;
   readonly intervalMs: number;
   readonly timeoutMs: number;
   /** Passes in a row that bring a failing check back; failures in a row that make it fail. */
@@ -57,10 +57,10 @@ const MAX_INTERVAL_MS = 3_600_000;
 const MIN_TIMEOUT_MS = 10;
 const MAX_RISE_FALL = 100;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
-const PROBE_KINDS = ["http", "tcp", "exec", "shell"] as const;
+const ACTION_KINDS = ["http", "tcp", "exec", "shell"] as const;
 const FIELDS = [
   "name",
-  ...PROBE_KINDS,
+  ...ACTION_KINDS,
   "service",
   "interval",
   "timeout",
@@ -129,13 +129,13 @@ function validateCheck(value: unknown): Check | string {
     return `name must be 1-64 letters, digits, "_", "." or "-", got ${shown(name)}`;
   }
   const where = (text: string) => `${name}: ${text}`;
-  const kinds = PROBE_KINDS.filter((kind) => kind in record);
+  const kinds = ACTION_KINDS.filter((kind) => kind in record);
   if (kinds.length !== 1) {
-    return where(`give exactly one of ${PROBE_KINDS.join(", ")}; got ${kinds.length}`);
+    return where(`give exactly one of ${ACTION_KINDS.join(", ")}; got ${kinds.length}`);
   }
-  const kind = kinds[0] as (typeof PROBE_KINDS)[number];
-  const probe = validateProbe(kind, record[kind]);
-  if (typeof probe === "string") return where(probe);
+  const kind = kinds[0] as (typeof ACTION_KINDS)[number];
+  const action = validateAction(kind, record[kind]);
+  if (typeof action === "string") return where(action);
   if (service !== undefined && !(typeof service === "string" && isServiceName(service))) {
     return where(
       `service must be a service name as HAProxy sends it with agent-send, got ${shown(service)}`,
@@ -168,7 +168,7 @@ function validateCheck(value: unknown): Check | string {
   return Object.freeze({
     name,
     service: service as string | undefined,
-    probe,
+    action,
     intervalMs,
     timeoutMs,
     rise,
@@ -177,7 +177,7 @@ function validateCheck(value: unknown): Check | string {
   });
 }
 
-function validateProbe(kind: (typeof PROBE_KINDS)[number], value: unknown): Probe | string {
+function validateAction(kind: (typeof ACTION_KINDS)[number], value: unknown): Action | string {
   switch (kind) {
     case "http": {
       let url: URL | undefined;
@@ -234,7 +234,7 @@ function validateProbe(kind: (typeof PROBE_KINDS)[number], value: unknown): Prob
 }
 
 function validateResults(
-  kind: (typeof PROBE_KINDS)[number],
+  kind: (typeof ACTION_KINDS)[number],
   value: unknown,
 ): ReadonlyMap<string, Status> | string {
   const results = new Map(Object.entries(DEFAULT_RESULTS[kind]));
@@ -303,17 +303,17 @@ function shown(value: unknown): string {
   return printable(text.length > 60 ? `${text.slice(0, 57)}...` : text);
 }
 
-/** Where a check's probe goes, for logs and status. */
-export function target(probe: Probe): string {
-  switch (probe.kind) {
+/** Where a check's action goes, for logs and status. */
+export function target(action: Action): string {
+  switch (action.kind) {
     case "http":
-      return probe.url;
+      return action.url;
     case "tcp":
-      return `tcp ${probe.host.includes(":") ? `[${probe.host}]` : probe.host}:${probe.port}`;
+      return `tcp ${action.host.includes(":") ? `[${action.host}]` : action.host}:${action.port}`;
     case "exec":
-      return probe.argv.join(" ");
+      return action.argv.join(" ");
     case "shell":
-      return `sh -c ${JSON.stringify(probe.command)}`;
+      return `sh -c ${JSON.stringify(action.command)}`;
   }
 }
 

@@ -44,9 +44,9 @@ export async function loadChecksFile(path: string, uid: number): Promise<ChecksF
 }
 
 function programOf(check: Check): string | undefined {
-  const { probe } = check;
-  if (probe.kind === "exec") return probe.argv[0];
-  if (probe.kind === "shell") return "/bin/sh";
+  const { action } = check;
+  if (action.kind === "exec") return action.argv[0];
+  if (action.kind === "shell") return "/bin/sh";
   return undefined;
 }
 

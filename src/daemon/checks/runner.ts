@@ -39,7 +39,7 @@ export interface Checks {
 /** How long runs the agent cannot make (EMFILE …) leave a check's verdict as it was. */
 export const NOT_RUN_MAX_MS = 30_000;
 
-/** Runs one probe; never throws. */
+/** Runs one check once; never throws. */
 export type Runner = (check: Check) => Promise<Omit<CheckResult, "atMs">>;
 
 /** What a check defined as before keeps across a reload. */
@@ -68,7 +68,7 @@ export interface ChecksOptions {
   readonly previous?: Checks | undefined;
   /** Told when a verdict changes. */
   readonly onChange?: () => void;
-  /** For tests: how a probe is run. */
+  /** For tests: how a check is run. */
   readonly run?: Runner;
   readonly now?: () => number;
 }
@@ -110,7 +110,7 @@ export function createChecks({
   kill,
   previous,
   onChange = () => {},
-  run = (check) => runProbe(check, uid, kill),
+  run = (check) => runCheckOnce(check, uid, kill),
   now = Date.now,
 }: ChecksOptions): Checks {
   const kept = previous?.carried() ?? new Map<string, Carried>();
@@ -179,7 +179,7 @@ function views(cs: ChecksState): CheckView[] {
   return cs.states.map((s) => ({
     name: s.check.name,
     service: s.check.service,
-    target: target(s.check.probe),
+    target: target(s.check.action),
     passing: s.passing,
     verdict: s.verdict,
     last: s.last,
@@ -290,14 +290,14 @@ function verdictOf(check: Check, result: CheckResult, count: number): Verdict {
 /** Commands still running, by the function that kills them: stop() ends them all. */
 const running = new Set<() => void>();
 
-/** Runs a check's probe once, within its timeout. Never throws. */
-export async function runProbe(
+/** Runs a check's action once, within its timeout. Never throws. */
+export async function runCheckOnce(
   check: Check,
   uid: number,
   kill: Kill,
 ): Promise<Omit<CheckResult, "atMs">> {
   const started = performance.now();
-  const outcome = await probeOnce(check, uid, kill);
+  const outcome = await runAction(check, uid, kill);
   return {
     status: outcome.status,
     detail: shownDetail(outcome.detail),
@@ -314,7 +314,7 @@ type Outcome = { status: Status; detail: string; agentFault?: true };
  */
 const AGENT_FAULTS = new Set(["EMFILE", "ENFILE", "ENOMEM", "ENOBUFS", "EAGAIN"]);
 
-/** The outcome of a probe that failed with `err`: a failure, or the agent's fault. */
+/** The outcome of an action that failed with `err`: a failure, or the agent's fault. */
 function failedWith(check: Check, err: NodeJS.ErrnoException, detail: string): Outcome {
   if (err.code !== undefined && AGENT_FAULTS.has(err.code)) {
     return {
@@ -344,27 +344,27 @@ export function shownDetail(text: string): string {
   return `${cut >= 0 && cut > head.length - 6 ? head.slice(0, cut) : head}...`;
 }
 
-async function probeOnce(check: Check, uid: number, kill: Kill): Promise<Outcome> {
-  const { probe } = check;
-  switch (probe.kind) {
+async function runAction(check: Check, uid: number, kill: Kill): Promise<Outcome> {
+  const { action } = check;
+  switch (action.kind) {
     case "http":
-      return httpProbe(check, probe.url);
+      return runHttp(check, action.url);
     case "tcp":
-      return tcpProbe(check, probe.host, probe.port);
+      return runTcp(check, action.host, action.port);
     case "exec":
     case "shell": {
-      const argv = probe.kind === "exec" ? probe.argv : [SHELL, "-c", probe.command];
+      const argv = action.kind === "exec" ? action.argv : [SHELL, "-c", action.command];
       // Judged again before each run: what is on its path may have changed since the load.
       const refused = await whyNotRunnable(argv[0] ?? "", uid);
       if (refused !== undefined) {
         return { status: statusFor(check, undefined), detail: `not run: ${refused}` };
       }
-      return execProbe(check, argv, kill);
+      return runExec(check, argv, kill);
     }
   }
 }
 
-function httpProbe(check: Check, url: string): Promise<Outcome> {
+function runHttp(check: Check, url: string): Promise<Outcome> {
   return new Promise((resolve) => {
     const request = url.startsWith("https:") ? httpsRequest : httpRequest;
     const failed = (why: string) =>
@@ -394,9 +394,9 @@ function httpProbe(check: Check, url: string): Promise<Outcome> {
   });
 }
 
-function tcpProbe(check: Check, host: string, port: number): Promise<Outcome> {
+function runTcp(check: Check, host: string, port: number): Promise<Outcome> {
   return new Promise((resolve) => {
-    const where = target(check.probe);
+    const where = target(check.action);
     const socket = connect({ host, port });
     const done = (outcome: Outcome) => {
       clearTimeout(timer);
@@ -426,7 +426,7 @@ const COMMAND_PATH = "/usr/sbin:/usr/bin:/sbin:/bin";
 const OUTPUT_GRACE_MS = 100;
 const SHELL = "/bin/sh";
 
-function execProbe(check: Check, argv: readonly string[], killGroup: Kill): Promise<Outcome> {
+function runExec(check: Check, argv: readonly string[], killGroup: Kill): Promise<Outcome> {
   return new Promise((resolve) => {
     const [file = "", ...args] = argv;
     let output = "";
