@@ -3,14 +3,14 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { answerFor, compose, NO_VERDICTS } from "../src/core/compose.js";
 import {
-  chooseWord,
-  type FleetWord,
+  chooseEntry,
+  entryAfter,
+  type FleetEntry,
   fleetVerdict,
   invalidSince,
   isFleetKey,
   type KeyValue,
   parseFleetValue,
-  wordAfter,
 } from "../src/core/fleet.js";
 import { reply } from "../src/core/reply.js";
 import { STATUSES, type State, type Status } from "../src/core/state.js";
@@ -24,7 +24,7 @@ const value = (text: string, revision: number): KeyValue =>
   parseFleetValue(Buffer.from(text), revision);
 const absent = (revision: number): KeyValue => ({ kind: "absent", revision });
 
-test("chooseWord: the first key that exists speaks; absent keys are passed over", () => {
+test("chooseEntry: the first key that exists speaks; absent keys are passed over", () => {
   const cases: [string, (KeyValue | undefined)[], string | undefined][] = [
     ["nothing at all", [undefined, undefined, undefined], undefined],
     ["all absent", [absent(3), absent(3), absent(3)], undefined],
@@ -45,39 +45,39 @@ test("chooseWord: the first key that exists speaks; absent keys are passed over"
     given.forEach((v, i) => {
       if (v !== undefined) values.set(KEYS[i] as string, v);
     });
-    const { word, problem } = chooseWord(KEYS, values, undefined);
+    const { entry: word, problem } = chooseEntry(KEYS, values, undefined);
     assert.equal(word?.key, expected, name);
     assert.equal(problem, undefined, name);
   }
 });
 
-test("chooseWord: a bad value keeps the word before, never lets a less specific key speak, never MAINT", () => {
-  const before: FleetWord = { key: "/hapgent/group/web", revision: 3, state: { status: "DRAIN" } };
+test("chooseEntry: a bad value keeps the word before, never lets a less specific key speak, never MAINT", () => {
+  const before: FleetEntry = { key: "/hapgent/group/web", revision: 3, state: { status: "DRAIN" } };
   const values = new Map<string, KeyValue>([
     ["/hapgent/host/web-12", absent(9)],
     ["/hapgent/group/web", value('{"status":"UPP"}', 9)],
     ["/hapgent/all", value('{"status":"UP"}', 1)],
   ]);
-  const kept = chooseWord(KEYS, values, before);
-  assert.equal(kept.word, before, "the last good word stands");
+  const kept = chooseEntry(KEYS, values, before);
+  assert.equal(kept.entry, before, "the last good word stands");
   assert.match(
     kept.problem ?? "",
     /^\/hapgent\/group\/web \(revision 9\) is not a valid state: .*status.*; still following \/hapgent\/group\/web \(revision 3\)$/,
   );
   // With no word before, the fleet has none: the operator's state alone (not /hapgent/all's UP).
-  const none = chooseWord(KEYS, values, undefined);
-  assert.equal(none.word, undefined);
+  const none = chooseEntry(KEYS, values, undefined);
+  assert.equal(none.entry, undefined);
   assert.match(none.problem ?? "", /operator's state alone decides/);
   // A cached word and etcd's value at the same revision but different (etcd made anew): etcd's.
   const anew = new Map<string, KeyValue>([
     ["/hapgent/group/web", { kind: "state", revision: 3, state: { status: "UP", weight: 10 } }],
   ]);
-  assert.deepEqual(chooseWord(KEYS, anew, before).word?.state, { status: "UP", weight: 10 });
+  assert.deepEqual(chooseEntry(KEYS, anew, before).entry?.state, { status: "UP", weight: 10 });
   // The same word read again is the same object: nothing to log or save.
   const same = new Map<string, KeyValue>([
     ["/hapgent/group/web", { kind: "state", revision: 3, state: { status: "DRAIN" } }],
   ]);
-  assert.equal(chooseWord(KEYS, same, before).word, before);
+  assert.equal(chooseEntry(KEYS, same, before).entry, before);
 });
 
 test("parseFleetValue: the state file's rules, with reasons; no pending expiry", () => {
@@ -110,7 +110,7 @@ test("parseFleetValue: the state file's rules, with reasons; no pending expiry",
 test("compose with the fleet, every pair of statuses: more restrictive wins; weight and maxconn the lower", () => {
   for (const operator of STATUSES) {
     for (const fleet of STATUSES) {
-      const word: FleetWord = {
+      const word: FleetEntry = {
         key: "/hapgent/all",
         revision: 1,
         state: { status: fleet, weight: 60 },
@@ -129,7 +129,7 @@ test("compose with the fleet, every pair of statuses: more restrictive wins; wei
 
 test("compose: a fleet weight above the operator's changes nothing; the operator's absent weight is 100%", () => {
   const up: State = { status: "UP", weight: 40, description: "canary" };
-  const word = (state: State): FleetWord => ({ key: "/k", revision: 1, state });
+  const word = (state: State): FleetEntry => ({ key: "/k", revision: 1, state });
   const fleet = (state: State) => (name: string | undefined) => fleetVerdict(word(state), name);
   // The very object: nothing on any axis was lowered.
   assert.equal(answerFor(up, undefined, NO_VERDICTS, fleet({ status: "UP", weight: 90 })), up);
@@ -172,7 +172,7 @@ test("answerFor with the fleet's services: a service the fleet names gets its ow
     status: "UP",
     services: { api: { status: "UP" }, web: { status: "UP" }, admin: { status: "MAINT" } },
   };
-  const word: FleetWord = {
+  const word: FleetEntry = {
     key: "/hapgent/group/web",
     revision: 5,
     state: { status: "UP", services: { api: { status: "DRAIN", reason: "api migration" } } },
@@ -187,7 +187,7 @@ test("answerFor with the fleet's services: a service the fleet names gets its ow
   // A name the local file lacks is answered as the instance, and the fleet speaks for the instance.
   assert.equal(reply(answerFor(local, "nope", NO_VERDICTS, fleet)), "up ready 100%\n");
   // The fleet taking the whole instance out takes every service out.
-  const out: FleetWord = {
+  const out: FleetEntry = {
     key: "/hapgent/all",
     revision: 6,
     state: { status: "DOWN", services: { api: { status: "UP" } } },
@@ -230,7 +230,7 @@ test("firstLine: a password file's first line, without its line end, is the pass
   }
 });
 
-test("wordAfter: the word before an invalid value, as an agent watching all along keeps it", () => {
+test("entryAfter: the word before an invalid value, as an agent watching all along keeps it", () => {
   const [host, group] = KEYS as [string, string, string];
   const before = new Map([
     [host, absent(4)],
@@ -242,13 +242,13 @@ test("wordAfter: the word before an invalid value, as an agent watching all alon
   ]);
   assert.equal(invalidSince(KEYS, now), 5);
   assert.equal(invalidSince(KEYS, before), undefined);
-  assert.equal(wordAfter(KEYS, [now]).word, undefined, "no history: no word before");
-  const chosen = wordAfter(KEYS, [before, now]);
-  assert.equal(chosen.word?.key, group);
-  assert.equal(chosen.word?.revision, 3);
+  assert.equal(entryAfter(KEYS, [now]).entry, undefined, "no history: no word before");
+  const chosen = entryAfter(KEYS, [before, now]);
+  assert.equal(chosen.entry?.key, group);
+  assert.equal(chosen.entry?.revision, 3);
   assert.match(chosen.problem ?? "", /still following \/hapgent\/group\/web \(revision 3\)/);
   assert.deepEqual(
-    wordAfter(KEYS, [before, now]),
-    chooseWord(KEYS, now, chooseWord(KEYS, before, undefined).word),
+    entryAfter(KEYS, [before, now]),
+    chooseEntry(KEYS, now, chooseEntry(KEYS, before, undefined).entry),
   );
 });

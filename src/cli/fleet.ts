@@ -8,12 +8,12 @@
 import { invalidKeys, parseEtcdAccess, parseFleetKeys } from "../config.js";
 import { applyChange, formatDuration } from "../core/change.js";
 import {
+  entryAfter,
   invalidSince,
   isFleetKey,
   type KeyValue,
   MAX_FLEET_VALUE_BYTES,
   readValue,
-  wordAfter,
 } from "../core/fleet.js";
 import { formatAnswered, printable, type Status, serialiseState } from "../core/state.js";
 import { createEtcd, type Etcd, EtcdError, GRPC, type Snapshot } from "../etcd/client.js";
@@ -219,7 +219,7 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
     const parsed = valuesOf(keys, read);
     const { history, compacted } = await lookBack(etcd, keys, parsed);
     // What the agents decide, with the word they followed before an invalid value came.
-    const chosen = wordAfter(keys, history);
+    const chosen = entryAfter(keys, history);
     if (values.json) {
       io.out(
         `${JSON.stringify({
@@ -230,8 +230,8 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
             ...parsed.get(key),
             lease: read.values.get(key)?.lease ?? null,
           })),
-          follows: chosen.word?.key ?? null,
-          followsRevision: chosen.word?.revision ?? null,
+          follows: chosen.entry?.key ?? null,
+          followsRevision: chosen.entry?.revision ?? null,
           problem: chosen.problem ?? null,
           historyCompacted: compacted ?? null,
         })}\n`,
@@ -245,13 +245,13 @@ async function show(io: CliIo, values: Values, given: readonly string[]): Promis
             : value.kind === "state"
               ? `${formatAnswered(value.state)} (revision ${value.revision}${read.values.get(key)?.lease === undefined ? "" : ", expires with its lease"})`
               : `INVALID (revision ${value.revision}): ${value.reason}`;
-        const mark = chosen.word?.key === key ? "  <- followed" : "";
+        const mark = chosen.entry?.key === key ? "  <- followed" : "";
         return `${key.padEnd(24)} ${printable(text)}${mark}`;
       });
       lines.push(
-        chosen.word === undefined
+        chosen.entry === undefined
           ? `a host with these keys follows no fleet word: its operator's state alone decides`
-          : `a host with these keys follows ${chosen.word.key} (revision ${chosen.word.revision})`,
+          : `a host with these keys follows ${chosen.entry.key} (revision ${chosen.entry.revision})`,
       );
       if (chosen.problem !== undefined) lines.push(`problem: ${printable(chosen.problem)}`);
       if (compacted !== undefined) {

@@ -21,7 +21,7 @@ export type KeyValue =
   | { readonly kind: "invalid"; readonly revision: number; readonly reason: string };
 
 /** The word this host follows: the state of the first key that holds one. */
-export interface FleetWord {
+export interface FleetEntry {
   readonly key: string;
   /** The revision at which the key got this value (etcd's mod_revision). */
   readonly revision: number;
@@ -81,11 +81,11 @@ export function readValue(
  * less specific key speak instead); with no word before, the fleet has none (the operator's state
  * alone). `problem` says why a value is not followed.
  */
-export function chooseWord(
+export function chooseEntry(
   keys: readonly string[],
   values: ReadonlyMap<string, KeyValue>,
-  before: FleetWord | undefined,
-): { readonly word: FleetWord | undefined; readonly problem: string | undefined } {
+  before: FleetEntry | undefined,
+): { readonly entry: FleetEntry | undefined; readonly problem: string | undefined } {
   for (const key of keys) {
     const value = values.get(key);
     if (value === undefined || value.kind === "absent") continue;
@@ -97,12 +97,12 @@ export function chooseWord(
         before.revision === value.revision &&
         sameState(before.state, value.state);
       return {
-        word: same ? before : Object.freeze({ key, revision: value.revision, state: value.state }),
+        entry: same ? before : Object.freeze({ key, revision: value.revision, state: value.state }),
         problem: undefined,
       };
     }
     return {
-      word: before,
+      entry: before,
       problem: `${key} (revision ${value.revision}) is not a valid state: ${value.reason}; ${
         before === undefined
           ? "no fleet word was followed before, so the operator's state alone decides"
@@ -110,7 +110,7 @@ export function chooseWord(
       }`,
     };
   }
-  return { word: undefined, problem: undefined };
+  return { entry: undefined, problem: undefined };
 }
 
 /**
@@ -130,27 +130,27 @@ export function invalidSince(
 }
 
 /**
- * What a host that followed the keys all along follows: chooseWord over the keys' values at
+ * What a host that followed the keys all along follows: chooseEntry over the keys' values at
  * successive revisions (oldest first), each time with the word chosen before, as the agent does.
  */
-export function wordAfter(
+export function entryAfter(
   keys: readonly string[],
   history: readonly ReadonlyMap<string, KeyValue>[],
-): ReturnType<typeof chooseWord> {
-  let chosen: ReturnType<typeof chooseWord> = { word: undefined, problem: undefined };
-  for (const values of history) chosen = chooseWord(keys, values, chosen.word);
+): ReturnType<typeof chooseEntry> {
+  let chosen: ReturnType<typeof chooseEntry> = { entry: undefined, problem: undefined };
+  for (const values of history) chosen = chooseEntry(keys, values, chosen.entry);
   return chosen;
 }
 
 /** The fleet's verdict on an answer for `name` (undefined: the instance), as a layer of compose. */
-export function fleetVerdict(word: FleetWord, name: string | undefined): Verdict {
-  const own = serviceState(word.state, name);
+export function fleetVerdict(entry: FleetEntry, name: string | undefined): Verdict {
+  const own = serviceState(entry.state, name);
   const why = own.reason ?? own.description;
   return {
     status: own.status,
     weight: own.weight,
     maxconn: own.maxconn,
-    description: `fleet ${word.key}${why === undefined ? "" : `: ${why}`}`,
+    description: `fleet ${entry.key}${why === undefined ? "" : `: ${why}`}`,
   };
 }
 

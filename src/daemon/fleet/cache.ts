@@ -2,7 +2,7 @@
  * The fleet's cache: the word last followed, kept in a file so that a restart while etcd cannot be
  * reached keeps it too.
  */
-import type { FleetWord as FleetEntry } from "../../core/fleet.js";
+import type { FleetEntry } from "../../core/fleet.js";
 import { parseJsonFile } from "../../core/json.js";
 import { formatAnswered, isTimestamp, validateState } from "../../core/state.js";
 import type { Logger } from "../../log.js";

@@ -4,8 +4,8 @@
  */
 import type { FleetConfig } from "../../config.js";
 import {
-  chooseWord,
-  type FleetWord as FleetEntry,
+  chooseEntry,
+  type FleetEntry,
   type KeyValue,
   parseFleetValue,
   readValue,
@@ -66,13 +66,13 @@ export function heard(fleet: Fleet): void {
 /** Decides the word from the values; logs and caches what changed. */
 export function decide(fleet: Fleet, cause: string): void {
   const { keys, log } = fleet;
-  const chosen = chooseWord(keys, fleet.values, fleet.entry);
+  const chosen = chooseEntry(keys, fleet.values, fleet.entry);
   if (chosen.problem !== fleet.problem) {
     fleet.problem = chosen.problem;
     if (fleet.problem !== undefined) log.warning(`fleet: ${fleet.problem}`);
   }
-  if (chosen.word === fleet.entry) return;
-  const entry = chosen.word;
+  if (chosen.entry === fleet.entry) return;
+  const entry = chosen.entry;
   fleet.entry = entry;
   fleet.fromCache = false;
   fleet.generation++;
