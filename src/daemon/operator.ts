@@ -34,7 +34,12 @@ export { defaultRetryDelayMs, SAVE_RETRY_MAX_MS } from "./saves.js";
 
 export type Command = "up" | "down" | "reload";
 
-/** How a state change came about, as metrics count them: a command's kind, never its wording. */
+/**
+ * How a state change came about, as metrics count them: a command's kind, never its wording.
+ * A change made through the control socket is `control` here and `via: "cli"` in the state
+ * file's record (core/state.ts's VIAS): both names are public (a metric label, a file format)
+ * and stay as released; they name the same origin.
+ */
 export const CHANGE_CAUSES = ["signal", "reload", "control", "expiry"] as const;
 export type ChangeCause = (typeof CHANGE_CAUSES)[number];
 
