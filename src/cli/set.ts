@@ -5,11 +5,10 @@
  */
 
 import { type Change, type FieldChange, parseDuration } from "../core/change.js";
+import { isDescription, MAX_DESCRIPTION_CHARS } from "../core/fields.js";
 import { NO_MAXCONN_LIMIT, reply } from "../core/reply.js";
 import {
-  isDescription,
   isServiceName,
-  MAX_DESCRIPTION_CHARS,
   MAX_SERVICE_NAME_CHARS,
   type Status,
   validateState,
