@@ -192,6 +192,11 @@ export function parseRequest(line: string): RequestResult {
       reason: `op must be "status" or "change", got ${shorten(String(record.op))}`,
     };
   }
+  return parseChange(record);
+}
+
+/** Checks a change request, its `op` read. */
+function parseChange(record: Record<string, unknown>): RequestResult {
   const extra = Object.keys(record).find((key) => !CHANGE_REQUEST_KEYS.includes(key));
   if (extra !== undefined) return { ok: false, reason: `change takes no ${shorten(extra)}` };
   if (!isStatus(record.status)) {
