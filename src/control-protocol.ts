@@ -4,6 +4,7 @@
  */
 import type { Change, FieldChange } from "./core/change.js";
 import type { Verdict } from "./core/compose.js";
+import { FIELD_NAMES, type FieldName } from "./core/fields.js";
 import { findDuplicateKey } from "./core/json.js";
 import {
   type Expiry,
@@ -156,17 +157,8 @@ export type RequestResult =
   | { readonly ok: true; readonly request: ControlRequest }
   | { readonly ok: false; readonly reason: string };
 
-const CHANGE_FIELDS = [
-  "op",
-  "status",
-  "service",
-  "weight",
-  "maxconn",
-  "description",
-  "reason",
-  "forMs",
-  "by",
-];
+/** The keys a change request may have. */
+const CHANGE_REQUEST_KEYS = ["op", "status", "service", ...FIELD_NAMES, "reason", "forMs", "by"];
 
 /** Checks one line of a request. Never throws. */
 export function parseRequest(line: string): RequestResult {
@@ -200,7 +192,12 @@ export function parseRequest(line: string): RequestResult {
       reason: `op must be "status" or "change", got ${shorten(String(record.op))}`,
     };
   }
-  const extra = Object.keys(record).find((key) => !CHANGE_FIELDS.includes(key));
+  return parseChange(record);
+}
+
+/** Checks a change request, its `op` read. */
+function parseChange(record: Record<string, unknown>): RequestResult {
+  const extra = Object.keys(record).find((key) => !CHANGE_REQUEST_KEYS.includes(key));
   if (extra !== undefined) return { ok: false, reason: `change takes no ${shorten(extra)}` };
   if (!isStatus(record.status)) {
     return { ok: false, reason: `status must be one of ${STATUSES.join(", ")}` };
@@ -211,8 +208,8 @@ export function parseRequest(line: string): RequestResult {
   ) {
     return { ok: false, reason: "service must be a service name" };
   }
-  const fields: Partial<Record<"weight" | "maxconn" | "description", FieldChange>> = {};
-  for (const field of ["weight", "maxconn", "description"] as const) {
+  const fields: Partial<Record<FieldName, FieldChange>> = {};
+  for (const field of FIELD_NAMES) {
     const given = record[field];
     if (given === undefined) continue;
     if (given !== null && typeof given !== "number" && typeof given !== "string") {

@@ -1,16 +1,25 @@
 /** The command line's options, parsed strictly, and the checks shared by every command. */
 import { parseArgs } from "node:util";
+import { type FieldName, REPLY_FIELDS } from "../core/fields.js";
 import { usage } from "./exit.js";
+
+type FieldOptions = { readonly [K in FieldName]: { readonly type: "string" } } & {
+  readonly [K in FieldName as `no-${K}`]: { readonly type: "boolean" };
+};
+
+/** `--NAME VALUE` and `--no-NAME` for each field of the state (core/fields.ts). */
+function fieldOptions(): FieldOptions {
+  const options = {};
+  for (const { name } of REPLY_FIELDS) {
+    Object.assign(options, { [name]: { type: "string" }, [`no-${name}`]: { type: "boolean" } });
+  }
+  return options as FieldOptions;
+}
 
 export const OPTIONS = {
   help: { type: "boolean", short: "h" },
   json: { type: "boolean" },
-  weight: { type: "string" },
-  "no-weight": { type: "boolean" },
-  maxconn: { type: "string" },
-  "no-maxconn": { type: "boolean" },
-  description: { type: "string" },
-  "no-description": { type: "boolean" },
+  ...fieldOptions(),
   reason: { type: "string" },
   for: { type: "string" },
   service: { type: "string" },
@@ -40,6 +49,12 @@ export type Values = {
 /** Options that say which agent and file a command acts on. */
 export const TARGET_OPTIONS: readonly Option[] = ["state-file", "ip", "port", "socket", "help"];
 
+/** The flags of the fields, in the table's order: `weight`, `no-weight`, `maxconn` … */
+export const FIELD_FLAGS: readonly Option[] = REPLY_FIELDS.flatMap(({ name }) => [
+  name,
+  `no-${name}` as const,
+]);
+
 /** Parses `args` for `command`, which takes only the `allowed` options. */
 export function parseOptions(
   args: readonly string[],
@@ -65,9 +80,9 @@ export function parseOptions(
       throw usage(`--${name} is not an option of ${command} (see hapgent ${command} --help)`);
     }
   }
-  for (const field of ["weight", "maxconn", "description"] as const) {
-    if (parsed.values[field] !== undefined && parsed.values[`no-${field}`]) {
-      throw usage(`--${field} and --no-${field} contradict each other`);
+  for (const { name } of REPLY_FIELDS) {
+    if (parsed.values[name] !== undefined && parsed.values[`no-${name}`]) {
+      throw usage(`--${name} and --no-${name} contradict each other`);
     }
   }
   return parsed;

@@ -5,7 +5,14 @@
 import { describeUnknownVariable, unknownVariables } from "../config.js";
 import { isStatus, STATUSES, type Status } from "../core/state.js";
 import { VERSION } from "../version.js";
-import { closest, expectPositionals, type Option, parseOptions, TARGET_OPTIONS } from "./args.js";
+import {
+  closest,
+  expectPositionals,
+  FIELD_FLAGS,
+  type Option,
+  parseOptions,
+  TARGET_OPTIONS,
+} from "./args.js";
 import { check } from "./check.js";
 import { CLI_EXIT, CliError, usage } from "./exit.js";
 import { fleet } from "./fleet.js";
@@ -26,17 +33,7 @@ const SHORT_FORMS: Readonly<Record<string, Status>> = {
 };
 
 /** What a change says of the state: the same for the file's and for a fleet key's. */
-const FIELD_OPTIONS: readonly Option[] = [
-  "service",
-  "weight",
-  "no-weight",
-  "maxconn",
-  "no-maxconn",
-  "description",
-  "no-description",
-  "reason",
-  "for",
-];
+const FIELD_OPTIONS: readonly Option[] = ["service", ...FIELD_FLAGS, "reason", "for"];
 
 const CHANGE_OPTIONS: readonly Option[] = [
   ...TARGET_OPTIONS,

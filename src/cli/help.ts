@@ -1,10 +1,47 @@
 /** What `hapgent --help` and `hapgent COMMAND --help` print, in 80 columns. */
+import { REPLY_FIELDS } from "../core/fields.js";
 import { STATUSES } from "../core/state.js";
 
 /** Seconds --idle waits by default: HAProxy purges idle pooled connections well within it. */
 export const DEFAULT_IDLE_TIMEOUT_S = 120;
 
 export const DEFAULT_TIMEOUT_S = 5;
+
+const COLUMNS = 80;
+/** Where an option's text starts, after the option. */
+const TEXT_COLUMN = 21;
+
+/** An option and its text, the text's lines after the first from TEXT_COLUMN. */
+function optionHelp(option: string, lines: readonly string[]): string {
+  const indent = " ".repeat(TEXT_COLUMN);
+  return `  ${option.padEnd(TEXT_COLUMN - 3)} ${lines.join(`\n${indent}`)}`;
+}
+
+/** `items`, each followed by a comma, filling lines of at most COLUMNS indented by two. */
+function commaList(items: readonly string[]): string {
+  const lines: string[] = [];
+  let line = "";
+  for (const item of items) {
+    const longer = `${line} ${item},`;
+    if (line === "" || longer.length > COLUMNS) {
+      if (line !== "") lines.push(line);
+      line = `  ${item},`;
+    } else {
+      line = longer;
+    }
+  }
+  return [...lines, line].join("\n");
+}
+
+/** Each field's flag and its help, for hapgent set. */
+const FIELDS_HELP = REPLY_FIELDS.map(({ flag, help }) => optionHelp(flag, help)).join("\n");
+
+/** The field flags hapgent fleet set shares with hapgent set. */
+const FLEET_FIELD_FLAGS = commaList([
+  "--service NAME",
+  ...REPLY_FIELDS.flatMap(({ name, flag }) => [flag, `--no-${name}`]),
+  "--reason TEXT: as for hapgent set",
+]);
 
 const TARGET_HELP = `  --state-file PATH  the state file; default $HAPGENT_STATE_FILE, else the file
                      of the one hapgent that runs as this user, as root or as
@@ -86,11 +123,7 @@ SIGHUP); then the command probes it until it answers the new state.
   --service NAME     set the state of service NAME (added if the file has none
                      of that name), not the instance's; NAME is what HAProxy
                      sends with agent-send, without the line end
-  --weight N         weight percent 0-255; --no-weight removes it (100%)
-  --maxconn N        maxconn 0-65535, 0 for no limit; --no-maxconn sets 0,
-                     lifting a limit HAProxy holds (haproxy.cfg's too)
-  --description TEXT text HAProxy shows in its stats (1-200 characters);
-                     --no-description removes it
+${FIELDS_HELP}
   --reason TEXT      why (1-200 characters): recorded with the change, with who
                      made it and when, and shown by HAProxy in place of the
                      description until the next change
@@ -135,8 +168,7 @@ operator took out. A value is a state in the state file's format.
   clear KEY          remove KEY: the next key of each agent speaks again
   status [KEY…]      what each key holds (default $HAPGENT_ETCD_KEYS), and
                      which one a host with these keys follows
-  --service NAME, --weight N, --no-weight, --maxconn N, --no-maxconn,
-  --description TEXT, --no-description, --reason TEXT: as for hapgent set,
+${FLEET_FIELD_FLAGS}
                      but --no-maxconn removes the key's maxconn (a word only
                      lowers one; its maxconn 0 lowers nothing)
   --for DURATION     the key is removed after 90s, 30m, 2h, 1d … (an etcd lease)

@@ -5,11 +5,16 @@
  */
 
 import { type Change, type FieldChange, parseDuration } from "../core/change.js";
-import { NO_MAXCONN_LIMIT, reply } from "../core/reply.js";
 import {
+  type FieldName,
   isDescription,
-  isServiceName,
   MAX_DESCRIPTION_CHARS,
+  REPLY_FIELDS,
+  type ReplyField,
+} from "../core/fields.js";
+import { reply } from "../core/reply.js";
+import {
+  isServiceName,
   MAX_SERVICE_NAME_CHARS,
   type Status,
   validateState,
@@ -94,14 +99,15 @@ function fieldProblem(status: Status, name: string, value: FieldChange | undefin
 }
 
 /**
- * `--no-maxconn` is `noMaxconn`: for the agent's own state `maxconn: 0`, no limit, since HAProxy
- * keeps the last maxconn it heard and a reply without one would leave it; a fleet's word passes
- * null (no word of its own, as it only ever lowers).
+ * The change the options ask for. `--no-FIELD` sets the field's `cleared` (core/fields.ts): for
+ * the agent's own state `maxconn: 0`, no limit, since HAProxy keeps the last maxconn it heard and
+ * a reply without one would leave it. A fleet's word passes `cleared` null, which removes each
+ * field (no word of its own, as it only ever lowers).
  */
 export function changeOf(
   values: Values,
   status: Status,
-  noMaxconn: FieldChange = NO_MAXCONN_LIMIT,
+  cleared: null | undefined = undefined,
 ): Change {
   const service = values.service;
   if (service !== undefined && !isServiceName(service)) {
@@ -109,15 +115,12 @@ export function changeOf(
       `--service must be 1-${MAX_SERVICE_NAME_CHARS} printable ASCII characters without spaces, as HAProxy sends it with agent-send (without the line end), got ${JSON.stringify(service)}`,
     );
   }
-  const field = (name: "weight" | "maxconn" | "description"): FieldChange | undefined => {
-    if (values[`no-${name}`]) return name === "maxconn" ? noMaxconn : null;
-    const given = values[name];
-    if (given === undefined || name === "description") return given;
-    // Numbers as numbers so the state rules judge them; anything else stays text and is refused.
-    return /^-?[0-9]+(\.[0-9]+)?$/.test(given) ? Number(given) : given;
-  };
-  for (const name of ["weight", "maxconn", "description"] as const)
-    fieldProblem(status, name, field(name));
+  const fields: { [K in FieldName]?: FieldChange | undefined } = {};
+  for (const field of REPLY_FIELDS) {
+    const value = fieldChange(values, field, cleared);
+    fieldProblem(status, field.name, value);
+    fields[field.name] = value;
+  }
   const reason = values.reason;
   if (reason !== undefined && !isDescription(reason)) {
     throw usage(
@@ -131,13 +134,16 @@ export function changeOf(
       `--for must be a duration above zero and at most a year, such as 90s, 30m, 2h, 1d or 1h30m, got ${JSON.stringify(forText)}`,
     );
   }
-  return {
-    status,
-    service,
-    weight: field("weight"),
-    maxconn: field("maxconn"),
-    description: field("description"),
-    reason,
-    forMs,
-  };
+  return { status, service, ...fields, reason, forMs };
+}
+
+/** What the options say of one field: a new value, null to remove it, undefined to keep it. */
+function fieldChange(
+  values: Values,
+  field: ReplyField,
+  cleared: null | undefined,
+): FieldChange | undefined {
+  if (values[`no-${field.name}`]) return cleared === undefined ? field.cleared : cleared;
+  const given = values[field.name];
+  return given === undefined ? undefined : field.fromArg(given);
 }

@@ -4,6 +4,8 @@
  * audit record (when, how, who, why) in the state, and may carry an expiry: the state from before
  * it returns by itself. Signals and expiries are changes too. Pure.
  */
+
+import { FIELD_NAMES, type FieldName } from "./fields.js";
 import {
   type Changed,
   type Expiry,
@@ -27,13 +29,13 @@ import {
 /** A field's new value: absent keeps the current one, null removes it, anything else sets it. */
 export type FieldChange = number | string | null;
 
-export interface Change {
+/** A new value for each field (see fields.ts), unchecked: the state's rules judge it. */
+export type FieldChanges = { readonly [K in FieldName]?: FieldChange | undefined };
+
+export interface Change extends FieldChanges {
   readonly status: Status;
   /** The service to change; the instance when absent. */
   readonly service?: string | undefined;
-  readonly weight?: FieldChange | undefined;
-  readonly maxconn?: FieldChange | undefined;
-  readonly description?: FieldChange | undefined;
   /** Why: recorded with the change, and shown by HAProxy until the next change. */
   readonly reason?: string | undefined;
   /** The change expires after this long, and the state from before it returns. */
@@ -64,8 +66,6 @@ export type ChangeResult =
       readonly code: "invalid" | "no-instance";
       readonly reason: string;
     };
-
-const CHANGED_FIELDS = ["weight", "maxconn", "description"] as const;
 
 /**
  * The state after `change`, checked by the file's own rules, as the agent will read it.
@@ -107,7 +107,7 @@ export function applyChange(
           ? (current.services?.[service] ?? {})
           : {};
   const candidate: Record<string, unknown> = { status: change.status };
-  for (const field of CHANGED_FIELDS) {
+  for (const field of FIELD_NAMES) {
     const given = change[field];
     if (given === null) continue;
     const value = given === undefined ? base[field] : given;

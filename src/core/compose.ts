@@ -5,18 +5,27 @@
  * never put back one its operator took out), and the lowest weight and maxconn. The description
  * comes from whoever decided, so HAProxy's stats say why. Pure.
  */
-import { DEFAULT_WEIGHT_PERCENT, NO_MAXCONN_LIMIT } from "./reply.js";
+import { LOWEST_FIELDS, type LowestName, REPLY_FIELDS } from "./fields.js";
 import { hasService, type ServiceState, type State, type Status, serviceState } from "./state.js";
 
+/**
+ * What a layer allows at most of each field where the lowest wins (a weight in percent, a
+ * maxconn): the lower of it and the operator's is sent.
+ */
+export type Limits = { readonly [K in LowestName]?: number | undefined };
+
 /** A layer's word on the reply: a failing check's, the fleet's. A passing check has none. */
-export interface Verdict {
+export interface Verdict extends Limits {
   readonly status: Status;
   /** Why, as HAProxy shows it: `check web: http://127.0.0.1:8080/health: 503 for 3 checks`. */
   readonly description: string;
-  /** A weight (percent) this layer allows at most; the lower of it and the operator's is sent. */
-  readonly weight?: number | undefined;
-  /** A maxconn this layer allows at most. */
-  readonly maxconn?: number | undefined;
+}
+
+/** A state's limits, as a layer's verdict carries them. */
+export function limitsOf(state: ServiceState): Limits {
+  const limits: { [K in LowestName]?: number | undefined } = {};
+  for (const { name } of LOWEST_FIELDS) limits[name] = state[name];
+  return limits;
 }
 
 /** What the agent answers while its checks file cannot be used: a configuration error. */
@@ -42,41 +51,39 @@ export const RESTRICTION: Readonly<Record<Status, number>> = {
 
 /**
  * The operator's state with the verdicts applied, per axis: the most restrictive status, the
- * lowest weight (the operator's absent weight is 100%) and maxconn (0 being none); the first of equals keeps
- * its place. The description is the verdict's that decided the status, else the weight, else the
- * maxconn. The same object when no verdict outranks the operator on any axis.
+ * lowest of each field where the lowest wins (fields.ts: the operator's absent weight is 100%,
+ * maxconn 0 is none); the first of equals keeps its place. The description is the verdict's that
+ * decided the status, else the one that lowered the weight, else the maxconn. The same object
+ * when no verdict outranks the operator on any axis.
  */
 export function compose(operator: ServiceState, verdicts: readonly Verdict[]): ServiceState {
   let decider: Verdict | undefined;
-  let weightBy: Verdict | undefined;
-  let maxconnBy: Verdict | undefined;
-  let { weight, maxconn } = operator;
+  const lowest = new Map<LowestName, number | undefined>();
+  const loweredBy = new Map<LowestName, Verdict>();
+  for (const { name } of LOWEST_FIELDS) lowest.set(name, operator[name]);
   for (const verdict of verdicts) {
     const bar = RESTRICTION[(decider ?? operator).status];
     if (RESTRICTION[verdict.status] > bar) decider = verdict;
-    if (verdict.weight !== undefined && verdict.weight < (weight ?? DEFAULT_WEIGHT_PERCENT)) {
-      weight = verdict.weight;
-      weightBy = verdict;
-    }
-    // maxconn 0 is no limit: it lowers nothing, and any limit lowers it.
-    const limit = verdict.maxconn;
-    if (
-      limit !== undefined &&
-      limit !== NO_MAXCONN_LIMIT &&
-      (maxconn === undefined || maxconn === NO_MAXCONN_LIMIT || limit < maxconn)
-    ) {
-      maxconn = verdict.maxconn;
-      maxconnBy = verdict;
+    for (const { name, allows } of LOWEST_FIELDS) {
+      const limit = verdict[name];
+      if (limit !== undefined && allows(limit) < allows(lowest.get(name))) {
+        lowest.set(name, limit);
+        loweredBy.set(name, verdict);
+      }
     }
   }
-  const by = decider ?? weightBy ?? maxconnBy;
+  const by =
+    decider ??
+    LOWEST_FIELDS.map(({ name }) => loweredBy.get(name)).find((verdict) => verdict !== undefined);
   if (by === undefined) return operator;
-  return Object.freeze({
+  const composed: { -readonly [K in keyof ServiceState]: ServiceState[K] } = {
     status: (decider ?? operator).status,
-    ...(weight === undefined ? {} : { weight }),
-    ...(maxconn === undefined ? {} : { maxconn }),
-    description: by.description,
-  });
+  };
+  for (const field of REPLY_FIELDS) {
+    const value = field.composes === "lowest" ? lowest.get(field.name) : by[field.name];
+    if (value !== undefined) Object.assign(composed, { [field.name]: value });
+  }
+  return Object.freeze(composed);
 }
 
 /** The failing checks' verdicts: the instance's, and each service's. */

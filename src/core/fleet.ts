@@ -3,7 +3,7 @@
  * fleet (HAPGENT_ETCD_KEYS, most specific first). The first key that exists speaks for this host;
  * its value is a state in the state file's format. Pure: values in, the word and its verdicts out.
  */
-import type { Verdict } from "./compose.js";
+import { limitsOf, type Verdict } from "./compose.js";
 import {
   MAX_STATE_FILE_BYTES,
   parseState,
@@ -148,8 +148,7 @@ export function fleetVerdict(entry: FleetEntry, name: string | undefined): Verdi
   const why = own.reason ?? own.description;
   return {
     status: own.status,
-    weight: own.weight,
-    maxconn: own.maxconn,
+    ...limitsOf(own),
     description: `fleet ${entry.key}${why === undefined ? "" : `: ${why}`}`,
   };
 }

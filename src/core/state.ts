@@ -2,7 +2,20 @@
  * The state model: what the state file may contain, how it is read and how it is written.
  * Pure: text or values in, values out.
  */
+import {
+  copyFieldValues,
+  FIELD_NAMES,
+  type FieldValues,
+  isDescription,
+  isShownExactly,
+  MAX_DESCRIPTION_CHARS,
+  type MaybeFieldValues,
+  REPLY_FIELDS,
+  sameFieldValues,
+} from "./fields.js";
 import { parseJsonFile } from "./json.js";
+
+export { MAX_DESCRIPTION_CHARS } from "./fields.js";
 
 /** Every status the state file accepts, spelled exactly so. */
 export const STATUSES = ["UP", "DOWN", "READY", "DRAIN", "FAIL", "MAINT", "STOPPED"] as const;
@@ -10,13 +23,8 @@ export const STATUSES = ["UP", "DOWN", "READY", "DRAIN", "FAIL", "MAINT", "STOPP
 export type Status = (typeof STATUSES)[number];
 
 /** One service's state (an entry of `services`), or the instance's own. */
-export interface ServiceState {
+export interface ServiceState extends FieldValues {
   readonly status: Status;
-  /** Percent of the weight configured in haproxy.cfg, 0-255. */
-  readonly weight?: number;
-  readonly maxconn?: number;
-  /** Shown by HAProxy in its stats, e.g. "via agent : down (deploy 1.4.2)". */
-  readonly description?: string;
   /**
    * Why it is in this state, as the operator said with the change (`--reason`): shown by HAProxy
    * in place of the description, and gone with the next change of the same instance or service.
@@ -72,14 +80,14 @@ export const MAX_STATE_FILE_BYTES = 64 * 1024;
  */
 export const RECORDS_ALLOWANCE_BYTES = 4 * 1024;
 
-const WEIGHT_MAX = 255;
-const MAXCONN_MAX = 65535;
-/** Long enough for a deploy note, short enough for HAProxy's stats line. */
-export const MAX_DESCRIPTION_CHARS = 200;
-const SERVICE_FIELDS = ["status", "weight", "maxconn", "description", "reason"] as const;
-const FIELDS = [...SERVICE_FIELDS, "changed", "expires", "services"] as const;
-const CHANGED_FIELDS = ["at", "via", "signal", "by", "service", "reason"] as const;
-const EXPIRES_FIELDS = ["at", "service", "returns"] as const;
+/** The keys of one state (a service's, or what an expiry brings back), in the file's order. */
+const SERVICE_KEYS = ["status", ...FIELD_NAMES, "reason"];
+/** The keys of the file's top level. */
+const STATE_KEYS = [...SERVICE_KEYS, "changed", "expires", "services"];
+/** The keys of `changed`, the audit record of the last change. */
+const AUDIT_RECORD_KEYS = ["at", "via", "signal", "by", "service", "reason"];
+/** The keys of `expires`, a pending expiry. */
+const EXPIRY_KEYS = ["at", "service", "returns"];
 /** What the command line reports as its user: a login name, perhaps with who ran sudo. */
 const MAX_BY_CHARS = 100;
 /** Signal names, as Node spells them. */
@@ -97,16 +105,6 @@ export const IN_SERVICE: readonly Status[] = Object.freeze(["UP", "READY"]);
 export function isInService(status: Status): boolean {
   return IN_SERVICE.includes(status);
 }
-/**
- * Text HAProxy receives exactly as written and shows as it is: no control characters, no line or
- * paragraph separators, no lone surrogates (UTF-8 cannot carry them: HAProxy would get U+FFFD,
- * and the agent could never confirm what it sends), and no invisible format characters, such as
- * bidirectional overrides, which make a stats page show text in another order than it has. The
- * joiners (U+200C, U+200D) and emoji tags (U+E0020-E007F) that shape scripts and emoji are
- * format characters too, and stay allowed.
- */
-const SHOWN_EXACTLY =
-  /^(?:[^\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}]|[\u200c\u200d]|[\u{e0020}-\u{e007f}])+$/u;
 /** A reason quotes the file; however large the file, a reason stays one readable log line. */
 const MAX_REASON_CHARS = 300;
 
@@ -151,7 +149,7 @@ function recordsBytes(state: State): number {
 
 /** Checks a parsed JSON value against the state file rules. Never throws. */
 export function validateState(value: unknown): StateResult {
-  const top = validateFields(value, FIELDS, "state");
+  const top = validateFields(value, STATE_KEYS, "state");
   if (!top.ok) return fail(top.reason);
   const record = value as Record<string, unknown>;
   const records = validateRecords(record);
@@ -177,7 +175,7 @@ export function validateState(value: unknown): StateResult {
     }
     const entry = validateFields(
       (services as Record<string, unknown>)[name],
-      SERVICE_FIELDS,
+      SERVICE_KEYS,
       `services[${JSON.stringify(name)}]`,
     );
     if (!entry.ok) return fail(entry.reason);
@@ -209,7 +207,7 @@ function validateRecords(record: Record<string, unknown>): RecordsResult {
 
 /** The record, or what is wrong with it. */
 function validateChanged(value: unknown): Changed | string {
-  const fields = objectOf(value, CHANGED_FIELDS, "the last change's record");
+  const fields = objectOf(value, AUDIT_RECORD_KEYS, "the last change's record");
   if (typeof fields === "string") return fields;
   const { at, via, signal, by, service, reason } = fields;
   if (!isTimestamp(at))
@@ -241,7 +239,7 @@ function validateChanged(value: unknown): Changed | string {
 
 /** The pending expiry, or what is wrong with it. */
 function validateExpires(value: unknown): Expiry | string {
-  const fields = objectOf(value, EXPIRES_FIELDS, "a pending expiry");
+  const fields = objectOf(value, EXPIRY_KEYS, "a pending expiry");
   if (typeof fields === "string") return fields;
   const { at, service, returns: back } = fields;
   if (!isTimestamp(at))
@@ -254,7 +252,7 @@ function validateExpires(value: unknown): Expiry | string {
     if (service === undefined) return "returns may be null (the service goes) only with a service";
     return Object.freeze({ at: at as string, service: service as string, returns: null });
   }
-  const checked = validateFields(back, SERVICE_FIELDS, "returns");
+  const checked = validateFields(back, SERVICE_KEYS, "returns");
   if (!checked.ok) return checked.reason;
   return Object.freeze({
     at: at as string,
@@ -314,36 +312,22 @@ function validateFields(value: unknown, fields: readonly string[], where: string
     }
   }
   if (!("status" in record)) return invalid("status is required");
-  const { status, weight, maxconn, description, reason } = record;
+  const { status, reason } = record;
   if (!isStatus(status)) {
     return invalid(`status must be one of ${STATUSES.join(", ")}, got ${describe(status)}`);
   }
-  if ("weight" in record && !isIntegerIn(weight, 0, WEIGHT_MAX)) {
-    return invalid(`weight must be an integer 0-${WEIGHT_MAX}, got ${describe(weight)}`);
-  }
-  if ("maxconn" in record && !isIntegerIn(maxconn, 0, MAXCONN_MAX)) {
-    return invalid(`maxconn must be an integer 0-${MAXCONN_MAX}, got ${describe(maxconn)}`);
-  }
-  if ("description" in record && !isDescription(description)) {
-    return invalid(
-      `description must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line (no control characters, no invisible format characters such as bidirectional overrides), not beginning or ending with a space, got ${describe(description)}`,
-    );
+  for (const { name, accepts, expected } of REPLY_FIELDS) {
+    if (name in record && !accepts(record[name])) {
+      return invalid(`${name} must be ${expected}, got ${describe(record[name])}`);
+    }
   }
   if ("reason" in record && !isDescription(reason)) {
     return invalid(
       `reason must be 1-${MAX_DESCRIPTION_CHARS} characters of printable text on one line, as a description, got ${describe(reason)}`,
     );
   }
-  return {
-    ok: true,
-    state: makeState({
-      status,
-      weight: weight as number | undefined,
-      maxconn: maxconn as number | undefined,
-      description: description as string | undefined,
-      reason: reason as string | undefined,
-    }),
-  };
+  // Each field was judged above.
+  return { ok: true, state: makeState(record as unknown as Fields) };
 }
 
 /**
@@ -411,7 +395,7 @@ export function withRecords(
   expires: Expiry | undefined,
 ): State {
   return withServices(
-    { ...makeState(fieldsOf(state)), changed, expires },
+    { ...makeState(state), changed, expires },
     state.services === undefined ? undefined : Object.entries(state.services),
   );
 }
@@ -481,13 +465,7 @@ export function sameState(a: State, b: State): boolean {
 }
 
 function sameFields(a: ServiceState, b: ServiceState): boolean {
-  return (
-    a.status === b.status &&
-    a.weight === b.weight &&
-    a.maxconn === b.maxconn &&
-    a.description === b.description &&
-    a.reason === b.reason
-  );
+  return a.status === b.status && sameFieldValues(a, b) && a.reason === b.reason;
 }
 
 /** A state with `services` (in the given order) in place of any it had; none when undefined. */
@@ -518,11 +496,8 @@ function withServices(
 }
 
 /** The fields of one state, each possibly absent; `undefined` means absent. */
-export interface Fields {
+export interface Fields extends MaybeFieldValues {
   readonly status: Status;
-  readonly weight?: number | undefined;
-  readonly maxconn?: number | undefined;
-  readonly description?: string | undefined;
   readonly reason?: string | undefined;
 }
 
@@ -531,42 +506,12 @@ export function makeState(given: Fields): State {
   return Object.freeze(fields(given));
 }
 
-/** The instance's own fields of a state, without its services. */
-function fieldsOf(state: ServiceState): Fields {
-  const { status, weight, maxconn, description, reason } = state;
-  return { status, weight, maxconn, description, reason };
-}
-
-function fields({ status, weight, maxconn, description, reason }: Fields): {
-  -readonly [K in keyof State]: State[K];
-} {
+function fields(given: Fields): { -readonly [K in keyof State]: State[K] } {
   // Built field by field so the key order, and so the file, never depends on the input's order.
-  const state: { -readonly [K in keyof State]: State[K] } = { status };
-  // `+ 0` turns a JSON -0 into 0.
-  if (weight !== undefined) state.weight = weight + 0;
-  if (maxconn !== undefined) state.maxconn = maxconn + 0;
-  if (description !== undefined) state.description = description;
-  if (reason !== undefined) state.reason = reason;
+  const state: { -readonly [K in keyof State]: State[K] } = { status: given.status };
+  copyFieldValues(given, state);
+  if (given.reason !== undefined) state.reason = given.reason;
   return state;
-}
-
-function isShownExactly(value: unknown): value is string {
-  return typeof value === "string" && SHOWN_EXACTLY.test(value) && value.trim() === value;
-}
-
-/** Whether `value` may be a description (and so a reason): the rules HAProxy's stats need. */
-export function isDescription(value: unknown): value is string {
-  return (
-    typeof value === "string" &&
-    [...value].length <= MAX_DESCRIPTION_CHARS &&
-    SHOWN_EXACTLY.test(value) &&
-    // HAProxy drops the spaces after `#`: a description it shows differently is refused.
-    value.trim() === value
-  );
-}
-
-function isIntegerIn(value: unknown, min: number, max: number): value is number {
-  return typeof value === "number" && Number.isInteger(value) && value >= min && value <= max;
 }
 
 function describe(value: unknown): string {
