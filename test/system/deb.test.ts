@@ -270,7 +270,7 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
       "integration/abuse",
       "integration/privilege",
       "integration/wait",
-      "unit/daemon/control",
+      "integration/control",
       "integration/metrics",
       "integration/prometheus",
     ].map((name) => join(REPO, "dist/test", `${name}.test.js`));

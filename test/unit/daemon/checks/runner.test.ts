@@ -4,7 +4,7 @@
  * service really served.
  */
 import assert from "node:assert/strict";
-import { chmod, chown, mkdir, readFile, writeFile } from "node:fs/promises";
+import { chmod, readFile, writeFile } from "node:fs/promises";
 import { createServer as createHttpServer } from "node:http";
 import { type AddressInfo, createServer } from "node:net";
 import { join } from "node:path";
@@ -14,8 +14,7 @@ import { parseChecks } from "../../../../src/core/checks.js";
 import { loadChecksFile } from "../../../../src/daemon/checks/file.js";
 import { type Checks, createChecks } from "../../../../src/daemon/checks/runner.js";
 import { createLogger } from "../../../../src/log.js";
-import { IS_ROOT, tempDir, waitFor } from "../../../helpers.js";
-import { createUser } from "../../../users.js";
+import { tempDir, waitFor } from "../../../helpers.js";
 
 /** What the daemon gives its checks from its process: who it runs as, and kill(2). */
 const agentProcess = {
@@ -283,52 +282,6 @@ test("the checks file: what cannot run is a reason, before anything runs", async
   result = await loadChecksFile(join(dir, "none.json"), process.getuid?.() ?? 0);
   assert.ok(!result.ok);
   assert.match(result.reason, /not found \(ENOENT\)/);
-});
-
-test("another user's checks file or program is refused: it could run its commands as the agent", {
-  skip: !IS_ROOT && "needs root to give files away",
-}, async (t) => {
-  const other = createUser(t, "checks");
-  const dir = await tempDir(t);
-  await chmod(dir, 0o755);
-  const theirs = join(dir, "theirs");
-  await mkdir(theirs);
-  await chown(theirs, other.uid, other.gid);
-  const file = join(theirs, "checks.json");
-  await writeFile(file, JSON.stringify({ checks: [{ name: "t", tcp: "127.0.0.1:1" }] }), {
-    mode: 0o644,
-  });
-  let result = await loadChecksFile(file, 0);
-  assert.ok(!result.ok);
-  assert.match(
-    result.reason,
-    new RegExp(
-      `${theirs} is owned by uid ${other.uid}, so another user could change what it holds`,
-    ),
-  );
-  // A root-owned file naming a program that user owns.
-  const program = join(theirs, "probe");
-  await writeFile(program, "#!/bin/sh\nexit 0\n", { mode: 0o755 });
-  const mine = join(dir, "checks.json");
-  await writeFile(mine, JSON.stringify({ checks: [{ name: "p", exec: [program] }] }), {
-    mode: 0o644,
-  });
-  result = await loadChecksFile(mine, 0);
-  assert.ok(!result.ok);
-  assert.match(result.reason, new RegExp(`^p: ${program}: .*owned by uid ${other.uid}`));
-  // A set-user-ID program, for an agent that is not root: more privilege than the agent.
-  const setuid = join(dir, "setuid-probe");
-  await writeFile(setuid, "#!/bin/sh\nexit 0\n");
-  await chmod(setuid, 0o4755);
-  await writeFile(mine, JSON.stringify({ checks: [{ name: "s", exec: [setuid] }] }), {
-    mode: 0o644,
-  });
-  result = await loadChecksFile(mine, other.uid);
-  assert.ok(!result.ok);
-  assert.match(
-    result.reason,
-    /is set-user-ID or set-group-ID; a check never runs with more privilege than the agent/,
-  );
 });
 
 test("as HAProxy starts a server: a check that never passed fails at its first failure; one that passed needs `fall`", async () => {
