@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { describe, test } from "node:test";
+import { describe, type TestContext, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   type State,
@@ -55,6 +55,22 @@ async function waitUntil(condition: () => boolean, timeoutMs = 2000): Promise<vo
   while (!condition()) {
     if (Date.now() > deadline) throw new Error("timed out");
     await sleep(2);
+  }
+}
+
+/**
+ * Lets `ms` pass on the test's mocked timers, `stepMs` at a time, the commands a timer queued run
+ * to their end after each step, as they would between real timers.
+ */
+async function elapse(
+  t: TestContext,
+  agent: { settled(): Promise<void> },
+  ms: number,
+  stepMs = 10,
+): Promise<void> {
+  for (let passed = 0; passed < ms; passed += stepMs) {
+    t.mock.timers.tick(stepMs);
+    await agent.settled();
   }
 }
 
@@ -386,20 +402,22 @@ describe("reasons and expiring changes", () => {
     );
   });
 
-  test("a later change cancels a pending expiry", async () => {
+  test("a later change cancels a pending expiry", async (t) => {
+    // The agent's timers and wall clock, mocked: the store's own waits stay real.
+    t.mock.timers.enable({ apis: ["setTimeout", "Date"], now: Date.now() });
     const store = fakeStore({ ok: true, state: { status: "UP" } });
     const agent = createOperator({ store, log: capture().log });
     await agent.command("reload", "start-up");
     await agent.change({ status: "MAINT", forMs: 100 }, "control");
     await agent.command("down", "SIGUSR2");
-    await sleep(300);
+    await elapse(t, agent, 300);
     await agent.settled();
     assert.deepEqual(answered(agent.state), { status: "DOWN" });
     assert.equal(agent.state.expires, undefined);
     // And a later change through the socket, with an expiry of its own.
     await agent.change({ status: "MAINT", forMs: 100 }, "control");
     await agent.change({ status: "DRAIN", forMs: 60_000 }, "control");
-    await sleep(300);
+    await elapse(t, agent, 300);
     assert.equal(agent.state.status, "DRAIN", "the first expiry was replaced");
     assert.equal((agent.state as State).expires?.returns?.status, "MAINT");
   });
@@ -427,8 +445,10 @@ describe("reasons and expiring changes", () => {
     );
   });
 
-  test("a wall clock set forward brings the expiry on time, not a timer's delay late", async () => {
+  test("a wall clock set forward brings the expiry on time, not a timer's delay late", async (t) => {
     let clock = Date.parse("2026-11-25T14:02:00.000Z");
+    // The agent's timers, mocked; its clock is `clock`.
+    t.mock.timers.enable({ apis: ["setTimeout"] });
     const store = fakeStore({ ok: true, state: { status: "UP" } });
     const agent = createOperator({
       store,
@@ -438,19 +458,21 @@ describe("reasons and expiring changes", () => {
     });
     await agent.command("reload", "start-up");
     await agent.change({ status: "DRAIN", forMs: 3_600_000 }, "control");
-    await sleep(200);
+    await elapse(t, agent, 200);
     assert.equal(agent.state.status, "DRAIN");
     // This clock stands still but where it is set: set to the deadline, the change runs out.
     clock += 3_600_000 + 300;
+    t.mock.timers.tick(50);
     await waitUntil(() => agent.state.status === "UP");
     // Set back, the deadline is an hour further away: a timer set for the 300 ms the change
     // asked for has run out, and still nothing returns before the wall clock says so.
     await agent.change({ status: "DRAIN", forMs: 300 }, "control");
     clock -= 3_600_000;
-    await sleep(600);
+    await elapse(t, agent, 600);
     assert.equal(agent.state.status, "DRAIN");
     // This clock stands still but where it is set: set to the deadline, the change runs out.
     clock += 3_600_000 + 300;
+    t.mock.timers.tick(50);
     await waitUntil(() => agent.state.status === "UP");
   });
 
