@@ -6,16 +6,8 @@ import {
   type SpawnOptions,
   spawn,
 } from "node:child_process";
-import {
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmdirSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+import { createSocket } from "node:dgram";
+import { lstatSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import {
   chmod,
   chown,
@@ -121,7 +113,7 @@ export async function freePort(host = "127.0.0.1"): Promise<number> {
   const high = Math.max(low + 1000, EPHEMERAL_LOW - 1);
   for (;;) {
     const port = low + Math.floor(Math.random() * (high - low));
-    if (reservePort(port) && (await bindable(port, host))) {
+    if ((await holdPort(port)) && (await bindable(port, host))) {
       handedOut.set(port, socketsNamedAfter(port));
       return port;
     }
@@ -190,68 +182,24 @@ after(() => {
 
 /**
  * Test files run in parallel, each in its own process: two that pick the same free port in the
- * same moment would both start a daemon on it. A port handed out is reserved for the life of the
- * process that took it (a file named after it, holding that process's pid; one whose process is
- * gone is taken over), so no other test process picks it meanwhile. The files live in a
- * directory of this user's own (mode 0700): tests run as root, and a directory in /tmp that
- * another user made, or a symlink they put there, must never decide where root writes. If the
- * directory is not ours and ours alone, ports are only checked as free.
+ * same moment would both start a daemon on it. A port handed out is held for the life of the
+ * process that took it by a UDP socket bound to that port on every address: the kernel refuses
+ * the same bind to every other test process (and to this one again), and frees the port however
+ * the process ends. Nothing that the tests start listens on UDP, so the TCP port stays free for
+ * the daemon.
  */
-const PORTS_DIR = join(tmpdir(), `hapgent-test-ports-${process.getuid?.() ?? 0}`);
-const reserved = new Set<number>();
-let reservations: "on" | "off" | undefined;
-
-function ownPortsDirectory(): boolean {
-  try {
-    mkdirSync(PORTS_DIR, { mode: 0o700 });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EEXIST") return false;
-  }
-  const stats = lstatSync(PORTS_DIR);
-  return stats.isDirectory() && stats.uid === process.getuid?.() && (stats.mode & 0o077) === 0;
-}
-
-function reservePort(port: number): boolean {
-  if (reservations === undefined) {
-    reservations = ownPortsDirectory() ? "on" : "off";
-    if (reservations === "on") {
-      process.on("exit", () => {
-        for (const taken of reserved) rmSync(join(PORTS_DIR, String(taken)), { force: true });
-        try {
-          // The last test process to leave takes the directory with it.
-          rmdirSync(PORTS_DIR);
-        } catch {
-          // Another test process still holds a port.
-        }
-      });
-    }
-  }
-  if (reservations === "off") return true;
-  if (reserved.has(port)) return false;
-  const file = join(PORTS_DIR, String(port));
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      writeFileSync(file, String(process.pid), { flag: "wx", mode: 0o600 });
-      reserved.add(port);
-      return true;
-    } catch (err) {
-      // The last other test process removed the directory as it left: make it again.
-      if ((err as NodeJS.ErrnoException).code === "ENOENT" && ownPortsDirectory()) continue;
-      const holder = Number(readFileSafe(file));
-      if (holder > 0 && existsSync(`/proc/${holder}`)) return false;
-      // Left by a test process that is gone: take it over.
-      rmSync(file, { force: true });
-    }
-  }
-  return false;
-}
-
-function readFileSafe(file: string): string {
-  try {
-    return readFileSync(file, "utf8");
-  } catch {
-    return "";
-  }
+function holdPort(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createSocket("udp4");
+    socket.once("error", () => {
+      socket.close();
+      resolve(false);
+    });
+    socket.bind({ port, address: "0.0.0.0", exclusive: true }, () => {
+      socket.unref();
+      resolve(true);
+    });
+  });
 }
 
 /** Polls until `check` returns a value other than undefined, or fails after `timeoutMs`. */

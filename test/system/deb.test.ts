@@ -262,17 +262,17 @@ describe("standalone binary and Debian package", { skip: SKIP }, () => {
 
   test("the daemon and command suites pass against the binary", async (t) => {
     const suites = [
-      "daemon",
-      "cli",
-      "inspector",
-      "faults",
-      "log-faults",
-      "abuse",
-      "privilege",
-      "wait",
-      "control",
-      "metrics",
-      "prometheus",
+      "integration/daemon",
+      "integration/cli",
+      "integration/inspector",
+      "integration/faults",
+      "integration/log-faults",
+      "integration/abuse",
+      "integration/privilege",
+      "integration/wait",
+      "integration/control",
+      "integration/metrics",
+      "integration/prometheus",
     ].map((name) => join(REPO, "dist/test", `${name}.test.js`));
     const result = await exec(
       process.execPath,

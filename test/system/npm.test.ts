@@ -39,7 +39,7 @@ describe("the npm package", () => {
     for (const path of paths) {
       assert.match(
         path,
-        /^(package\.json|README\.md|LICENSE|docs\/[a-z]+\.md|packaging\/prometheus\/hapgent\.rules\.yml|dist\/src\/((core|daemon|cli)\/)?[a-z-]+\.js)$/,
+        /^(package\.json|README\.md|LICENSE|docs\/[a-z]+\.md|packaging\/prometheus\/hapgent\.rules\.yml|dist\/src\/((core|cli|etcd|daemon(\/(checks|fleet))?)\/)?[a-z-]+\.js)$/,
         path,
       );
     }
