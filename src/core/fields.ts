@@ -38,6 +38,8 @@ interface LowestRule extends Rule {
   readonly composes: "lowest";
   /** How much a value (undefined: none) lets through; the lower, the more restrictive. */
   readonly allows: (value: number | undefined) => number;
+  /** The gauge of the value answered; `absent` is its value when the state sets none. */
+  readonly metric: { readonly name: string; readonly help: string; readonly absent?: number };
 }
 
 /** A field that comes from the layer that decided the answer. */
@@ -59,6 +61,11 @@ export const REPLY_FIELDS = [
     help: [`weight percent 0-${WEIGHT_MAX}; --no-weight removes it (100%)`],
     composes: "lowest",
     allows: (value) => value ?? DEFAULT_WEIGHT_PERCENT,
+    metric: {
+      name: "hapgent_weight_percent",
+      help: "The weight the agent answers, in percent of the weight in haproxy.cfg (100 when the file sets none).",
+      absent: DEFAULT_WEIGHT_PERCENT,
+    },
   },
   // The connections HAProxy sends the server at once.
   {
@@ -79,6 +86,10 @@ export const REPLY_FIELDS = [
     // maxconn 0 is no limit: it lowers nothing, and any limit lowers it.
     allows: (value) =>
       value === undefined || value === NO_MAXCONN_LIMIT ? Number.POSITIVE_INFINITY : value,
+    metric: {
+      name: "hapgent_maxconn",
+      help: "The maxconn the agent answers; absent when the file sets none.",
+    },
   },
   // Shown by HAProxy in its stats, e.g. "via agent : down (deploy 1.4.2)".
   {

@@ -13,7 +13,7 @@
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { formatAddress, type MetricsAddress } from "../config.js";
-import { DEFAULT_WEIGHT_PERCENT } from "../core/reply.js";
+import { LOWEST_FIELDS } from "../core/fields.js";
 import { type ServiceState, STATUSES, type State, serviceState } from "../core/state.js";
 import type { Logger } from "../log.js";
 import { VERSION } from "../version.js";
@@ -277,21 +277,13 @@ function stateMetrics(metric: Define<StateSnapshot>, nodeVersion: string): void 
         STATUSES.map((status): Sample => [{ ...labels, status }, state.status === status ? 1 : 0]),
       ),
   );
-  metric(
-    "gauge",
-    "hapgent_weight_percent",
-    "The weight the agent answers, in percent of the weight in haproxy.cfg (100 when the file sets none).",
-    ["service"],
-    (now) =>
-      now.answered.map(([labels, state]) => [labels, state.weight ?? DEFAULT_WEIGHT_PERCENT]),
-  );
-  metric(
-    "gauge",
-    "hapgent_maxconn",
-    "The maxconn the agent answers; absent when the file sets none.",
-    ["service"],
-    (now) => now.answered.map(([labels, state]) => [labels, state.maxconn]),
-  );
+  for (const field of LOWEST_FIELDS) {
+    const { name, help } = field.metric;
+    const absent = "absent" in field.metric ? field.metric.absent : undefined;
+    metric("gauge", name, help, ["service"], (now) =>
+      now.answered.map(([labels, state]) => [labels, state[field.name] ?? absent]),
+    );
+  }
   metric(
     "gauge",
     "hapgent_state_file_valid",
