@@ -15,8 +15,6 @@ import {
 } from "./fields.js";
 import { parseJsonFile } from "./json.js";
 
-export { MAX_DESCRIPTION_CHARS } from "./fields.js";
-
 /** Every status the state file accepts, spelled exactly so. */
 export const STATUSES = ["UP", "DOWN", "READY", "DRAIN", "FAIL", "MAINT", "STOPPED"] as const;
 

@@ -6,10 +6,10 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import fc from "fast-check";
+import { MAX_DESCRIPTION_CHARS } from "../../../src/core/fields.js";
 import { reply } from "../../../src/core/reply.js";
 import {
   FALLBACK_STATE,
-  MAX_DESCRIPTION_CHARS,
   MAX_SERVICE_NAME_CHARS,
   parseState,
   type ServiceState,
