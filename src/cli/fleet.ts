@@ -109,7 +109,7 @@ function unreachable(err: unknown, writes: boolean): CliError {
 
 async function set(io: CliIo, values: Values, key: string, status: Status): Promise<number> {
   // A fleet's word never lifts a limit: --no-maxconn leaves it without one.
-  const { forMs, ...change } = changeOf(values, status, null);
+  const { forMs, ...change } = changeOf(values, status, "fleet");
   const { etcd } = await connect(io, values);
   try {
     // One lease, however many attempts the write takes.

@@ -37,7 +37,7 @@ export async function set(io: CliIo, values: Values, status: Status): Promise<nu
   const idleTimeoutS = seconds("idle-timeout", values["idle-timeout"]) ?? DEFAULT_IDLE_TIMEOUT_S;
   const idle = (values.idle ?? []).map(port);
   const wait = values.wait === true || idle.length > 0;
-  const change = changeOf(values, status);
+  const change = changeOf(values, status, "agent");
 
   const target = await findTarget(io, values, "change");
   if (wait && target.socket.path === undefined) {
@@ -99,16 +99,15 @@ function fieldProblem(status: Status, name: string, value: FieldChange | undefin
 }
 
 /**
- * The change the options ask for. `--no-FIELD` sets the field's `cleared` (core/fields.ts): for
- * the agent's own state `maxconn: 0`, no limit, since HAProxy keeps the last maxconn it heard and
- * a reply without one would leave it. A fleet's word passes `cleared` null, which removes each
- * field (no word of its own, as it only ever lowers).
+ * What `--no-FIELD` does. For the agent's own state (`"agent"`) it sets the field's `cleared`
+ * (core/fields.ts): `maxconn: 0`, no limit, since HAProxy keeps the last maxconn it heard and a
+ * reply without one would leave it. For a fleet key (`"fleet"`) it removes the field: a fleet's
+ * word only ever lowers, so it needs no value of its own.
  */
-export function changeOf(
-  values: Values,
-  status: Status,
-  cleared: null | undefined = undefined,
-): Change {
+export type Clearing = "agent" | "fleet";
+
+/** The change the options ask for, with `--no-FIELD` done as `clearing` says. */
+export function changeOf(values: Values, status: Status, clearing: Clearing): Change {
   const service = values.service;
   if (service !== undefined && !isServiceName(service)) {
     throw usage(
@@ -117,7 +116,7 @@ export function changeOf(
   }
   const fields: { [K in FieldName]?: FieldChange | undefined } = {};
   for (const field of REPLY_FIELDS) {
-    const value = fieldChange(values, field, cleared);
+    const value = fieldChange(values, field, clearing);
     fieldProblem(status, field.name, value);
     fields[field.name] = value;
   }
@@ -141,9 +140,9 @@ export function changeOf(
 function fieldChange(
   values: Values,
   field: ReplyField,
-  cleared: null | undefined,
+  clearing: Clearing,
 ): FieldChange | undefined {
-  if (values[`no-${field.name}`]) return cleared === undefined ? field.cleared : cleared;
+  if (values[`no-${field.name}`]) return clearing === "agent" ? field.cleared : null;
   const given = values[field.name];
   return given === undefined ? undefined : field.fromArg(given);
 }
