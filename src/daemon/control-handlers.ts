@@ -20,7 +20,7 @@ import type { Operator } from "./operator.js";
 import type { Replies } from "./replies.js";
 
 export interface HandlerParts {
-  readonly commands: Pick<Operator, "state" | "change">;
+  readonly operator: Pick<Operator, "state" | "change">;
   readonly ledger: Pick<Ledger, "pollers">;
   readonly replies: Pick<Replies, "currentFor">;
   /** The agent's own checks; undefined without a checks file. */
@@ -35,7 +35,7 @@ const text = (bytes: Uint8Array | undefined) =>
   bytes === undefined ? null : decoder.decode(bytes).trimEnd();
 
 export function controlHandlers({
-  commands,
+  operator,
   ledger,
   replies,
   checks,
@@ -70,9 +70,9 @@ export function controlHandlers({
   return {
     async handle(request: ControlRequest): Promise<StatusReply | ChangeReply> {
       if (request.op === "status") {
-        return { ok: true, state: commands.state, pollers: pollers(), ...checksView() };
+        return { ok: true, state: operator.state, pollers: pollers(), ...checksView() };
       }
-      const outcome = await commands.change(request.change, "control", request.by);
+      const outcome = await operator.change(request.change, "control", request.by);
       if (!outcome.ok) return { ok: false, code: outcome.code, error: outcome.reason };
       return {
         ok: true,

@@ -80,7 +80,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
 
   const files = createStateStore(config.stateFile, log, io);
   const store = io.uid === 0 ? guardedStore(files) : files;
-  const commands = createOperator({ store, log });
+  const operator = createOperator({ store, log });
   // Without a checks file nothing of the checks is made, and probes read the state as it is.
   const checks =
     config.checksFile === undefined ? undefined : await checkLayer(config.checksFile, io, log);
@@ -88,10 +88,10 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const fleet = config.fleet === undefined ? undefined : await fleetLayer(config.fleet, io, log);
   if (fleet === null) return io.exit(EXIT.INVALID_CONFIG);
   const layers = composeLayers(checks, fleet);
-  const { replies, ledger, probes, server } = agentPort(config, commands, layers, log);
+  const { replies, ledger, probes, server } = agentPort(config, operator, layers, log);
   let control: ControlServer | undefined;
   let metrics: MetricsServer | undefined;
-  const stop = stopper(io, log, commands, async () => {
+  const stop = stopper(io, log, operator, async () => {
     checks?.stop();
     fleet?.stop();
     await Promise.all([server.close(), control?.close(), metrics?.close()]);
@@ -99,7 +99,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   const handle = (signal: DaemonSignal): void => {
     if (signal === "SIGTERM" || signal === "SIGINT") void stop.now(signal);
     else {
-      void commands.command(SIGNAL_COMMANDS[signal], signal);
+      void operator.command(SIGNAL_COMMANDS[signal], signal);
       if (signal === "SIGHUP") void checks?.load(signal);
     }
   };
@@ -107,7 +107,7 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   // Before any save can start: a save's own temporary file must never be taken for stale.
   await store.removeStaleTemporaries();
   // Queued before any signal, so the signals that came early apply on top of the file, in order.
-  const loaded = commands.command("reload", "start-up");
+  const loaded = operator.command("reload", "start-up");
   if (!io.inspector.requested) guardDebugger(io, log, handle);
   io.onSignal(handle);
   await Promise.all([
@@ -131,20 +131,20 @@ export async function runDaemon(io: DaemonIo): Promise<void> {
   // Before the agent port: an agent that cannot serve its metrics never answers a probe, so it
   // does not come and go while systemd restarts it.
   if (config.metrics !== undefined) {
-    const parts = { commands, checks, fleet, layers, ledger, probes };
+    const parts = { operator, checks, fleet, layers, ledger, probes };
     metrics = await metricsOrExit(io, config.metrics, parts, log);
     if (metrics === undefined) return;
     if (stop.stopping) return void metrics.close();
   }
   const address = await listenOrExit(io, config, server, metrics, log);
   if (address === undefined) return;
-  const handlers = controlHandlers({ commands, ledger, replies, checks, fleet, now: Date.now });
+  const handlers = controlHandlers({ operator, ledger, replies, checks, fleet, now: Date.now });
   control = await startControl(config.controlSocket, io.uid, handlers, log);
   if (control !== undefined) removeAtExit(io, config.controlSocket);
   // A TERM during start-up closed the sockets before this one existed: closing it removes it.
   if (stop.stopping) return void control?.close();
   log.notice(
-    `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}${metrics ? `, metrics on http://${metrics.address}/metrics` : ""}, state file ${config.stateFile}, state ${formatState(commands.state)}`,
+    `hapgent ${VERSION} (Node ${io.nodeVersion}) listening on ${address}${control ? `, control socket ${config.controlSocket}` : ""}${metrics ? `, metrics on http://${metrics.address}/metrics` : ""}, state file ${config.stateFile}, state ${formatState(operator.state)}`,
   );
 }
 
@@ -254,9 +254,9 @@ function composeLayers(
 }
 
 /** The agent port: its replies, and the ledger of the load balancers that poll it. */
-function agentPort(config: Config, commands: Operator, layers: Layers | undefined, log: Logger) {
+function agentPort(config: Config, operator: Operator, layers: Layers | undefined, log: Logger) {
   const replies = createReplies({
-    current: () => commands.state,
+    current: () => operator.state,
     ...(layers === undefined ? {} : { answer: layers.answer, generation: layers.generation }),
     log,
     sendWaitMs: config.sendWaitMs,
@@ -314,7 +314,7 @@ const FLEET_REQUEST_TIMEOUT_MS = 2000;
 /** What the metrics are read from. */
 interface MetricsParts {
   readonly nodeVersion: string;
-  readonly commands: Operator;
+  readonly operator: Operator;
   readonly checks: CheckLayer | undefined;
   readonly fleet: FleetLayer | undefined;
   readonly layers: Layers | undefined;
@@ -328,16 +328,16 @@ async function serveMetrics(
   parts: MetricsParts,
   log: Logger,
 ): Promise<MetricsServer> {
-  const { nodeVersion, commands, checks, fleet, layers, ledger, probes } = parts;
+  const { nodeVersion, operator, checks, fleet, layers, ledger, probes } = parts;
   const { startMetrics } = await import("./metrics.js");
   return startMetrics(
     address,
     {
       nodeVersion,
-      state: () => commands.state,
+      state: () => operator.state,
       answer: layers?.answer,
       generation: layers?.generation,
-      stats: () => commands.stats,
+      stats: () => operator.stats,
       probes: () => probes ?? new Map(),
       pollers: () => ledger.pollers(),
       checks: checks === undefined ? undefined : () => checks.views(),
@@ -404,7 +404,7 @@ function removeAtExit(io: DaemonIo, path: string): void {
 }
 
 /** TERM and INT: close the socket, let signals in flight and a pending save finish, exit 0. */
-function stopper(io: DaemonIo, log: Logger, commands: Operator, closeSockets: () => Promise<void>) {
+function stopper(io: DaemonIo, log: Logger, operator: Operator, closeSockets: () => Promise<void>) {
   let stopping = false;
   return {
     get stopping() {
@@ -419,10 +419,10 @@ function stopper(io: DaemonIo, log: Logger, commands: Operator, closeSockets: ()
       const grace = new Promise((resolve) => setTimeout(resolve, SHUTDOWN_GRACE_MS));
       const finish = async () => {
         await Promise.all([closeSockets(), grace]);
-        await commands.settled();
+        await operator.settled();
       };
       await Promise.race([finish(), timeout]);
-      log.notice(`stopped with state ${formatState(commands.state)}`);
+      log.notice(`stopped with state ${formatState(operator.state)}`);
       io.exit(EXIT.OK);
     },
   };

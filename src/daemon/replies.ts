@@ -54,7 +54,7 @@ interface Lines {
   readonly log: Logger;
   readonly sendWaitMs: number;
   answered: State | undefined;
-  answeredVersion: number;
+  answeredGeneration: number;
   line: Uint8Array;
   named: boolean;
   serviceLines: Map<string, Uint8Array>;
@@ -77,7 +77,7 @@ export function createReplies({
     log,
     sendWaitMs,
     answered: undefined,
-    answeredVersion: 0,
+    answeredGeneration: 0,
     line: new Uint8Array(0),
     named: false,
     serviceLines: new Map(),
@@ -112,9 +112,9 @@ export function createReplies({
 function refresh(lines: Lines): State {
   const state = lines.current();
   const now = lines.generation();
-  if (state !== lines.answered || now !== lines.answeredVersion) {
+  if (state !== lines.answered || now !== lines.answeredGeneration) {
     lines.answered = state;
-    lines.answeredVersion = now;
+    lines.answeredGeneration = now;
     lines.line = Buffer.from(reply(lines.answer(state, undefined)));
     lines.named = state.services !== undefined && Object.keys(state.services).length > 0;
     lines.serviceLines = new Map();

@@ -172,7 +172,7 @@ function sameBytes(a: Buffer | undefined, b: Buffer | undefined): boolean {
 }
 
 /** A session that passed a health read: the outage, if any, is over. */
-export function settled(fleet: Fleet): void {
+export function reconnected(fleet: Fleet): void {
   const { keys, lost } = fleet;
   if (lost === undefined) return;
   fleet.log.notice(

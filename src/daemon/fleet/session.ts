@@ -12,7 +12,7 @@ import {
   differs,
   type Fleet,
   heard,
-  settled,
+  reconnected,
 } from "./follow.js";
 
 /** How a session on one endpoint ended. */
@@ -189,7 +189,7 @@ async function checkHealth(fleet: Fleet, s: Session): Promise<void> {
   heard(fleet);
   if (fleet.connected && !s.stable) {
     s.stable = true;
-    settled(fleet);
+    reconnected(fleet);
   }
 }
 
