@@ -1,8 +1,9 @@
 /**
  * The fields an operator sets beside a status: weight, maxconn, description. One entry each, from
  * which the state file's rules, changes, the control socket's change requests, the command line's
- * flags and help, equality and the composition of layers are derived. A new field is an entry
- * here, its word in the reply (reply.ts), and tests. Pure.
+ * flags and help, equality, the composition of layers and, for a number, its Prometheus gauge are
+ * derived. A new field is an entry here, its word in the reply (reply.ts), and tests; compose.ts
+ * too if neither of its rules fits (the lowest wins, or the deciding layer's). Pure.
  */
 import { DEFAULT_WEIGHT_PERCENT, NO_MAXCONN_LIMIT } from "./reply.js";
 
@@ -27,7 +28,7 @@ interface Rule {
   readonly fromArg: (text: string) => FieldValue;
   /** What `--no-NAME` sets in the agent's own state; null removes the field. */
   readonly cleared: FieldValue | null;
-  /** The flag with its argument, and its lines in `hapgent set --help`. */
+  /** The flag with its argument, and its lines in `hapgent set --help` (`help`). */
   readonly flag: string;
   readonly help: readonly string[];
 }

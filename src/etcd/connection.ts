@@ -32,6 +32,10 @@ export interface Connection {
   authenticating: Promise<string> | undefined;
 }
 
+/**
+ * The client's state, with Node's HTTP modules loaded; nothing is sent yet (the first call
+ * authenticates, if it must, and opens the agent's sockets).
+ */
 export async function connect(options: EtcdOptions, failover: boolean): Promise<Connection> {
   const http = await import("node:http");
   const https = options.endpoints.some((u) => u.protocol === "https:")

@@ -288,7 +288,11 @@ function verdictOf(check: Check, result: CheckResult, count: number): Verdict {
   return Object.freeze({ status: result.status, description });
 }
 
-/** Commands still running, by the function that kills them: stop() ends them all. */
+/**
+ * Commands still running, by the function that kills them, of every set of checks in this process:
+ * any set's stop() ends them all. The daemon keeps one set at a time (a reload stops the old one
+ * before it starts the next).
+ */
 const running = new Set<() => void>();
 
 /** Runs a check's action once, within its timeout. Never throws. */
