@@ -51,7 +51,9 @@ const BUSY_RETRY_MS = 50;
  * Sends one request and resolves with the reply object. A daemon busy with other clients'
  * changes reads nothing of it, so it is sent again until `timeoutMs` has passed; then the busy
  * reply is the answer. A status, which changes nothing, is also sent again when the connection
- * closed before any reply; a change is not, as it may have been made.
+ * closed before any reply; a change is not, as it may have been made, unless the daemon had
+ * closed it before the request could be written (EPIPE: as it closes the client idle longest to
+ * make room, told busy), and so read none of it.
  */
 export async function request(
   path: string,
@@ -62,7 +64,8 @@ export async function request(
   for (;;) {
     const reply = await ask(path, body, Math.max(1, deadline - Date.now())).catch(
       (err: ControlError) => {
-        if (err.unanswered && readOnly(body) && Date.now() + BUSY_RETRY_MS < deadline) return err;
+        const unread = err.unanswered && (readOnly(body) || err.code === "EPIPE");
+        if (unread && Date.now() + BUSY_RETRY_MS < deadline) return err;
         throw err;
       },
     );
