@@ -28,6 +28,8 @@ export function goodProbe(port: number, payload: string): Promise<string> {
 export interface ProberData {
   readonly port: number;
   readonly probes: readonly (readonly [payload: string, expected: string])[];
+  /** One Int32 the prober adds each right answer to, for the test to read as it goes. */
+  readonly answered: SharedArrayBuffer;
 }
 
 export interface ProberResults {
@@ -36,7 +38,8 @@ export interface ProberResults {
 }
 
 /** In the worker: probes in turn until told to stop, then posts what it got. */
-async function probeUntilStopped({ port, probes }: ProberData): Promise<void> {
+async function probeUntilStopped({ port, probes, answered }: ProberData): Promise<void> {
+  const live = new Int32Array(answered);
   let stop = false;
   parentPort?.once("message", () => {
     stop = true;
@@ -45,8 +48,10 @@ async function probeUntilStopped({ port, probes }: ProberData): Promise<void> {
   for (let i = 0; !stop; i++) {
     const [payload, expected] = probes[i % probes.length] ?? ["", ""];
     const answer = await goodProbe(port, payload).catch((err: Error) => `(${err.message})`);
-    if (answer === expected) results.ok++;
-    else results.wrong.push(answer);
+    if (answer === expected) {
+      results.ok++;
+      Atomics.add(live, 0, 1);
+    } else results.wrong.push(answer);
     await sleep(2);
   }
   parentPort?.postMessage(results);
