@@ -745,3 +745,29 @@ export async function httpModulesLoaded(
   });
   return JSON.parse(result.stdout) as string[];
 }
+
+/** Sends raw text on a Unix socket; resolves with every line received until it closes or `ms`. */
+export function exchange(path: string, text: string | Buffer, ms = 1000): Promise<string[]> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    let received = "";
+    const done = () => {
+      socket.destroy();
+      resolve(received.split("\n").filter(Boolean));
+    };
+    socket.setEncoding("utf8");
+    socket.on("connect", () => socket.write(text));
+    socket.on("data", (chunk: string) => {
+      received += chunk;
+    });
+    socket.on("error", done);
+    socket.on("close", done);
+    setTimeout(done, ms);
+  });
+}
+
+/** This process, as main.ts gives it to the store. */
+export const SELF = {
+  pid: process.pid,
+  kill: (pid: number, signal: 0) => process.kill(pid, signal),
+};

@@ -2,31 +2,10 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { lstat, mkdir, writeFile } from "node:fs/promises";
-import { connect } from "node:net";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { createControlServer } from "../../src/daemon/control.js";
-import { startDaemon, tempDir } from "../helpers.js";
-
-/** Sends raw text on a Unix socket; resolves with every line received until it closes or `ms`. */
-function exchange(path: string, text: string | Buffer, ms = 1000): Promise<string[]> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    let received = "";
-    const done = () => {
-      socket.destroy();
-      resolve(received.split("\n").filter(Boolean));
-    };
-    socket.setEncoding("utf8");
-    socket.on("connect", () => socket.write(text));
-    socket.on("data", (chunk: string) => {
-      received += chunk;
-    });
-    socket.on("error", done);
-    socket.on("close", done);
-    setTimeout(done, ms);
-  });
-}
+import { exchange, startDaemon, tempDir } from "../helpers.js";
 
 describe("control socket", () => {
   test("a stale socket is replaced; a live one or another file is never taken", async (t) => {

@@ -16,10 +16,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { createLogger, silentLogger } from "../../src/log.js";
 import { createStateStore, isTransientReadError } from "../../src/store.js";
-import { IS_ROOT, NOBODY, tempDir } from "../helpers.js";
-
-/** This process, as main.ts gives it to the store. */
-const SELF = { pid: process.pid, kill: (pid: number, signal: 0) => process.kill(pid, signal) };
+import { IS_ROOT, NOBODY, SELF, tempDir } from "../helpers.js";
 
 describe("store load", () => {
   test("a valid file", async (t) => {

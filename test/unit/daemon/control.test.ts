@@ -5,27 +5,7 @@ import { join } from "node:path";
 import { describe, test } from "node:test";
 import { parseRequest } from "../../../src/control-protocol.js";
 import { createControlServer } from "../../../src/daemon/control.js";
-import { tempDir } from "../../helpers.js";
-
-/** Sends raw text on a Unix socket; resolves with every line received until it closes or `ms`. */
-function exchange(path: string, text: string | Buffer, ms = 1000): Promise<string[]> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    let received = "";
-    const done = () => {
-      socket.destroy();
-      resolve(received.split("\n").filter(Boolean));
-    };
-    socket.setEncoding("utf8");
-    socket.on("connect", () => socket.write(text));
-    socket.on("data", (chunk: string) => {
-      received += chunk;
-    });
-    socket.on("error", done);
-    socket.on("close", done);
-    setTimeout(done, ms);
-  });
-}
+import { exchange, tempDir } from "../../helpers.js";
 
 /** A connection that says nothing and reads everything; `closed` resolves when the daemon ends it. */
 async function held(path: string): Promise<{ socket: Socket; closed: Promise<unknown> }> {
