@@ -102,3 +102,30 @@ test("imports run one way: core/ is pure, and neither cli/ nor the protocol reac
   );
   assert.deepEqual(wrong, []);
 });
+
+test("only main.ts touches `process`: the rest is given what it needs", () => {
+  const uses = sourceFiles()
+    .filter((path) => path !== "src/main.ts")
+    .flatMap((path) => {
+      const file = ts.createSourceFile(
+        path,
+        readFileSync(join(REPO, path), "utf8"),
+        ts.ScriptTarget.Latest,
+        true,
+      );
+      const found: string[] = [];
+      const visit = (node: ts.Node): void => {
+        const named =
+          node.parent !== undefined &&
+          ts.isPropertyAccessExpression(node.parent) &&
+          node.parent.name === node;
+        if (ts.isIdentifier(node) && node.text === "process" && !named) {
+          found.push(`${path}:${file.getLineAndCharacterOfPosition(node.getStart(file)).line + 1}`);
+        }
+        ts.forEachChild(node, visit);
+      };
+      visit(file);
+      return found;
+    });
+  assert.deepEqual(uses, []);
+});
