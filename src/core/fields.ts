@@ -158,13 +158,9 @@ export function isShownExactly(value: unknown): value is string {
 
 /** Whether `value` may be a description (and so a reason): the rules HAProxy's stats need. */
 export function isDescription(value: unknown): value is string {
-  return (
-    typeof value === "string" &&
-    [...value].length <= MAX_DESCRIPTION_CHARS &&
-    SHOWN_EXACTLY.test(value) &&
-    // HAProxy drops the spaces after `#`: a description it shows differently is refused.
-    value.trim() === value
-  );
+  // HAProxy drops the spaces after `#`: isShownExactly refuses a description it would show
+  // differently.
+  return isShownExactly(value) && [...value].length <= MAX_DESCRIPTION_CHARS;
 }
 
 function isIntegerIn(value: unknown, min: number, max: number): value is number {
