@@ -430,10 +430,22 @@ async function fillLedger(port: number): Promise<void> {
 
 test("with 1,000 services and a full probe ledger, a non-reading control client slows only itself", async (t) => {
   const { d, socket } = await withControl(t, largeState());
-  await fillLedger(d.port);
-  const status = await control(socket, '{"op":"status"}\n');
+  // The ledger forgets a poller 10 s after its last probe: on a machine another job starves, a
+  // fill slower than that loses its first pollers before it ends, and is made again (at most
+  // three fills in all), each probe renewing its poller.
+  const fills: number[] = [];
+  let status: Record<string, unknown> = {};
+  while (fills.length < 3 && ((status.pollers as unknown[] | undefined)?.length ?? 0) < 1024) {
+    const started = Date.now();
+    await fillLedger(d.port);
+    fills.push(Date.now() - started);
+    status = await control(socket, '{"op":"status"}\n');
+  }
   const size = JSON.stringify(status).length;
-  assert.ok((status.pollers as unknown[]).length >= 1024, "the ledger is full");
+  assert.ok(
+    (status.pollers as unknown[]).length >= 1024,
+    `the ledger is full (fills of ${fills.join(", ")} ms)`,
+  );
   assert.ok(size > 200_000, `a status reply of ${size} bytes`);
   const fdsBefore = await openFds(d.pid);
   // 500 requests: 8 KB asking for 100 MB of replies.
