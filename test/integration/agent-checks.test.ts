@@ -61,7 +61,7 @@ test("a failing check drains the agent and it comes back; the file never changes
   const service = await app(t);
   const d = await withChecks(t, {
     checks: [
-      { name: "web", http: service.url, interval: "200ms", timeout: "150ms", rise: 2, fall: 2 },
+      { name: "web", http: service.url, interval: "300ms", timeout: "300ms", rise: 2, fall: 2 },
     ],
   });
   await d.waitForLog(/start-up: loaded checks file .*: 1 check \(web\)/);
@@ -93,7 +93,7 @@ test("a failing check drains the agent and it comes back; the file never changes
   assert.equal(maint.code, CLI_EXIT.OK, maint.stderr);
   assert.equal(await d.probe(), "maint 100% # disk swap\n");
   service.answer(200);
-  await new Promise((resolve) => setTimeout(resolve, 800));
+  await d.waitForLog(/check web: passing again after 2 passes in a row/);
   assert.equal(await d.probe(), "maint 100% # disk swap\n", "a passing check puts nothing back");
   // UP means "in service while the checks pass".
   assert.equal((await cli(d, "up")).code, CLI_EXIT.OK);
